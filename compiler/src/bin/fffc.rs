@@ -1,0 +1,187 @@
+//! `fffc`: compiles ONNX models into fff plans and describes plans.
+//!
+//!   fffc compile IN.onnx -o OUT.fff [--dump] [--stop-after PASS]
+//!   fffc inspect OUT.fff [--json]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use fff_runtime::op::Op;
+use fff_runtime::Model;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fffc",
+    version,
+    about = "Compiles ONNX transformer models into fff plans."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Imports an ONNX model, optimises it and writes a plan.
+    Compile {
+        #[arg(value_name = "IN.onnx")]
+        input: PathBuf,
+        /// The plan to write [default: IN with the extension .fff].
+        #[arg(short, long, value_name = "OUT.fff")]
+        output: Option<PathBuf>,
+        /// Print the optimised graph as text to stdout.
+        #[arg(long)]
+        dump: bool,
+        /// Stop the pipeline after this pass (implies nothing is written unless --output is given).
+        #[arg(long, value_name = "PASS", value_parser = pass_name)]
+        stop_after: Option<String>,
+    },
+    /// Describes a plan: inputs, outputs, op counts, weight bytes.
+    Inspect {
+        #[arg(value_name = "MODEL.fff")]
+        plan: PathBuf,
+        /// Print the description as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn pass_name(s: &str) -> Result<String, String> {
+    let names: Vec<&str> = fff_compiler::passes::PIPELINE
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    if names.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("unknown pass; the passes are {}", names.join(", ")))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compile {
+            input,
+            output,
+            dump,
+            stop_after,
+        } => compile(&input, output.as_deref(), dump, stop_after.as_deref()),
+        Command::Inspect { plan, json } => inspect(&plan, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn compile(
+    input: &Path,
+    output: Option<&Path>,
+    dump: bool,
+    stop_after: Option<&str>,
+) -> Result<()> {
+    let g = fff_compiler::compile_path(input, stop_after)
+        .with_context(|| format!("cannot compile {}", input.display()))?;
+    if dump {
+        print!("{}", fff_compiler::dump::dump(&g));
+    }
+    let out = match (output, stop_after) {
+        (Some(o), _) => o.to_path_buf(),
+        (None, Some(_)) => return Ok(()),
+        (None, None) => input.with_extension("fff"),
+    };
+    fff_compiler::plan_writer::write_plan(&g, &out)?;
+    eprintln!(
+        "wrote {} ({} ops, {} inputs, {} outputs)",
+        out.display(),
+        g.op_count(),
+        g.inputs.len(),
+        g.outputs.len()
+    );
+    Ok(())
+}
+
+fn inspect(path: &Path, as_json: bool) -> Result<()> {
+    let model = Model::load(path).with_context(|| format!("cannot load {}", path.display()))?;
+    let g = model.graph();
+    let mut op_counts: BTreeMap<String, usize> = BTreeMap::new();
+    for n in &g.nodes {
+        *op_counts.entry(n.op.name()).or_default() += 1;
+    }
+    let weight_bytes: usize = g.constants.iter().map(|c| c.len).sum();
+    let const_shape = |v: Option<usize>| {
+        v.and_then(|v| g.constants.iter().find(|c| c.value == v))
+            .map(|c| c.shape.clone())
+    };
+    let fff_layers: Vec<_> = g
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::FastFeedForward {
+                depth,
+                trees,
+                activation,
+                branch,
+            } => {
+                let w_in = const_shape(n.inputs.get(1).copied().flatten());
+                let w_out = const_shape(n.inputs.get(3).copied().flatten());
+                Some(json!({
+                    "name": n.name,
+                    "trees": trees,
+                    "depth": depth,
+                    "d_in": w_in.as_ref().and_then(|s| s.get(1)),
+                    "d_out": w_out.as_ref().and_then(|s| s.get(1)),
+                    "activation": format!("{activation:?}"),
+                    "branch": format!("{branch:?}"),
+                }))
+            }
+            _ => None,
+        })
+        .collect();
+    let shape = |s: &[fff_runtime::plan::Dim]| fff_runtime::model::shape_text(s);
+    if as_json {
+        let v = json!({
+            "producer": g.producer,
+            "inputs": g.inputs.iter().map(|i| json!({"name": i.name, "dtype": i.dtype.name(), "shape": i.shape})).collect::<Vec<_>>(),
+            "outputs": g.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+            "nodes": g.nodes.len(),
+            "op_counts": op_counts,
+            "constants": g.constants.len(),
+            "weight_bytes": weight_bytes,
+            "fff_layers": fff_layers,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("plan {} (written by {})", path.display(), g.producer);
+    println!("inputs:");
+    for i in &g.inputs {
+        println!("  {}: {} {}", i.name, i.dtype, shape(&i.shape));
+    }
+    println!("outputs:");
+    for o in &g.outputs {
+        println!("  {}", o.name);
+    }
+    println!("ops ({} nodes):", g.nodes.len());
+    for (op, n) in &op_counts {
+        println!("  {op:<20} {n}");
+    }
+    println!(
+        "weights: {} constants, {} bytes",
+        g.constants.len(),
+        weight_bytes
+    );
+    if !fff_layers.is_empty() {
+        println!("fast feedforward layers: {}", fff_layers.len());
+    }
+    Ok(())
+}

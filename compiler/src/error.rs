@@ -1,0 +1,37 @@
+//! Compile errors: each names what was wrong and where.
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a valid ONNX model: {0}")]
+    Parse(String),
+    /// An op type the importer does not know.
+    #[error("unsupported op '{op_type}' (domain '{domain}', opset {opset}) at node '{node}'")]
+    UnsupportedOp {
+        op_type: String,
+        domain: String,
+        opset: i64,
+        node: String,
+    },
+    /// A node the importer knows but whose attributes or inputs it cannot take.
+    #[error("node '{node}' ({op_type}, opset {opset}): {msg}")]
+    Node {
+        node: String,
+        op_type: String,
+        opset: i64,
+        msg: String,
+    },
+    /// The graph as a whole is inconsistent (an undefined value, a cycle, no outputs).
+    #[error("invalid graph: {0}")]
+    Graph(String),
+    /// Evaluating or checking a node at compile time failed.
+    #[error("node '{node}': {msg}")]
+    Pass { node: String, msg: String },
+}
+
+pub type Result<T, E = CompileError> = std::result::Result<T, E>;

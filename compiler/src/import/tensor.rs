@@ -1,0 +1,117 @@
+//! ONNX `TensorProto` to runtime tensors, including raw, typed-field and external data.
+
+use std::path::Path;
+
+use fff_runtime::{DType, Tensor};
+use tract_onnx::pb::TensorProto;
+
+/// Reads an ONNX tensor. `model_dir` resolves external data files.
+pub fn tensor_from_proto(t: &TensorProto, model_dir: Option<&Path>) -> Result<Tensor, String> {
+    let dtype = DType::from_onnx(t.data_type).ok_or_else(|| {
+        format!(
+            "tensor '{}' has element type {} ({}), which fff does not support",
+            t.name,
+            t.data_type,
+            type_name(t.data_type)
+        )
+    })?;
+    let shape: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| format!("tensor '{}' has a negative dimension {d}", t.name))
+        })
+        .collect::<Result<_, _>>()?;
+    let n = fff_runtime::tensor::checked_len(&shape).map_err(|e| e.to_string())?;
+    let external;
+    let raw: Option<&[u8]> = if t.data_location == Some(1) {
+        external = read_external(t, model_dir)?;
+        Some(&external)
+    } else if !t.raw_data.is_empty() || n == 0 {
+        Some(&t.raw_data)
+    } else {
+        None
+    };
+    if let Some(raw) = raw {
+        return Tensor::from_le_bytes(dtype, &shape, raw)
+            .map_err(|e| format!("tensor '{}': {e}", t.name));
+    }
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::I64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::I32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::Bool => t.int32_data.iter().map(|&v| (v != 0) as u8).collect(),
+    };
+    Tensor::from_le_bytes(dtype, &shape, &bytes).map_err(|e| format!("tensor '{}': {e}", t.name))
+}
+
+fn read_external(t: &TensorProto, model_dir: Option<&Path>) -> Result<Vec<u8>, String> {
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.clone())
+    };
+    let location = get("location")
+        .ok_or_else(|| format!("tensor '{}' is external but names no file", t.name))?;
+    let rel = Path::new(&location);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "tensor '{}' names external file '{location}' outside the model's folder",
+            t.name
+        ));
+    }
+    let path = model_dir.unwrap_or(Path::new(".")).join(rel);
+    let parse = |k: &str| -> Result<Option<u64>, String> {
+        get(k)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("tensor '{}': bad {k} '{v}'", t.name))
+            })
+            .transpose()
+    };
+    let offset = parse("offset")?.unwrap_or(0);
+    let data = std::fs::read(&path)
+        .map_err(|e| format!("tensor '{}': cannot read {}: {e}", t.name, path.display()))?;
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let len = parse("length")?.map_or(data.len() - start, |l| {
+        usize::try_from(l).unwrap_or(usize::MAX)
+    });
+    data.get(start..start.saturating_add(len))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            format!(
+                "tensor '{}': external data range lies outside {}",
+                t.name,
+                path.display()
+            )
+        })
+}
+
+/// ONNX's name for an element type code, for messages.
+pub fn type_name(code: i32) -> &'static str {
+    match code {
+        1 => "float",
+        2 => "uint8",
+        3 => "int8",
+        4 => "uint16",
+        5 => "int16",
+        6 => "int32",
+        7 => "int64",
+        8 => "string",
+        9 => "bool",
+        10 => "float16",
+        11 => "double",
+        12 => "uint32",
+        13 => "uint64",
+        16 => "bfloat16",
+        _ => "other",
+    }
+}

@@ -1,0 +1,247 @@
+//! The graph container and the handful of edits passes make on it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use fff_runtime::op::Op;
+use fff_runtime::Tensor;
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::{EdgeRef, IntoEdgeReferences};
+use petgraph::Direction;
+
+use super::fact::Fact;
+
+/// One output slot of one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutletId {
+    pub node: NodeIndex,
+    pub slot: usize,
+}
+
+impl OutletId {
+    pub fn new(node: NodeIndex, slot: usize) -> OutletId {
+        OutletId { node, slot }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum NodeKind {
+    /// A model input, in the order the model declares them.
+    Input,
+    Const(Arc<Tensor>),
+    Op(Op),
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The ONNX node name (or input name), for messages.
+    pub name: String,
+    pub kind: NodeKind,
+    /// Number of input slots; slots without an edge are absent optional inputs.
+    pub n_inputs: usize,
+    /// One fact per output slot.
+    pub outputs: Vec<Fact>,
+}
+
+/// An edge feeds output slot `src_slot` of its source into input slot `dst_slot` of its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Edge {
+    pub src_slot: usize,
+    pub dst_slot: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub g: StableDiGraph<Node, Edge>,
+    /// Model inputs, in declaration order.
+    pub inputs: Vec<NodeIndex>,
+    /// Named graph outputs.
+    pub outputs: Vec<(String, OutletId)>,
+}
+
+impl Graph {
+    pub fn add_input(&mut self, name: &str, fact: Fact) -> NodeIndex {
+        let n = self.g.add_node(Node {
+            name: name.to_string(),
+            kind: NodeKind::Input,
+            n_inputs: 0,
+            outputs: vec![fact],
+        });
+        self.inputs.push(n);
+        n
+    }
+
+    pub fn add_const(&mut self, name: &str, t: Tensor) -> OutletId {
+        let fact = const_fact(&t);
+        let n = self.g.add_node(Node {
+            name: name.to_string(),
+            kind: NodeKind::Const(Arc::new(t)),
+            n_inputs: 0,
+            outputs: vec![fact],
+        });
+        OutletId::new(n, 0)
+    }
+
+    /// Adds an op node wired to `inputs` (`None` for absent optional inputs).
+    pub fn add_op(
+        &mut self,
+        name: &str,
+        op: Op,
+        inputs: &[Option<OutletId>],
+        n_outputs: usize,
+    ) -> NodeIndex {
+        let n = self.g.add_node(Node {
+            name: name.to_string(),
+            kind: NodeKind::Op(op),
+            n_inputs: inputs.len(),
+            outputs: vec![Fact::unknown(); n_outputs],
+        });
+        for (slot, i) in inputs.iter().enumerate() {
+            if let Some(o) = i {
+                self.g.add_edge(
+                    o.node,
+                    n,
+                    Edge {
+                        src_slot: o.slot,
+                        dst_slot: slot,
+                    },
+                );
+            }
+        }
+        n
+    }
+
+    pub fn node(&self, n: NodeIndex) -> &Node {
+        &self.g[n]
+    }
+
+    pub fn op(&self, n: NodeIndex) -> Option<&Op> {
+        match &self.g[n].kind {
+            NodeKind::Op(op) => Some(op),
+            _ => None,
+        }
+    }
+
+    pub fn fact(&self, o: OutletId) -> &Fact {
+        &self.g[o.node].outputs[o.slot]
+    }
+
+    /// The constant an outlet carries, if its node is a constant.
+    pub fn const_value(&self, o: OutletId) -> Option<&Arc<Tensor>> {
+        match &self.g[o.node].kind {
+            NodeKind::Const(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The inputs of a node by slot.
+    pub fn inputs_of(&self, n: NodeIndex) -> Vec<Option<OutletId>> {
+        let mut v = vec![None; self.g[n].n_inputs];
+        for e in self.g.edges_directed(n, Direction::Incoming) {
+            v[e.weight().dst_slot] = Some(OutletId::new(e.source(), e.weight().src_slot));
+        }
+        v
+    }
+
+    /// Nodes and slots that read an outlet.
+    pub fn consumers(&self, o: OutletId) -> Vec<(NodeIndex, usize)> {
+        let mut v: Vec<_> = self
+            .g
+            .edges_directed(o.node, Direction::Outgoing)
+            .filter(|e| e.weight().src_slot == o.slot)
+            .map(|e| (e.target(), e.weight().dst_slot))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Makes every reader of `old` (nodes and graph outputs) read `new` instead.
+    pub fn replace_uses(&mut self, old: OutletId, new: OutletId) {
+        let edges: Vec<_> = self
+            .g
+            .edges_directed(old.node, Direction::Outgoing)
+            .filter(|e| e.weight().src_slot == old.slot)
+            .map(|e| (e.id(), e.target(), e.weight().dst_slot))
+            .collect();
+        for (id, target, dst_slot) in edges {
+            self.g.remove_edge(id);
+            self.g.add_edge(
+                new.node,
+                target,
+                Edge {
+                    src_slot: new.slot,
+                    dst_slot,
+                },
+            );
+        }
+        for (_, o) in &mut self.outputs {
+            if *o == old {
+                *o = new;
+            }
+        }
+    }
+
+    /// Removes a node and its edges.
+    pub fn remove_node(&mut self, n: NodeIndex) {
+        self.g.remove_node(n);
+    }
+
+    /// All nodes in a deterministic topological order: Kahn's algorithm, ties broken by creation order.
+    pub fn topo_order(&self) -> Vec<NodeIndex> {
+        let mut indegree: std::collections::HashMap<NodeIndex, usize> =
+            self.g.node_indices().map(|n| (n, 0)).collect();
+        for e in (&self.g).edge_references() {
+            *indegree.get_mut(&e.target()).expect("edge endpoints exist") += 1;
+        }
+        let mut ready: BTreeSet<NodeIndex> = indegree
+            .iter()
+            .filter(|(_, &d)| d == 0)
+            .map(|(&n, _)| n)
+            .collect();
+        let mut order = Vec::with_capacity(indegree.len());
+        while let Some(n) = ready.pop_first() {
+            order.push(n);
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let d = indegree.get_mut(&e.target()).expect("edge endpoints exist");
+                *d -= 1;
+                if *d == 0 {
+                    ready.insert(e.target());
+                }
+            }
+        }
+        order
+    }
+
+    /// Number of op nodes.
+    pub fn op_count(&self) -> usize {
+        self.g
+            .node_weights()
+            .filter(|n| matches!(n.kind, NodeKind::Op(_)))
+            .count()
+    }
+}
+
+/// The fact of a constant: its dtype, shape and, for small integer tensors, its value.
+pub fn const_fact(t: &Tensor) -> Fact {
+    use super::fact::Dim;
+    let shape = t.shape().iter().map(|&d| Dim::Known(d as i64)).collect();
+    let value = match t.view() {
+        v @ (fff_runtime::TensorView::I64(_) | fff_runtime::TensorView::I32(_))
+            if v.rank() <= 1 && v.len() <= 64 =>
+        {
+            Some(
+                v.ints()
+                    .expect("integer view")
+                    .into_iter()
+                    .map(Dim::Known)
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
+    Fact {
+        dtype: Some(t.dtype()),
+        shape: Some(shape),
+        value,
+    }
+}

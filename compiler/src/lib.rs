@@ -1,0 +1,36 @@
+//! fff compiler: imports ONNX transformer graphs into the fff IR, rewrites and optimises them, and
+//! writes plans for the runtime. See `docs/ARCHITECTURE.md`.
+
+pub mod dump;
+pub mod error;
+pub mod import;
+pub mod ir;
+pub mod passes;
+pub mod plan_writer;
+
+use std::path::Path;
+
+pub use error::{CompileError, Result};
+pub use ir::Graph;
+
+/// Imports an ONNX file and runs the optimisation pipeline (up to `stop_after`, a pass name, if given).
+pub fn compile_path(path: &Path, stop_after: Option<&str>) -> Result<Graph> {
+    let mut g = import::import_path(path)?;
+    passes::optimise(&mut g, stop_after)?;
+    Ok(g)
+}
+
+/// Imports ONNX bytes and runs the whole pipeline.
+pub fn compile_bytes(bytes: &[u8]) -> Result<Graph> {
+    let proto = import::parse(bytes)?;
+    let mut g = import::import_model(&proto, None)?;
+    passes::optimise(&mut g, None)?;
+    Ok(g)
+}
+
+/// Compiles ONNX bytes straight to the bytes of a plan file.
+pub fn compile_to_plan_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
+    let g = compile_bytes(bytes)?;
+    let (graph, weights) = plan_writer::to_plan(&g)?;
+    Ok(fff_runtime::plan::encode(&graph, &weights))
+}

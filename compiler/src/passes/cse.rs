@@ -1,0 +1,48 @@
+//! Common-subexpression elimination.
+//!
+//! Guarantees: no two constants hold the same dtype, shape and bytes, and no two op nodes apply the same
+//! op to the same inputs; the later of each pair is replaced by the earlier (in topological order).
+
+use std::collections::HashMap;
+
+use crate::error::Result;
+use crate::ir::{Graph, NodeKind, OutletId};
+
+pub fn run(g: &mut Graph) -> Result<bool> {
+    let mut changed = false;
+    let mut consts: HashMap<
+        (fff_runtime::DType, Vec<usize>, Vec<u8>),
+        petgraph::stable_graph::NodeIndex,
+    > = HashMap::new();
+    let mut ops: HashMap<String, petgraph::stable_graph::NodeIndex> = HashMap::new();
+    for n in g.topo_order() {
+        let canonical = match &g.node(n).kind {
+            NodeKind::Input => continue,
+            NodeKind::Const(t) => {
+                let key = (t.dtype(), t.shape().to_vec(), t.to_le_bytes());
+                match consts.get(&key) {
+                    Some(&c) => c,
+                    None => {
+                        consts.insert(key, n);
+                        continue;
+                    }
+                }
+            }
+            NodeKind::Op(op) => {
+                let key = format!("{op:?}|{:?}|{}", g.inputs_of(n), g.node(n).outputs.len());
+                match ops.get(&key) {
+                    Some(&c) => c,
+                    None => {
+                        ops.insert(key, n);
+                        continue;
+                    }
+                }
+            }
+        };
+        for slot in 0..g.node(n).outputs.len() {
+            g.replace_uses(OutletId::new(n, slot), OutletId::new(canonical, slot));
+        }
+        changed = true;
+    }
+    Ok(changed)
+}

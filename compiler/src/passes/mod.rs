@@ -1,0 +1,46 @@
+//! The optimisation pipeline: each pass in its own file states what it guarantees. They run in a fixed
+//! order, repeated until none changes the graph.
+
+pub mod constant_folding;
+pub mod cse;
+pub mod dead_code;
+pub mod identity_elimination;
+pub mod shape_inference;
+pub mod shape_rules;
+
+use crate::error::{CompileError, Result};
+use crate::ir::Graph;
+
+/// A named pass over the graph; returns whether it changed anything.
+pub type Pass = (&'static str, fn(&mut Graph) -> Result<bool>);
+
+/// The passes in the order they run.
+pub const PIPELINE: &[Pass] = &[
+    ("shape-inference", shape_inference::run),
+    ("constant-folding", constant_folding::run),
+    ("identity-elimination", identity_elimination::run),
+    ("cse", cse::run),
+    ("dead-code", dead_code::run),
+];
+
+/// Rounds after which a pipeline that still changes the graph is reported as a bug.
+const MAX_ROUNDS: usize = 32;
+
+/// Runs the pipeline to a fixed point, stopping after the pass named `stop_after` if given.
+pub fn optimise(g: &mut Graph, stop_after: Option<&str>) -> Result<()> {
+    for _ in 0..MAX_ROUNDS {
+        let mut changed = false;
+        for (name, pass) in PIPELINE {
+            changed |= pass(g)?;
+            if stop_after == Some(*name) {
+                return shape_inference::run(g).map(|_| ());
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+    }
+    Err(CompileError::Graph(format!(
+        "the optimisation passes did not settle after {MAX_ROUNDS} rounds"
+    )))
+}

@@ -1,0 +1,38 @@
+//! Shape and type inference.
+//!
+//! Guarantees: after it runs, every output slot of every op node carries the facts its shape rule
+//! (`shape_rules`) can prove from the facts of its inputs, in topological order; model inputs and
+//! constants keep the facts they were created with. A definite contradiction is an error naming the node.
+
+use crate::error::{CompileError, Result};
+use crate::ir::{Fact, Graph, NodeKind};
+
+use super::shape_rules;
+
+pub fn run(g: &mut Graph) -> Result<bool> {
+    let mut changed = false;
+    for n in g.topo_order() {
+        let NodeKind::Op(op) = &g.node(n).kind else {
+            continue;
+        };
+        let inputs = g.inputs_of(n);
+        let facts: Vec<Option<&Fact>> = inputs.iter().map(|i| i.map(|o| g.fact(o))).collect();
+        let n_out = g.node(n).outputs.len();
+        let out = shape_rules::infer(op, &facts, n_out).map_err(|msg| CompileError::Pass {
+            node: g.node(n).name.clone(),
+            msg,
+        })?;
+        if out.len() != n_out {
+            return Err(CompileError::Pass {
+                node: g.node(n).name.clone(),
+                msg: format!("has {n_out} outputs, its op gives {}", out.len()),
+            });
+        }
+        let node = &mut g.g[n];
+        if node.outputs != out {
+            node.outputs = out;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}

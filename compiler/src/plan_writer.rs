@@ -1,0 +1,111 @@
+//! The IR to a plan: values numbered (inputs, then constants, then node outputs in topological order),
+//! constants laid into the weights section, symbolic input dims carried over by name.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use fff_runtime::plan::{
+    self, Dim as PlanDim, PlanConstant, PlanGraph, PlanInput, PlanNode, PlanOutput, WeightsBuilder,
+};
+
+use crate::error::{CompileError, Result};
+use crate::ir::{Dim, Graph, NodeKind, OutletId};
+
+pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
+    let order = g.topo_order();
+    let mut ids: HashMap<OutletId, usize> = HashMap::new();
+    let mut next = 0usize;
+    let mut inputs = Vec::new();
+    for &n in &g.inputs {
+        let node = g.node(n);
+        let fact = &node.outputs[0];
+        let dtype = fact
+            .dtype
+            .ok_or_else(|| CompileError::Graph(format!("input '{}' has no dtype", node.name)))?;
+        let shape = fact
+            .shape
+            .as_ref()
+            .ok_or_else(|| CompileError::Graph(format!("input '{}' has no rank", node.name)))?;
+        let shape = shape
+            .iter()
+            .enumerate()
+            .map(|(axis, d)| match d {
+                Dim::Known(v) => PlanDim::Fixed(*v as usize),
+                Dim::Sym(s) => PlanDim::Sym(s.clone()),
+                Dim::Unknown => PlanDim::Sym(format!("{}_dim{axis}", node.name)),
+            })
+            .collect();
+        ids.insert(OutletId::new(n, 0), next);
+        inputs.push(PlanInput {
+            name: node.name.clone(),
+            dtype,
+            shape,
+            value: next,
+        });
+        next += 1;
+    }
+    let mut weights = WeightsBuilder::default();
+    let mut constants = Vec::new();
+    for &n in &order {
+        if let NodeKind::Const(t) = &g.node(n).kind {
+            let (offset, len) = weights.push(t);
+            ids.insert(OutletId::new(n, 0), next);
+            constants.push(PlanConstant {
+                value: next,
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+                offset,
+                len,
+            });
+            next += 1;
+        }
+    }
+    let mut nodes = Vec::new();
+    for &n in &order {
+        let node = g.node(n);
+        let NodeKind::Op(op) = &node.kind else {
+            continue;
+        };
+        let ins = g.inputs_of(n).iter().map(|i| i.map(|o| ids[&o])).collect();
+        let outs: Vec<usize> = (0..node.outputs.len())
+            .map(|s| {
+                ids.insert(OutletId::new(n, s), next);
+                next += 1;
+                next - 1
+            })
+            .collect();
+        nodes.push(PlanNode {
+            name: node.name.clone(),
+            op: op.clone(),
+            inputs: ins,
+            outputs: outs,
+        });
+    }
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|(name, o)| PlanOutput {
+            name: name.clone(),
+            value: ids[o],
+        })
+        .collect();
+    let graph = PlanGraph {
+        producer: format!("fffc {}", env!("CARGO_PKG_VERSION")),
+        num_values: next,
+        inputs,
+        outputs,
+        constants,
+        nodes,
+    };
+    Ok((graph, weights.into_bytes()))
+}
+
+/// Writes the plan file for `g`.
+pub fn write_plan(g: &Graph, path: &Path) -> Result<()> {
+    let (graph, weights) = to_plan(g)?;
+    let bytes = plan::encode(&graph, &weights);
+    std::fs::write(path, bytes).map_err(|e| CompileError::Read {
+        path: path.display().to_string(),
+        source: e,
+    })
+}

@@ -1,0 +1,108 @@
+//! The FastFeedForward op: a forest of binary trees of neurons, each input row walking every tree from
+//! its root to a leaf. See `docs/FFF.md` for the semantics.
+
+use crate::activation::Activation;
+
+/// Which child a node's logit selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Branch {
+    /// Right child iff `logit > 0`.
+    Greater,
+    /// Right child iff `logit >= 0`.
+    GreaterOrEqual,
+}
+
+impl Branch {
+    #[inline]
+    pub fn goes_right(self, logit: f32) -> bool {
+        match self {
+            Branch::Greater => logit > 0.0,
+            Branch::GreaterOrEqual => logit >= 0.0,
+        }
+    }
+}
+
+/// The shape of one FastFeedForward op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FffShape {
+    pub d_in: usize,
+    pub d_out: usize,
+    pub depth: usize,
+    pub trees: usize,
+}
+
+impl FffShape {
+    /// Nodes per tree: `2^(depth+1) - 1`.
+    pub fn nodes_per_tree(&self) -> usize {
+        (1usize << (self.depth + 1)) - 1
+    }
+
+    /// Rows of `w_in` and `w_out`: `trees * nodes_per_tree`.
+    pub fn total_nodes(&self) -> usize {
+        self.trees * self.nodes_per_tree()
+    }
+}
+
+/// Weights of one FastFeedForward op, node-major: node `t*N + i` owns `w_in[(t*N+i)*d_in ..][..d_in]` and
+/// `w_out[(t*N+i)*d_out ..][..d_out]`.
+#[derive(Clone, Copy, Debug)]
+pub struct FffWeights<'a> {
+    pub w_in: &'a [f32],
+    pub b_in: Option<&'a [f32]>,
+    pub w_out: &'a [f32],
+    pub b_out: Option<&'a [f32]>,
+}
+
+/// The reference kernel: per row, per tree, per level, exactly as the definition reads. `x` holds
+/// `rows x d_in`, `out` receives `rows x d_out`.
+pub fn fff_reference(
+    shape: FffShape,
+    act: Activation,
+    branch: Branch,
+    w: FffWeights,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let FffShape {
+        d_in,
+        d_out,
+        depth,
+        trees,
+    } = shape;
+    let n = shape.nodes_per_tree();
+    assert_eq!(w.w_in.len(), trees * n * d_in);
+    assert_eq!(w.w_out.len(), trees * n * d_out);
+    assert!(w.b_in.is_none_or(|b| b.len() == trees * n));
+    assert!(w.b_out.is_none_or(|b| b.len() == d_out));
+    let rows = if d_in == 0 {
+        out.len() / d_out.max(1)
+    } else {
+        x.len() / d_in
+    };
+    assert_eq!(out.len(), rows * d_out);
+    for r in 0..rows {
+        let xr = &x[r * d_in..(r + 1) * d_in];
+        let yr = &mut out[r * d_out..(r + 1) * d_out];
+        match w.b_out {
+            Some(b) => yr.copy_from_slice(b),
+            None => yr.fill(0.0),
+        }
+        for t in 0..trees {
+            let mut node = 0usize;
+            for _ in 0..=depth {
+                let row = t * n + node;
+                let wi = &w.w_in[row * d_in..(row + 1) * d_in];
+                let mut logit: f32 = wi.iter().zip(xr).map(|(a, b)| a * b).sum();
+                if let Some(b) = w.b_in {
+                    logit += b[row];
+                }
+                let a = act.apply(logit);
+                let wo = &w.w_out[row * d_out..(row + 1) * d_out];
+                for (y, &v) in yr.iter_mut().zip(wo) {
+                    *y += a * v;
+                }
+                node = 2 * node + 1 + branch.goes_right(logit) as usize;
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Matrix multiplication on a proven GEMM crate, with its run-time SIMD dispatch.
+
+/// A strided matrix operand: element (i, j) is at `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A dense row-major matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The same data read as its transpose.
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    fn fits(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let last = (self.rows - 1).checked_mul(self.row_stride).and_then(|r| {
+            (self.cols - 1)
+                .checked_mul(self.col_stride)
+                .and_then(|c| r.checked_add(c))
+        });
+        matches!(last, Some(l) if l < self.data.len())
+    }
+}
+
+/// `out[m, n] = alpha * a[m, k] . b[k, n] + beta * out[m, n]`, with `out` dense row-major.
+///
+/// With `beta == 0` the previous contents of `out` are ignored (they may be anything).
+pub fn gemm(a: MatRef, b: MatRef, out: &mut [f32], alpha: f32, beta: f32) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm: inner dimensions differ");
+    assert!(
+        a.fits() && b.fits(),
+        "gemm: operand slice too short for its strides"
+    );
+    assert!(out.len() >= m * n, "gemm: output slice too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for v in &mut out[..m * n] {
+            *v *= beta;
+        }
+        if beta == 0.0 {
+            out[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the asserts above check that every element addressed through the strides lies inside
+    // `a.data`, `b.data` and `out`; `out` is borrowed mutably and cannot alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            beta != 0.0,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The obvious triple loop: the reference that [`gemm`] is tested against.
+pub fn gemm_reference(a: MatRef, b: MatRef, out: &mut [f32], alpha: f32, beta: f32) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f64;
+            for p in 0..k {
+                acc += a.data[i * a.row_stride + p * a.col_stride] as f64
+                    * b.data[p * b.row_stride + j * b.col_stride] as f64;
+            }
+            let prev = if beta == 0.0 {
+                0.0
+            } else {
+                beta * out[i * n + j]
+            };
+            out[i * n + j] = alpha * acc as f32 + prev;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gemm_agrees_with_reference_on_odd_shapes_and_transposes() {
+        for &(m, k, n) in &[(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 31, 65), (1, 100, 3)] {
+            let a = pseudo_random(m * k, 1);
+            let b = pseudo_random(k * n, 2);
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let am = if ta {
+                    MatRef::row_major(&a, k, m).t()
+                } else {
+                    MatRef::row_major(&a, m, k)
+                };
+                let bm = if tb {
+                    MatRef::row_major(&b, n, k).t()
+                } else {
+                    MatRef::row_major(&b, k, n)
+                };
+                let init = pseudo_random(m * n, 3);
+                let mut got = init.clone();
+                let mut want = init.clone();
+                gemm(am, bm, &mut got, 0.5, 2.0);
+                gemm_reference(am, bm, &mut want, 0.5, 2.0);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-4, "{m}x{k}x{n} {ta} {tb}: {g} vs {w}");
+                }
+            }
+        }
+    }
+}

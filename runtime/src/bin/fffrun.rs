@@ -1,0 +1,166 @@
+//! `fffrun MODEL.fff INPUT.json [-o OUTPUT.json]`: runs a compiled model on inputs given as JSON and
+//! writes its outputs as JSON, or with `--bench` times it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fff_runtime::io::{parse_inputs, write_outputs};
+use fff_runtime::{Model, Tensor};
+
+/// Runs a compiled fff model (.fff) on the CPU.
+///
+/// Inputs are JSON in one of two forms: an object mapping each input name to a nested list
+/// (`{"x": [[1.0, 2.0]], "ids": [3, 4]}`, a bare number for a scalar), or an Open Inference Protocol v2
+/// request (`{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}`).
+/// Outputs are written in the same form as the inputs. Float NaN and infinities are written as null.
+#[derive(Parser, Debug)]
+#[command(name = "fffrun", version)]
+struct Args {
+    /// The compiled model, as written by fffc.
+    #[arg(value_name = "MODEL.fff")]
+    model: PathBuf,
+
+    /// The inputs, as JSON.
+    #[arg(value_name = "INPUT.json")]
+    input: PathBuf,
+
+    /// Write the outputs (or, with --bench, the timings) to this file instead of stdout.
+    #[arg(short, long, value_name = "OUTPUT.json")]
+    output: Option<PathBuf>,
+
+    /// Threads used by kernels [default: the number of cores].
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    threads: Option<usize>,
+
+    /// Time the model instead of printing its outputs: one warm-up run, then --runs timed runs, then one
+    /// JSON line {"median_ms", "min_ms", "runs", "threads"}.
+    #[arg(long)]
+    bench: bool,
+
+    /// Timed runs for --bench.
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "bench",
+          value_parser = at_least_one)]
+    runs: usize,
+}
+
+/// Parses a count that must be at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The line `--bench` prints.
+#[derive(serde::Serialize)]
+struct BenchReport {
+    median_ms: f64,
+    min_ms: f64,
+    runs: usize,
+    threads: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Nothing more can be done if stderr itself is gone.
+            let _ = writeln!(std::io::stderr().lock(), "error: {}", error_text(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let model = Model::load(&args.model)
+        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("cannot read input file {}", args.input.display()))?;
+    let (inputs, style) = parse_inputs(&text, model.inputs())
+        .with_context(|| format!("in input file {}", args.input.display()))?;
+
+    let report = if args.bench {
+        let times = bench(&model, &inputs, args.runs)?;
+        let report = BenchReport {
+            median_ms: median(&times),
+            min_ms: times[0],
+            runs: args.runs,
+            threads,
+        };
+        let mut line = serde_json::to_string(&report).context("cannot format the timings")?;
+        line.push('\n');
+        line
+    } else {
+        let outputs = model.run(inputs)?;
+        let mut text = write_outputs(&outputs, style);
+        text.push('\n');
+        text
+    };
+    emit(args.output.as_deref(), &report)
+}
+
+/// One warm-up run, then `runs` timed runs; the times in milliseconds, sorted.
+fn bench(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<Vec<f64>> {
+    model.run(inputs.to_vec())?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let inputs = inputs.to_vec();
+        let start = Instant::now();
+        let outputs = model.run(inputs)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        drop(outputs);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// The median of sorted, non-empty times.
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+fn emit(path: Option<&Path>, text: &str) -> Result<()> {
+    match path {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write output file {}", path.display())),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                .context("cannot write to stdout")
+        }
+    }
+}
+
+/// The error and its causes, `outer: inner: ...`, leaving out a cause whose message the one before it
+/// already includes (the runtime's errors print their source as part of their own message).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if !previous.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+        previous = message;
+    }
+    text
+}

@@ -1,0 +1,57 @@
+//! The runtime's error type: every failure says what was wrong, never panics.
+
+use crate::tensor::DType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The plan file is unreadable, truncated, corrupted or of another format version.
+    #[error("invalid plan: {0}")]
+    Plan(String),
+    /// The caller's inputs do not match what the model expects.
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// An op met data it cannot compute on (shapes that do not broadcast, an index out of range, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// An op failed; the message names the node.
+    #[error("node '{node}' ({op}): {source}")]
+    Node {
+        node: String,
+        op: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Error {
+        Error::Invalid(msg.into())
+    }
+
+    pub fn plan(msg: impl Into<String>) -> Error {
+        Error::Plan(msg.into())
+    }
+
+    pub fn input(msg: impl Into<String>) -> Error {
+        Error::Input(msg.into())
+    }
+
+    pub fn dtype(expected: &str, got: DType) -> Error {
+        Error::Invalid(format!("expected {expected}, got {got}"))
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Element-wise ops: unary, binary with broadcasting, Where, Clip, Cast.
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
+
+use super::broadcast_shapes;
+use crate::error::{Error, Result};
+use crate::op::{BinaryOp, UnaryOp};
+use crate::tensor::{DType, Tensor, TensorView};
+
+macro_rules! int_unary {
+    ($op:expr, $a:expr, $unsupported:expr) => {
+        match $op {
+            UnaryOp::Neg => $a.mapv(|v| v.wrapping_neg()),
+            UnaryOp::Abs => $a.mapv(|v| v.wrapping_abs()),
+            UnaryOp::Sign => $a.mapv(|v| v.signum()),
+            UnaryOp::Relu => $a.mapv(|v| v.max(0)),
+            _ => return Err($unsupported()),
+        }
+    };
+}
+
+macro_rules! int_binary {
+    ($op:expr, $x:expr, $y:expr, $variant:ident, $unsupported:expr) => {{
+        use BinaryOp::*;
+        if $op.is_comparison() {
+            Tensor::Bool(zip_broadcast($x, $y, compare_fn($op))?)
+        } else {
+            if matches!($op, Div | Mod | Fmod) && $y.iter().any(|&v| v == 0) {
+                return Err(Error::invalid(format!("integer {:?} by zero", $op)));
+            }
+            Tensor::$variant(match $op {
+                Add => zip_broadcast($x, $y, |p, q| p.wrapping_add(q))?,
+                Sub => zip_broadcast($x, $y, |p, q| p.wrapping_sub(q))?,
+                Mul => zip_broadcast($x, $y, |p, q| p.wrapping_mul(q))?,
+                Div => zip_broadcast($x, $y, |p, q| p.wrapping_div(q))?,
+                Max => zip_broadcast($x, $y, |p, q| p.max(q))?,
+                Min => zip_broadcast($x, $y, |p, q| p.min(q))?,
+                Fmod => zip_broadcast($x, $y, |p, q| p.wrapping_rem(q))?,
+                Mod => zip_broadcast($x, $y, |p, q| {
+                    let r = p.wrapping_rem(q);
+                    if r != 0 && ((r < 0) != (q < 0)) {
+                        r + q
+                    } else {
+                        r
+                    }
+                })?,
+                _ => return Err($unsupported()),
+            })
+        }
+    }};
+}
+
+pub fn unary(op: UnaryOp, x: &TensorView) -> Result<Tensor> {
+    use UnaryOp::*;
+    let unsupported = || Error::invalid(format!("{op:?} does not take {}", x.dtype()));
+    Ok(match x {
+        TensorView::F32(a) => match op {
+            IsNaN => Tensor::Bool(a.mapv(f32::is_nan)),
+            IsInf => Tensor::Bool(a.mapv(f32::is_infinite)),
+            Not => return Err(unsupported()),
+            _ => Tensor::F32(a.mapv(float_unary(op))),
+        },
+        TensorView::I64(a) => Tensor::I64(int_unary!(op, a, unsupported)),
+        TensorView::I32(a) => Tensor::I32(int_unary!(op, a, unsupported)),
+        TensorView::Bool(a) => match op {
+            Not => Tensor::Bool(a.mapv(|v| !v)),
+            _ => return Err(unsupported()),
+        },
+    })
+}
+
+fn float_unary(op: UnaryOp) -> fn(f32) -> f32 {
+    use fff_ops::activation as act;
+    use UnaryOp::*;
+    match op {
+        Neg => |v| -v,
+        Abs => f32::abs,
+        Exp => f32::exp,
+        Log => f32::ln,
+        Sqrt => f32::sqrt,
+        Reciprocal => |v| 1.0 / v,
+        Erf => act::erf,
+        Tanh => f32::tanh,
+        Relu => act::relu,
+        Sigmoid => act::sigmoid,
+        Floor => f32::floor,
+        Ceil => f32::ceil,
+        Sin => f32::sin,
+        Cos => f32::cos,
+        Sign => |v| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v
+            }
+        },
+        Softplus => |v| if v > 20.0 { v } else { v.exp().ln_1p() },
+        Gelu => act::gelu_erf,
+        GeluTanh => act::gelu_tanh,
+        Not | IsNaN | IsInf => unreachable!("handled by the caller"),
+    }
+}
+
+/// Broadcasts `a` and `b` against each other and maps `f` over the pairs.
+pub fn zip_broadcast<A: Copy, B: Copy, C>(
+    a: &ArrayViewD<A>,
+    b: &ArrayViewD<B>,
+    f: impl Fn(A, B) -> C,
+) -> Result<ArrayD<C>> {
+    let shape = broadcast_shapes(a.shape(), b.shape())?;
+    let dim = IxDyn(&shape);
+    let (av, bv) = match (a.broadcast(dim.clone()), b.broadcast(dim)) {
+        (Some(x), Some(y)) => (x, y),
+        _ => {
+            return Err(Error::invalid(format!(
+                "shapes {:?} and {:?} do not broadcast",
+                a.shape(),
+                b.shape()
+            )))
+        }
+    };
+    Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
+}
+
+pub fn binary(op: BinaryOp, a: &TensorView, b: &TensorView) -> Result<Tensor> {
+    use BinaryOp::*;
+    if op == Pow {
+        return pow(a, b);
+    }
+    if a.dtype() != b.dtype() {
+        return Err(Error::invalid(format!(
+            "{op:?} of {} and {}",
+            a.dtype(),
+            b.dtype()
+        )));
+    }
+    let unsupported = || Error::invalid(format!("{op:?} does not take {}", a.dtype()));
+    match (a, b) {
+        (TensorView::F32(x), TensorView::F32(y)) => {
+            if op.is_comparison() {
+                return Ok(Tensor::Bool(zip_broadcast(x, y, compare_fn::<f32>(op))?));
+            }
+            let f: fn(f32, f32) -> f32 = match op {
+                Add => |p, q| p + q,
+                Sub => |p, q| p - q,
+                Mul => |p, q| p * q,
+                Div => |p, q| p / q,
+                Max => |p: f32, q: f32| {
+                    if p.is_nan() || q.is_nan() {
+                        f32::NAN
+                    } else {
+                        p.max(q)
+                    }
+                },
+                Min => |p: f32, q: f32| {
+                    if p.is_nan() || q.is_nan() {
+                        f32::NAN
+                    } else {
+                        p.min(q)
+                    }
+                },
+                Fmod => |p, q| p % q,
+                _ => return Err(unsupported()),
+            };
+            Ok(Tensor::F32(zip_broadcast(x, y, f)?))
+        }
+        (TensorView::I64(x), TensorView::I64(y)) => Ok(int_binary!(op, x, y, I64, unsupported)),
+        (TensorView::I32(x), TensorView::I32(y)) => Ok(int_binary!(op, x, y, I32, unsupported)),
+        (TensorView::Bool(x), TensorView::Bool(y)) => {
+            let f: fn(bool, bool) -> bool = match op {
+                And => |p, q| p && q,
+                Or => |p, q| p || q,
+                Xor => |p, q| p != q,
+                Equal => |p, q| p == q,
+                _ => return Err(unsupported()),
+            };
+            Ok(Tensor::Bool(zip_broadcast(x, y, f)?))
+        }
+        _ => unreachable!("dtypes checked equal above"),
+    }
+}
+
+fn compare_fn<T: PartialOrd>(op: BinaryOp) -> fn(T, T) -> bool {
+    match op {
+        BinaryOp::Equal => |p, q| p == q,
+        BinaryOp::Less => |p, q| p < q,
+        BinaryOp::LessOrEqual => |p, q| p <= q,
+        BinaryOp::Greater => |p, q| p > q,
+        BinaryOp::GreaterOrEqual => |p, q| p >= q,
+        _ => unreachable!("only comparisons reach compare_fn"),
+    }
+}
+
+/// `Pow`: the exponent may have another numeric type than the base.
+fn pow(a: &TensorView, b: &TensorView) -> Result<Tensor> {
+    let exp_f32 = |b: &TensorView| -> Result<ArrayD<f32>> {
+        Ok(match b {
+            TensorView::F32(y) => y.to_owned(),
+            TensorView::I64(y) => y.mapv(|v| v as f32),
+            TensorView::I32(y) => y.mapv(|v| v as f32),
+            TensorView::Bool(_) => return Err(Error::invalid("Pow does not take a bool exponent")),
+        })
+    };
+    match a {
+        TensorView::F32(x) => {
+            let e = exp_f32(b)?;
+            Ok(Tensor::F32(zip_broadcast(
+                x,
+                &e.view(),
+                |p: f32, q: f32| {
+                    if q == 2.0 {
+                        p * p
+                    } else {
+                        p.powf(q)
+                    }
+                },
+            )?))
+        }
+        TensorView::I64(x) => {
+            let e = exp_f32(b)?;
+            Ok(Tensor::I64(zip_broadcast(x, &e.view(), |p, q| {
+                (p as f64).powf(q as f64) as i64
+            })?))
+        }
+        TensorView::I32(x) => {
+            let e = exp_f32(b)?;
+            Ok(Tensor::I32(zip_broadcast(x, &e.view(), |p, q| {
+                (p as f64).powf(q as f64) as i32
+            })?))
+        }
+        TensorView::Bool(_) => Err(Error::invalid("Pow does not take a bool base")),
+    }
+}
+
+pub fn where_(cond: &TensorView, x: &TensorView, y: &TensorView) -> Result<Tensor> {
+    let c = cond.bool()?;
+    if x.dtype() != y.dtype() {
+        return Err(Error::invalid(format!(
+            "Where of {} and {}",
+            x.dtype(),
+            y.dtype()
+        )));
+    }
+    let shape = broadcast_shapes(&broadcast_shapes(c.shape(), x.shape())?, y.shape())?;
+    let dim = IxDyn(&shape);
+    let cb = c
+        .broadcast(dim.clone())
+        .expect("broadcastable by construction");
+    macro_rules! pick {
+        ($p:expr, $q:expr, $v:ident) => {{
+            let pb = $p
+                .broadcast(dim.clone())
+                .expect("broadcastable by construction");
+            let qb = $q
+                .broadcast(dim.clone())
+                .expect("broadcastable by construction");
+            Tensor::$v(
+                Zip::from(&cb)
+                    .and(&pb)
+                    .and(&qb)
+                    .map_collect(|&c, &p, &q| if c { p } else { q }),
+            )
+        }};
+    }
+    Ok(match (x, y) {
+        (TensorView::F32(p), TensorView::F32(q)) => pick!(p, q, F32),
+        (TensorView::I64(p), TensorView::I64(q)) => pick!(p, q, I64),
+        (TensorView::I32(p), TensorView::I32(q)) => pick!(p, q, I32),
+        (TensorView::Bool(p), TensorView::Bool(q)) => pick!(p, q, Bool),
+        _ => unreachable!("dtypes checked equal above"),
+    })
+}
+
+pub fn clip(x: &TensorView, min: Option<&TensorView>, max: Option<&TensorView>) -> Result<Tensor> {
+    let lo = min.map(|m| m.scalar_f64()).transpose()?;
+    let hi = max.map(|m| m.scalar_f64()).transpose()?;
+    match x {
+        TensorView::F32(a) => {
+            let (lo, hi) = (lo.map(|v| v as f32), hi.map(|v| v as f32));
+            Ok(Tensor::F32(a.mapv(|v| {
+                let v = lo.map_or(v, |l| if v < l { l } else { v });
+                hi.map_or(v, |h| if v > h { h } else { v })
+            })))
+        }
+        TensorView::I64(a) => {
+            let (lo, hi) = (lo.map(|v| v as i64), hi.map(|v| v as i64));
+            Ok(Tensor::I64(a.mapv(|v| {
+                v.max(lo.unwrap_or(i64::MIN)).min(hi.unwrap_or(i64::MAX))
+            })))
+        }
+        TensorView::I32(a) => {
+            let (lo, hi) = (lo.map(|v| v as i32), hi.map(|v| v as i32));
+            Ok(Tensor::I32(a.mapv(|v| {
+                v.max(lo.unwrap_or(i32::MIN)).min(hi.unwrap_or(i32::MAX))
+            })))
+        }
+        TensorView::Bool(_) => Err(Error::invalid("Clip does not take bool")),
+    }
+}
+
+pub fn cast(x: &TensorView, to: DType) -> Tensor {
+    macro_rules! from {
+        ($a:expr, $to_f32:expr, $to_i64:expr, $to_bool:expr) => {
+            match to {
+                DType::F32 => Tensor::F32($a.mapv($to_f32)),
+                DType::I64 => Tensor::I64($a.mapv($to_i64)),
+                DType::I32 => Tensor::I32($a.mapv(|v| ($to_i64)(v) as i32)),
+                DType::Bool => Tensor::Bool($a.mapv($to_bool)),
+            }
+        };
+    }
+    match x {
+        TensorView::F32(a) => from!(a, |v: f32| v, |v: f32| v as i64, |v: f32| v != 0.0),
+        TensorView::I64(a) => from!(a, |v: i64| v as f32, |v: i64| v, |v: i64| v != 0),
+        TensorView::I32(a) => from!(a, |v: i32| v as f32, |v: i32| v as i64, |v: i32| v != 0),
+        TensorView::Bool(a) => from!(a, |v: bool| v as u8 as f32, |v: bool| v as i64, |v: bool| v),
+    }
+}

@@ -1,0 +1,294 @@
+//! Ops that address elements by index: Gather, GatherElements, GatherND, ScatterElements, CumSum, ArgMax.
+
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+
+use super::norm_axis;
+use crate::error::{Error, Result};
+use crate::map_tensor;
+use crate::op::ScatterReduction;
+use crate::tensor::{Tensor, TensorView};
+
+/// Resolves a possibly negative index into `0..dim`.
+fn resolve(i: i64, dim: usize) -> Result<usize> {
+    let r = if i < 0 { i + dim as i64 } else { i };
+    if (0..dim as i64).contains(&r) {
+        Ok(r as usize)
+    } else {
+        Err(Error::invalid(format!(
+            "index {i} is out of range for a dimension of {dim}"
+        )))
+    }
+}
+
+pub fn gather(data: &TensorView, indices: &TensorView, axis: i64) -> Result<Tensor> {
+    let ax = norm_axis(axis, data.rank())?;
+    let dims = data.shape();
+    let idx: Vec<usize> = indices
+        .ints()?
+        .into_iter()
+        .map(|i| resolve(i, dims[ax]))
+        .collect::<Result<_>>()?;
+    let mut out_shape = dims[..ax].to_vec();
+    out_shape.extend_from_slice(indices.shape());
+    out_shape.extend_from_slice(&dims[ax + 1..]);
+    fn go<T: Clone>(a: &ArrayViewD<T>, ax: usize, idx: &[usize], out_shape: &[usize]) -> ArrayD<T> {
+        let outer: usize = a.shape()[..ax].iter().product();
+        let inner: usize = a.shape()[ax + 1..].iter().product();
+        let dim = a.shape()[ax];
+        let std = a.as_standard_layout();
+        let flat = std.as_slice().expect("standard layout is contiguous");
+        let mut v = Vec::with_capacity(outer * idx.len() * inner);
+        for o in 0..outer {
+            for &i in idx {
+                let start = (o * dim + i) * inner;
+                v.extend_from_slice(&flat[start..start + inner]);
+            }
+        }
+        ArrayD::from_shape_vec(IxDyn(out_shape), v).expect("size matches by construction")
+    }
+    Ok(map_tensor!(data, TensorView, a => go(a, ax, &idx, &out_shape)))
+}
+
+pub fn gather_elements(data: &TensorView, indices: &TensorView, axis: i64) -> Result<Tensor> {
+    let ax = norm_axis(axis, data.rank())?;
+    if indices.rank() != data.rank() {
+        return Err(Error::invalid(
+            "GatherElements indices differ in rank from data",
+        ));
+    }
+    let dims = data.shape().to_vec();
+    let ish = indices.shape().to_vec();
+    if (0..dims.len()).any(|d| d != ax && ish[d] > dims[d]) {
+        return Err(Error::invalid(format!(
+            "GatherElements indices {ish:?} exceed data {dims:?}"
+        )));
+    }
+    let idx = indices.ints()?;
+    let resolved: Vec<usize> = idx
+        .iter()
+        .map(|&i| resolve(i, dims[ax]))
+        .collect::<Result<_>>()?;
+    let idx_arr =
+        ArrayD::from_shape_vec(IxDyn(&ish), resolved).expect("from the indices' own shape");
+    Ok(
+        map_tensor!(data, TensorView, a => ArrayD::from_shape_fn(IxDyn(&ish), |pos| {
+            let mut p = pos.clone();
+            p[ax] = idx_arr[&pos];
+            a[p].clone()
+        })),
+    )
+}
+
+pub fn gather_nd(data: &TensorView, indices: &TensorView, batch_dims: i64) -> Result<Tensor> {
+    let b = usize::try_from(batch_dims)
+        .map_err(|_| Error::invalid("GatherND batch_dims is negative"))?;
+    let dims = data.shape().to_vec();
+    let ish = indices.shape().to_vec();
+    let q = ish.len();
+    if q == 0 || b >= q || b > dims.len() || dims[..b] != ish[..b] {
+        return Err(Error::invalid(format!(
+            "GatherND of {dims:?} with indices {ish:?}"
+        )));
+    }
+    let k = ish[q - 1];
+    if b + k > dims.len() {
+        return Err(Error::invalid(format!(
+            "GatherND index depth {k} exceeds data rank {}",
+            dims.len()
+        )));
+    }
+    let mut out_shape = ish[..q - 1].to_vec();
+    out_shape.extend_from_slice(&dims[b + k..]);
+    let idx = indices.ints()?;
+    let inner: usize = dims[b + k..].iter().product();
+    let tuples = idx.len() / k.max(1);
+    let per_batch = tuples / ish[..b].iter().product::<usize>().max(1);
+    // Flat element offset of each gathered slice.
+    let strides: Vec<usize> = (0..dims.len())
+        .map(|d| dims[d + 1..].iter().product())
+        .collect();
+    let mut offsets = Vec::with_capacity(tuples);
+    for t in 0..tuples {
+        let batch = t / per_batch.max(1);
+        let mut off = 0;
+        let mut rem = batch;
+        for d in (0..b).rev() {
+            off += (rem % dims[d]) * strides[d];
+            rem /= dims[d];
+        }
+        for j in 0..k {
+            off += resolve(idx[t * k + j], dims[b + j])? * strides[b + j];
+        }
+        offsets.push(off);
+    }
+    fn go<T: Clone>(
+        a: &ArrayViewD<T>,
+        offsets: &[usize],
+        inner: usize,
+        out: &[usize],
+    ) -> ArrayD<T> {
+        let std = a.as_standard_layout();
+        let flat = std.as_slice().expect("standard layout is contiguous");
+        let v = offsets
+            .iter()
+            .flat_map(|&o| flat[o..o + inner].iter().cloned())
+            .collect();
+        ArrayD::from_shape_vec(IxDyn(out), v).expect("size matches by construction")
+    }
+    Ok(map_tensor!(data, TensorView, a => go(a, &offsets, inner, &out_shape)))
+}
+
+pub fn scatter_elements(
+    data: &TensorView,
+    indices: &TensorView,
+    updates: &TensorView,
+    axis: i64,
+    reduction: ScatterReduction,
+) -> Result<Tensor> {
+    let ax = norm_axis(axis, data.rank())?;
+    let dims = data.shape().to_vec();
+    let ish = indices.shape().to_vec();
+    if ish != updates.shape()
+        || ish.len() != dims.len()
+        || (0..dims.len()).any(|d| d != ax && ish[d] > dims[d])
+    {
+        return Err(Error::invalid(format!(
+            "ScatterElements of {dims:?} with indices {ish:?} and updates {:?}",
+            updates.shape()
+        )));
+    }
+    if data.dtype() != updates.dtype() {
+        return Err(Error::invalid(
+            "ScatterElements updates differ in type from data",
+        ));
+    }
+    let idx: Vec<usize> = indices
+        .ints()?
+        .into_iter()
+        .map(|i| resolve(i, dims[ax]))
+        .collect::<Result<_>>()?;
+    macro_rules! go {
+        ($a:expr, $u:expr, $variant:ident, $add:expr, $mul:expr, $max:expr, $min:expr) => {{
+            let mut out = $a.to_owned();
+            for ((pos, &i), u) in ndarray::indices(IxDyn(&ish))
+                .into_iter()
+                .zip(&idx)
+                .zip($u.iter())
+            {
+                let mut p = pos.clone();
+                p[ax] = i;
+                let cur = out[&p];
+                out[&p] = match reduction {
+                    ScatterReduction::None => *u,
+                    ScatterReduction::Add => $add(cur, *u),
+                    ScatterReduction::Mul => $mul(cur, *u),
+                    ScatterReduction::Max => $max(cur, *u),
+                    ScatterReduction::Min => $min(cur, *u),
+                };
+            }
+            Tensor::$variant(out)
+        }};
+    }
+    Ok(match (data, updates) {
+        (TensorView::F32(a), TensorView::F32(u)) => {
+            go!(
+                a,
+                u,
+                F32,
+                |p: f32, q| p + q,
+                |p: f32, q| p * q,
+                f32::max,
+                f32::min
+            )
+        }
+        (TensorView::I64(a), TensorView::I64(u)) => go!(
+            a,
+            u,
+            I64,
+            |p: i64, q| p.wrapping_add(q),
+            |p: i64, q| p.wrapping_mul(q),
+            |p: i64, q| p.max(q),
+            |p: i64, q| p.min(q)
+        ),
+        (TensorView::I32(a), TensorView::I32(u)) => go!(
+            a,
+            u,
+            I32,
+            |p: i32, q| p.wrapping_add(q),
+            |p: i32, q| p.wrapping_mul(q),
+            |p: i32, q| p.max(q),
+            |p: i32, q| p.min(q)
+        ),
+        (TensorView::Bool(a), TensorView::Bool(u)) => {
+            go!(
+                a,
+                u,
+                Bool,
+                |p: bool, q| p || q,
+                |p: bool, q| p && q,
+                |p: bool, q| p || q,
+                |p: bool, q| p && q
+            )
+        }
+        _ => unreachable!("dtypes checked equal above"),
+    })
+}
+
+pub fn cumsum(x: &TensorView, axis: &TensorView, exclusive: bool, reverse: bool) -> Result<Tensor> {
+    let ax = norm_axis(axis.scalar_f64()? as i64, x.rank())?;
+    macro_rules! go {
+        ($a:expr, $variant:ident, $zero:expr) => {{
+            let mut out = $a.to_owned();
+            for mut lane in out.lanes_mut(Axis(ax)) {
+                let n = lane.len();
+                let mut acc = $zero;
+                for k in 0..n {
+                    let i = if reverse { n - 1 - k } else { k };
+                    let v = lane[i];
+                    if exclusive {
+                        lane[i] = acc;
+                        acc = acc + v;
+                    } else {
+                        acc = acc + v;
+                        lane[i] = acc;
+                    }
+                }
+            }
+            Tensor::$variant(out)
+        }};
+    }
+    Ok(match x {
+        TensorView::F32(a) => go!(a, F32, 0.0f32),
+        TensorView::I64(a) => go!(a, I64, 0i64),
+        TensorView::I32(a) => go!(a, I32, 0i32),
+        TensorView::Bool(_) => return Err(Error::invalid("CumSum does not take bool")),
+    })
+}
+
+pub fn argmax(x: &TensorView, axis: i64, keepdims: bool, select_last: bool) -> Result<Tensor> {
+    let ax = norm_axis(axis, x.rank())?;
+    if x.shape()[ax] == 0 {
+        return Err(Error::invalid("ArgMax over an empty axis"));
+    }
+    fn go<T: PartialOrd + Copy>(a: &ArrayViewD<T>, ax: usize, last: bool) -> ArrayD<i64> {
+        a.map_axis(Axis(ax), |lane| {
+            let mut best = 0;
+            for (i, v) in lane.iter().enumerate() {
+                if *v > lane[best] || (last && *v == lane[best]) {
+                    best = i;
+                }
+            }
+            best as i64
+        })
+    }
+    let mut out = match x {
+        TensorView::F32(a) => go(a, ax, select_last),
+        TensorView::I64(a) => go(a, ax, select_last),
+        TensorView::I32(a) => go(a, ax, select_last),
+        TensorView::Bool(a) => go(a, ax, select_last),
+    };
+    if keepdims {
+        out.insert_axis_inplace(Axis(ax));
+    }
+    Ok(Tensor::I64(out))
+}

@@ -1,0 +1,247 @@
+//! Reference evaluation of every [`Op`] on owned or borrowed tensors. The executor runs plans with it and
+//! the compiler folds constants and validates rewrites with it, so both agree by construction.
+//!
+//! Every function checks its inputs and returns an error rather than panicking on shapes, dtypes or
+//! indices that do not fit.
+
+mod elementwise;
+mod index;
+mod layout;
+mod nn;
+mod reduce;
+
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::tensor::{Tensor, TensorView};
+
+/// The most elements one op may create; a shape input asking for more is an error, not an abort.
+pub const MAX_ELEMENTS: usize = 1 << 34;
+
+/// Evaluates `op` on `inputs` (`None` for an absent optional input), producing `n_outputs` tensors.
+pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<Vec<Tensor>> {
+    let one = |t: Result<Tensor>| t.map(|t| vec![t]);
+    match op {
+        Op::Identity => one(Ok(input(inputs, 0)?.to_owned())),
+        Op::Unary(u) => one(elementwise::unary(*u, input(inputs, 0)?)),
+        Op::Binary(b) => one(elementwise::binary(
+            *b,
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+        )),
+        Op::Where => one(elementwise::where_(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            input(inputs, 2)?,
+        )),
+        Op::Clip => one(elementwise::clip(
+            input(inputs, 0)?,
+            optional(inputs, 1),
+            optional(inputs, 2),
+        )),
+        Op::Cast { to } => one(Ok(elementwise::cast(input(inputs, 0)?, *to))),
+        Op::Shape { start, end } => one(Ok(layout::shape(input(inputs, 0)?, *start, *end))),
+        Op::Size => one(Ok(Tensor::scalar_i64(input(inputs, 0)?.len() as i64))),
+        Op::Reshape { allowzero } => one(layout::reshape(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            *allowzero,
+        )),
+        Op::Flatten { axis } => one(layout::flatten(input(inputs, 0)?, *axis)),
+        Op::Squeeze => one(layout::squeeze(input(inputs, 0)?, optional(inputs, 1))),
+        Op::Unsqueeze => one(layout::unsqueeze(input(inputs, 0)?, input(inputs, 1)?)),
+        Op::Transpose { perm } => one(layout::transpose(input(inputs, 0)?, perm.as_deref())),
+        Op::Concat { axis } => {
+            let all = (0..inputs.len())
+                .map(|i| input(inputs, i))
+                .collect::<Result<Vec<_>>>()?;
+            one(layout::concat(&all, *axis))
+        }
+        Op::Split { axis, num_outputs } => {
+            let n = if *num_outputs == 0 {
+                n_outputs
+            } else {
+                *num_outputs
+            };
+            layout::split(input(inputs, 0)?, optional(inputs, 1), *axis, n)
+        }
+        Op::Slice => one(layout::slice(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            input(inputs, 2)?,
+            optional(inputs, 3),
+            optional(inputs, 4),
+        )),
+        Op::Expand => one(layout::expand(input(inputs, 0)?, input(inputs, 1)?)),
+        Op::Tile => one(layout::tile(input(inputs, 0)?, input(inputs, 1)?)),
+        Op::ConstantOfShape { value } => one(layout::constant_of_shape(input(inputs, 0)?, *value)),
+        Op::Range => one(layout::range(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            input(inputs, 2)?,
+        )),
+        Op::Gather { axis } => one(index::gather(input(inputs, 0)?, input(inputs, 1)?, *axis)),
+        Op::GatherElements { axis } => one(index::gather_elements(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            *axis,
+        )),
+        Op::GatherNd { batch_dims } => one(index::gather_nd(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            *batch_dims,
+        )),
+        Op::ScatterElements { axis, reduction } => one(index::scatter_elements(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            input(inputs, 2)?,
+            *axis,
+            *reduction,
+        )),
+        Op::CumSum { exclusive, reverse } => one(index::cumsum(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            *exclusive,
+            *reverse,
+        )),
+        Op::ArgMax {
+            axis,
+            keepdims,
+            select_last_index,
+        } => one(index::argmax(
+            input(inputs, 0)?,
+            *axis,
+            *keepdims,
+            *select_last_index,
+        )),
+        Op::Reduce {
+            op,
+            keepdims,
+            noop_with_empty_axes,
+        } => one(reduce::reduce(
+            *op,
+            input(inputs, 0)?,
+            optional(inputs, 1),
+            *keepdims,
+            *noop_with_empty_axes,
+        )),
+        Op::MatMul => one(nn::matmul(input(inputs, 0)?, input(inputs, 1)?)),
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => one(nn::gemm(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            optional(inputs, 2),
+            *alpha,
+            *beta,
+            *trans_a,
+            *trans_b,
+        )),
+        Op::Softmax { axis, coerce_2d } => {
+            one(nn::softmax(input(inputs, 0)?, *axis, *coerce_2d, false))
+        }
+        Op::LogSoftmax { axis, coerce_2d } => {
+            one(nn::softmax(input(inputs, 0)?, *axis, *coerce_2d, true))
+        }
+        Op::LayerNorm { axis, epsilon } => one(nn::layer_norm(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            optional(inputs, 2),
+            *axis,
+            *epsilon,
+        )),
+        Op::FastFeedForward {
+            depth,
+            trees,
+            activation,
+            branch,
+        } => one(nn::fast_feed_forward(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            optional(inputs, 2),
+            input(inputs, 3)?,
+            optional(inputs, 4),
+            *depth,
+            *trees,
+            *activation,
+            *branch,
+        )),
+    }
+}
+
+/// The required input `i`.
+fn input<'a, 'b>(inputs: &'b [Option<TensorView<'a>>], i: usize) -> Result<&'b TensorView<'a>> {
+    inputs
+        .get(i)
+        .and_then(|v| v.as_ref())
+        .ok_or_else(|| Error::invalid(format!("required input {i} is missing")))
+}
+
+/// The optional input `i`: absent when out of range or empty-named.
+fn optional<'a, 'b>(inputs: &'b [Option<TensorView<'a>>], i: usize) -> Option<&'b TensorView<'a>> {
+    inputs.get(i).and_then(|v| v.as_ref())
+}
+
+/// Resolves a possibly negative axis against `rank` (`-1` is the last axis).
+pub fn norm_axis(axis: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if (0..r).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(Error::invalid(format!(
+            "axis {axis} is out of range for rank {rank}"
+        )))
+    }
+}
+
+/// The shape two shapes broadcast to under numpy rules.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for (i, o) in out.iter_mut().enumerate() {
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
+        *o = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "shapes {a:?} and {b:?} do not broadcast"
+                )))
+            }
+        };
+    }
+    Ok(out)
+}
+
+/// Checks that a shape asked for by data (a shape input) is not absurdly large.
+fn check_alloc(shape: &[usize]) -> Result<()> {
+    match crate::tensor::checked_len(shape) {
+        Ok(n) if n <= MAX_ELEMENTS => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "shape {shape:?} is too large to allocate"
+        ))),
+    }
+}
+
+/// Converts non-negative dims given as i64 into usize.
+fn dims_from_ints(v: &[i64], what: &str) -> Result<Vec<usize>> {
+    v.iter()
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| Error::invalid(format!("{what} has a negative dimension {d}")))
+        })
+        .collect()
+}

@@ -1,0 +1,288 @@
+//! The compute ops: MatMul, Gemm, Softmax, LayerNorm, FastFeedForward. Each calls a kernel in `fff_ops`
+//! on contiguous slices.
+
+use fff_ops::activation::Activation;
+use fff_ops::fff::{fff_reference, Branch, FffShape, FffWeights};
+use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+use super::{broadcast_shapes, norm_axis};
+use crate::error::{Error, Result};
+use crate::op::{FffActivation, FffBranch};
+use crate::tensor::{Tensor, TensorView};
+
+/// A matrix operand over any view whose last two axes are the matrix: uses the view's own strides
+/// where they are non-negative, so transposed views need no copy.
+fn contiguous(a: &ArrayViewD<f32>) -> ArrayD<f32> {
+    a.as_standard_layout().into_owned()
+}
+
+pub fn matmul(a: &TensorView, b: &TensorView) -> Result<Tensor> {
+    let (a, b) = (a.f32()?, b.f32()?);
+    let (a, b) = (contiguous(a), contiguous(b));
+    // Rank-1 operands are promoted to matrices and the added axis removed afterwards (numpy rules).
+    let a_vec = a.ndim() == 1;
+    let b_vec = b.ndim() == 1;
+    let a2 = if a_vec {
+        a.view().insert_axis(ndarray::Axis(0))
+    } else {
+        a.view()
+    };
+    let b2 = if b_vec {
+        b.view().insert_axis(ndarray::Axis(1))
+    } else {
+        b.view()
+    };
+    if a2.ndim() < 2 || b2.ndim() < 2 {
+        return Err(Error::invalid("MatMul of a scalar"));
+    }
+    let (ar, br) = (a2.ndim(), b2.ndim());
+    let (m, k) = (a2.shape()[ar - 2], a2.shape()[ar - 1]);
+    let (k2, n) = (b2.shape()[br - 2], b2.shape()[br - 1]);
+    if k != k2 {
+        return Err(Error::invalid(format!(
+            "MatMul of {:?} and {:?}: inner dims differ",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    let batch = broadcast_shapes(&a2.shape()[..ar - 2], &b2.shape()[..br - 2])?;
+    let a_b = a2
+        .broadcast(IxDyn(&[&batch[..], &[m, k]].concat()))
+        .expect("broadcastable by construction");
+    let b_b = b2
+        .broadcast(IxDyn(&[&batch[..], &[k, n]].concat()))
+        .expect("broadcastable by construction");
+    let nb: usize = batch.iter().product();
+    let mut out = vec![0.0f32; nb * m * n];
+    let a_flat = a.as_slice().expect("contiguous");
+    let b_flat = b.as_slice().expect("contiguous");
+    // Offsets of each batch's matrix, derived from the broadcast strides (0 where broadcast).
+    let offset = |strides: &[isize], idx: usize| -> usize {
+        let mut rem = idx;
+        let mut off = 0isize;
+        for d in (0..batch.len()).rev() {
+            off += (rem % batch[d]) as isize * strides[d];
+            rem /= batch[d];
+        }
+        off as usize
+    };
+    let (sa, sb) = (a_b.strides().to_vec(), b_b.strides().to_vec());
+    for i in 0..nb {
+        let ao = offset(&sa, i);
+        let bo = offset(&sb, i);
+        let am = MatRef::row_major(&a_flat[ao..ao + m * k], m, k);
+        let bm = MatRef::row_major(&b_flat[bo..bo + k * n], k, n);
+        gemm_kernel(am, bm, &mut out[i * m * n..(i + 1) * m * n], 1.0, 0.0);
+    }
+    let mut shape = batch;
+    if !a_vec {
+        shape.push(m);
+    }
+    if !b_vec {
+        shape.push(n);
+    }
+    Ok(Tensor::F32(
+        ArrayD::from_shape_vec(IxDyn(&shape), out).expect("size matches by construction"),
+    ))
+}
+
+pub fn gemm(
+    a: &TensorView,
+    b: &TensorView,
+    c: Option<&TensorView>,
+    alpha: f32,
+    beta: f32,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Tensor> {
+    let (a, b) = (contiguous(a.f32()?), contiguous(b.f32()?));
+    if a.ndim() != 2 || b.ndim() != 2 {
+        return Err(Error::invalid(format!(
+            "Gemm of {:?} and {:?}: operands must be 2-D",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    let am = MatRef::row_major(
+        a.as_slice().expect("contiguous"),
+        a.shape()[0],
+        a.shape()[1],
+    );
+    let bm = MatRef::row_major(
+        b.as_slice().expect("contiguous"),
+        b.shape()[0],
+        b.shape()[1],
+    );
+    let am = if trans_a { am.t() } else { am };
+    let bm = if trans_b { bm.t() } else { bm };
+    if am.cols != bm.rows {
+        return Err(Error::invalid(format!(
+            "Gemm of {:?} and {:?}: inner dims differ",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    let (m, n) = (am.rows, bm.cols);
+    let mut out = match c {
+        Some(c) if beta != 0.0 => {
+            let c = c.f32()?;
+            let cb = c.broadcast(IxDyn(&[m, n])).ok_or_else(|| {
+                Error::invalid(format!(
+                    "Gemm C {:?} does not broadcast to [{m}, {n}]",
+                    c.shape()
+                ))
+            })?;
+            cb.iter().copied().collect()
+        }
+        _ => vec![0.0f32; m * n],
+    };
+    let beta = if c.is_some() { beta } else { 0.0 };
+    gemm_kernel(am, bm, &mut out, alpha, beta);
+    Ok(Tensor::F32(
+        ArrayD::from_shape_vec(IxDyn(&[m, n]), out).expect("size matches by construction"),
+    ))
+}
+
+/// Softmax (or log-softmax) along `axis`; with `coerce_2d` along all axes from `axis` on.
+pub fn softmax(x: &TensorView, axis: i64, coerce_2d: bool, log: bool) -> Result<Tensor> {
+    let x = x.f32()?;
+    let rank = x.ndim();
+    if rank == 0 {
+        return Err(Error::invalid("Softmax of a scalar"));
+    }
+    let ax = norm_axis(axis, rank)?;
+    let run = |data: &mut [f32], width: usize| {
+        if log {
+            fff_ops::softmax::log_softmax_rows(data, width)
+        } else {
+            fff_ops::softmax::softmax_rows(data, width)
+        }
+    };
+    if coerce_2d || ax == rank - 1 {
+        let mut out = x.as_standard_layout().into_owned();
+        let width: usize = x.shape()[ax..].iter().product();
+        run(out.as_slice_mut().expect("standard layout"), width);
+        return Ok(Tensor::F32(out));
+    }
+    // Move the axis last, compute over rows, move it back.
+    let mut moved = x.view();
+    moved.swap_axes(ax, rank - 1);
+    let mut out = moved.as_standard_layout().into_owned();
+    let width = out.shape()[rank - 1];
+    run(out.as_slice_mut().expect("standard layout"), width);
+    out.swap_axes(ax, rank - 1);
+    Ok(Tensor::F32(out.as_standard_layout().into_owned()))
+}
+
+pub fn layer_norm(
+    x: &TensorView,
+    scale: &TensorView,
+    bias: Option<&TensorView>,
+    axis: i64,
+    eps: f32,
+) -> Result<Tensor> {
+    let x = x.f32()?;
+    let ax = norm_axis(axis, x.ndim())?;
+    let norm_shape = &x.shape()[ax..];
+    let width: usize = norm_shape.iter().product();
+    let expand = |t: &ArrayViewD<f32>, what: &str| -> Result<Vec<f32>> {
+        t.broadcast(IxDyn(norm_shape))
+            .map(|b| b.iter().copied().collect())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "LayerNorm {what} {:?} does not fit {norm_shape:?}",
+                    t.shape()
+                ))
+            })
+    };
+    let scale = expand(scale.f32()?, "scale")?;
+    let bias = bias
+        .map(|b| b.f32().and_then(|b| expand(b, "bias")))
+        .transpose()?;
+    let input = x.as_standard_layout();
+    let mut out = ArrayD::<f32>::zeros(x.raw_dim());
+    fff_ops::norm::layer_norm(
+        input.as_slice().expect("standard layout"),
+        width,
+        &scale,
+        bias.as_deref(),
+        eps,
+        out.as_slice_mut().expect("fresh array"),
+    );
+    Ok(Tensor::F32(out))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn fast_feed_forward(
+    x: &TensorView,
+    w_in: &TensorView,
+    b_in: Option<&TensorView>,
+    w_out: &TensorView,
+    b_out: Option<&TensorView>,
+    depth: usize,
+    trees: usize,
+    activation: FffActivation,
+    branch: FffBranch,
+) -> Result<Tensor> {
+    let x = x.f32()?;
+    let (w_in, w_out) = (w_in.f32()?, w_out.f32()?);
+    if x.ndim() == 0 || w_in.ndim() != 2 || w_out.ndim() != 2 || depth >= 40 {
+        return Err(Error::invalid(
+            "FastFeedForward needs X [..., d_in], W_in and W_out 2-D, depth < 40",
+        ));
+    }
+    let d_in = x.shape()[x.ndim() - 1];
+    let d_out = w_out.shape()[1];
+    let shape = FffShape {
+        d_in,
+        d_out,
+        depth,
+        trees,
+    };
+    let total = shape.total_nodes();
+    if w_in.shape() != [total, d_in] || w_out.shape()[0] != total {
+        return Err(Error::invalid(format!(
+            "FastFeedForward with {trees} trees of depth {depth} wants W_in [{total}, {d_in}] and W_out [{total}, _], got {:?} and {:?}",
+            w_in.shape(),
+            w_out.shape()
+        )));
+    }
+    let b_in = b_in.map(|b| b.f32()).transpose()?.map(contiguous);
+    let b_out = b_out.map(|b| b.f32()).transpose()?.map(contiguous);
+    if b_in.as_ref().is_some_and(|b| b.len() != total)
+        || b_out.as_ref().is_some_and(|b| b.len() != d_out)
+    {
+        return Err(Error::invalid(
+            "FastFeedForward biases do not match the weights",
+        ));
+    }
+    let (xc, wi, wo) = (contiguous(x), contiguous(w_in), contiguous(w_out));
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().expect("rank checked above") = d_out;
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&out_shape));
+    let act = match activation {
+        FffActivation::Gelu => Activation::GeluErf,
+        FffActivation::GeluTanh => Activation::GeluTanh,
+        FffActivation::Relu => Activation::Relu,
+    };
+    let br = match branch {
+        FffBranch::Gt => Branch::Greater,
+        FffBranch::Ge => Branch::GreaterOrEqual,
+    };
+    let weights = FffWeights {
+        w_in: wi.as_slice().expect("contiguous"),
+        b_in: b_in.as_ref().map(|b| b.as_slice().expect("contiguous")),
+        w_out: wo.as_slice().expect("contiguous"),
+        b_out: b_out.as_ref().map(|b| b.as_slice().expect("contiguous")),
+    };
+    fff_reference(
+        shape,
+        act,
+        br,
+        weights,
+        xc.as_slice().expect("contiguous"),
+        out.as_slice_mut().expect("fresh"),
+    );
+    Ok(Tensor::F32(out))
+}

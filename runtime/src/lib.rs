@@ -1,0 +1,21 @@
+//! fff runtime: loads a compiled plan (`.fff`) and runs it on the CPU.
+//!
+//! ```no_run
+//! let model = fff_runtime::Model::load("model.fff")?;
+//! let x = fff_runtime::Tensor::zeros(fff_runtime::DType::F32, &[1, 4, 64]);
+//! let outputs = model.run(vec![("x".to_string(), x)])?;
+//! # Ok::<(), fff_runtime::Error>(())
+//! ```
+
+pub mod error;
+pub mod eval;
+pub mod io;
+pub mod op;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor, TensorView};
+pub mod model;
+pub mod plan;
+
+pub use model::Model;

@@ -1,0 +1,322 @@
+//! A loaded model: the plan's graph plus its weights, memory-mapped from the `.fff` file. `Model` is
+//! `Send + Sync`; any number of threads may call [`Model::run`] at once.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+
+use ndarray::{ArrayViewD, IxDyn};
+
+use crate::error::{Error, Result};
+use crate::eval::eval;
+use crate::plan::{self, Dim, PlanGraph, PlanInput};
+use crate::tensor::{DType, Tensor, TensorView};
+
+/// The bytes of a plan file: mapped from disk, or owned (8-byte aligned) when built from memory.
+enum PlanBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u64>, usize),
+}
+
+impl PlanBytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            PlanBytes::Mapped(m) => m,
+            PlanBytes::Owned(words, len) => {
+                // SAFETY: a Vec<u64> of `words.len()` elements owns `8 * words.len() >= len` initialised
+                // bytes; u8 has no alignment or validity requirements.
+                unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), *len) }
+            }
+        }
+    }
+}
+
+/// Where a value comes from when a node reads it.
+#[derive(Clone, Debug)]
+enum Source {
+    /// Computed at run time (a model input or a node output).
+    Runtime,
+    /// Bytes in the weights section, read in place.
+    Mapped {
+        dtype: DType,
+        shape: Vec<usize>,
+        bytes: Range<usize>,
+    },
+    /// Decoded at load (bool constants, whose bytes must be checked to be 0 or 1).
+    Decoded(Tensor),
+}
+
+pub struct Model {
+    graph: PlanGraph,
+    bytes: PlanBytes,
+    sources: Vec<Source>,
+    /// For each node, the values whose last reader it is (freed right after it runs).
+    frees: Vec<Vec<usize>>,
+}
+
+impl Model {
+    /// Loads a plan file, memory-mapping its weights.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        // SAFETY: the map is read-only and private to this process; like every memory-mapped loader we
+        // rely on the file not being truncated or rewritten while the model is alive.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+        Model::from_plan_bytes(PlanBytes::Mapped(map))
+    }
+
+    /// Loads a plan from bytes in memory (copied once into an aligned buffer).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_ne_bytes(b);
+        }
+        Model::from_plan_bytes(PlanBytes::Owned(words, bytes.len()))
+    }
+
+    fn from_plan_bytes(bytes: PlanBytes) -> Result<Model> {
+        if cfg!(target_endian = "big") {
+            return Err(Error::plan(
+                "plans are little-endian; this machine is big-endian",
+            ));
+        }
+        let data = bytes.as_slice();
+        let sections = plan::format::decode(data)?;
+        let graph = sections.graph;
+        plan::validate::validate(&graph, sections.weights.len())?;
+        let mut sources = vec![Source::Runtime; graph.num_values];
+        for c in &graph.constants {
+            let start = sections.weights.start + c.offset;
+            let range = start..start + c.len;
+            sources[c.value] = if c.dtype == DType::Bool {
+                Source::Decoded(Tensor::from_le_bytes(c.dtype, &c.shape, &data[range])?)
+            } else {
+                Source::Mapped {
+                    dtype: c.dtype,
+                    shape: c.shape.clone(),
+                    bytes: range,
+                }
+            };
+        }
+        let frees = free_schedule(&graph);
+        Ok(Model {
+            graph,
+            bytes,
+            sources,
+            frees,
+        })
+    }
+
+    /// The plan's graph: inputs, outputs, nodes.
+    pub fn graph(&self) -> &PlanGraph {
+        &self.graph
+    }
+
+    pub fn inputs(&self) -> &[PlanInput] {
+        &self.graph.inputs
+    }
+
+    pub fn output_names(&self) -> Vec<&str> {
+        self.graph.outputs.iter().map(|o| o.name.as_str()).collect()
+    }
+
+    /// A constant's view into the plan bytes.
+    fn constant_view(&self, dtype: DType, shape: &[usize], bytes: &Range<usize>) -> TensorView<'_> {
+        let raw = &self.bytes.as_slice()[bytes.clone()];
+        let n = raw.len() / dtype.size();
+        macro_rules! view {
+            ($t:ty, $variant:ident) => {{
+                assert_eq!(raw.as_ptr().align_offset(std::mem::align_of::<$t>()), 0, "weights are aligned");
+                // SAFETY: validate() checked that the range lies in the weights section and holds exactly
+                // `n` elements; the section starts at a multiple of 64 from a page-aligned map or an
+                // 8-byte-aligned buffer, and each constant's offset is a multiple of its element size
+                // (asserted above); every bit pattern is a valid f32/i64/i32.
+                let s = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<$t>(), n) };
+                TensorView::$variant(ArrayViewD::from_shape(IxDyn(shape), s).expect("validated size"))
+            }};
+        }
+        match dtype {
+            DType::F32 => view!(f32, F32),
+            DType::I64 => view!(i64, I64),
+            DType::I32 => view!(i32, I32),
+            DType::Bool => unreachable!("bool constants are decoded at load"),
+        }
+    }
+
+    /// Checks the inputs against the model's declared names, dtypes and shapes (binding each symbolic
+    /// dimension to one size across all inputs) and orders them as the plan lists them.
+    fn bind_inputs(&self, mut given: HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
+        let mut symbols: HashMap<&str, (usize, &str)> = HashMap::new();
+        let mut ordered = Vec::with_capacity(self.graph.inputs.len());
+        for spec in &self.graph.inputs {
+            let t = given.remove(&spec.name).ok_or_else(|| {
+                Error::input(format!(
+                    "missing input '{}' ({} {})",
+                    spec.name,
+                    spec.dtype,
+                    shape_text(&spec.shape)
+                ))
+            })?;
+            if t.dtype() != spec.dtype {
+                return Err(Error::input(format!(
+                    "input '{}' is {}, the model expects {}",
+                    spec.name,
+                    t.dtype(),
+                    spec.dtype
+                )));
+            }
+            let dims = t.shape();
+            if dims.len() != spec.shape.len() {
+                return Err(Error::input(format!(
+                    "input '{}' has rank {} (shape {dims:?}), the model expects rank {} {}",
+                    spec.name,
+                    dims.len(),
+                    spec.shape.len(),
+                    shape_text(&spec.shape)
+                )));
+            }
+            for (axis, (d, want)) in dims.iter().zip(&spec.shape).enumerate() {
+                match want {
+                    Dim::Fixed(w) if w != d => {
+                        return Err(Error::input(format!(
+                            "input '{}' axis {axis} is {d}, the model expects {w} {}",
+                            spec.name,
+                            shape_text(&spec.shape)
+                        )))
+                    }
+                    Dim::Sym(s) => match symbols.get(s.as_str()) {
+                        Some(&(bound, by)) if bound != *d => {
+                            return Err(Error::input(format!(
+                                "input '{}' axis {axis} ({s}) is {d}, but input '{by}' set {s} = {bound}",
+                                spec.name
+                            )))
+                        }
+                        Some(_) => {}
+                        None => {
+                            symbols.insert(s, (*d, &spec.name));
+                        }
+                    },
+                    _ => {}
+                }
+            }
+            ordered.push(t);
+        }
+        if let Some(extra) = given.keys().next() {
+            let known: Vec<&str> = self.graph.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(Error::input(format!(
+                "unknown input '{extra}'; the model's inputs are {known:?}"
+            )));
+        }
+        Ok(ordered)
+    }
+
+    /// Runs the model. Inputs are given by name; outputs come back in the plan's order.
+    pub fn run(
+        &self,
+        inputs: impl IntoIterator<Item = (String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let mut given = HashMap::new();
+        for (name, t) in inputs {
+            if given.insert(name.clone(), t).is_some() {
+                return Err(Error::input(format!("input '{name}' is given twice")));
+            }
+        }
+        let ordered = self.bind_inputs(given)?;
+        let mut slots: Vec<Option<Tensor>> = vec![None; self.graph.num_values];
+        for (spec, t) in self.graph.inputs.iter().zip(ordered) {
+            slots[spec.value] = Some(t);
+        }
+        for (node, frees) in self.graph.nodes.iter().zip(&self.frees) {
+            let outs = {
+                let views: Vec<Option<TensorView>> = node
+                    .inputs
+                    .iter()
+                    .map(|i| i.map(|v| self.value_view(v, &slots)).transpose())
+                    .collect::<Result<_>>()?;
+                eval(&node.op, &views, node.outputs.len()).map_err(|e| Error::Node {
+                    node: node.name.clone(),
+                    op: node.op.name(),
+                    source: Box::new(e),
+                })?
+            };
+            if outs.len() != node.outputs.len() {
+                return Err(Error::Node {
+                    node: node.name.clone(),
+                    op: node.op.name(),
+                    source: Box::new(Error::invalid(format!(
+                        "produced {} outputs, the plan lists {}",
+                        outs.len(),
+                        node.outputs.len()
+                    ))),
+                });
+            }
+            for (&v, t) in node.outputs.iter().zip(outs) {
+                slots[v] = Some(t);
+            }
+            for &v in frees {
+                slots[v] = None;
+            }
+        }
+        self.graph
+            .outputs
+            .iter()
+            .map(|o| Ok((o.name.clone(), self.value_view(o.value, &slots)?.to_owned())))
+            .collect()
+    }
+
+    fn value_view<'a>(&'a self, v: usize, slots: &'a [Option<Tensor>]) -> Result<TensorView<'a>> {
+        match &self.sources[v] {
+            Source::Runtime => slots[v]
+                .as_ref()
+                .map(Tensor::view)
+                .ok_or_else(|| Error::invalid(format!("value {v} was read after it was freed"))),
+            Source::Mapped {
+                dtype,
+                shape,
+                bytes,
+            } => Ok(self.constant_view(*dtype, shape, bytes)),
+            Source::Decoded(t) => Ok(t.view()),
+        }
+    }
+}
+
+/// For each node, the runtime values it is the last reader of, excluding graph outputs.
+fn free_schedule(g: &PlanGraph) -> Vec<Vec<usize>> {
+    let mut last = vec![None; g.num_values];
+    for (i, node) in g.nodes.iter().enumerate() {
+        for &v in node.inputs.iter().flatten() {
+            last[v] = Some(i);
+        }
+    }
+    for o in &g.outputs {
+        last[o.value] = None;
+    }
+    let mut frees = vec![Vec::new(); g.nodes.len()];
+    for (v, l) in last.into_iter().enumerate() {
+        if let Some(i) = l {
+            frees[i].push(v);
+        }
+    }
+    frees
+}
+
+/// `[batch, seq, 64]`.
+pub fn shape_text(shape: &[Dim]) -> String {
+    let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Model>();
+    }
+}

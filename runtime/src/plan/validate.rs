@@ -1,0 +1,86 @@
+//! Checks a decoded plan graph before anything runs, so that a corrupt or hand-edited plan is an error
+//! and never an out-of-bounds access: every value is defined exactly once before it is used, constants
+//! lie inside the weights section with the byte size their shape needs, names are unique.
+
+use std::collections::HashSet;
+
+use super::graph::PlanGraph;
+use crate::error::{Error, Result};
+use crate::tensor::checked_len;
+
+/// The largest value count a plan may declare (guards allocations sized by the file).
+const MAX_VALUES: usize = 1 << 24;
+
+pub fn validate(g: &PlanGraph, weights_len: usize) -> Result<()> {
+    let bad = |msg: String| Err(Error::plan(msg));
+    if g.num_values > MAX_VALUES {
+        return bad(format!(
+            "{} values is more than a plan may hold",
+            g.num_values
+        ));
+    }
+    let mut defined = vec![false; g.num_values];
+    let define = |defined: &mut Vec<bool>, v: usize, what: &str| -> Result<()> {
+        match defined.get_mut(v) {
+            Some(d) if !*d => {
+                *d = true;
+                Ok(())
+            }
+            Some(_) => Err(Error::plan(format!("value {v} ({what}) is defined twice"))),
+            None => Err(Error::plan(format!("value {v} ({what}) is out of range"))),
+        }
+    };
+    let mut names = HashSet::new();
+    for i in &g.inputs {
+        if !names.insert(&i.name) {
+            return bad(format!("input name '{}' repeats", i.name));
+        }
+        define(&mut defined, i.value, &i.name)?;
+    }
+    for c in &g.constants {
+        define(&mut defined, c.value, "constant")?;
+        let n = checked_len(&c.shape).map_err(|e| Error::plan(e.to_string()))?;
+        let fits = c
+            .offset
+            .checked_add(c.len)
+            .is_some_and(|end| end <= weights_len);
+        if !fits || n.checked_mul(c.dtype.size()) != Some(c.len) || c.offset % c.dtype.size() != 0 {
+            return bad(format!(
+                "constant for value {} does not fit the weights section",
+                c.value
+            ));
+        }
+    }
+    for node in &g.nodes {
+        for v in node.inputs.iter().flatten() {
+            if !defined.get(*v).copied().unwrap_or(false) {
+                return bad(format!(
+                    "node '{}' reads value {v} before it is defined",
+                    node.name
+                ));
+            }
+        }
+        if let Some(n) = node.op.fixed_outputs() {
+            if node.outputs.len() != n {
+                return bad(format!(
+                    "node '{}' has {} outputs, its op has {n}",
+                    node.name,
+                    node.outputs.len()
+                ));
+            }
+        }
+        for &v in &node.outputs {
+            define(&mut defined, v, &node.name)?;
+        }
+    }
+    let mut out_names = HashSet::new();
+    for o in &g.outputs {
+        if !out_names.insert(&o.name) {
+            return bad(format!("output name '{}' repeats", o.name));
+        }
+        if !defined.get(o.value).copied().unwrap_or(false) {
+            return bad(format!("output '{}' is never computed", o.name));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! Tensors as the runtime sees them: one closed set of element types, owned arrays for computed values
+//! and borrowed views for inputs to an op (weights are views into the memory-mapped plan).
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Element types the runtime computes with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    I64,
+    I32,
+    Bool,
+}
+
+impl DType {
+    /// Bytes per element in a plan file (bool takes one byte, 0 or 1).
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::I64 => 8,
+            DType::Bool => 1,
+        }
+    }
+
+    /// The name ONNX and users know: `float32`, `int64`, `int32`, `bool`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::I64 => "int64",
+            DType::I32 => "int32",
+            DType::Bool => "bool",
+        }
+    }
+
+    /// The element type of an ONNX `TensorProto.DataType` code, if the runtime supports it.
+    pub fn from_onnx(code: i32) -> Option<DType> {
+        match code {
+            1 => Some(DType::F32),
+            6 => Some(DType::I32),
+            7 => Some(DType::I64),
+            9 => Some(DType::Bool),
+            _ => None,
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        self == DType::F32
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An owned tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tensor {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+    I32(ArrayD<i32>),
+    Bool(ArrayD<bool>),
+}
+
+/// A borrowed tensor.
+#[derive(Clone, Debug)]
+pub enum TensorView<'a> {
+    F32(ArrayViewD<'a, f32>),
+    I64(ArrayViewD<'a, i64>),
+    I32(ArrayViewD<'a, i32>),
+    Bool(ArrayViewD<'a, bool>),
+}
+
+/// Applies the same generic expression to whichever variant a tensor or view holds.
+#[macro_export]
+macro_rules! dispatch {
+    ($value:expr, $enum:ident, $a:ident => $body:expr) => {
+        match $value {
+            $enum::F32($a) => $body,
+            $enum::I64($a) => $body,
+            $enum::I32($a) => $body,
+            $enum::Bool($a) => $body,
+        }
+    };
+}
+
+/// Like [`dispatch!`], but wraps the result back into the same variant of `Tensor`.
+#[macro_export]
+macro_rules! map_tensor {
+    ($value:expr, $enum:ident, $a:ident => $body:expr) => {
+        match $value {
+            $enum::F32($a) => $crate::tensor::Tensor::F32($body),
+            $enum::I64($a) => $crate::tensor::Tensor::I64($body),
+            $enum::I32($a) => $crate::tensor::Tensor::I32($body),
+            $enum::Bool($a) => $crate::tensor::Tensor::Bool($body),
+        }
+    };
+}
+
+impl Tensor {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Tensor::F32(_) => DType::F32,
+            Tensor::I64(_) => DType::I64,
+            Tensor::I32(_) => DType::I32,
+            Tensor::Bool(_) => DType::Bool,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        dispatch!(self, Tensor, a => a.shape())
+    }
+
+    pub fn len(&self) -> usize {
+        dispatch!(self, Tensor, a => a.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn view(&self) -> TensorView<'_> {
+        match self {
+            Tensor::F32(a) => TensorView::F32(a.view()),
+            Tensor::I64(a) => TensorView::I64(a.view()),
+            Tensor::I32(a) => TensorView::I32(a.view()),
+            Tensor::Bool(a) => TensorView::Bool(a.view()),
+        }
+    }
+
+    /// A tensor of the given type and shape filled with zeros (false for bool).
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
+        let s = IxDyn(shape);
+        match dtype {
+            DType::F32 => Tensor::F32(ArrayD::zeros(s)),
+            DType::I64 => Tensor::I64(ArrayD::zeros(s)),
+            DType::I32 => Tensor::I32(ArrayD::zeros(s)),
+            DType::Bool => Tensor::Bool(ArrayD::from_elem(s, false)),
+        }
+    }
+
+    pub fn scalar_f32(v: f32) -> Tensor {
+        Tensor::F32(ArrayD::from_elem(IxDyn(&[]), v))
+    }
+
+    pub fn scalar_i64(v: i64) -> Tensor {
+        Tensor::I64(ArrayD::from_elem(IxDyn(&[]), v))
+    }
+
+    /// A 1-D int64 tensor.
+    pub fn vec_i64(v: Vec<i64>) -> Tensor {
+        Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-D shape matches length"))
+    }
+
+    /// The raw little-endian bytes of the elements in logical (row-major) order.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Tensor::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Tensor::I64(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Tensor::I32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Tensor::Bool(a) => a.iter().map(|&v| v as u8).collect(),
+        }
+    }
+
+    /// Rebuilds a tensor from little-endian bytes, checking that the byte count fits the shape.
+    pub fn from_le_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
+        let n = checked_len(shape)?;
+        if n.checked_mul(dtype.size()) != Some(bytes.len()) {
+            return Err(Error::invalid(format!(
+                "{} bytes do not hold a {dtype} tensor of shape {shape:?}",
+                bytes.len()
+            )));
+        }
+        let s = IxDyn(shape);
+        let t = match dtype {
+            DType::F32 => Tensor::F32(from_vec(
+                s,
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )),
+            DType::I64 => Tensor::I64(from_vec(
+                s,
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )),
+            DType::I32 => Tensor::I32(from_vec(
+                s,
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )),
+            DType::Bool => {
+                if let Some(b) = bytes.iter().find(|&&b| b > 1) {
+                    return Err(Error::invalid(format!(
+                        "bool tensor holds the byte {b}, not 0 or 1"
+                    )));
+                }
+                Tensor::Bool(from_vec(s, bytes.iter().map(|&b| b == 1).collect()))
+            }
+        };
+        Ok(t)
+    }
+}
+
+fn from_vec<T>(shape: IxDyn, v: Vec<T>) -> ArrayD<T> {
+    ArrayD::from_shape_vec(shape, v).expect("length checked against the shape")
+}
+
+/// The element count of a shape, or an error where it overflows.
+pub fn checked_len(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::invalid(format!("shape {shape:?} has too many elements")))
+}
+
+impl<'a> TensorView<'a> {
+    pub fn dtype(&self) -> DType {
+        match self {
+            TensorView::F32(_) => DType::F32,
+            TensorView::I64(_) => DType::I64,
+            TensorView::I32(_) => DType::I32,
+            TensorView::Bool(_) => DType::Bool,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        dispatch!(self, TensorView, a => a.shape())
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape().len()
+    }
+
+    pub fn len(&self) -> usize {
+        dispatch!(self, TensorView, a => a.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn to_owned(&self) -> Tensor {
+        map_tensor!(self, TensorView, a => a.to_owned())
+    }
+
+    pub fn f32(&self) -> Result<&ArrayViewD<'a, f32>> {
+        match self {
+            TensorView::F32(a) => Ok(a),
+            other => Err(Error::dtype("float32", other.dtype())),
+        }
+    }
+
+    pub fn bool(&self) -> Result<&ArrayViewD<'a, bool>> {
+        match self {
+            TensorView::Bool(a) => Ok(a),
+            other => Err(Error::dtype("bool", other.dtype())),
+        }
+    }
+
+    /// The elements of an integer tensor (int64 or int32) widened to i64, in logical order.
+    pub fn ints(&self) -> Result<Vec<i64>> {
+        match self {
+            TensorView::I64(a) => Ok(a.iter().copied().collect()),
+            TensorView::I32(a) => Ok(a.iter().map(|&v| v as i64).collect()),
+            other => Err(Error::dtype("an integer type", other.dtype())),
+        }
+    }
+
+    /// The single element of a one-element numeric tensor, as f64.
+    pub fn scalar_f64(&self) -> Result<f64> {
+        if self.len() != 1 {
+            return Err(Error::invalid(format!(
+                "expected one element, got shape {:?}",
+                self.shape()
+            )));
+        }
+        Ok(match self {
+            TensorView::F32(a) => *a.iter().next().unwrap() as f64,
+            TensorView::I64(a) => *a.iter().next().unwrap() as f64,
+            TensorView::I32(a) => *a.iter().next().unwrap() as f64,
+            TensorView::Bool(a) => *a.iter().next().unwrap() as u8 as f64,
+        })
+    }
+}
