@@ -1,0 +1,46 @@
+//! The bundled fixtures in `models/fixtures`: `NAME.onnx`, `NAME.input.json`, `NAME.expected.json`.
+
+use std::path::PathBuf;
+
+/// Every bundled fixture.
+pub const ALL: &[&str] = &[
+    "bert-tiny",
+    "bert-tiny-dynamo",
+    "dense-encoder-tiny",
+    "fff-encoder-tiny",
+    "fff-encoder-tiny-dynamo",
+    "fff-encoder-2trees",
+    "fff-layer-gather",
+    "fff-layer-customop",
+];
+
+/// The folder that holds the fixtures.
+pub fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub struct Fixture {
+    pub name: &'static str,
+    pub onnx: PathBuf,
+    pub input: PathBuf,
+    pub expected: PathBuf,
+}
+
+pub fn get(name: &'static str) -> Fixture {
+    let d = dir();
+    Fixture {
+        name,
+        onnx: d.join(format!("{name}.onnx")),
+        input: d.join(format!("{name}.input.json")),
+        expected: d.join(format!("{name}.expected.json")),
+    }
+}
+
+/// For a dynamo export, the TorchScript export of the same weights (which tract can run as an oracle).
+pub fn torchscript_twin(name: &str) -> Option<&'static str> {
+    match name {
+        "bert-tiny-dynamo" => Some("bert-tiny"),
+        "fff-encoder-tiny-dynamo" => Some("fff-encoder-tiny"),
+        _ => None,
+    }
+}

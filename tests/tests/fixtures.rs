@@ -1,0 +1,124 @@
+//! Every bundled fixture compiles, runs and matches its reference outputs: ONNX Runtime's at the exported
+//! shape, and tract running the original graph at other batch and sequence lengths.
+
+mod common;
+
+use common::{compile, max_abs_diff, random_inputs, read_expected, tract_run};
+use fff_models::fixtures;
+use fff_runtime::io::parse_inputs;
+use tract_onnx::prelude::Framework;
+
+const TOL: f64 = 1e-4;
+
+#[test]
+fn every_fixture_matches_its_expected_outputs() {
+    for &name in fixtures::ALL {
+        let f = fixtures::get(name);
+        let model = compile(&f.onnx);
+        let text = std::fs::read_to_string(&f.input).unwrap();
+        let (inputs, _) = parse_inputs(&text, model.inputs()).unwrap();
+        let outputs = model.run(inputs).unwrap();
+        let expected = read_expected(&f.expected);
+        assert_eq!(outputs.len(), expected.len(), "{name}: output count");
+        for (out_name, shape, want) in expected {
+            let got = &outputs.iter().find(|(n, _)| *n == out_name).unwrap_or_else(|| panic!("{name}: no {out_name}")).1;
+            let d = max_abs_diff(&format!("{name}/{out_name}"), got, &shape, &want);
+            assert!(d < TOL, "{name}/{out_name}: max abs diff {d}");
+        }
+    }
+}
+
+/// tract cannot analyse the dynamo exports, so they are checked against tract running the TorchScript
+/// export of the same weights.
+#[test]
+fn fixtures_match_tract_at_other_shapes() {
+    for &name in fixtures::ALL {
+        if name == "fff-layer-customop" {
+            continue; // tract cannot run the custom domain; see fff_layer_customop_matches_definition
+        }
+        let f = fixtures::get(name);
+        let oracle = fixtures::get(fixtures::torchscript_twin(name).unwrap_or(name)).onnx;
+        let model = compile(&f.onnx);
+        for (batch, seq, seed) in [(1, 5, 1), (3, 11, 2)] {
+            let inputs = random_inputs(&model, batch, seq, seed);
+            let want = tract_run(&oracle, &inputs);
+            let got = model.run(inputs).unwrap();
+            for ((out_name, g), w) in got.iter().zip(&want) {
+                let fff_runtime::Tensor::F32(wa) = w else { unreachable!() };
+                let wv: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
+                let d = max_abs_diff(&format!("{name}/{out_name} at {batch}x{seq}"), g, wa.shape(), &wv);
+                assert!(d < TOL, "{name}/{out_name} at {batch}x{seq}: max abs diff {d}");
+            }
+        }
+    }
+}
+
+/// The FFF definition from the fixtures README, written out in f64 with GELU from the normal CDF: an
+/// independent reference for the custom-op fixture, which tract cannot run.
+fn fff_by_definition(x: &[f32], d_in: usize, w_in: &[f32], b_in: &[f32], w_out: &[f32], depth: u32, trees: usize) -> Vec<f64> {
+    let n = (1usize << (depth + 1)) - 1;
+    let d_out = w_out.len() / (trees * n);
+    let gelu = |v: f64| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
+    let mut y = Vec::new();
+    for row in x.chunks(d_in) {
+        let mut out = vec![0.0f64; d_out];
+        for t in 0..trees {
+            let mut node = 0;
+            for _ in 0..=depth {
+                let r = t * n + node;
+                let logit: f64 =
+                    (0..d_in).map(|i| w_in[r * d_in + i] as f64 * row[i] as f64).sum::<f64>() + b_in[r] as f64;
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o += gelu(logit) * w_out[r * d_out + j] as f64;
+                }
+                node = 2 * node + 1 + usize::from(logit > 0.0);
+            }
+        }
+        y.extend(out);
+    }
+    y
+}
+
+/// erf by its Taylor series (|x| < 3) or continued fraction; accurate to ~1e-12 where GELU needs it.
+fn erf(x: f64) -> f64 {
+    if x.abs() > 6.0 {
+        return x.signum();
+    }
+    if x.abs() < 3.0 {
+        let (mut term, mut sum, mut k) = (x, x, 0.0);
+        while term.abs() > 1e-17 {
+            k += 1.0;
+            term *= -x * x / k;
+            sum += term / (2.0 * k + 1.0);
+        }
+        return sum * 2.0 / std::f64::consts::PI.sqrt();
+    }
+    // erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + 1/2/(x + 1/(x + 3/2/(x + ...))))
+    let a = x.abs();
+    let mut frac = 0.0;
+    for k in (1..60).rev() {
+        frac = (k as f64 / 2.0) / (a + frac);
+    }
+    let erfc = (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + frac);
+    x.signum() * (1.0 - erfc)
+}
+
+#[test]
+fn fff_layer_customop_matches_definition_at_other_shapes() {
+    let f = fixtures::get("fff-layer-customop");
+    let proto = tract_onnx::onnx().proto_model_for_path(&f.onnx).unwrap();
+    let init = |name: &str| -> Vec<f32> {
+        let t = proto.graph.as_ref().unwrap().initializer.iter().find(|t| t.name == name).unwrap();
+        t.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    let (w_in, b_in, w_out) = (init("w_in"), init("b_in"), init("w_out"));
+    let model = compile(&f.onnx);
+    for (batch, seq, seed) in [(1, 1, 3), (2, 9, 4), (4, 33, 5)] {
+        let inputs = random_inputs(&model, batch, seq, seed);
+        let fff_runtime::Tensor::F32(x) = &inputs[0].1 else { unreachable!() };
+        let want = fff_by_definition(x.as_slice().unwrap(), 64, &w_in, &b_in, &w_out, 3, 2);
+        let got = model.run(inputs.clone()).unwrap();
+        let d = max_abs_diff("fff-layer-customop", &got[0].1, &[batch, seq, 64], &want);
+        assert!(d < TOL, "fff-layer-customop at {batch}x{seq}: max abs diff {d}");
+    }
+}

@@ -1,0 +1,186 @@
+//! Forms of BERT-family ops that the fixtures do not show (older opsets' attribute forms, decomposed
+//! LayerNorm and GELU, the opset-20 `Gelu` op, assorted element-wise ops), each built as a small ONNX
+//! model and checked against tract running the same model.
+
+mod common;
+
+use common::{compile, max_abs_diff, random_inputs, tract_run};
+use fff_models::onnx::{Attr, Elem, OnnxBuilder, D};
+use fff_runtime::Tensor;
+
+/// Compiles the model with fff and compares it with tract on the same model at two shapes.
+fn check_against_tract(name: &str, bytes: Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("fff-opsets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.onnx"));
+    std::fs::write(&path, bytes).unwrap();
+    let model = compile(&path);
+    for (batch, seq, seed) in [(1, 3, 7), (2, 6, 8)] {
+        let inputs = random_inputs(&model, batch, seq, seed);
+        let want = tract_run(&path, &inputs);
+        let got = model.run(inputs).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}: output count");
+        for ((out, g), w) in got.iter().zip(&want) {
+            let Tensor::F32(wa) = w else { unreachable!() };
+            let wv: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
+            let d = max_abs_diff(&format!("{name}/{out}"), g, wa.shape(), &wv);
+            assert!(d < 1e-4, "{name}/{out} at {batch}x{seq}: max abs diff {d}");
+        }
+    }
+}
+
+/// A model with input `x` float [batch, seq, 8] and output `y` produced by `body`.
+fn model(opset: i64, body: impl FnOnce(&mut OnnxBuilder, &str) -> String) -> Vec<u8> {
+    let mut b = OnnxBuilder::new(opset);
+    let x = b.input("x", Elem::Float, &[D::S("batch"), D::S("seq"), D::N(8)]);
+    let y = body(&mut b, &x);
+    b.rename(&y, "y");
+    b.output("y", Elem::Float, &[D::S("batch"), D::S("seq"), D::N(8)]);
+    b.to_bytes()
+}
+
+fn scalar(b: &mut OnnxBuilder, name: &str, v: f32) -> String {
+    b.weight(name, &[], vec![v])
+}
+
+#[test]
+fn decomposed_layer_norm_with_attribute_axes() {
+    for opset in [11, 13, 17] {
+        let bytes = model(opset, |b, x| {
+            let axes = || vec![("axes", Attr::Ints(vec![-1]))];
+            let mean = b.node("ReduceMean", &[x], axes());
+            let centred = b.node("Sub", &[x, &mean], vec![]);
+            let two = scalar(b, "two", 2.0);
+            let sq = b.node("Pow", &[&centred, &two], vec![]);
+            let var = b.node("ReduceMean", &[&sq], axes());
+            let eps = scalar(b, "eps", 1e-5);
+            let ve = b.node("Add", &[&var, &eps], vec![]);
+            let sd = b.node("Sqrt", &[&ve], vec![]);
+            let norm = b.node("Div", &[&centred, &sd], vec![]);
+            let gamma = b.weight("gamma", &[8], (0..8).map(|i| 1.0 + i as f32 * 0.1).collect());
+            let beta = b.weight("beta", &[8], (0..8).map(|i| i as f32 * 0.01).collect());
+            let scaled = b.node("Mul", &[&norm, &gamma], vec![]);
+            b.node("Add", &[&scaled, &beta], vec![])
+        });
+        check_against_tract(&format!("layernorm-opset{opset}"), bytes);
+    }
+}
+
+fn gelu_tanh_decomposed(b: &mut OnnxBuilder, x: &str) -> String {
+    let three = scalar(b, "three", 3.0);
+    let cube = b.node("Pow", &[x, &three], vec![]);
+    let c = scalar(b, "c", 0.044715);
+    let t = b.node("Mul", &[&cube, &c], vec![]);
+    let inner = b.node("Add", &[x, &t], vec![]);
+    let k = scalar(b, "k", (2.0 / std::f32::consts::PI).sqrt());
+    let scaled = b.node("Mul", &[&inner, &k], vec![]);
+    let th = b.node("Tanh", &[&scaled], vec![]);
+    let one = scalar(b, "one", 1.0);
+    let p = b.node("Add", &[&th, &one], vec![]);
+    let half = scalar(b, "half", 0.5);
+    let hx = b.node("Mul", &[x, &half], vec![]);
+    b.node("Mul", &[&hx, &p], vec![])
+}
+
+#[test]
+fn gelu_tanh_form() {
+    check_against_tract("gelu-tanh", model(13, gelu_tanh_decomposed));
+}
+
+/// The opset-20 `Gelu` op, against tract running the same GELU written out (erf and tanh forms).
+#[test]
+fn gelu_op_of_opset_20_matches_its_decomposition() {
+    let erf_form = |b: &mut OnnxBuilder, x: &str| {
+        let s = scalar(b, "sqrt2", std::f32::consts::SQRT_2);
+        let d = b.node("Div", &[x, &s], vec![]);
+        let e = b.node("Erf", &[&d], vec![]);
+        let one = scalar(b, "one", 1.0);
+        let p = b.node("Add", &[&e, &one], vec![]);
+        let half = scalar(b, "half", 0.5);
+        let hx = b.node("Mul", &[x, &half], vec![]);
+        b.node("Mul", &[&hx, &p], vec![])
+    };
+    for (approx, reference) in [("none", model(13, erf_form)), ("tanh", model(13, gelu_tanh_decomposed))] {
+        let dir = std::env::temp_dir().join(format!("fff-gelu20-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (op_path, ref_path) = (dir.join(format!("gelu-{approx}.onnx")), dir.join(format!("ref-{approx}.onnx")));
+        std::fs::write(&op_path, model(20, |b, x| b.node("Gelu", &[x], vec![("approximate", Attr::Str(approx))]))).unwrap();
+        std::fs::write(&ref_path, reference).unwrap();
+        let m = compile(&op_path);
+        let inputs = random_inputs(&m, 2, 5, 11);
+        let want = tract_run(&ref_path, &inputs);
+        let got = m.run(inputs).unwrap();
+        let Tensor::F32(wa) = &want[0] else { unreachable!() };
+        let wv: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
+        let d = max_abs_diff("gelu", &got[0].1, wa.shape(), &wv);
+        assert!(d < 1e-5, "Gelu approximate={approx}: max abs diff {d}");
+    }
+}
+
+#[test]
+fn squeeze_unsqueeze_split_in_attribute_and_input_forms() {
+    for opset in [11, 13, 18] {
+        let bytes = model(opset, |b, x| {
+            let s = if opset >= 13 {
+                let ax = b.ints("ax", &[1], vec![1]);
+                let u = b.node("Unsqueeze", &[x, &ax], vec![]);
+                b.node("Squeeze", &[&u, &ax], vec![])
+            } else {
+                let u = b.node("Unsqueeze", &[x], vec![("axes", Attr::Ints(vec![1]))]);
+                b.node("Squeeze", &[&u], vec![("axes", Attr::Ints(vec![1]))])
+            };
+            let parts = match opset {
+                11 => b.node_in("", "Split", &[&s], vec![("axis", Attr::Int(-1)), ("split", Attr::Ints(vec![3, 5]))], 2),
+                13 => {
+                    let sizes = b.ints("sizes", &[2], vec![3, 5]);
+                    b.node_in("", "Split", &[&s, &sizes], vec![("axis", Attr::Int(-1))], 2)
+                }
+                _ => b.node_in("", "Split", &[&s], vec![("axis", Attr::Int(-1)), ("num_outputs", Attr::Int(2))], 2),
+            };
+            let back = b.node("Concat", &[&parts[1], &parts[0]], vec![("axis", Attr::Int(-1))]);
+            b.node("Neg", &[&back], vec![])
+        });
+        check_against_tract(&format!("squeeze-split-opset{opset}"), bytes);
+    }
+}
+
+#[test]
+fn softmax_before_and_after_opset_13() {
+    for opset in [11, 13] {
+        for axis in [1, -1] {
+            let bytes = model(opset, |b, x| b.node("Softmax", &[x], vec![("axis", Attr::Int(axis))]));
+            check_against_tract(&format!("softmax-opset{opset}-axis{axis}"), bytes);
+        }
+    }
+}
+
+#[test]
+fn assorted_elementwise_and_reduction_ops() {
+    for opset in [11, 13, 17] {
+        let bytes = model(opset, |b, x| {
+            let lo = scalar(b, "lo", -0.5);
+            let hi = scalar(b, "hi", 0.75);
+            let clipped = b.node("Clip", &[x, &lo, &hi], vec![]);
+            let abs = b.node("Abs", &[x], vec![]);
+            let lg = b.node("Log", &[&abs], vec![]);
+            let ex = b.node("Exp", &[&clipped], vec![]);
+            let sg = b.node("Sigmoid", &[&lg], vec![]);
+            let rl = b.node("Relu", &[x], vec![]);
+            let mn = b.node("Min", &[&sg, &rl, &ex], vec![]);
+            let less = b.node("Less", &[x, &clipped], vec![]);
+            let le = b.node("LessOrEqual", &[&clipped, x], vec![]);
+            let not = b.node("Not", &[&less], vec![]);
+            let both = b.node("And", &[&not, &le], vec![]);
+            let picked = b.node("Where", &[&both, &mn, &ex], vec![]);
+            let sum = if opset >= 13 {
+                let ax = b.ints("sum_axes", &[1], vec![-1]);
+                b.node("ReduceSum", &[&picked, &ax], vec![("keepdims", Attr::Int(1))])
+            } else {
+                b.node("ReduceSum", &[&picked], vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))])
+            };
+            let mx = b.node("Max", &[&picked, &sum], vec![]);
+            b.node("Neg", &[&mx], vec![])
+        });
+        check_against_tract(&format!("assorted-opset{opset}"), bytes);
+    }
+}
