@@ -2,12 +2,12 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read; the message includes the OS error.
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    /// A file could not be written; the message includes the OS error.
+    #[error("cannot write {path}: {cause}")]
+    Write { path: String, cause: std::io::Error },
     #[error("not a valid ONNX model: {0}")]
     Parse(String),
     /// An op type the importer does not know.

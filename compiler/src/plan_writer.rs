@@ -104,8 +104,8 @@ pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
 pub fn write_plan(g: &Graph, path: &Path) -> Result<()> {
     let (graph, weights) = to_plan(g)?;
     let bytes = plan::encode(&graph, &weights);
-    std::fs::write(path, bytes).map_err(|e| CompileError::Read {
+    std::fs::write(path, bytes).map_err(|e| CompileError::Write {
         path: path.display().to_string(),
-        source: e,
+        cause: e,
     })
 }

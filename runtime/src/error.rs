@@ -13,20 +13,12 @@ pub enum Error {
     /// An op met data it cannot compute on (shapes that do not broadcast, an index out of range, ...).
     #[error("{0}")]
     Invalid(String),
-    /// An op failed; the message names the node.
-    #[error("node '{node}' ({op}): {source}")]
-    Node {
-        node: String,
-        op: String,
-        #[source]
-        source: Box<Error>,
-    },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// An op failed; the message names the node and includes the cause (so it is not also a `source`).
+    #[error("node '{node}' ({op}): {cause}")]
+    Node { node: String, op: String, cause: Box<Error> },
+    /// A file could not be read; the message includes the OS error.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -48,10 +40,10 @@ impl Error {
         Error::Invalid(format!("expected {expected}, got {got}"))
     }
 
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+    pub fn io(context: impl Into<String>, cause: std::io::Error) -> Error {
         Error::Io {
             context: context.into(),
-            source,
+            cause,
         }
     }
 }

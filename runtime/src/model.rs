@@ -240,14 +240,14 @@ impl Model {
                 eval(&node.op, &views, node.outputs.len()).map_err(|e| Error::Node {
                     node: node.name.clone(),
                     op: node.op.name(),
-                    source: Box::new(e),
+                    cause: Box::new(e),
                 })?
             };
             if outs.len() != node.outputs.len() {
                 return Err(Error::Node {
                     node: node.name.clone(),
                     op: node.op.name(),
-                    source: Box::new(Error::invalid(format!(
+                    cause: Box::new(Error::invalid(format!(
                         "produced {} outputs, the plan lists {}",
                         outs.len(),
                         node.outputs.len()

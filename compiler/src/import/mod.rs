@@ -26,7 +26,7 @@ pub const SUPPORTED_OPSETS: std::ops::RangeInclusive<i64> = 7..=22;
 pub fn import_path(path: &Path) -> Result<Graph> {
     let bytes = std::fs::read(path).map_err(|e| CompileError::Read {
         path: path.display().to_string(),
-        source: e,
+        cause: e,
     })?;
     let proto = parse(&bytes)?;
     import_model(&proto, path.parent())

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Nothing more can be done if stderr itself is gone.
-            let _ = writeln!(std::io::stderr().lock(), "error: {}", error_text(&e));
+            let _ = writeln!(std::io::stderr().lock(), "error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -145,22 +145,4 @@ fn emit(path: Option<&Path>, text: &str) -> Result<()> {
                 .context("cannot write to stdout")
         }
     }
-}
-
-/// The error and its causes, `outer: inner: ...`, leaving out a cause whose message the one before it
-/// already includes (the runtime's errors print their source as part of their own message).
-fn error_text(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    let mut previous = String::new();
-    for cause in e.chain() {
-        let message = cause.to_string();
-        if !previous.contains(&message) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&message);
-        }
-        previous = message;
-    }
-    text
 }
