@@ -3,9 +3,9 @@
 
 use prost::Message;
 use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto,
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 /// An attribute value.
@@ -14,7 +14,7 @@ pub enum Attr {
     Ints(Vec<i64>),
     Float(f32),
     Str(&'static str),
-    Tensor(TensorProto),
+    Tensor(Box<TensorProto>),
 }
 
 /// A dimension of a graph input or output.
@@ -32,7 +32,14 @@ pub struct OnnxBuilder {
 impl OnnxBuilder {
     /// A model importing the default domain at `opset`.
     pub fn new(opset: i64) -> OnnxBuilder {
-        OnnxBuilder { graph: GraphProto { name: "g".into(), ..Default::default() }, opsets: vec![(String::new(), opset)], counter: 0 }
+        OnnxBuilder {
+            graph: GraphProto {
+                name: "g".into(),
+                ..Default::default()
+            },
+            opsets: vec![(String::new(), opset)],
+            counter: 0,
+        }
     }
 
     pub fn with_domain(mut self, domain: &str, version: i64) -> Self {
@@ -75,7 +82,11 @@ impl OnnxBuilder {
 
     /// A float32 initializer.
     pub fn weight(&mut self, name: &str, dims: &[i64], data: Vec<f32>) -> String {
-        assert_eq!(dims.iter().product::<i64>() as usize, data.len(), "initializer '{name}' size");
+        assert_eq!(
+            dims.iter().product::<i64>() as usize,
+            data.len(),
+            "initializer '{name}' size"
+        );
         self.graph.initializer.push(tensor_f32(name, dims, data));
         name.to_string()
     }
@@ -92,7 +103,14 @@ impl OnnxBuilder {
     }
 
     /// A node of any domain with `n_out` outputs.
-    pub fn node_in(&mut self, domain: &str, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, n_out: usize) -> Vec<String> {
+    pub fn node_in(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<(&str, Attr)>,
+        n_out: usize,
+    ) -> Vec<String> {
         self.counter += 1;
         let name = format!("{op}_{}", self.counter);
         let outputs: Vec<String> = (0..n_out).map(|i| format!("{name}_out{i}")).collect();
@@ -150,11 +168,20 @@ pub fn tensor_f32(name: &str, dims: &[i64], data: Vec<f32>) -> TensorProto {
 }
 
 pub fn tensor_i64(name: &str, dims: &[i64], data: Vec<i64>) -> TensorProto {
-    TensorProto { name: name.into(), dims: dims.to_vec(), data_type: DataType::Int64 as i32, int64_data: data, ..Default::default() }
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: DataType::Int64 as i32,
+        int64_data: data,
+        ..Default::default()
+    }
 }
 
 fn attr(name: &str, v: Attr) -> AttributeProto {
-    let mut a = AttributeProto { name: name.into(), ..Default::default() };
+    let mut a = AttributeProto {
+        name: name.into(),
+        ..Default::default()
+    };
     match v {
         Attr::Int(i) => {
             a.r#type = AttributeType::Int as i32;
@@ -174,7 +201,7 @@ fn attr(name: &str, v: Attr) -> AttributeProto {
         }
         Attr::Tensor(t) => {
             a.r#type = AttributeType::Tensor as i32;
-            a.t = Some(t);
+            a.t = Some(*t);
         }
     }
     a

@@ -61,6 +61,7 @@ pub fn fff_reference(
     branch: Branch,
     w: FffWeights,
     x: &[f32],
+    rows: usize,
     out: &mut [f32],
 ) {
     let FffShape {
@@ -74,11 +75,7 @@ pub fn fff_reference(
     assert_eq!(w.w_out.len(), trees * n * d_out);
     assert!(w.b_in.is_none_or(|b| b.len() == trees * n));
     assert!(w.b_out.is_none_or(|b| b.len() == d_out));
-    let rows = if d_in == 0 {
-        out.len() / d_out.max(1)
-    } else {
-        x.len() / d_in
-    };
+    assert_eq!(x.len(), rows * d_in);
     assert_eq!(out.len(), rows * d_out);
     for r in 0..rows {
         let xr = &x[r * d_in..(r + 1) * d_in];

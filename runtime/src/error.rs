@@ -15,10 +15,17 @@ pub enum Error {
     Invalid(String),
     /// An op failed; the message names the node and includes the cause (so it is not also a `source`).
     #[error("node '{node}' ({op}): {cause}")]
-    Node { node: String, op: String, cause: Box<Error> },
+    Node {
+        node: String,
+        op: String,
+        cause: Box<Error>,
+    },
     /// A file could not be read; the message includes the OS error.
     #[error("{context}: {cause}")]
-    Io { context: String, cause: std::io::Error },
+    Io {
+        context: String,
+        cause: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

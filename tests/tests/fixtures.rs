@@ -21,7 +21,11 @@ fn every_fixture_matches_its_expected_outputs() {
         let expected = read_expected(&f.expected);
         assert_eq!(outputs.len(), expected.len(), "{name}: output count");
         for (out_name, shape, want) in expected {
-            let got = &outputs.iter().find(|(n, _)| *n == out_name).unwrap_or_else(|| panic!("{name}: no {out_name}")).1;
+            let got = &outputs
+                .iter()
+                .find(|(n, _)| *n == out_name)
+                .unwrap_or_else(|| panic!("{name}: no {out_name}"))
+                .1;
             let d = max_abs_diff(&format!("{name}/{out_name}"), got, &shape, &want);
             assert!(d < TOL, "{name}/{out_name}: max abs diff {d}");
         }
@@ -44,10 +48,20 @@ fn fixtures_match_tract_at_other_shapes() {
             let want = tract_run(&oracle, &inputs);
             let got = model.run(inputs).unwrap();
             for ((out_name, g), w) in got.iter().zip(&want) {
-                let fff_runtime::Tensor::F32(wa) = w else { unreachable!() };
+                let fff_runtime::Tensor::F32(wa) = w else {
+                    unreachable!()
+                };
                 let wv: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
-                let d = max_abs_diff(&format!("{name}/{out_name} at {batch}x{seq}"), g, wa.shape(), &wv);
-                assert!(d < TOL, "{name}/{out_name} at {batch}x{seq}: max abs diff {d}");
+                let d = max_abs_diff(
+                    &format!("{name}/{out_name} at {batch}x{seq}"),
+                    g,
+                    wa.shape(),
+                    &wv,
+                );
+                assert!(
+                    d < TOL,
+                    "{name}/{out_name} at {batch}x{seq}: max abs diff {d}"
+                );
             }
         }
     }
@@ -55,7 +69,15 @@ fn fixtures_match_tract_at_other_shapes() {
 
 /// The FFF definition from the fixtures README, written out in f64 with GELU from the normal CDF: an
 /// independent reference for the custom-op fixture, which tract cannot run.
-fn fff_by_definition(x: &[f32], d_in: usize, w_in: &[f32], b_in: &[f32], w_out: &[f32], depth: u32, trees: usize) -> Vec<f64> {
+fn fff_by_definition(
+    x: &[f32],
+    d_in: usize,
+    w_in: &[f32],
+    b_in: &[f32],
+    w_out: &[f32],
+    depth: u32,
+    trees: usize,
+) -> Vec<f64> {
     let n = (1usize << (depth + 1)) - 1;
     let d_out = w_out.len() / (trees * n);
     let gelu = |v: f64| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
@@ -66,8 +88,10 @@ fn fff_by_definition(x: &[f32], d_in: usize, w_in: &[f32], b_in: &[f32], w_out: 
             let mut node = 0;
             for _ in 0..=depth {
                 let r = t * n + node;
-                let logit: f64 =
-                    (0..d_in).map(|i| w_in[r * d_in + i] as f64 * row[i] as f64).sum::<f64>() + b_in[r] as f64;
+                let logit: f64 = (0..d_in)
+                    .map(|i| w_in[r * d_in + i] as f64 * row[i] as f64)
+                    .sum::<f64>()
+                    + b_in[r] as f64;
                 for (j, o) in out.iter_mut().enumerate() {
                     *o += gelu(logit) * w_out[r * d_out + j] as f64;
                 }
@@ -108,17 +132,32 @@ fn fff_layer_customop_matches_definition_at_other_shapes() {
     let f = fixtures::get("fff-layer-customop");
     let proto = tract_onnx::onnx().proto_model_for_path(&f.onnx).unwrap();
     let init = |name: &str| -> Vec<f32> {
-        let t = proto.graph.as_ref().unwrap().initializer.iter().find(|t| t.name == name).unwrap();
-        t.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        let t = proto
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap();
+        t.raw_data
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
     let (w_in, b_in, w_out) = (init("w_in"), init("b_in"), init("w_out"));
     let model = compile(&f.onnx);
     for (batch, seq, seed) in [(1, 1, 3), (2, 9, 4), (4, 33, 5)] {
         let inputs = random_inputs(&model, batch, seq, seed);
-        let fff_runtime::Tensor::F32(x) = &inputs[0].1 else { unreachable!() };
+        let fff_runtime::Tensor::F32(x) = &inputs[0].1 else {
+            unreachable!()
+        };
         let want = fff_by_definition(x.as_slice().unwrap(), 64, &w_in, &b_in, &w_out, 3, 2);
         let got = model.run(inputs.clone()).unwrap();
         let d = max_abs_diff("fff-layer-customop", &got[0].1, &[batch, seq, 64], &want);
-        assert!(d < TOL, "fff-layer-customop at {batch}x{seq}: max abs diff {d}");
+        assert!(
+            d < TOL,
+            "fff-layer-customop at {batch}x{seq}: max abs diff {d}"
+        );
     }
 }

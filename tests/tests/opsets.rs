@@ -57,7 +57,11 @@ fn decomposed_layer_norm_with_attribute_axes() {
             let ve = b.node("Add", &[&var, &eps], vec![]);
             let sd = b.node("Sqrt", &[&ve], vec![]);
             let norm = b.node("Div", &[&centred, &sd], vec![]);
-            let gamma = b.weight("gamma", &[8], (0..8).map(|i| 1.0 + i as f32 * 0.1).collect());
+            let gamma = b.weight(
+                "gamma",
+                &[8],
+                (0..8).map(|i| 1.0 + i as f32 * 0.1).collect(),
+            );
             let beta = b.weight("beta", &[8], (0..8).map(|i| i as f32 * 0.01).collect());
             let scaled = b.node("Mul", &[&norm, &gamma], vec![]);
             b.node("Add", &[&scaled, &beta], vec![])
@@ -100,17 +104,31 @@ fn gelu_op_of_opset_20_matches_its_decomposition() {
         let hx = b.node("Mul", &[x, &half], vec![]);
         b.node("Mul", &[&hx, &p], vec![])
     };
-    for (approx, reference) in [("none", model(13, erf_form)), ("tanh", model(13, gelu_tanh_decomposed))] {
+    for (approx, reference) in [
+        ("none", model(13, erf_form)),
+        ("tanh", model(13, gelu_tanh_decomposed)),
+    ] {
         let dir = std::env::temp_dir().join(format!("fff-gelu20-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (op_path, ref_path) = (dir.join(format!("gelu-{approx}.onnx")), dir.join(format!("ref-{approx}.onnx")));
-        std::fs::write(&op_path, model(20, |b, x| b.node("Gelu", &[x], vec![("approximate", Attr::Str(approx))]))).unwrap();
+        let (op_path, ref_path) = (
+            dir.join(format!("gelu-{approx}.onnx")),
+            dir.join(format!("ref-{approx}.onnx")),
+        );
+        std::fs::write(
+            &op_path,
+            model(20, |b, x| {
+                b.node("Gelu", &[x], vec![("approximate", Attr::Str(approx))])
+            }),
+        )
+        .unwrap();
         std::fs::write(&ref_path, reference).unwrap();
         let m = compile(&op_path);
         let inputs = random_inputs(&m, 2, 5, 11);
         let want = tract_run(&ref_path, &inputs);
         let got = m.run(inputs).unwrap();
-        let Tensor::F32(wa) = &want[0] else { unreachable!() };
+        let Tensor::F32(wa) = &want[0] else {
+            unreachable!()
+        };
         let wv: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
         let d = max_abs_diff("gelu", &got[0].1, wa.shape(), &wv);
         assert!(d < 1e-5, "Gelu approximate={approx}: max abs diff {d}");
@@ -130,14 +148,30 @@ fn squeeze_unsqueeze_split_in_attribute_and_input_forms() {
                 b.node("Squeeze", &[&u], vec![("axes", Attr::Ints(vec![1]))])
             };
             let parts = match opset {
-                11 => b.node_in("", "Split", &[&s], vec![("axis", Attr::Int(-1)), ("split", Attr::Ints(vec![3, 5]))], 2),
+                11 => b.node_in(
+                    "",
+                    "Split",
+                    &[&s],
+                    vec![("axis", Attr::Int(-1)), ("split", Attr::Ints(vec![3, 5]))],
+                    2,
+                ),
                 13 => {
                     let sizes = b.ints("sizes", &[2], vec![3, 5]);
                     b.node_in("", "Split", &[&s, &sizes], vec![("axis", Attr::Int(-1))], 2)
                 }
-                _ => b.node_in("", "Split", &[&s], vec![("axis", Attr::Int(-1)), ("num_outputs", Attr::Int(2))], 2),
+                _ => b.node_in(
+                    "",
+                    "Split",
+                    &[&s],
+                    vec![("axis", Attr::Int(-1)), ("num_outputs", Attr::Int(2))],
+                    2,
+                ),
             };
-            let back = b.node("Concat", &[&parts[1], &parts[0]], vec![("axis", Attr::Int(-1))]);
+            let back = b.node(
+                "Concat",
+                &[&parts[1], &parts[0]],
+                vec![("axis", Attr::Int(-1))],
+            );
             b.node("Neg", &[&back], vec![])
         });
         check_against_tract(&format!("squeeze-split-opset{opset}"), bytes);
@@ -148,7 +182,9 @@ fn squeeze_unsqueeze_split_in_attribute_and_input_forms() {
 fn softmax_before_and_after_opset_13() {
     for opset in [11, 13] {
         for axis in [1, -1] {
-            let bytes = model(opset, |b, x| b.node("Softmax", &[x], vec![("axis", Attr::Int(axis))]));
+            let bytes = model(opset, |b, x| {
+                b.node("Softmax", &[x], vec![("axis", Attr::Int(axis))])
+            });
             check_against_tract(&format!("softmax-opset{opset}-axis{axis}"), bytes);
         }
     }
@@ -174,9 +210,17 @@ fn assorted_elementwise_and_reduction_ops() {
             let picked = b.node("Where", &[&both, &mn, &ex], vec![]);
             let sum = if opset >= 13 {
                 let ax = b.ints("sum_axes", &[1], vec![-1]);
-                b.node("ReduceSum", &[&picked, &ax], vec![("keepdims", Attr::Int(1))])
+                b.node(
+                    "ReduceSum",
+                    &[&picked, &ax],
+                    vec![("keepdims", Attr::Int(1))],
+                )
             } else {
-                b.node("ReduceSum", &[&picked], vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))])
+                b.node(
+                    "ReduceSum",
+                    &[&picked],
+                    vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))],
+                )
             };
             let mx = b.node("Max", &[&picked, &sum], vec![]);
             b.node("Neg", &[&mx], vec![])

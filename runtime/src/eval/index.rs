@@ -74,7 +74,7 @@ pub fn gather_elements(data: &TensorView, indices: &TensorView, axis: i64) -> Re
         map_tensor!(data, TensorView, a => ArrayD::from_shape_fn(IxDyn(&ish), |pos| {
             let mut p = pos.clone();
             p[ax] = idx_arr[&pos];
-            a[p].clone()
+            a[p]
         })),
     )
 }
@@ -247,9 +247,9 @@ pub fn cumsum(x: &TensorView, axis: &TensorView, exclusive: bool, reverse: bool)
                     let v = lane[i];
                     if exclusive {
                         lane[i] = acc;
-                        acc = acc + v;
+                        acc += v;
                     } else {
-                        acc = acc + v;
+                        acc += v;
                         lane[i] = acc;
                     }
                 }

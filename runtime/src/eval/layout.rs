@@ -331,7 +331,7 @@ pub fn tile(x: &TensorView, repeats: &TensorView) -> Result<Tensor> {
     Ok(
         map_tensor!(x, TensorView, a => ArrayD::from_shape_fn(IxDyn(&out), |idx| {
             let src: Vec<usize> = (0..dims.len()).map(|i| idx[i] % dims[i]).collect();
-            a[IxDyn(&src)].clone()
+            a[IxDyn(&src)]
         })),
     )
 }

@@ -260,6 +260,7 @@ pub fn fast_feed_forward(
     let (xc, wi, wo) = (contiguous(x), contiguous(w_in), contiguous(w_out));
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("rank checked above") = d_out;
+    let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
     let mut out = ArrayD::<f32>::zeros(IxDyn(&out_shape));
     let act = match activation {
         FffActivation::Gelu => Activation::GeluErf,
@@ -282,6 +283,7 @@ pub fn fast_feed_forward(
         br,
         weights,
         xc.as_slice().expect("contiguous"),
+        rows,
         out.as_slice_mut().expect("fresh"),
     );
     Ok(Tensor::F32(out))

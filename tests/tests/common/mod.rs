@@ -14,13 +14,15 @@ use tract_onnx::prelude::*;
 /// Compiles an ONNX file through the library and loads the plan from memory.
 pub fn compile(onnx: &Path) -> Model {
     let bytes = std::fs::read(onnx).expect("fixture is readable");
-    let plan = fff_compiler::compile_to_plan_bytes(&bytes).unwrap_or_else(|e| panic!("{}: {e}", onnx.display()));
+    let plan = fff_compiler::compile_to_plan_bytes(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", onnx.display()));
     Model::from_bytes(&plan).expect("a freshly written plan loads")
 }
 
 /// Reads `{"name": nested list}` into flat f64 values and a shape per name.
 pub fn read_expected(path: &Path) -> Vec<(String, Vec<usize>, Vec<f64>)> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let obj = v.as_object().expect("expected outputs are an object");
     obj.iter()
         .map(|(k, v)| {
@@ -50,8 +52,13 @@ fn flatten(v: &serde_json::Value, out: &mut Vec<f64>) {
 /// Largest absolute difference; panics with context when shapes differ.
 pub fn max_abs_diff(what: &str, got: &Tensor, want_shape: &[usize], want: &[f64]) -> f64 {
     assert_eq!(got.shape(), want_shape, "{what}: shape");
-    let Tensor::F32(a) = got else { panic!("{what}: expected float32 output, got {}", got.dtype()) };
-    a.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max)
+    let Tensor::F32(a) = got else {
+        panic!("{what}: expected float32 output, got {}", got.dtype())
+    };
+    a.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max)
 }
 
 /// Random inputs for a model at a given batch and sequence length. Token ids stay below `vocab`;
@@ -73,18 +80,31 @@ pub fn random_inputs(model: &Model, batch: usize, seq: usize, seed: u64) -> Vec<
                 .collect();
             let n: usize = shape.iter().product();
             let t = match spec.dtype {
-                DType::F32 => Tensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| rng.normal()).collect()).unwrap()),
+                DType::F32 => Tensor::F32(
+                    ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| rng.normal()).collect())
+                        .unwrap(),
+                ),
                 DType::I64 if spec.name.contains("mask") => {
                     let cols = shape[shape.len() - 1];
-                    let v = (0..n).map(|i| i64::from(!((i / cols) % 2 == 1 && i % cols >= cols.div_ceil(2)))).collect();
+                    let v = (0..n)
+                        .map(|i| i64::from(!((i / cols) % 2 == 1 && i % cols >= cols.div_ceil(2))))
+                        .collect();
                     Tensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), v).unwrap())
                 }
-                DType::I64 if spec.name.contains("type") => {
-                    Tensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| rng.below(2) as i64).collect()).unwrap())
-                }
-                DType::I64 => {
-                    Tensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| rng.below(100) as i64).collect()).unwrap())
-                }
+                DType::I64 if spec.name.contains("type") => Tensor::I64(
+                    ArrayD::from_shape_vec(
+                        IxDyn(&shape),
+                        (0..n).map(|_| rng.below(2) as i64).collect(),
+                    )
+                    .unwrap(),
+                ),
+                DType::I64 => Tensor::I64(
+                    ArrayD::from_shape_vec(
+                        IxDyn(&shape),
+                        (0..n).map(|_| rng.below(100) as i64).collect(),
+                    )
+                    .unwrap(),
+                ),
                 other => panic!("no random inputs of {other}"),
             };
             (spec.name.clone(), t)
@@ -95,24 +115,40 @@ pub fn random_inputs(model: &Model, batch: usize, seq: usize, seed: u64) -> Vec<
 /// Runs the ONNX file with tract (an independent implementation) on the given inputs, in the order of
 /// the model's inputs; returns the outputs in the model's output order.
 pub fn tract_run(onnx: &Path, inputs: &[(String, Tensor)]) -> Vec<Tensor> {
-    let mut model = tract_onnx::onnx().model_for_path(onnx).expect("tract reads the model");
+    let mut model = tract_onnx::onnx()
+        .model_for_path(onnx)
+        .expect("tract reads the model");
     let mut values = TVec::new();
     for (i, (_, t)) in inputs.iter().enumerate() {
         let tv: TValue = match t {
-            Tensor::F32(a) => tract_ndarray::ArrayD::from_shape_vec(a.shape(), a.iter().copied().collect()).unwrap().into_tvalue(),
-            Tensor::I64(a) => tract_ndarray::ArrayD::from_shape_vec(a.shape(), a.iter().copied().collect()).unwrap().into_tvalue(),
+            Tensor::F32(a) => {
+                tract_ndarray::ArrayD::from_shape_vec(a.shape(), a.iter().copied().collect())
+                    .unwrap()
+                    .into_tvalue()
+            }
+            Tensor::I64(a) => {
+                tract_ndarray::ArrayD::from_shape_vec(a.shape(), a.iter().copied().collect())
+                    .unwrap()
+                    .into_tvalue()
+            }
             other => panic!("no tract input of {}", other.dtype()),
         };
         let fact = InferenceFact::dt_shape(tv.datum_type(), tv.shape());
         model = model.with_input_fact(i, fact).unwrap();
         values.push(tv);
     }
-    let runnable = model.into_optimized().expect("tract optimises").into_runnable().expect("tract plans");
+    let runnable = model
+        .into_optimized()
+        .expect("tract optimises")
+        .into_runnable()
+        .expect("tract plans");
     let out = runnable.run(values).expect("tract runs");
     out.iter()
         .map(|v| {
             let a = v.to_plain_array_view::<f32>().expect("float outputs");
-            Tensor::F32(ArrayD::from_shape_vec(IxDyn(a.shape()), a.iter().copied().collect()).unwrap())
+            Tensor::F32(
+                ArrayD::from_shape_vec(IxDyn(a.shape()), a.iter().copied().collect()).unwrap(),
+            )
         })
         .collect()
 }
