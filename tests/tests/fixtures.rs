@@ -161,3 +161,26 @@ fn fff_layer_customop_matches_definition_at_other_shapes() {
         );
     }
 }
+
+/// One loaded model serves several threads at once, each getting the outputs a lone run gives.
+#[test]
+fn one_model_runs_on_several_threads_at_once() {
+    let f = fixtures::get("bert-tiny");
+    let model = compile(&f.onnx);
+    let inputs: Vec<_> = (0..4)
+        .map(|i| random_inputs(&model, 1 + i % 2, 3 + i, i as u64))
+        .collect();
+    let alone: Vec<_> = inputs
+        .iter()
+        .map(|x| model.run(x.clone()).unwrap())
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|x| s.spawn(|| model.run(x.clone()).unwrap()))
+            .collect();
+        for (h, want) in handles.into_iter().zip(&alone) {
+            assert_eq!(&h.join().unwrap(), want);
+        }
+    });
+}

@@ -45,14 +45,22 @@ fn scalar(b: &mut OnnxBuilder, name: &str, v: f32) -> String {
 
 #[test]
 fn decomposed_layer_norm_with_attribute_axes() {
-    for opset in [11, 13, 17] {
+    for opset in [11, 13, 17, 18] {
         let bytes = model(opset, |b, x| {
-            let axes = || vec![("axes", Attr::Ints(vec![-1]))];
-            let mean = b.node("ReduceMean", &[x], axes());
+            // ReduceMean takes its axes as an attribute before opset 18 and as an input from 18 on.
+            let mut reduce_mean = |b: &mut OnnxBuilder, v: &str| {
+                if opset >= 18 {
+                    let ax = b.ints(&format!("axes_{v}"), &[1], vec![-1]);
+                    b.node("ReduceMean", &[v, &ax], vec![])
+                } else {
+                    b.node("ReduceMean", &[v], vec![("axes", Attr::Ints(vec![-1]))])
+                }
+            };
+            let mean = reduce_mean(b, x);
             let centred = b.node("Sub", &[x, &mean], vec![]);
             let two = scalar(b, "two", 2.0);
             let sq = b.node("Pow", &[&centred, &two], vec![]);
-            let var = b.node("ReduceMean", &[&sq], axes());
+            let var = reduce_mean(b, &sq);
             let eps = scalar(b, "eps", 1e-5);
             let ve = b.node("Add", &[&var, &eps], vec![]);
             let sd = b.node("Sqrt", &[&ve], vec![]);
