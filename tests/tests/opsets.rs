@@ -48,7 +48,7 @@ fn decomposed_layer_norm_with_attribute_axes() {
     for opset in [11, 13, 17, 18] {
         let bytes = model(opset, |b, x| {
             // ReduceMean takes its axes as an attribute before opset 18 and as an input from 18 on.
-            let mut reduce_mean = |b: &mut OnnxBuilder, v: &str| {
+            let reduce_mean = |b: &mut OnnxBuilder, v: &str| {
                 if opset >= 18 {
                     let ax = b.ints(&format!("axes_{v}"), &[1], vec![-1]);
                     b.node("ReduceMean", &[v, &ax], vec![])
