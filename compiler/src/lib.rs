@@ -7,6 +7,7 @@ pub mod import;
 pub mod ir;
 pub mod passes;
 pub mod plan_writer;
+pub mod report;
 
 use std::path::Path;
 

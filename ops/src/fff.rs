@@ -103,3 +103,99 @@ pub fn fff_reference(
         }
     }
 }
+
+/// Depth 0 (a dense feedforward layer of `trees` neurons): every neuron is used, so the op is
+/// `act(x . W_in^T + b_in) . W_out + b_out`, two GEMMs on the proven GEMM crate.
+pub fn fff_dense(
+    shape: FffShape,
+    act: Activation,
+    w: FffWeights,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    use crate::matmul::{gemm, MatRef};
+    let FffShape {
+        d_in,
+        d_out,
+        depth,
+        trees,
+    } = shape;
+    assert_eq!(depth, 0, "fff_dense computes trees of depth 0");
+    assert_eq!(x.len(), rows * d_in);
+    assert_eq!(out.len(), rows * d_out);
+    let mut hidden = vec![0.0f32; rows * trees];
+    gemm(
+        MatRef::row_major(x, rows, d_in),
+        MatRef::row_major(w.w_in, trees, d_in).t(),
+        &mut hidden,
+        1.0,
+        0.0,
+    );
+    for row in hidden.chunks_exact_mut(trees.max(1)) {
+        for (i, h) in row.iter_mut().enumerate() {
+            *h = act.apply(*h + w.b_in.map_or(0.0, |b| b[i]));
+        }
+    }
+    for row in out.chunks_exact_mut(d_out.max(1)) {
+        match w.b_out {
+            Some(b) => row.copy_from_slice(b),
+            None => row.fill(0.0),
+        }
+    }
+    gemm(
+        MatRef::row_major(&hidden, rows, trees),
+        MatRef::row_major(w.w_out, trees, d_out),
+        out,
+        1.0,
+        1.0,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_path_agrees_with_reference_at_depth_zero() {
+        let mut s = 7u32;
+        let mut next = move || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for &(rows, d_in, d_out, trees) in &[(1, 3, 5, 7), (9, 17, 13, 33), (4, 64, 64, 256)] {
+            let shape = FffShape {
+                d_in,
+                d_out,
+                depth: 0,
+                trees,
+            };
+            let w_in: Vec<f32> = (0..trees * d_in).map(|_| next()).collect();
+            let b_in: Vec<f32> = (0..trees).map(|_| next()).collect();
+            let w_out: Vec<f32> = (0..trees * d_out).map(|_| next()).collect();
+            let b_out: Vec<f32> = (0..d_out).map(|_| next()).collect();
+            let x: Vec<f32> = (0..rows * d_in).map(|_| next()).collect();
+            let w = FffWeights {
+                w_in: &w_in,
+                b_in: Some(&b_in),
+                w_out: &w_out,
+                b_out: Some(&b_out),
+            };
+            let mut want = vec![0.0; rows * d_out];
+            let mut got = vec![0.0; rows * d_out];
+            fff_reference(
+                shape,
+                Activation::GeluErf,
+                Branch::Greater,
+                w,
+                &x,
+                rows,
+                &mut want,
+            );
+            fff_dense(shape, Activation::GeluErf, w, &x, rows, &mut got);
+            for (g, r) in got.iter().zip(&want) {
+                assert!((g - r).abs() < 1e-5, "{g} vs {r}");
+            }
+        }
+    }
+}

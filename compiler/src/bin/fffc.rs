@@ -40,6 +40,9 @@ enum Command {
         /// Stop the pipeline after this pass (implies nothing is written unless --output is given).
         #[arg(long, value_name = "PASS", value_parser = pass_name)]
         stop_after: Option<String>,
+        /// Also say, for each feedforward candidate that was not rewritten, why not.
+        #[arg(long)]
+        explain: bool,
     },
     /// Describes a plan: inputs, outputs, op counts, weight bytes.
     Inspect {
@@ -71,7 +74,14 @@ fn main() -> ExitCode {
             output,
             dump,
             stop_after,
-        } => compile(&input, output.as_deref(), dump, stop_after.as_deref()),
+            explain,
+        } => compile(
+            &input,
+            output.as_deref(),
+            dump,
+            stop_after.as_deref(),
+            explain,
+        ),
         Command::Inspect { plan, json } => inspect(&plan, json),
     };
     match result {
@@ -88,9 +98,18 @@ fn compile(
     output: Option<&Path>,
     dump: bool,
     stop_after: Option<&str>,
+    explain: bool,
 ) -> Result<()> {
     let g = fff_compiler::compile_path(input, stop_after)
         .with_context(|| format!("cannot compile {}", input.display()))?;
+    for (i, r) in g.report.rewritten.iter().enumerate() {
+        eprintln!("ff {i}: {r}");
+    }
+    if explain {
+        for r in &g.report.refused {
+            eprintln!("not rewritten: '{}': {}", r.anchor, r.reason);
+        }
+    }
     if dump {
         print!("{}", fff_compiler::dump::dump(&g));
     }

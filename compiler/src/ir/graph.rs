@@ -57,6 +57,8 @@ pub struct Graph {
     pub inputs: Vec<NodeIndex>,
     /// Named graph outputs.
     pub outputs: Vec<(String, OutletId)>,
+    /// What the passes found worth telling the user (feedforward rewrites and refusals).
+    pub report: crate::report::Report,
 }
 
 impl Graph {

@@ -4,6 +4,7 @@
 pub mod constant_folding;
 pub mod cse;
 pub mod dead_code;
+pub mod feedforward;
 pub mod identity_elimination;
 pub mod shape_inference;
 pub mod shape_rules;
@@ -21,6 +22,7 @@ pub const PIPELINE: &[Pass] = &[
     ("identity-elimination", identity_elimination::run),
     ("cse", cse::run),
     ("dead-code", dead_code::run),
+    ("feedforward", feedforward::run),
 ];
 
 /// Rounds after which a pipeline that still changes the graph is reported as a bug.
