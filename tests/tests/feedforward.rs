@@ -1,0 +1,148 @@
+//! Feedforward blocks become one FastFeedForward op: exactly the blocks each fixture has, blocks of any
+//! size built by the models crate (checked against tract on the original graph), and a broken block is
+//! left alone with the reason given.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{compile, max_abs_diff, random_inputs, tract_run};
+use fff_models::builders::{encoder_model, ff_layer_model, Defects, EncoderConfig, Ff};
+use fff_models::fixtures;
+use fff_runtime::Tensor;
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
+    p
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fff-ff-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// (trees, depth, d_in, d_out) of every FastFeedForward op in the plan, as `fffc inspect --json` lists them.
+fn fff_layers_of(onnx: &std::path::Path, dir: &std::path::Path) -> Vec<(u64, u64, u64, u64)> {
+    let plan = dir.join(format!("{}.fff", onnx.file_stem().unwrap().to_string_lossy()));
+    let out = Command::new(bin("fffc")).arg("compile").arg(onnx).arg("-o").arg(&plan).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("fffc")).arg("inspect").arg(&plan).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut layers: Vec<_> = v["fff_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let f = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("fff_layers entry without {k}: {l}"));
+            (f("trees"), f("depth"), f("d_in"), f("d_out"))
+        })
+        .collect();
+    layers.sort();
+    layers
+}
+
+#[test]
+fn fixtures_rewrite_exactly_their_feedforward_blocks() {
+    let dir = scratch("fixtures");
+    let dense = vec![(256, 0, 64, 64); 2];
+    let expected: &[(&str, Vec<(u64, u64, u64, u64)>)] = &[
+        ("bert-tiny", dense.clone()),
+        ("bert-tiny-dynamo", dense.clone()),
+        ("dense-encoder-tiny", dense),
+        ("fff-encoder-tiny", vec![(1, 3, 64, 64); 2]),
+        ("fff-encoder-tiny-dynamo", vec![(1, 3, 64, 64); 2]),
+        ("fff-encoder-2trees", vec![(2, 2, 64, 64); 2]),
+        ("fff-layer-gather", vec![(1, 4, 64, 64)]),
+        ("fff-layer-customop", vec![(2, 3, 64, 64)]),
+    ];
+    assert_eq!(expected.len(), fixtures::ALL.len());
+    for (name, want) in expected {
+        assert_eq!(&fff_layers_of(&fixtures::get(name).onnx, &dir), want, "{name}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Compiles the model, checks which blocks were rewritten, and compares with tract on the original
+/// graph at two shapes.
+fn check_model(name: &str, bytes: Vec<u8>, want_layers: &[(usize, usize)]) -> String {
+    let dir = scratch(name);
+    let path = dir.join(format!("{name}.onnx"));
+    std::fs::write(&path, &bytes).unwrap();
+    let g = fff_compiler::compile_bytes(&bytes).unwrap();
+    let got: Vec<(usize, usize)> = g.report.rewritten.iter().map(|r| (r.trees, r.depth)).collect();
+    assert_eq!(got, want_layers, "{name}: rewritten blocks; refused: {:?}", g.report.refused);
+    let model = compile(&path);
+    for (batch, seq, seed) in [(1, 3, 21), (2, 7, 22)] {
+        let inputs = random_inputs(&model, batch, seq, seed);
+        let want = tract_run(&path, &inputs);
+        let out = model.run(inputs).unwrap();
+        let Tensor::F32(w) = &want[0] else { unreachable!() };
+        let wv: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        let d = max_abs_diff(name, &out[0].1, w.shape(), &wv);
+        assert!(d < 1e-4, "{name} at {batch}x{seq}: max abs diff {d}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    g.report.rewritten.iter().map(|r| format!("{r}\n")).collect()
+}
+
+#[test]
+fn ultrafastbert_1x11_layer_is_rewritten_and_agrees_with_tract() {
+    let report = check_model("fff-1x11", ff_layer_model(768, Ff::Fff { trees: 1, depth: 11 }, 1, Defects::default()), &[(1, 11)]);
+    assert!(report.contains("FFF 1x11, 768 -> 768, 12 of 4095 neurons per row"), "{report}");
+}
+
+#[test]
+fn bert_base_dense_feedforward_is_rewritten_and_agrees_with_tract() {
+    let report = check_model("dense-3072", ff_layer_model(768, Ff::Dense { width: 3072 }, 2, Defects::default()), &[(3072, 0)]);
+    assert!(report.contains("dense 3072, 768 -> 768"), "{report}");
+}
+
+#[test]
+fn forests_of_several_shapes_are_rewritten() {
+    for (d, trees, depth) in [(32, 2, 2), (48, 4, 1), (24, 3, 4), (16, 1, 0)] {
+        let name = format!("fff-{d}-{trees}x{depth}");
+        check_model(&name, ff_layer_model(d, Ff::Fff { trees, depth }, 3, Defects::default()), &[(trees, depth)]);
+    }
+}
+
+#[test]
+fn encoder_with_dense_and_fff_layers_has_each_block_rewritten() {
+    let config = EncoderConfig {
+        vocab: 100,
+        max_positions: 16,
+        hidden: 64,
+        heads: 4,
+        layers: vec![Ff::Dense { width: 128 }, Ff::Fff { trees: 2, depth: 3 }, Ff::Fff { trees: 1, depth: 4 }],
+        seed: 4,
+    };
+    check_model("encoder-mixed", encoder_model(&config), &[(128, 0), (2, 3), (1, 4)]);
+}
+
+#[test]
+fn a_block_with_altered_index_arithmetic_is_left_alone_and_explained() {
+    let bytes = ff_layer_model(32, Ff::Fff { trees: 1, depth: 3 }, 5, Defects { flip_level: Some(1) });
+    // Nothing is rewritten, and the model still computes what the original graph computes.
+    check_model("broken", bytes.clone(), &[]);
+    let dir = scratch("broken-cli");
+    let path = dir.join("broken.onnx");
+    std::fs::write(&path, bytes).unwrap();
+    let out = Command::new(bin("fffc"))
+        .arg("compile")
+        .arg(&path)
+        .arg("-o")
+        .arg(dir.join("broken.fff"))
+        .arg("--explain")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("ff 0:"), "{stderr}");
+    assert!(stderr.contains("not rewritten") && stderr.contains("no FastFeedForward op reproduces it"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
