@@ -44,16 +44,47 @@ fn init_scale(fan_in: usize) -> f32 {
 }
 
 /// A dense feedforward layer on `x` (`[..., d]`).
-pub fn dense_ff(b: &mut OnnxBuilder, rng: &mut Rng, p: &str, x: &str, d: usize, width: usize) -> String {
-    let w1 = b.weight(&format!("{p}.up.weight"), &[d as i64, width as i64], rng.vec(d * width, init_scale(d)));
-    let b1 = b.weight(&format!("{p}.up.bias"), &[width as i64], rng.vec(width, 0.1));
-    let w2 = b.weight(&format!("{p}.down.weight"), &[width as i64, d as i64], rng.vec(width * d, init_scale(width)));
+pub fn dense_ff(
+    b: &mut OnnxBuilder,
+    rng: &mut Rng,
+    p: &str,
+    x: &str,
+    d: usize,
+    width: usize,
+) -> String {
+    let w1 = b.weight(
+        &format!("{p}.up.weight"),
+        &[d as i64, width as i64],
+        rng.vec(d * width, init_scale(d)),
+    );
+    let b1 = b.weight(
+        &format!("{p}.up.bias"),
+        &[width as i64],
+        rng.vec(width, 0.1),
+    );
+    let w2 = b.weight(
+        &format!("{p}.down.weight"),
+        &[width as i64, d as i64],
+        rng.vec(width * d, init_scale(width)),
+    );
     let b2 = b.weight(&format!("{p}.down.bias"), &[d as i64], rng.vec(d, 0.1));
     let h = b.node("MatMul", &[x, &w1], vec![]);
     let h = b.node("Add", &[&h, &b1], vec![]);
     let h = gelu_erf(b, p, &h);
     let y = b.node("MatMul", &[&h, &w2], vec![]);
     b.node("Add", &[&y, &b2], vec![])
+}
+
+/// `Squeeze` or `Unsqueeze` of `x` at one axis: the axes as an attribute before opset 13, as an input
+/// from 13 on.
+fn squeeze_op(b: &mut OnnxBuilder, op: &str, x: &str, axis: i64) -> String {
+    if b.opset() < 13 {
+        b.node(op, &[x], vec![("axes", Attr::Ints(vec![axis]))])
+    } else {
+        let name = format!("axes.{op}.{axis}");
+        let axes = b.ints(&name, &[1], vec![axis]);
+        b.node(op, &[x, &axes], vec![])
+    }
 }
 
 /// An FFF layer in the training (masking) form, as the TorchScript exporter writes UltraFastBERT's
@@ -72,10 +103,20 @@ pub fn fff_masking(
 ) -> String {
     let n = (1usize << (depth + 1)) - 1;
     let k = trees * n;
-    let w_in = b.weight(&format!("{p}.linear_in.weight"), &[k as i64, d as i64], rng.vec(k * d, init_scale(d)));
+    let w_in = b.weight(
+        &format!("{p}.linear_in.weight"),
+        &[k as i64, d as i64],
+        rng.vec(k * d, init_scale(d)),
+    );
     let b_in = b.weight(&format!("{p}.linear_in.bias"), &[k as i64], rng.vec(k, 0.1));
-    let w_out = b.weight(&format!("{p}.linear_out.weight"), &[k as i64, d as i64], rng.vec(k * d, init_scale(depth + 1)));
-    let ints = |b: &mut OnnxBuilder, name: &str, v: Vec<i64>| b.ints(&format!("{p}.{name}"), &[v.len() as i64], v);
+    let w_out = b.weight(
+        &format!("{p}.linear_out.weight"),
+        &[k as i64, d as i64],
+        rng.vec(k * d, init_scale(depth + 1)),
+    );
+    let ints = |b: &mut OnnxBuilder, name: &str, v: Vec<i64>| {
+        b.ints(&format!("{p}.{name}"), &[v.len() as i64], v)
+    };
 
     let flat_shape = ints(b, "flat", vec![-1, d as i64]);
     let x2 = b.node("Reshape", &[x, &flat_shape], vec![]);
@@ -89,34 +130,73 @@ pub fn fff_masking(
     let act = b.node("Reshape", &[&act, &tn], vec![]);
 
     // current = zeros [rows, trees]; mask = zeros like act, with the roots set.
-    let rows_shape = b.node("Shape", &[&x2], vec![("start", Attr::Int(0)), ("end", Attr::Int(1))]);
+    let rows_shape = b.node(
+        "Shape",
+        &[&x2],
+        vec![("start", Attr::Int(0)), ("end", Attr::Int(1))],
+    );
     let trees_c = ints(b, "trees", vec![trees as i64]);
-    let rt = b.node("Concat", &[&rows_shape, &trees_c], vec![("axis", Attr::Int(0))]);
-    let mut current = b.node("ConstantOfShape", &[&rt], vec![("value", Attr::Tensor(Box::new(crate::onnx::tensor_i64("v", &[1], vec![0]))))]);
+    let rt = b.node(
+        "Concat",
+        &[&rows_shape, &trees_c],
+        vec![("axis", Attr::Int(0))],
+    );
+    let mut current = b.node(
+        "ConstantOfShape",
+        &[&rt],
+        vec![(
+            "value",
+            Attr::Tensor(Box::new(crate::onnx::tensor_i64("v", &[1], vec![0]))),
+        )],
+    );
     let act_shape = b.node("Shape", &[&act], vec![]);
-    let mut mask = b.node("ConstantOfShape", &[&act_shape], vec![("value", Attr::Tensor(Box::new(tensor_f32("v", &[1], vec![0.0]))))]);
-    let last = ints(b, "last", vec![-1]);
-    let axis2 = ints(b, "axis2", vec![2]);
+    let mut mask = b.node(
+        "ConstantOfShape",
+        &[&act_shape],
+        vec![(
+            "value",
+            Attr::Tensor(Box::new(tensor_f32("v", &[1], vec![0.0]))),
+        )],
+    );
     let set = |b: &mut OnnxBuilder, mask: &str, nodes: &str| {
-        let idx = b.node("Unsqueeze", &[nodes, &last], vec![]);
+        let idx = squeeze_op(b, "Unsqueeze", nodes, -1);
         let idx_shape = b.node("Shape", &[&idx], vec![]);
-        let ones = b.node("ConstantOfShape", &[&idx_shape], vec![("value", Attr::Tensor(Box::new(tensor_f32("v", &[1], vec![1.0]))))]);
-        b.node("ScatterElements", &[mask, &idx, &ones], vec![("axis", Attr::Int(2))])
+        let ones = b.node(
+            "ConstantOfShape",
+            &[&idx_shape],
+            vec![(
+                "value",
+                Attr::Tensor(Box::new(tensor_f32("v", &[1], vec![1.0]))),
+            )],
+        );
+        b.node(
+            "ScatterElements",
+            &[mask, &idx, &ones],
+            vec![("axis", Attr::Int(2))],
+        )
     };
     mask = set(b, &mask, &current);
     for level in 0..depth {
         let platform = (1i64 << level) - 1;
         let next_platform = (1i64 << (level + 1)) - 1;
-        let idx = b.node("Unsqueeze", &[&current, &last], vec![]);
-        let moves = b.node("GatherElements", &[&decisions, &idx], vec![("axis", Attr::Int(2))]);
-        let mut moves = b.node("Squeeze", &[&moves, &axis2], vec![]);
+        let idx = squeeze_op(b, "Unsqueeze", &current, -1);
+        let moves = b.node(
+            "GatherElements",
+            &[&decisions, &idx],
+            vec![("axis", Attr::Int(2))],
+        );
+        let mut moves = squeeze_op(b, "Squeeze", &moves, 2);
         if defects.flip_level == Some(level) {
             let one = b.ints(&format!("{p}.flip_one{level}"), &[], vec![1]);
             moves = b.node("Sub", &[&one, &moves], vec![]);
         }
         let pf = b.ints(&format!("{p}.platform{level}"), &[], vec![platform]);
         let two = b.ints(&format!("{p}.two{level}"), &[], vec![2]);
-        let npf = b.ints(&format!("{p}.next_platform{level}"), &[], vec![next_platform]);
+        let npf = b.ints(
+            &format!("{p}.next_platform{level}"),
+            &[],
+            vec![next_platform],
+        );
         let rel = b.node("Sub", &[&current, &pf], vec![]);
         let dbl = b.node("Mul", &[&rel, &two], vec![]);
         let step = b.node("Add", &[&dbl, &moves], vec![]);
@@ -131,17 +211,32 @@ pub fn fff_masking(
     b.node("Reshape", &[&y, &x_shape], vec![])
 }
 
-/// A model of one feedforward layer: input `x` `[batch, seq, d]`, output `y`.
+/// A model of one feedforward layer at opset 17: input `x` `[batch, seq, d]`, output `y`.
 pub fn ff_layer_model(d: usize, ff: Ff, seed: u64, defects: Defects) -> Vec<u8> {
-    let mut b = OnnxBuilder::new(17);
+    ff_layer_model_at(17, d, ff, seed, defects)
+}
+
+/// The same at another opset (11 and up).
+pub fn ff_layer_model_at(opset: i64, d: usize, ff: Ff, seed: u64, defects: Defects) -> Vec<u8> {
+    let mut b = OnnxBuilder::new(opset);
     let mut rng = Rng::new(seed);
-    let x = b.input("x", Elem::Float, &[D::S("batch"), D::S("seq"), D::N(d as i64)]);
+    let x = b.input(
+        "x",
+        Elem::Float,
+        &[D::S("batch"), D::S("seq"), D::N(d as i64)],
+    );
     let y = match ff {
         Ff::Dense { width } => dense_ff(&mut b, &mut rng, "ff", &x, d, width),
-        Ff::Fff { trees, depth } => fff_masking(&mut b, &mut rng, "ff", &x, d, trees, depth, defects),
+        Ff::Fff { trees, depth } => {
+            fff_masking(&mut b, &mut rng, "ff", &x, d, trees, depth, defects)
+        }
     };
     b.rename(&y, "y");
-    b.output("y", Elem::Float, &[D::S("batch"), D::S("seq"), D::N(d as i64)]);
+    b.output(
+        "y",
+        Elem::Float,
+        &[D::S("batch"), D::S("seq"), D::N(d as i64)],
+    );
     b.to_bytes()
 }
 
@@ -158,13 +253,32 @@ pub struct EncoderConfig {
 }
 
 fn layer_norm(b: &mut OnnxBuilder, rng: &mut Rng, p: &str, x: &str, d: usize) -> String {
-    let g = b.weight(&format!("{p}.weight"), &[d as i64], (0..d).map(|_| 1.0 + rng.symmetric(0.1)).collect());
+    let g = b.weight(
+        &format!("{p}.weight"),
+        &[d as i64],
+        (0..d).map(|_| 1.0 + rng.symmetric(0.1)).collect(),
+    );
     let beta = b.weight(&format!("{p}.bias"), &[d as i64], rng.vec(d, 0.1));
-    b.node("LayerNormalization", &[x, &g, &beta], vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(1e-12))])
+    b.node(
+        "LayerNormalization",
+        &[x, &g, &beta],
+        vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(1e-12))],
+    )
 }
 
-fn linear(b: &mut OnnxBuilder, rng: &mut Rng, p: &str, x: &str, d_in: usize, d_out: usize) -> String {
-    let w = b.weight(&format!("{p}.weight"), &[d_in as i64, d_out as i64], rng.vec(d_in * d_out, init_scale(d_in)));
+fn linear(
+    b: &mut OnnxBuilder,
+    rng: &mut Rng,
+    p: &str,
+    x: &str,
+    d_in: usize,
+    d_out: usize,
+) -> String {
+    let w = b.weight(
+        &format!("{p}.weight"),
+        &[d_in as i64, d_out as i64],
+        rng.vec(d_in * d_out, init_scale(d_in)),
+    );
     let bias = b.weight(&format!("{p}.bias"), &[d_out as i64], rng.vec(d_out, 0.1));
     let y = b.node("MatMul", &[x, &w], vec![]);
     b.node("Add", &[&y, &bias], vec![])
@@ -179,10 +293,22 @@ pub fn encoder_model(c: &EncoderConfig) -> Vec<u8> {
     let mut rng = Rng::new(c.seed);
     let ids = b.input("input_ids", Elem::Int64, &[D::S("batch"), D::S("seq")]);
     let mask = b.input("attention_mask", Elem::Int64, &[D::S("batch"), D::S("seq")]);
-    let word = b.weight("emb.word", &[c.vocab as i64, d as i64], rng.vec(c.vocab * d, 1.0));
-    let pos = b.weight("emb.pos", &[c.max_positions as i64, d as i64], rng.vec(c.max_positions * d, 1.0));
+    let word = b.weight(
+        "emb.word",
+        &[c.vocab as i64, d as i64],
+        rng.vec(c.vocab * d, 1.0),
+    );
+    let pos = b.weight(
+        "emb.pos",
+        &[c.max_positions as i64, d as i64],
+        rng.vec(c.max_positions * d, 1.0),
+    );
     let we = b.node("Gather", &[&word, &ids], vec![]);
-    let seq = b.node("Shape", &[&ids], vec![("start", Attr::Int(1)), ("end", Attr::Int(2))]);
+    let seq = b.node(
+        "Shape",
+        &[&ids],
+        vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
+    );
     let zero = b.ints("c.zero", &[], vec![0]);
     let one = b.ints("c.one", &[], vec![1]);
     let seq0 = b.node("Squeeze", &[&seq], vec![]);
@@ -208,30 +334,55 @@ pub fn encoder_model(c: &EncoderConfig) -> Vec<u8> {
         let split = |b: &mut OnnxBuilder, rng: &mut Rng, name: &str, x: &str| {
             let t = linear(b, rng, &format!("{p}.{name}"), x, d, d);
             let t = b.node("Reshape", &[&t, &heads_shape], vec![]);
-            b.node("Transpose", &[&t], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))])
+            b.node(
+                "Transpose",
+                &[&t],
+                vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+            )
         };
         let q = split(&mut b, &mut rng, "q", &x);
         let k = split(&mut b, &mut rng, "k", &x);
         let v = split(&mut b, &mut rng, "v", &x);
-        let kt = b.node("Transpose", &[&k], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
+        let kt = b.node(
+            "Transpose",
+            &[&k],
+            vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+        );
         let s = b.node("MatMul", &[&q, &kt], vec![]);
         let s = b.node("Div", &[&s, &scale], vec![]);
         let s = b.node("Add", &[&s, &add_mask], vec![]);
         let probs = b.node("Softmax", &[&s], vec![("axis", Attr::Int(-1))]);
         let ctx = b.node("MatMul", &[&probs, &v], vec![]);
-        let ctx = b.node("Transpose", &[&ctx], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
+        let ctx = b.node(
+            "Transpose",
+            &[&ctx],
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
         let ctx = b.node("Reshape", &[&ctx, &merge_shape], vec![]);
         let attn = linear(&mut b, &mut rng, &format!("{p}.attn_out"), &ctx, d, d);
         let res = b.node("Add", &[&x, &attn], vec![]);
         x = layer_norm(&mut b, &mut rng, &format!("{p}.ln1"), &res, d);
         let y = match *ff {
             Ff::Dense { width } => dense_ff(&mut b, &mut rng, &format!("{p}.ff"), &x, d, width),
-            Ff::Fff { trees, depth } => fff_masking(&mut b, &mut rng, &format!("{p}.ff"), &x, d, trees, depth, Defects::default()),
+            Ff::Fff { trees, depth } => fff_masking(
+                &mut b,
+                &mut rng,
+                &format!("{p}.ff"),
+                &x,
+                d,
+                trees,
+                depth,
+                Defects::default(),
+            ),
         };
         let res = b.node("Add", &[&x, &y], vec![]);
         x = layer_norm(&mut b, &mut rng, &format!("{p}.ln2"), &res, d);
     }
     b.rename(&x, "hidden");
-    b.output("hidden", Elem::Float, &[D::S("batch"), D::S("seq"), D::N(d as i64)]);
+    b.output(
+        "hidden",
+        Elem::Float,
+        &[D::S("batch"), D::S("seq"), D::N(d as i64)],
+    );
     b.to_bytes()
 }

@@ -42,6 +42,11 @@ impl OnnxBuilder {
         }
     }
 
+    /// The default domain's opset.
+    pub fn opset(&self) -> i64 {
+        self.opsets[0].1
+    }
+
     pub fn with_domain(mut self, domain: &str, version: i64) -> Self {
         self.opsets.push((domain.to_string(), version));
         self

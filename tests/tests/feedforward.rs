@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::{compile, max_abs_diff, random_inputs, tract_run};
-use fff_models::builders::{encoder_model, ff_layer_model, Defects, EncoderConfig, Ff};
+use fff_models::builders::{
+    encoder_model, ff_layer_model, ff_layer_model_at, Defects, EncoderConfig, Ff,
+};
 use fff_models::fixtures;
 use fff_runtime::Tensor;
 
@@ -16,7 +18,11 @@ fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap();
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
     p
 }
 
@@ -26,20 +32,48 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// (trees, depth, d_in, d_out) of every FastFeedForward op in the plan, as `fffc inspect --json` lists them.
-fn fff_layers_of(onnx: &std::path::Path, dir: &std::path::Path) -> Vec<(u64, u64, u64, u64)> {
-    let plan = dir.join(format!("{}.fff", onnx.file_stem().unwrap().to_string_lossy()));
-    let out = Command::new(bin("fffc")).arg("compile").arg(onnx).arg("-o").arg(&plan).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(bin("fffc")).arg("inspect").arg(&plan).arg("--json").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+/// (trees, depth, d_in, d_out) of one FastFeedForward op.
+type Layer = (u64, u64, u64, u64);
+
+/// Every FastFeedForward op in the plan, as `fffc inspect --json` lists them.
+fn fff_layers_of(onnx: &std::path::Path, dir: &std::path::Path) -> Vec<Layer> {
+    let plan = dir.join(format!(
+        "{}.fff",
+        onnx.file_stem().unwrap().to_string_lossy()
+    ));
+    let out = Command::new(bin("fffc"))
+        .arg("compile")
+        .arg(onnx)
+        .arg("-o")
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin("fffc"))
+        .arg("inspect")
+        .arg(&plan)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut layers: Vec<_> = v["fff_layers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| {
-            let f = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("fff_layers entry without {k}: {l}"));
+            let f = |k: &str| {
+                l[k].as_u64()
+                    .unwrap_or_else(|| panic!("fff_layers entry without {k}: {l}"))
+            };
             (f("trees"), f("depth"), f("d_in"), f("d_out"))
         })
         .collect();
@@ -51,7 +85,7 @@ fn fff_layers_of(onnx: &std::path::Path, dir: &std::path::Path) -> Vec<(u64, u64
 fn fixtures_rewrite_exactly_their_feedforward_blocks() {
     let dir = scratch("fixtures");
     let dense = vec![(256, 0, 64, 64); 2];
-    let expected: &[(&str, Vec<(u64, u64, u64, u64)>)] = &[
+    let expected: &[(&str, Vec<Layer>)] = &[
         ("bert-tiny", dense.clone()),
         ("bert-tiny-dynamo", dense.clone()),
         ("dense-encoder-tiny", dense),
@@ -63,7 +97,11 @@ fn fixtures_rewrite_exactly_their_feedforward_blocks() {
     ];
     assert_eq!(expected.len(), fixtures::ALL.len());
     for (name, want) in expected {
-        assert_eq!(&fff_layers_of(&fixtures::get(name).onnx, &dir), want, "{name}");
+        assert_eq!(
+            &fff_layers_of(&fixtures::get(name).onnx, &dir),
+            want,
+            "{name}"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -75,31 +113,65 @@ fn check_model(name: &str, bytes: Vec<u8>, want_layers: &[(usize, usize)]) -> St
     let path = dir.join(format!("{name}.onnx"));
     std::fs::write(&path, &bytes).unwrap();
     let g = fff_compiler::compile_bytes(&bytes).unwrap();
-    let got: Vec<(usize, usize)> = g.report.rewritten.iter().map(|r| (r.trees, r.depth)).collect();
-    assert_eq!(got, want_layers, "{name}: rewritten blocks; refused: {:?}", g.report.refused);
+    let got: Vec<(usize, usize)> = g
+        .report
+        .rewritten
+        .iter()
+        .map(|r| (r.trees, r.depth))
+        .collect();
+    assert_eq!(
+        got, want_layers,
+        "{name}: rewritten blocks; refused: {:?}",
+        g.report.refused
+    );
     let model = compile(&path);
     for (batch, seq, seed) in [(1, 3, 21), (2, 7, 22)] {
         let inputs = random_inputs(&model, batch, seq, seed);
         let want = tract_run(&path, &inputs);
         let out = model.run(inputs).unwrap();
-        let Tensor::F32(w) = &want[0] else { unreachable!() };
+        let Tensor::F32(w) = &want[0] else {
+            unreachable!()
+        };
         let wv: Vec<f64> = w.iter().map(|&v| v as f64).collect();
         let d = max_abs_diff(name, &out[0].1, w.shape(), &wv);
         assert!(d < 1e-4, "{name} at {batch}x{seq}: max abs diff {d}");
     }
     let _ = std::fs::remove_dir_all(dir);
-    g.report.rewritten.iter().map(|r| format!("{r}\n")).collect()
+    g.report
+        .rewritten
+        .iter()
+        .map(|r| format!("{r}\n"))
+        .collect()
 }
 
 #[test]
 fn ultrafastbert_1x11_layer_is_rewritten_and_agrees_with_tract() {
-    let report = check_model("fff-1x11", ff_layer_model(768, Ff::Fff { trees: 1, depth: 11 }, 1, Defects::default()), &[(1, 11)]);
-    assert!(report.contains("FFF 1x11, 768 -> 768, 12 of 4095 neurons per row"), "{report}");
+    let report = check_model(
+        "fff-1x11",
+        ff_layer_model(
+            768,
+            Ff::Fff {
+                trees: 1,
+                depth: 11,
+            },
+            1,
+            Defects::default(),
+        ),
+        &[(1, 11)],
+    );
+    assert!(
+        report.contains("FFF 1x11, 768 -> 768, 12 of 4095 neurons per row"),
+        "{report}"
+    );
 }
 
 #[test]
 fn bert_base_dense_feedforward_is_rewritten_and_agrees_with_tract() {
-    let report = check_model("dense-3072", ff_layer_model(768, Ff::Dense { width: 3072 }, 2, Defects::default()), &[(3072, 0)]);
+    let report = check_model(
+        "dense-3072",
+        ff_layer_model(768, Ff::Dense { width: 3072 }, 2, Defects::default()),
+        &[(3072, 0)],
+    );
     assert!(report.contains("dense 3072, 768 -> 768"), "{report}");
 }
 
@@ -107,7 +179,29 @@ fn bert_base_dense_feedforward_is_rewritten_and_agrees_with_tract() {
 fn forests_of_several_shapes_are_rewritten() {
     for (d, trees, depth) in [(32, 2, 2), (48, 4, 1), (24, 3, 4), (16, 1, 0)] {
         let name = format!("fff-{d}-{trees}x{depth}");
-        check_model(&name, ff_layer_model(d, Ff::Fff { trees, depth }, 3, Defects::default()), &[(trees, depth)]);
+        check_model(
+            &name,
+            ff_layer_model(d, Ff::Fff { trees, depth }, 3, Defects::default()),
+            &[(trees, depth)],
+        );
+    }
+}
+
+#[test]
+fn the_masking_form_is_rewritten_at_every_opset() {
+    for opset in [11, 13, 17, 18] {
+        let name = format!("fff-opset{opset}");
+        check_model(
+            &name,
+            ff_layer_model_at(
+                opset,
+                32,
+                Ff::Fff { trees: 2, depth: 3 },
+                6,
+                Defects::default(),
+            ),
+            &[(2, 3)],
+        );
     }
 }
 
@@ -118,15 +212,30 @@ fn encoder_with_dense_and_fff_layers_has_each_block_rewritten() {
         max_positions: 16,
         hidden: 64,
         heads: 4,
-        layers: vec![Ff::Dense { width: 128 }, Ff::Fff { trees: 2, depth: 3 }, Ff::Fff { trees: 1, depth: 4 }],
+        layers: vec![
+            Ff::Dense { width: 128 },
+            Ff::Fff { trees: 2, depth: 3 },
+            Ff::Fff { trees: 1, depth: 4 },
+        ],
         seed: 4,
     };
-    check_model("encoder-mixed", encoder_model(&config), &[(128, 0), (2, 3), (1, 4)]);
+    check_model(
+        "encoder-mixed",
+        encoder_model(&config),
+        &[(128, 0), (2, 3), (1, 4)],
+    );
 }
 
 #[test]
 fn a_block_with_altered_index_arithmetic_is_left_alone_and_explained() {
-    let bytes = ff_layer_model(32, Ff::Fff { trees: 1, depth: 3 }, 5, Defects { flip_level: Some(1) });
+    let bytes = ff_layer_model(
+        32,
+        Ff::Fff { trees: 1, depth: 3 },
+        5,
+        Defects {
+            flip_level: Some(1),
+        },
+    );
     // Nothing is rewritten, and the model still computes what the original graph computes.
     check_model("broken", bytes.clone(), &[]);
     let dir = scratch("broken-cli");
@@ -143,6 +252,9 @@ fn a_block_with_altered_index_arithmetic_is_left_alone_and_explained() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("ff 0:"), "{stderr}");
-    assert!(stderr.contains("not rewritten") && stderr.contains("no FastFeedForward op reproduces it"), "{stderr}");
+    assert!(
+        stderr.contains("not rewritten") && stderr.contains("no FastFeedForward op reproduces it"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

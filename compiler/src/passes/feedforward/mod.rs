@@ -307,7 +307,7 @@ fn splits(k: usize, hints: &[Vec<i64>], dense_first: bool) -> Vec<(usize, usize)
     let mut v: Vec<(usize, usize)> = (0..40)
         .map(|d| (d, (1usize << (d + 1)) - 1))
         .take_while(|(_, n)| *n <= k)
-        .filter(|(_, n)| k % n == 0)
+        .filter(|(_, n)| k.is_multiple_of(*n))
         .map(|(d, n)| (k / n, d))
         .collect();
     let hinted = |&(t, d): &(usize, usize)| {

@@ -276,7 +276,9 @@ pub fn agree(
             rows += 1;
             let differs = (0..d_out).any(|j| {
                 let (a, b) = (gs[r * d_out + j], ws[r * d_out + j]);
-                !((a - b).abs() <= TOL * (1.0 + b.abs()))
+                // Written so that NaN on either side counts as a difference.
+                let close = (a - b).abs() <= TOL * (1.0 + b.abs());
+                !close
             });
             if differs {
                 if near_boundary(&xs[r * d_in..(r + 1) * d_in], weights[0], weights[1]) {
