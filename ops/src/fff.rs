@@ -53,17 +53,34 @@ pub struct FffWeights<'a> {
     pub b_out: Option<&'a [f32]>,
 }
 
+/// One FastFeedForward op: its shape, activation, branch rule and weights.
+#[derive(Clone, Copy, Debug)]
+pub struct FffLayer<'a> {
+    pub shape: FffShape,
+    pub act: Activation,
+    pub branch: Branch,
+    pub w: FffWeights<'a>,
+}
+
+/// Computes `rows` rows (`x`: `rows x d_in`, `out`: `rows x d_out`) with the kernel that suits the
+/// shape: GEMMs for depth 0, the conditional tree kernel otherwise.
+pub fn fff_forward(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
+    if layer.shape.depth == 0 {
+        fff_dense(layer, x, rows, out)
+    } else {
+        crate::fff_tree::fff_tree(layer, x, rows, out)
+    }
+}
+
 /// The reference kernel: per row, per tree, per level, exactly as the definition reads. `x` holds
 /// `rows x d_in`, `out` receives `rows x d_out`.
-pub fn fff_reference(
-    shape: FffShape,
-    act: Activation,
-    branch: Branch,
-    w: FffWeights,
-    x: &[f32],
-    rows: usize,
-    out: &mut [f32],
-) {
+pub fn fff_reference(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
+    let FffLayer {
+        shape,
+        act,
+        branch,
+        w,
+    } = *layer;
     let FffShape {
         d_in,
         d_out,
@@ -106,15 +123,9 @@ pub fn fff_reference(
 
 /// Depth 0 (a dense feedforward layer of `trees` neurons): every neuron is used, so the op is
 /// `act(x . W_in^T + b_in) . W_out + b_out`, two GEMMs on the proven GEMM crate.
-pub fn fff_dense(
-    shape: FffShape,
-    act: Activation,
-    w: FffWeights,
-    x: &[f32],
-    rows: usize,
-    out: &mut [f32],
-) {
+pub fn fff_dense(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
     use crate::matmul::{gemm, MatRef};
+    let FffLayer { shape, act, w, .. } = *layer;
     let FffShape {
         d_in,
         d_out,
@@ -181,18 +192,16 @@ mod tests {
                 w_out: &w_out,
                 b_out: Some(&b_out),
             };
-            let mut want = vec![0.0; rows * d_out];
-            let mut got = vec![0.0; rows * d_out];
-            fff_reference(
+            let layer = FffLayer {
                 shape,
-                Activation::GeluErf,
-                Branch::Greater,
+                act: Activation::GeluErf,
+                branch: Branch::Greater,
                 w,
-                &x,
-                rows,
-                &mut want,
-            );
-            fff_dense(shape, Activation::GeluErf, w, &x, rows, &mut got);
+            };
+            let mut want = vec![0.0f32; rows * d_out];
+            let mut got = vec![0.0f32; rows * d_out];
+            fff_reference(&layer, &x, rows, &mut want);
+            fff_dense(&layer, &x, rows, &mut got);
             for (g, r) in got.iter().zip(&want) {
                 assert!((g - r).abs() < 1e-5, "{g} vs {r}");
             }

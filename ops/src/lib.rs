@@ -6,6 +6,8 @@
 
 pub mod activation;
 pub mod fff;
+pub mod fff_tree;
 pub mod matmul;
 pub mod norm;
+pub mod simd;
 pub mod softmax;

@@ -91,8 +91,18 @@ pub fn gemm(a: MatRef, b: MatRef, out: &mut [f32], alpha: f32, beta: f32) {
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism(m, n, k),
         );
+    }
+}
+
+/// Threads for one GEMM: the current rayon pool's, when the product is big enough to share.
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= 1 << 18 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
     }
 }
 

@@ -2,7 +2,7 @@
 //! on contiguous slices.
 
 use fff_ops::activation::Activation;
-use fff_ops::fff::{fff_dense, fff_reference, Branch, FffShape, FffWeights};
+use fff_ops::fff::{fff_forward, Branch, FffLayer, FffShape, FffWeights};
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
@@ -277,14 +277,17 @@ pub fn fast_feed_forward(
         w_out: wo.as_slice().expect("contiguous"),
         b_out: b_out.as_ref().map(|b| b.as_slice().expect("contiguous")),
     };
-    let (x_rows, y_rows) = (
+    let layer = FffLayer {
+        shape,
+        act,
+        branch: br,
+        w: weights,
+    };
+    fff_forward(
+        &layer,
         xc.as_slice().expect("contiguous"),
+        rows,
         out.as_slice_mut().expect("fresh"),
     );
-    if depth == 0 {
-        fff_dense(shape, act, weights, x_rows, rows, y_rows);
-    } else {
-        fff_reference(shape, act, br, weights, x_rows, rows, y_rows);
-    }
     Ok(Tensor::F32(out))
 }

@@ -1,0 +1,290 @@
+//! Instruction sets and the run-time choice between them. Kernels are written once as
+//! `#[inline(always)]` bodies over plain slices; thin wrappers compile that body with each instruction
+//! set's target features, and [`Isa::best`] picks the widest the CPU has, once. Nothing is compiled with
+//! `target-cpu=native`, so the binaries run on any x86-64 or aarch64 machine.
+
+use std::sync::OnceLock;
+
+/// The instruction sets kernels are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// x86-64 with AVX-512F (and FMA).
+    Avx512,
+    /// x86-64 with AVX2 and FMA.
+    Avx2Fma,
+    /// aarch64 with NEON (always present there).
+    Neon,
+    /// Whatever the baseline target has: SSE2 on x86-64.
+    Portable,
+}
+
+impl Isa {
+    /// The widest instruction set this CPU supports, detected once.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| Isa::available()[0])
+    }
+
+    /// Every instruction set this CPU supports, widest first (tests run kernels on each).
+    pub fn available() -> Vec<Isa> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(Isa::Avx2Fma);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        v.push(Isa::Neon);
+        v.push(Isa::Portable);
+        v
+    }
+}
+
+/// The vector primitives a kernel is written against; one implementation per instruction set. Kernels
+/// are generic over this trait and `#[inline(always)]`, and are instantiated inside functions compiled
+/// with the matching target features.
+pub trait Vector {
+    /// `a . b`.
+    fn dot(a: &[f32], b: &[f32]) -> f32;
+    /// `y += alpha * x`.
+    fn axpy(alpha: f32, x: &[f32], y: &mut [f32]);
+}
+
+/// Plain Rust: what the baseline target vectorises on its own.
+pub struct Portable;
+
+impl Vector for Portable {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail: f32 = ac
+            .remainder()
+            .iter()
+            .zip(bc.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        for (ca, cb) in ac.zip(bc) {
+            for j in 0..8 {
+                acc[j] += ca[j] * cb[j];
+            }
+        }
+        (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+    }
+
+    #[inline(always)]
+    fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+        for (yv, xv) in y.iter_mut().zip(x) {
+            *yv += alpha * xv;
+        }
+    }
+}
+
+/// Plain Rust with fused multiply-add: aarch64, where NEON and FMA are baseline.
+pub struct PortableFma;
+
+impl Vector for PortableFma {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 16];
+        let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+        let tail: f32 = ac
+            .remainder()
+            .iter()
+            .zip(bc.remainder())
+            .fold(0.0, |s, (x, y)| x.mul_add(*y, s));
+        for (ca, cb) in ac.zip(bc) {
+            for j in 0..16 {
+                acc[j] = ca[j].mul_add(cb[j], acc[j]);
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[inline(always)]
+    fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+        for (yv, xv) in y.iter_mut().zip(x) {
+            *yv = alpha.mul_add(*xv, *yv);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Vector;
+
+    /// AVX2 + FMA: four 8-lane accumulators.
+    pub struct Avx2;
+
+    /// AVX-512F: four 16-lane accumulators, masked loads for the tail.
+    pub struct Avx512;
+
+    impl Vector for Avx2 {
+        #[inline(always)]
+        fn dot(a: &[f32], b: &[f32]) -> f32 {
+            // SAFETY: only instantiated inside functions compiled with `avx2,fma`, which run only after
+            // `Isa::available` detected both; the intrinsic reads stay within `n = min(len)` elements.
+            unsafe { dot_avx2(a, b) }
+        }
+
+        #[inline(always)]
+        fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+            // SAFETY: as for `dot`.
+            unsafe { axpy_avx2(alpha, x, y) }
+        }
+    }
+
+    impl Vector for Avx512 {
+        #[inline(always)]
+        fn dot(a: &[f32], b: &[f32]) -> f32 {
+            // SAFETY: only instantiated inside functions compiled with `avx512f,fma`, which run only after
+            // `Isa::available` detected both; loads are masked to `n = min(len)` elements.
+            unsafe { dot_avx512(a, b) }
+        }
+
+        #[inline(always)]
+        fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+            // SAFETY: as for `dot`.
+            unsafe { axpy_avx512(alpha, x, y) }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, s) in acc.iter_mut().enumerate() {
+                *s = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8 * k)),
+                    _mm256_loadu_ps(pb.add(i + 8 * k)),
+                    *s,
+                );
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut total = hsum256(sum);
+        while i < n {
+            total = (*pa.add(i)).mul_add(*pb.add(i), total);
+            i += 1;
+        }
+        total
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn axpy_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm256_set1_ps(alpha);
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(
+                py.add(i),
+                _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))),
+            );
+            i += 8;
+        }
+        while i < n {
+            *py.add(i) = alpha.mul_add(*px.add(i), *py.add(i));
+            i += 1;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, s) in acc.iter_mut().enumerate() {
+                *s = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 16 * k)),
+                    _mm512_loadu_ps(pb.add(i + 16 * k)),
+                    *s,
+                );
+            }
+            i += 64;
+        }
+        while i < n {
+            let left = (n - i).min(16);
+            let m: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+                _mm512_maskz_loadu_ps(m, pb.add(i)),
+                acc[0],
+            );
+            i += left;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn axpy_avx512(alpha: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm512_set1_ps(alpha);
+        let mut i = 0;
+        while i < n {
+            let left = (n - i).min(16);
+            let m: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            let v = _mm512_fmadd_ps(
+                va,
+                _mm512_maskz_loadu_ps(m, px.add(i)),
+                _mm512_maskz_loadu_ps(m, py.add(i)),
+            );
+            _mm512_mask_storeu_ps(py.add(i), m, v);
+            i += left;
+        }
+    }
+}
