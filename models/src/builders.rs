@@ -81,7 +81,7 @@ fn squeeze_op(b: &mut OnnxBuilder, op: &str, x: &str, axis: i64) -> String {
     if b.opset() < 13 {
         b.node(op, &[x], vec![("axes", Attr::Ints(vec![axis]))])
     } else {
-        let name = format!("axes.{op}.{axis}");
+        let name = format!("{x}.{op}_axes");
         let axes = b.ints(&name, &[1], vec![axis]);
         b.node(op, &[x, &axes], vec![])
     }

@@ -65,12 +65,25 @@ pub struct FffLayer<'a> {
 /// Computes `rows` rows (`x`: `rows x d_in`, `out`: `rows x d_out`) with the kernel that suits the
 /// shape: GEMMs for depth 0, the conditional tree kernel otherwise.
 pub fn fff_forward(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
-    if layer.shape.depth == 0 {
+    let FffShape { depth, trees, .. } = layer.shape;
+    if depth == 0 {
         fff_dense(layer, x, rows, out)
+    } else if rows >= MASKED_GEMM_MIN_ROWS
+        && trees * (depth + 1) * MASKED_GEMM_FRACTION >= layer.shape.total_nodes()
+    {
+        fff_masked_gemm(layer, x, rows, out)
     } else {
         crate::fff_tree::fff_tree(layer, x, rows, out)
     }
 }
+
+/// Forests that use at least 1/this of their neurons per row (wide and shallow, like 512x2) run as
+/// GEMMs over all neurons with the unvisited ones masked out: dense arithmetic wastes less there than
+/// walking thousands of short paths one neuron at a time.
+pub const MASKED_GEMM_FRACTION: usize = 8;
+
+/// Below this many rows a GEMM only streams weights it mostly does not need: walk the trees instead.
+pub const MASKED_GEMM_MIN_ROWS: usize = 64;
 
 /// The reference kernel: per row, per tree, per level, exactly as the definition reads. `x` holds
 /// `rows x d_in`, `out` receives `rows x d_out`.
@@ -163,6 +176,62 @@ pub fn fff_dense(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
     );
 }
 
+/// Any depth as GEMMs: all logits at once, each row's paths walked on them, every neuron off its paths
+/// zeroed, then the output GEMM. Exact, and fast where most neurons are used anyway.
+pub fn fff_masked_gemm(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
+    use crate::matmul::{gemm, MatRef};
+    let FffLayer {
+        shape,
+        act,
+        branch,
+        w,
+    } = *layer;
+    let FffShape {
+        d_in,
+        d_out,
+        depth,
+        trees,
+    } = shape;
+    let (n, k) = (shape.nodes_per_tree(), shape.total_nodes());
+    assert_eq!(x.len(), rows * d_in);
+    assert_eq!(out.len(), rows * d_out);
+    let mut hidden = vec![0.0f32; rows * k];
+    gemm(
+        MatRef::row_major(x, rows, d_in),
+        MatRef::row_major(w.w_in, k, d_in).t(),
+        &mut hidden,
+        1.0,
+        0.0,
+    );
+    let mut path = vec![0.0f32; k];
+    for row in hidden.chunks_exact_mut(k.max(1)) {
+        path.fill(0.0);
+        for t in 0..trees {
+            let mut node = 0;
+            for _ in 0..=depth {
+                let i = t * n + node;
+                let logit = row[i] + w.b_in.map_or(0.0, |b| b[i]);
+                path[i] = act.apply(logit);
+                node = 2 * node + 1 + branch.goes_right(logit) as usize;
+            }
+        }
+        row.copy_from_slice(&path);
+    }
+    for row in out.chunks_exact_mut(d_out.max(1)) {
+        match w.b_out {
+            Some(b) => row.copy_from_slice(b),
+            None => row.fill(0.0),
+        }
+    }
+    gemm(
+        MatRef::row_major(&hidden, rows, k),
+        MatRef::row_major(w.w_out, k, d_out),
+        out,
+        1.0,
+        1.0,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +273,11 @@ mod tests {
             fff_dense(&layer, &x, rows, &mut got);
             for (g, r) in got.iter().zip(&want) {
                 assert!((g - r).abs() < 1e-5, "{g} vs {r}");
+            }
+            let mut masked = vec![0.0f32; rows * d_out];
+            fff_masked_gemm(&layer, &x, rows, &mut masked);
+            for (g, r) in masked.iter().zip(&want) {
+                assert!((g - r).abs() < 1e-5, "masked GEMM at depth 0: {g} vs {r}");
             }
         }
     }

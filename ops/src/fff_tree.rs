@@ -179,7 +179,7 @@ fn tile<V: Vector>(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
 mod tests {
     use super::*;
     use crate::activation::Activation;
-    use crate::fff::{fff_reference, Branch};
+    use crate::fff::{fff_masked_gemm, fff_reference, Branch};
 
     struct Lcg(u32);
     impl Lcg {

@@ -16,6 +16,7 @@ pub mod tensor;
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor, TensorView};
 pub mod model;
+pub mod npy;
 pub mod plan;
 
 pub use model::Model;

@@ -46,17 +46,31 @@ enum Source {
     Decoded(Tensor),
 }
 
+/// How a model runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Threads the kernels use; 0 means one per core.
+    pub threads: usize,
+}
+
 pub struct Model {
     graph: PlanGraph,
     bytes: PlanBytes,
     sources: Vec<Source>,
     /// For each node, the values whose last reader it is (freed right after it runs).
     frees: Vec<Vec<usize>>,
+    /// The threads every run's kernels share.
+    pool: rayon::ThreadPool,
 }
 
 impl Model {
-    /// Loads a plan file, memory-mapping its weights.
+    /// Loads a plan file, memory-mapping its weights, to run on one thread per core.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Model::load_with(path, Options::default())
+    }
+
+    /// Loads a plan file with the given options.
+    pub fn load_with(path: impl AsRef<Path>, options: Options) -> Result<Model> {
         let path = path.as_ref();
         let file = std::fs::File::open(path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
@@ -64,21 +78,26 @@ impl Model {
         // rely on the file not being truncated or rewritten while the model is alive.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
-        Model::from_plan_bytes(PlanBytes::Mapped(map))
+        Model::from_plan_bytes(PlanBytes::Mapped(map), options)
     }
 
     /// Loads a plan from bytes in memory (copied once into an aligned buffer).
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        Model::from_bytes_with(bytes, Options::default())
+    }
+
+    /// Loads a plan from bytes in memory with the given options.
+    pub fn from_bytes_with(bytes: &[u8], options: Options) -> Result<Model> {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
             *w = u64::from_ne_bytes(b);
         }
-        Model::from_plan_bytes(PlanBytes::Owned(words, bytes.len()))
+        Model::from_plan_bytes(PlanBytes::Owned(words, bytes.len()), options)
     }
 
-    fn from_plan_bytes(bytes: PlanBytes) -> Result<Model> {
+    fn from_plan_bytes(bytes: PlanBytes, options: Options) -> Result<Model> {
         if cfg!(target_endian = "big") {
             return Err(Error::plan(
                 "plans are little-endian; this machine is big-endian",
@@ -103,12 +122,25 @@ impl Model {
             };
         }
         let frees = free_schedule(&graph);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.threads)
+            .thread_name(|i| format!("fff-worker-{i}"))
+            .build()
+            .map_err(|e| {
+                Error::invalid(format!("cannot start {} threads: {e}", options.threads))
+            })?;
         Ok(Model {
             graph,
             bytes,
             sources,
             frees,
+            pool,
         })
+    }
+
+    /// The number of threads the kernels use.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
     }
 
     /// The plan's graph: inputs, outputs, nodes.
@@ -261,11 +293,25 @@ impl Model {
                 slots[v] = None;
             }
         }
-        self.graph
-            .outputs
-            .iter()
-            .map(|o| Ok((o.name.clone(), self.value_view(o.value, &slots)?.to_owned())))
-            .collect()
+        // Computed outputs are moved out (the last output naming a value takes it); constants and
+        // values named by several outputs are copied.
+        let mut outputs = Vec::with_capacity(self.graph.outputs.len());
+        for (i, o) in self.graph.outputs.iter().enumerate() {
+            let named_again = self.graph.outputs[i + 1..]
+                .iter()
+                .any(|later| later.value == o.value);
+            let t = match slots[o.value].take() {
+                Some(t) if named_again => {
+                    let copy = t.clone();
+                    slots[o.value] = Some(t);
+                    copy
+                }
+                Some(t) => t,
+                None => self.value_view(o.value, &slots)?.to_owned(),
+            };
+            outputs.push((o.name.clone(), t));
+        }
+        Ok(outputs)
     }
 
     fn value_view<'a>(&'a self, v: usize, slots: &'a [Option<Tensor>]) -> Result<TensorView<'a>> {

@@ -1,5 +1,5 @@
-//! `fffrun MODEL.fff INPUT.json [-o OUTPUT.json]`: runs a compiled model on inputs given as JSON and
-//! writes its outputs as JSON, or with `--bench` times it.
+//! `fffrun MODEL.fff INPUT [-o OUTPUT]`: runs a compiled model on inputs given as JSON, `.npy` or
+//! `.npz` and writes its outputs as JSON or `.npz`, or with `--bench` times it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use fff_runtime::io::{parse_inputs, write_outputs};
+use fff_runtime::io::{parse_inputs, write_outputs, JsonStyle};
+use fff_runtime::model::Options;
+use fff_runtime::npy::{read_npy, read_npz, write_npz};
 use fff_runtime::{Model, Tensor};
 
 /// Runs a compiled fff model (.fff) on the CPU.
@@ -17,6 +19,8 @@ use fff_runtime::{Model, Tensor};
 /// (`{"x": [[1.0, 2.0]], "ids": [3, 4]}`, a bare number for a scalar), or an Open Inference Protocol v2
 /// request (`{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}`).
 /// Outputs are written in the same form as the inputs. Float NaN and infinities are written as null.
+/// Large inputs can come as NumPy files instead: `.npy` for a model with one input, `.npz` with one
+/// array per input name; `-o OUT.npz` writes the outputs as an `.npz`.
 #[derive(Parser, Debug)]
 #[command(name = "fffrun", version)]
 struct Args {
@@ -24,12 +28,13 @@ struct Args {
     #[arg(value_name = "MODEL.fff")]
     model: PathBuf,
 
-    /// The inputs, as JSON.
-    #[arg(value_name = "INPUT.json")]
+    /// The inputs: JSON, or `.npy` (one input), or `.npz` (arrays named as the inputs).
+    #[arg(value_name = "INPUT")]
     input: PathBuf,
 
-    /// Write the outputs (or, with --bench, the timings) to this file instead of stdout.
-    #[arg(short, long, value_name = "OUTPUT.json")]
+    /// Write the outputs (or, with --bench, the timings) to this file instead of stdout; a name ending
+    /// in `.npz` writes NumPy arrays.
+    #[arg(short, long, value_name = "OUTPUT")]
     output: Option<PathBuf>,
 
     /// Threads used by kernels [default: the number of cores].
@@ -81,12 +86,9 @@ fn run(args: &Args) -> Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let model = Model::load(&args.model)
+    let model = Model::load_with(&args.model, Options { threads })
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
-    let text = std::fs::read_to_string(&args.input)
-        .with_context(|| format!("cannot read input file {}", args.input.display()))?;
-    let (inputs, style) = parse_inputs(&text, model.inputs())
-        .with_context(|| format!("in input file {}", args.input.display()))?;
+    let (inputs, style) = read_inputs(&args.input, &model)?;
 
     let report = if args.bench {
         let times = bench(&model, &inputs, args.runs)?;
@@ -101,11 +103,42 @@ fn run(args: &Args) -> Result<()> {
         line
     } else {
         let outputs = model.run(inputs)?;
+        if let Some(path) = args.output.as_deref().filter(|p| has_extension(p, "npz")) {
+            return Ok(write_npz(path, &outputs)?);
+        }
         let mut text = write_outputs(&outputs, style);
         text.push('\n');
         text
     };
     emit(args.output.as_deref(), &report)
+}
+
+fn has_extension(path: &Path, ext: &str) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+}
+
+/// The inputs from a JSON, `.npy` or `.npz` file (by extension), and the JSON style to answer in.
+fn read_inputs(path: &Path, model: &Model) -> Result<(Vec<(String, Tensor)>, JsonStyle)> {
+    let context = || format!("in input file {}", path.display());
+    if has_extension(path, "npz") {
+        return Ok((read_npz(path).with_context(context)?, JsonStyle::Plain));
+    }
+    if has_extension(path, "npy") {
+        let [only] = model.inputs() else {
+            anyhow::bail!(
+                "a .npy file holds one array, but the model has {} inputs; give an .npz with one array per input",
+                model.inputs().len()
+            );
+        };
+        return Ok((
+            vec![(only.name.clone(), read_npy(path).with_context(context)?)],
+            JsonStyle::Plain,
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read input file {}", path.display()))?;
+    Ok(parse_inputs(&text, model.inputs()).with_context(context)?)
 }
 
 /// One warm-up run, then `runs` timed runs; the times in milliseconds, sorted.

@@ -4,17 +4,17 @@
 use fff_ops::activation::Activation;
 use fff_ops::fff::{fff_forward, Branch, FffLayer, FffShape, FffWeights};
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
-use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 
 use super::{broadcast_shapes, norm_axis};
 use crate::error::{Error, Result};
 use crate::op::{FffActivation, FffBranch};
 use crate::tensor::{Tensor, TensorView};
 
-/// A matrix operand over any view whose last two axes are the matrix: uses the view's own strides
-/// where they are non-negative, so transposed views need no copy.
-fn contiguous(a: &ArrayViewD<f32>) -> ArrayD<f32> {
-    a.as_standard_layout().into_owned()
+/// The view in row-major order: borrowed as it is when it already is (weights, fresh outputs), copied
+/// only when it is strided.
+fn contiguous<'a>(a: &'a ArrayViewD<'_, f32>) -> CowArray<'a, f32, IxDyn> {
+    a.as_standard_layout()
 }
 
 pub fn matmul(a: &TensorView, b: &TensorView) -> Result<Tensor> {

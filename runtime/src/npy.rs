@@ -1,0 +1,168 @@
+//! Inputs and outputs as NumPy files, so that large inputs need no JSON: `.npy` holds one array, `.npz`
+//! holds arrays by name. float32, int64, int32 and bool arrays in C order are read; outputs are written
+//! as float32/int64/int32/bool arrays in an `.npz`.
+
+use std::io::Read;
+use std::path::Path;
+
+use ndarray::{ArrayD, IxDyn};
+use npyz::{NpyFile, Order, TypeChar, WriterBuilder};
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Reads a `.npy` file holding one array.
+pub fn read_npy(path: &Path) -> Result<Tensor> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let npy = NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|e| Error::input(format!("{} is not a .npy file: {e}", path.display())))?;
+    tensor_from_npy(npy, &path.display().to_string())
+}
+
+/// Reads every array of a `.npz` file, keyed by array name.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bad = |e: std::io::Error| {
+        Error::input(format!(
+            "{} is not a readable .npz file: {e}",
+            path.display()
+        ))
+    };
+    let mut archive = npyz::npz::NpzArchive::open(path).map_err(bad)?;
+    let names: Vec<String> = archive.array_names().map(str::to_string).collect();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let npy = archive
+            .by_name(&name)
+            .map_err(bad)?
+            .ok_or_else(|| Error::input(format!("array '{name}' vanished")))?;
+        out.push((
+            name.clone(),
+            tensor_from_npy(npy, &format!("array '{name}' of {}", path.display()))?,
+        ));
+    }
+    Ok(out)
+}
+
+fn tensor_from_npy<R: Read>(npy: NpyFile<R>, what: &str) -> Result<Tensor> {
+    let bad = |msg: String| Error::input(format!("{what}: {msg}"));
+    if npy.order() == Order::Fortran {
+        return Err(bad(
+            "is in Fortran order; save it in C order (numpy.ascontiguousarray)".into(),
+        ));
+    }
+    let shape: Vec<usize> = npy
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| bad(format!("dimension {d} is too large"))))
+        .collect::<Result<_>>()?;
+    let ts = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts,
+        _ => return Err(bad("holds records or nested arrays, not numbers".into())),
+    };
+    let read_err = |e: std::io::Error| bad(format!("cannot read its data: {e}"));
+    let dim = IxDyn(&shape);
+    let make = |v| ArrayD::from_shape_vec(dim.clone(), v);
+    let t = match (ts.type_char(), ts.size_field()) {
+        (TypeChar::Float, 4) => Tensor::F32(
+            make(npy.into_vec::<f32>().map_err(read_err)?).map_err(|e| bad(e.to_string()))?,
+        ),
+        (TypeChar::Int, 8) => Tensor::I64(
+            ArrayD::from_shape_vec(dim.clone(), npy.into_vec::<i64>().map_err(read_err)?)
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        (TypeChar::Int, 4) => Tensor::I32(
+            ArrayD::from_shape_vec(dim.clone(), npy.into_vec::<i32>().map_err(read_err)?)
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        (TypeChar::Bool, 1) => Tensor::Bool(
+            ArrayD::from_shape_vec(dim.clone(), npy.into_vec::<bool>().map_err(read_err)?)
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        _ => {
+            return Err(bad(format!(
+                "has element type {ts}; fff reads float32, int64, int32 and bool"
+            )))
+        }
+    };
+    Ok(t)
+}
+
+/// Writes tensors into a `.npz` file, one array per name.
+pub fn write_npz(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let io = |e: std::io::Error| Error::io(format!("cannot write {}", path.display()), e);
+    let mut npz = npyz::npz::NpzWriter::create(path).map_err(io)?;
+    for (name, t) in tensors {
+        let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+        let options = npyz::zip::write::FileOptions::default();
+        macro_rules! put {
+            ($a:expr, $ty:ty) => {{
+                let mut w = npz
+                    .array::<$ty>(name, options)
+                    .map_err(io)?
+                    .default_dtype()
+                    .shape(&shape)
+                    .begin_nd()
+                    .map_err(io)?;
+                w.extend($a.iter().copied()).map_err(io)?;
+                w.finish().map_err(io)?;
+            }};
+        }
+        match t {
+            Tensor::F32(a) => put!(a, f32),
+            Tensor::I64(a) => put!(a, i64),
+            Tensor::I32(a) => put!(a, i32),
+            Tensor::Bool(a) => put!(a, bool),
+        }
+    }
+    npz.zip_writer()
+        .finish()
+        .map_err(|e| Error::invalid(format!("cannot finish {}: {e}", path.display())))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npz_round_trip_keeps_names_dtypes_shapes_and_values() {
+        let dir = std::env::temp_dir().join(format!("fff-npz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.npz");
+        let tensors = vec![
+            (
+                "x".to_string(),
+                Tensor::F32(
+                    ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1., 2., 3., 4., 5., f32::NAN])
+                        .unwrap(),
+                ),
+            ),
+            (
+                "ids".to_string(),
+                Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[3]), vec![-1, 0, 7]).unwrap()),
+            ),
+            (
+                "m".to_string(),
+                Tensor::Bool(ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![true, false]).unwrap()),
+            ),
+        ];
+        write_npz(&path, &tensors).unwrap();
+        let mut back = read_npz(&path).unwrap();
+        back.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut want = tensors.clone();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(back.len(), 3);
+        for ((n1, t1), (n2, t2)) in back.iter().zip(&want) {
+            assert_eq!(n1, n2);
+            assert_eq!(t1.shape(), t2.shape());
+            assert_eq!(t1.to_le_bytes(), t2.to_le_bytes(), "{n1}");
+        }
+        std::fs::write(dir.join("bad.npy"), b"not numpy").unwrap();
+        assert!(read_npy(&dir.join("bad.npy"))
+            .unwrap_err()
+            .to_string()
+            .contains("not a .npy file"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
