@@ -85,21 +85,32 @@ impl OnnxBuilder {
         self.graph.output.push(Self::value_info(name, elem, dims));
     }
 
-    /// A float32 initializer.
+    /// `name`, or `name_N` if an initializer already has that name.
+    fn fresh(&mut self, name: &str) -> String {
+        if !self.graph.initializer.iter().any(|t| t.name == name) {
+            return name.to_string();
+        }
+        self.counter += 1;
+        format!("{name}_{}", self.counter)
+    }
+
+    /// A float32 initializer; returns its name (made unique if taken).
     pub fn weight(&mut self, name: &str, dims: &[i64], data: Vec<f32>) -> String {
         assert_eq!(
             dims.iter().product::<i64>() as usize,
             data.len(),
             "initializer '{name}' size"
         );
-        self.graph.initializer.push(tensor_f32(name, dims, data));
-        name.to_string()
+        let name = self.fresh(name);
+        self.graph.initializer.push(tensor_f32(&name, dims, data));
+        name
     }
 
-    /// An int64 initializer.
+    /// An int64 initializer; returns its name (made unique if taken).
     pub fn ints(&mut self, name: &str, dims: &[i64], data: Vec<i64>) -> String {
-        self.graph.initializer.push(tensor_i64(name, dims, data));
-        name.to_string()
+        let name = self.fresh(name);
+        self.graph.initializer.push(tensor_i64(&name, dims, data));
+        name
     }
 
     /// A node of the default domain with one output, whose name is returned.

@@ -252,9 +252,16 @@ mod tests {
                 };
                 let mut want = vec![0.0; rows * d_out];
                 fff_reference(&layer, &x, rows, &mut want);
+                let mut kernels: Vec<(String, Vec<f32>)> = Vec::new();
                 for isa in Isa::available() {
                     let mut got = vec![f32::NAN; rows * d_out];
                     fff_tree_with(isa, &layer, &x, rows, &mut got);
+                    kernels.push((format!("tree kernel, {isa:?}"), got));
+                }
+                let mut masked = vec![f32::NAN; rows * d_out];
+                fff_masked_gemm(&layer, &x, rows, &mut masked);
+                kernels.push(("masked GEMM".to_string(), masked));
+                for (kernel, got) in kernels {
                     for r in 0..rows {
                         if near_boundary(shape, &w, &x[r * d_in..(r + 1) * d_in]) {
                             continue;
@@ -263,7 +270,7 @@ mod tests {
                             let (g, e) = (got[r * d_out + j], want[r * d_out + j]);
                             assert!(
                                 (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                                "{isa:?} {shape:?} row {r}: {g} vs {e}"
+                                "{kernel} {shape:?} row {r}: {g} vs {e}"
                             );
                         }
                     }

@@ -138,7 +138,7 @@ fn read_inputs(path: &Path, model: &Model) -> Result<(Vec<(String, Tensor)>, Jso
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read input file {}", path.display()))?;
-    Ok(parse_inputs(&text, model.inputs()).with_context(context)?)
+    parse_inputs(&text, model.inputs()).with_context(context)
 }
 
 /// One warm-up run, then `runs` timed runs; the times in milliseconds, sorted.
