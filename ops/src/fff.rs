@@ -161,19 +161,7 @@ pub fn fff_dense(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
             *h = act.apply(*h + w.b_in.map_or(0.0, |b| b[i]));
         }
     }
-    for row in out.chunks_exact_mut(d_out.max(1)) {
-        match w.b_out {
-            Some(b) => row.copy_from_slice(b),
-            None => row.fill(0.0),
-        }
-    }
-    gemm(
-        MatRef::row_major(&hidden, rows, trees),
-        MatRef::row_major(w.w_out, trees, d_out),
-        out,
-        1.0,
-        1.0,
-    );
+    output_gemm(&hidden, rows, trees, &w, d_out, out);
 }
 
 /// Any depth as GEMMs: all logits at once, each row's paths walked on them, every neuron off its paths
@@ -217,15 +205,33 @@ pub fn fff_masked_gemm(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]
         }
         row.copy_from_slice(&path);
     }
+    output_gemm(&hidden, rows, k, &w, d_out, out);
+}
+
+/// Every output row set to `b_out` (or zero), ready for neurons to be added in.
+pub(crate) fn init_rows(out: &mut [f32], d_out: usize, b_out: Option<&[f32]>) {
     for row in out.chunks_exact_mut(d_out.max(1)) {
-        match w.b_out {
+        match b_out {
             Some(b) => row.copy_from_slice(b),
             None => row.fill(0.0),
         }
     }
+}
+
+/// `out = hidden . W_out + b_out`, for `hidden` holding `rows x neurons` activations.
+fn output_gemm(
+    hidden: &[f32],
+    rows: usize,
+    neurons: usize,
+    w: &FffWeights,
+    d_out: usize,
+    out: &mut [f32],
+) {
+    use crate::matmul::{gemm, MatRef};
+    init_rows(out, d_out, w.b_out);
     gemm(
-        MatRef::row_major(&hidden, rows, k),
-        MatRef::row_major(w.w_out, k, d_out),
+        MatRef::row_major(hidden, rows, neurons),
+        MatRef::row_major(w.w_out, neurons, d_out),
         out,
         1.0,
         1.0,

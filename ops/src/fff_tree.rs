@@ -116,12 +116,7 @@ fn tile<V: Vector>(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
     } = job.shape;
     let n = job.shape.nodes_per_tree();
     let rows = y.len() / d_out;
-    for row in y.chunks_exact_mut(d_out) {
-        match job.w.b_out {
-            Some(b) => row.copy_from_slice(b),
-            None => row.fill(0.0),
-        }
-    }
+    crate::fff::init_rows(y, d_out, job.w.b_out);
     s.nodes.clear();
     s.nodes.resize(rows, 0);
     s.order.resize(rows, 0);

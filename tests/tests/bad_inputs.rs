@@ -6,8 +6,12 @@
 //! The CLI tests run the binaries from `target/<profile>/`, so build them first:
 //! `cargo build --workspace --bins && cargo test -p fff-tests --test bad_inputs`.
 
+mod common;
+
+use common::bin;
+
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -50,22 +54,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The path of a workspace binary, next to this test's `deps/` folder in `target/<profile>/`.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} does not exist: run `cargo build --bins` first (the README's test command does this)",
-        path.display()
-    );
-    path
 }
 
 /// Runs a binary and returns its exit code, stdout and stderr.

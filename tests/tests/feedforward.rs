@@ -7,24 +7,12 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{compile, max_abs_diff, random_inputs, tract_run};
+use common::{bin, compile, max_abs_diff, random_inputs, tract_run};
 use fff_models::builders::{
     encoder_model, ff_layer_model, ff_layer_model_at, Defects, EncoderConfig, Ff,
 };
 use fff_models::fixtures;
 use fff_runtime::Tensor;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fff-ff-{name}-{}", std::process::id()));

@@ -3,22 +3,12 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::bin;
+
 use std::process::Command;
 
 use fff_models::fixtures;
 use fff_runtime::npy::{read_npy, read_npz, write_npz};
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

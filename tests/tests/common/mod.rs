@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fff_models::rng::Rng;
 use fff_runtime::plan::Dim;
@@ -151,4 +151,20 @@ pub fn tract_run(onnx: &Path, inputs: &[(String, Tensor)]) -> Vec<Tensor> {
             )
         })
         .collect()
+}
+
+/// The path of a workspace binary, next to this test's `deps/` folder in `target/<profile>/`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} does not exist: run `cargo build --workspace --bins` first (the README's test command does this)",
+        path.display()
+    );
+    path
 }
