@@ -82,13 +82,6 @@ fn describe_const(t: &Tensor) -> String {
         Tensor::I32(a) if a.len() <= 8 => format!("{head} {:?}", a.iter().collect::<Vec<_>>()),
         Tensor::Bool(a) if a.len() <= 8 => format!("{head} {:?}", a.iter().collect::<Vec<_>>()),
         Tensor::F32(a) if a.len() == 1 => format!("{head} {:?}", a.iter().next().unwrap()),
-        _ => format!("{head} #{:016x}", fnv1a(&t.to_le_bytes())),
+        _ => format!("{head} #{:016x}", t.content_hash()),
     }
-}
-
-/// FNV-1a: a fixed, dependency-free content hash for dumps.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
 }

@@ -61,24 +61,17 @@ fn tensor_from_npy<R: Read>(npy: NpyFile<R>, what: &str) -> Result<Tensor> {
         _ => return Err(bad("holds records or nested arrays, not numbers".into())),
     };
     let read_err = |e: std::io::Error| bad(format!("cannot read its data: {e}"));
-    let dim = IxDyn(&shape);
-    let make = |v| ArrayD::from_shape_vec(dim.clone(), v);
+    macro_rules! array {
+        ($t:ty) => {
+            ArrayD::from_shape_vec(IxDyn(&shape), npy.into_vec::<$t>().map_err(read_err)?)
+                .map_err(|e| bad(e.to_string()))?
+        };
+    }
     let t = match (ts.type_char(), ts.size_field()) {
-        (TypeChar::Float, 4) => Tensor::F32(
-            make(npy.into_vec::<f32>().map_err(read_err)?).map_err(|e| bad(e.to_string()))?,
-        ),
-        (TypeChar::Int, 8) => Tensor::I64(
-            ArrayD::from_shape_vec(dim.clone(), npy.into_vec::<i64>().map_err(read_err)?)
-                .map_err(|e| bad(e.to_string()))?,
-        ),
-        (TypeChar::Int, 4) => Tensor::I32(
-            ArrayD::from_shape_vec(dim.clone(), npy.into_vec::<i32>().map_err(read_err)?)
-                .map_err(|e| bad(e.to_string()))?,
-        ),
-        (TypeChar::Bool, 1) => Tensor::Bool(
-            ArrayD::from_shape_vec(dim.clone(), npy.into_vec::<bool>().map_err(read_err)?)
-                .map_err(|e| bad(e.to_string()))?,
-        ),
+        (TypeChar::Float, 4) => Tensor::F32(array!(f32)),
+        (TypeChar::Int, 8) => Tensor::I64(array!(i64)),
+        (TypeChar::Int, 4) => Tensor::I32(array!(i32)),
+        (TypeChar::Bool, 1) => Tensor::Bool(array!(bool)),
         _ => {
             return Err(bad(format!(
                 "has element type {ts}; fff reads float32, int64, int32 and bool"

@@ -167,6 +167,23 @@ impl Tensor {
         }
     }
 
+    /// FNV-1a over the elements' little-endian bytes in logical order: the same for equal tensors on
+    /// every machine, computed without copying.
+    pub fn content_hash(&self) -> u64 {
+        fn feed(h: u64, bytes: &[u8]) -> u64 {
+            bytes
+                .iter()
+                .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+        }
+        let h = 0xcbf2_9ce4_8422_2325;
+        match self {
+            Tensor::F32(a) => a.iter().fold(h, |h, v| feed(h, &v.to_le_bytes())),
+            Tensor::I64(a) => a.iter().fold(h, |h, v| feed(h, &v.to_le_bytes())),
+            Tensor::I32(a) => a.iter().fold(h, |h, v| feed(h, &v.to_le_bytes())),
+            Tensor::Bool(a) => a.iter().fold(h, |h, &v| feed(h, &[v as u8])),
+        }
+    }
+
     /// Rebuilds a tensor from little-endian bytes, checking that the byte count fits the shape.
     pub fn from_le_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
         let n = checked_len(shape)?;

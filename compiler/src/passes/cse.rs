@@ -10,20 +10,25 @@ use crate::ir::{Graph, NodeKind, OutletId};
 
 pub fn run(g: &mut Graph) -> Result<bool> {
     let mut changed = false;
-    let mut consts: HashMap<
-        (fff_runtime::DType, Vec<usize>, Vec<u8>),
-        petgraph::stable_graph::NodeIndex,
-    > = HashMap::new();
+    // Constants by (dtype, shape, content hash); equal hashes are confirmed by comparing values.
+    type ConstKey = (fff_runtime::DType, Vec<usize>, u64);
+    let mut consts: HashMap<ConstKey, Vec<petgraph::stable_graph::NodeIndex>> = HashMap::new();
     let mut ops: HashMap<String, petgraph::stable_graph::NodeIndex> = HashMap::new();
     for n in g.topo_order() {
         let canonical = match &g.node(n).kind {
             NodeKind::Input => continue,
             NodeKind::Const(t) => {
-                let key = (t.dtype(), t.shape().to_vec(), t.to_le_bytes());
-                match consts.get(&key) {
-                    Some(&c) => c,
+                let key = (t.dtype(), t.shape().to_vec(), t.content_hash());
+                let same = consts.get(&key).and_then(|seen| {
+                    seen.iter().copied().find(|&c| {
+                        g.const_value(OutletId::new(c, 0))
+                            .is_some_and(|u| **u == **t)
+                    })
+                });
+                match same {
+                    Some(c) => c,
                     None => {
-                        consts.insert(key, n);
+                        consts.entry(key).or_default().push(n);
                         continue;
                     }
                 }

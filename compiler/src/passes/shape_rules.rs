@@ -255,11 +255,6 @@ pub fn infer(op: &Op, ins: Facts, n_outputs: usize) -> Result<Vec<Fact>, String>
                     let k = axis(*a, r.max(1))?;
                     let mut out = ss[0].clone();
                     if k < r {
-                        out[k] = Dim::product(
-                            &ss.iter()
-                                .map(|s| s.get(k).cloned().unwrap_or(Dim::Unknown))
-                                .collect::<Vec<_>>(),
-                        );
                         let sum: Option<i64> =
                             ss.iter().map(|s| s.get(k).and_then(Dim::known)).sum();
                         out[k] = sum.map_or(Dim::Unknown, Dim::Known);
