@@ -246,3 +246,29 @@ fn a_block_with_altered_index_arithmetic_is_left_alone_and_explained() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A dense block written with `Gemm` on flattened rows and ReLU, as older exporters write `nn.Linear`.
+#[test]
+fn gemm_relu_block_on_flattened_rows_is_rewritten() {
+    use fff_models::onnx::{Attr, Elem, OnnxBuilder, D};
+    use fff_models::rng::Rng;
+    let (d, w) = (24, 40);
+    let mut rng = Rng::new(9);
+    let mut b = OnnxBuilder::new(11);
+    let x = b.input("x", Elem::Float, &[D::S("batch"), D::S("seq"), D::N(d)]);
+    let flat = b.ints("flat", &[2], vec![-1, d]);
+    let x2 = b.node("Reshape", &[&x, &flat], vec![]);
+    let w1 = b.weight("w1", &[w, d], rng.vec((w * d) as usize, 0.3));
+    let b1 = b.weight("b1", &[w], rng.vec(w as usize, 0.1));
+    let w2 = b.weight("w2", &[d, w], rng.vec((w * d) as usize, 0.3));
+    let b2 = b.weight("b2", &[d], rng.vec(d as usize, 0.1));
+    let h = b.node("Gemm", &[&x2, &w1, &b1], vec![("transB", Attr::Int(1))]);
+    let h = b.node("Relu", &[&h], vec![]);
+    let y = b.node("Gemm", &[&h, &w2, &b2], vec![("transB", Attr::Int(1))]);
+    let shape = b.node("Shape", &[&x], vec![]);
+    let y = b.node("Reshape", &[&y, &shape], vec![]);
+    b.rename(&y, "y");
+    b.output("y", Elem::Float, &[D::S("batch"), D::S("seq"), D::N(d)]);
+    let report = check_model("gemm-relu", b.to_bytes(), &[(w as usize, 0)]);
+    assert!(report.contains("dense 40, 24 -> 24"), "{report}");
+}
