@@ -105,6 +105,19 @@ unsafe fn tile_avx2(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
     tile::<crate::simd::Avx2>(job, x, y, s)
 }
 
+/// One neuron for one row: its logit, activation and output row; returns the child the row moves to.
+#[inline(always)]
+fn walk_one<V: Vector>(job: &FffLayer, i: usize, node: usize, x: &[f32], y: &mut [f32]) -> u32 {
+    let (d_in, d_out) = (job.shape.d_in, job.shape.d_out);
+    let logit = V::dot(x, &job.w.w_in[i * d_in..(i + 1) * d_in]) + job.w.b_in.map_or(0.0, |b| b[i]);
+    V::axpy(
+        job.act.apply(logit),
+        &job.w.w_out[i * d_out..(i + 1) * d_out],
+        y,
+    );
+    (2 * node + 1 + job.branch.goes_right(logit) as usize) as u32
+}
+
 /// One tile of rows, every tree, every level.
 #[inline(always)]
 fn tile<V: Vector>(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
@@ -125,18 +138,14 @@ fn tile<V: Vector>(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
         for level in 0..=depth {
             let width = 1usize << level;
             let first = width - 1;
-            let mut step = |r: usize, node: usize| {
-                let i = t * n + node;
-                let logit = V::dot(
+            let step = |y: &mut [f32], r: usize, node: usize| {
+                walk_one::<V>(
+                    job,
+                    t * n + node,
+                    node,
                     &x[r * d_in..(r + 1) * d_in],
-                    &job.w.w_in[i * d_in..(i + 1) * d_in],
-                ) + job.w.b_in.map_or(0.0, |b| b[i]);
-                V::axpy(
-                    job.act.apply(logit),
-                    &job.w.w_out[i * d_out..(i + 1) * d_out],
                     &mut y[r * d_out..(r + 1) * d_out],
-                );
-                (2 * node + 1 + job.branch.goes_right(logit) as usize) as u32
+                )
             };
             if width * 2 <= rows {
                 // Group rows by node: counting sort of the rows by their node at this level.
@@ -158,12 +167,42 @@ fn tile<V: Vector>(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
                 for k in 0..width {
                     for idx in s.starts[k]..s.starts[k + 1] {
                         let r = s.order[idx as usize] as usize;
-                        s.nodes[r] = step(r, first + k);
+                        s.nodes[r] = step(y, r, first + k);
                     }
                 }
             } else {
-                for r in 0..rows {
-                    s.nodes[r] = step(r, s.nodes[r] as usize);
+                // Each row walks alone: four rows at a time, so that their weight fetches overlap.
+                let mut r = 0;
+                while r + 4 <= rows {
+                    let nodes: [usize; 4] = std::array::from_fn(|k| s.nodes[r + k] as usize);
+                    let rows_x: [&[f32]; 4] =
+                        std::array::from_fn(|k| &x[(r + k) * d_in..(r + k + 1) * d_in]);
+                    let w_rows: [&[f32]; 4] = std::array::from_fn(|k| {
+                        let i = t * n + nodes[k];
+                        &job.w.w_in[i * d_in..(i + 1) * d_in]
+                    });
+                    let dots = V::dot4(rows_x, w_rows);
+                    let mut alphas = [0.0f32; 4];
+                    for k in 0..4 {
+                        let i = t * n + nodes[k];
+                        let logit = dots[k] + job.w.b_in.map_or(0.0, |b| b[i]);
+                        alphas[k] = job.act.apply(logit);
+                        s.nodes[r + k] =
+                            (2 * nodes[k] + 1 + job.branch.goes_right(logit) as usize) as u32;
+                    }
+                    let (y4, _) = y[r * d_out..].split_at_mut(4 * d_out);
+                    let mut ys = y4.chunks_exact_mut(d_out);
+                    let ys: [&mut [f32]; 4] =
+                        std::array::from_fn(|_| ys.next().expect("four rows"));
+                    let outs: [&[f32]; 4] = std::array::from_fn(|k| {
+                        let i = t * n + nodes[k];
+                        &job.w.w_out[i * d_out..(i + 1) * d_out]
+                    });
+                    V::axpy4(alphas, outs, ys);
+                    r += 4;
+                }
+                for r in r..rows {
+                    s.nodes[r] = step(y, r, s.nodes[r] as usize);
                 }
             }
         }

@@ -56,6 +56,20 @@ pub trait Vector {
     fn dot(a: &[f32], b: &[f32]) -> f32;
     /// `y += alpha * x`.
     fn axpy(alpha: f32, x: &[f32], y: &mut [f32]);
+
+    /// Four independent dot products `a[k] . b[k]`, interleaved so their loads overlap.
+    #[inline(always)]
+    fn dot4(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 4] {
+        std::array::from_fn(|k| Self::dot(a[k], b[k]))
+    }
+
+    /// Four independent `y[k] += alpha[k] * x[k]`, interleaved.
+    #[inline(always)]
+    fn axpy4(alpha: [f32; 4], x: [&[f32]; 4], y: [&mut [f32]; 4]) {
+        for ((a, xk), yk) in alpha.into_iter().zip(x).zip(y) {
+            Self::axpy(a, xk, yk);
+        }
+    }
 }
 
 /// Plain Rust: what the baseline target vectorises on its own.
@@ -159,6 +173,18 @@ mod x86 {
         fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
             // SAFETY: as for `dot`.
             unsafe { axpy_avx512(alpha, x, y) }
+        }
+
+        #[inline(always)]
+        fn dot4(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 4] {
+            // SAFETY: as for `dot`; each pair is read up to the shortest length of the eight slices.
+            unsafe { dot4_avx512(a, b) }
+        }
+
+        #[inline(always)]
+        fn axpy4(alpha: [f32; 4], x: [&[f32]; 4], y: [&mut [f32]; 4]) {
+            // SAFETY: as for `dot`; each pair is accessed up to the shortest length of the slices.
+            unsafe { axpy4_avx512(alpha, x, y) }
         }
     }
 
@@ -284,6 +310,77 @@ mod x86 {
                 _mm512_maskz_loadu_ps(m, py.add(i)),
             );
             _mm512_mask_storeu_ps(py.add(i), m, v);
+            i += left;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn dot4_avx512(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 4] {
+        let n = a.iter().chain(&b).map(|s| s.len()).min().unwrap_or(0);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i < n {
+            let left = (n - i).min(16);
+            let m: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            for k in 0..4 {
+                acc[k] = _mm512_fmadd_ps(
+                    _mm512_maskz_loadu_ps(m, a[k].as_ptr().add(i)),
+                    _mm512_maskz_loadu_ps(m, b[k].as_ptr().add(i)),
+                    acc[k],
+                );
+            }
+            i += left;
+        }
+        [
+            _mm512_reduce_add_ps(acc[0]),
+            _mm512_reduce_add_ps(acc[1]),
+            _mm512_reduce_add_ps(acc[2]),
+            _mm512_reduce_add_ps(acc[3]),
+        ]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn axpy4_avx512(alpha: [f32; 4], x: [&[f32]; 4], y: [&mut [f32]; 4]) {
+        let n = x
+            .iter()
+            .map(|s| s.len())
+            .chain(y.iter().map(|s| s.len()))
+            .min()
+            .unwrap_or(0);
+        let va: [__m512; 4] = [
+            _mm512_set1_ps(alpha[0]),
+            _mm512_set1_ps(alpha[1]),
+            _mm512_set1_ps(alpha[2]),
+            _mm512_set1_ps(alpha[3]),
+        ];
+        let py: [*mut f32; 4] = [
+            y[0].as_mut_ptr(),
+            y[1].as_mut_ptr(),
+            y[2].as_mut_ptr(),
+            y[3].as_mut_ptr(),
+        ];
+        let mut i = 0;
+        while i < n {
+            let left = (n - i).min(16);
+            let m: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            for k in 0..4 {
+                let v = _mm512_fmadd_ps(
+                    va[k],
+                    _mm512_maskz_loadu_ps(m, x[k].as_ptr().add(i)),
+                    _mm512_maskz_loadu_ps(m, py[k].add(i)),
+                );
+                _mm512_mask_storeu_ps(py[k].add(i), m, v);
+            }
             i += left;
         }
     }
