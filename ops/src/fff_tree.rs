@@ -118,6 +118,34 @@ fn walk_one<V: Vector>(job: &FffLayer, i: usize, node: usize, x: &[f32], y: &mut
     (2 * node + 1 + job.branch.goes_right(logit) as usize) as u32
 }
 
+/// Four rows, each at its own node of the tree whose first neuron is `base`: four interleaved dot
+/// products, then four interleaved output updates; `nodes` advance to the children.
+#[inline(always)]
+fn walk_four<V: Vector>(
+    job: &FffLayer,
+    base: usize,
+    nodes: &mut [u32; 4],
+    x: &[f32],
+    y: &mut [f32],
+) {
+    let (d_in, d_out) = (job.shape.d_in, job.shape.d_out);
+    let neuron = |k: usize| base + nodes[k] as usize;
+    let dots = V::dot4(
+        std::array::from_fn(|k| &x[k * d_in..(k + 1) * d_in]),
+        std::array::from_fn(|k| &job.w.w_in[neuron(k) * d_in..(neuron(k) + 1) * d_in]),
+    );
+    let logits: [f32; 4] =
+        std::array::from_fn(|k| dots[k] + job.w.b_in.map_or(0.0, |b| b[neuron(k)]));
+    let outs: [&[f32]; 4] =
+        std::array::from_fn(|k| &job.w.w_out[neuron(k) * d_out..(neuron(k) + 1) * d_out]);
+    let mut rows = y.chunks_exact_mut(d_out);
+    let ys: [&mut [f32]; 4] = std::array::from_fn(|_| rows.next().expect("four rows"));
+    V::axpy4(logits.map(|l| job.act.apply(l)), outs, ys);
+    for (node, logit) in nodes.iter_mut().zip(logits) {
+        *node = 2 * *node + 1 + job.branch.goes_right(logit) as u32;
+    }
+}
+
 /// One tile of rows, every tree, every level.
 #[inline(always)]
 fn tile<V: Vector>(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
@@ -174,31 +202,15 @@ fn tile<V: Vector>(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
                 // Each row walks alone: four rows at a time, so that their weight fetches overlap.
                 let mut r = 0;
                 while r + 4 <= rows {
-                    let nodes: [usize; 4] = std::array::from_fn(|k| s.nodes[r + k] as usize);
-                    let rows_x: [&[f32]; 4] =
-                        std::array::from_fn(|k| &x[(r + k) * d_in..(r + k + 1) * d_in]);
-                    let w_rows: [&[f32]; 4] = std::array::from_fn(|k| {
-                        let i = t * n + nodes[k];
-                        &job.w.w_in[i * d_in..(i + 1) * d_in]
-                    });
-                    let dots = V::dot4(rows_x, w_rows);
-                    let mut alphas = [0.0f32; 4];
-                    for k in 0..4 {
-                        let i = t * n + nodes[k];
-                        let logit = dots[k] + job.w.b_in.map_or(0.0, |b| b[i]);
-                        alphas[k] = job.act.apply(logit);
-                        s.nodes[r + k] =
-                            (2 * nodes[k] + 1 + job.branch.goes_right(logit) as usize) as u32;
-                    }
-                    let (y4, _) = y[r * d_out..].split_at_mut(4 * d_out);
-                    let mut ys = y4.chunks_exact_mut(d_out);
-                    let ys: [&mut [f32]; 4] =
-                        std::array::from_fn(|_| ys.next().expect("four rows"));
-                    let outs: [&[f32]; 4] = std::array::from_fn(|k| {
-                        let i = t * n + nodes[k];
-                        &job.w.w_out[i * d_out..(i + 1) * d_out]
-                    });
-                    V::axpy4(alphas, outs, ys);
+                    let nodes: &mut [u32; 4] =
+                        (&mut s.nodes[r..r + 4]).try_into().expect("four rows");
+                    walk_four::<V>(
+                        job,
+                        t * n,
+                        nodes,
+                        &x[r * d_in..(r + 4) * d_in],
+                        &mut y[r * d_out..(r + 4) * d_out],
+                    );
                     r += 4;
                 }
                 for r in r..rows {
