@@ -43,7 +43,7 @@ fn init_scale(fan_in: usize) -> f32 {
     (3.0 / fan_in as f32).sqrt()
 }
 
-/// A dense feedforward layer on `x` (`[..., d]`).
+/// A dense feedforward layer on `x` (`[..., d]`): `Linear(d, width) -> GELU -> Linear(width, d)`.
 pub fn dense_ff(
     b: &mut OnnxBuilder,
     rng: &mut Rng,
@@ -52,27 +52,9 @@ pub fn dense_ff(
     d: usize,
     width: usize,
 ) -> String {
-    let w1 = b.weight(
-        &format!("{p}.up.weight"),
-        &[d as i64, width as i64],
-        rng.vec(d * width, init_scale(d)),
-    );
-    let b1 = b.weight(
-        &format!("{p}.up.bias"),
-        &[width as i64],
-        rng.vec(width, 0.1),
-    );
-    let w2 = b.weight(
-        &format!("{p}.down.weight"),
-        &[width as i64, d as i64],
-        rng.vec(width * d, init_scale(width)),
-    );
-    let b2 = b.weight(&format!("{p}.down.bias"), &[d as i64], rng.vec(d, 0.1));
-    let h = b.node("MatMul", &[x, &w1], vec![]);
-    let h = b.node("Add", &[&h, &b1], vec![]);
+    let h = linear(b, rng, &format!("{p}.up"), x, d, width);
     let h = gelu_erf(b, p, &h);
-    let y = b.node("MatMul", &[&h, &w2], vec![]);
-    b.node("Add", &[&y, &b2], vec![])
+    linear(b, rng, &format!("{p}.down"), &h, width, d)
 }
 
 /// `Squeeze` or `Unsqueeze` of `x` at one axis: the axes as an attribute before opset 13, as an input

@@ -14,6 +14,17 @@ use fff_models::builders::{
 use fff_models::fixtures;
 use fff_runtime::Tensor;
 
+/// Runs a command that must succeed.
+fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fff-ff-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -29,28 +40,18 @@ fn fff_layers_of(onnx: &std::path::Path, dir: &std::path::Path) -> Vec<Layer> {
         "{}.fff",
         onnx.file_stem().unwrap().to_string_lossy()
     ));
-    let out = Command::new(bin("fffc"))
-        .arg("compile")
-        .arg(onnx)
-        .arg("-o")
-        .arg(&plan)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(bin("fffc"))
+            .arg("compile")
+            .arg(onnx)
+            .arg("-o")
+            .arg(&plan),
     );
-    let out = Command::new(bin("fffc"))
-        .arg("inspect")
-        .arg(&plan)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(bin("fffc"))
+            .arg("inspect")
+            .arg(&plan)
+            .arg("--json"),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut layers: Vec<_> = v["fff_layers"]
