@@ -148,20 +148,21 @@ pub fn fff_dense(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
     assert_eq!(depth, 0, "fff_dense computes trees of depth 0");
     assert_eq!(x.len(), rows * d_in);
     assert_eq!(out.len(), rows * d_out);
-    let mut hidden = vec![0.0f32; rows * trees];
-    gemm(
-        MatRef::row_major(x, rows, d_in),
-        MatRef::row_major(w.w_in, trees, d_in).t(),
-        &mut hidden,
-        1.0,
-        0.0,
-    );
-    for row in hidden.chunks_exact_mut(trees.max(1)) {
-        for (i, h) in row.iter_mut().enumerate() {
-            *h = act.apply(*h + w.b_in.map_or(0.0, |b| b[i]));
+    with_scratch(rows * trees, 0, |hidden, _| {
+        gemm(
+            MatRef::row_major(x, rows, d_in),
+            MatRef::row_major(w.w_in, trees, d_in).t(),
+            hidden,
+            1.0,
+            0.0,
+        );
+        for row in hidden.chunks_exact_mut(trees.max(1)) {
+            for (i, h) in row.iter_mut().enumerate() {
+                *h = act.apply(*h + w.b_in.map_or(0.0, |b| b[i]));
+            }
         }
-    }
-    output_gemm(&hidden, rows, trees, &w, d_out, out);
+        output_gemm(hidden, rows, trees, &w, d_out, out);
+    })
 }
 
 /// Any depth as GEMMs: all logits at once, each row's paths walked on them, every neuron off its paths
@@ -183,29 +184,54 @@ pub fn fff_masked_gemm(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]
     let (n, k) = (shape.nodes_per_tree(), shape.total_nodes());
     assert_eq!(x.len(), rows * d_in);
     assert_eq!(out.len(), rows * d_out);
-    let mut hidden = vec![0.0f32; rows * k];
-    gemm(
-        MatRef::row_major(x, rows, d_in),
-        MatRef::row_major(w.w_in, k, d_in).t(),
-        &mut hidden,
-        1.0,
-        0.0,
-    );
-    let mut path = vec![0.0f32; k];
-    for row in hidden.chunks_exact_mut(k.max(1)) {
-        path.fill(0.0);
-        for t in 0..trees {
-            let mut node = 0;
-            for _ in 0..=depth {
-                let i = t * n + node;
-                let logit = row[i] + w.b_in.map_or(0.0, |b| b[i]);
-                path[i] = act.apply(logit);
-                node = 2 * node + 1 + branch.goes_right(logit) as usize;
+    with_scratch(rows * k, k, |hidden, path| {
+        gemm(
+            MatRef::row_major(x, rows, d_in),
+            MatRef::row_major(w.w_in, k, d_in).t(),
+            hidden,
+            1.0,
+            0.0,
+        );
+        for row in hidden.chunks_exact_mut(k.max(1)) {
+            path.fill(0.0);
+            for t in 0..trees {
+                let mut node = 0;
+                for _ in 0..=depth {
+                    let i = t * n + node;
+                    let logit = row[i] + w.b_in.map_or(0.0, |b| b[i]);
+                    path[i] = act.apply(logit);
+                    node = 2 * node + 1 + branch.goes_right(logit) as usize;
+                }
             }
+            row.copy_from_slice(path);
         }
-        row.copy_from_slice(&path);
-    }
-    output_gemm(&hidden, rows, k, &w, d_out, out);
+        output_gemm(hidden, rows, k, &w, d_out, out);
+    })
+}
+
+thread_local! {
+    /// Buffers of the GEMM paths, kept per thread and grown to the largest call, so that steady-state
+    /// calls allocate nothing.
+    static GEMM_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` on this thread's scratch buffers of `a` and `b` elements (contents unspecified). When the
+/// buffers are in use — a GEMM waiting on the pool may run another op's kernel on this thread — `f` gets
+/// fresh ones instead.
+fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    GEMM_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (ba, bb) = &mut *bufs;
+            if ba.len() < a {
+                ba.resize(a, 0.0);
+            }
+            if bb.len() < b {
+                bb.resize(b, 0.0);
+            }
+            f(&mut ba[..a], &mut bb[..b])
+        }
+        Err(_) => f(&mut vec![0.0; a], &mut vec![0.0; b]),
+    })
 }
 
 /// Every output row set to `b_out` (or zero), ready for neurons to be added in.
