@@ -110,6 +110,12 @@ pub fn decode(bytes: &[u8]) -> Result<Sections> {
             "format version {version} is not supported (this runtime reads version {FORMAT_VERSION}); recompile the model with this fffc"
         )));
     }
+    let flags = u32_at(bytes, 12);
+    if flags != 0 {
+        return Err(Error::plan(format!(
+            "unknown flags {flags:#x}: written by a newer fffc?"
+        )));
+    }
     let total = u64_at(bytes, 56);
     if total != bytes.len() {
         return Err(Error::plan(format!(
@@ -128,6 +134,21 @@ pub fn decode(bytes: &[u8]) -> Result<Sections> {
     let weights = section(32, "weights")?;
     if weights.start % ALIGN != 0 {
         return Err(Error::plan("weights section is not aligned"));
+    }
+    // The sections follow the header in order, with nothing but zero padding between them.
+    if graph_range.start != HEADER_LEN
+        || graph_range.end > weights.start
+        || weights.end != bytes.len()
+    {
+        return Err(Error::plan("sections overlap or leave gaps"));
+    }
+    if bytes[graph_range.end..weights.start]
+        .iter()
+        .any(|&b| b != 0)
+    {
+        return Err(Error::plan(
+            "padding between sections is not zero: the file is corrupted",
+        ));
     }
     if crc32fast::hash(&bytes[graph_range.clone()]) != u32_at(bytes, 48) {
         return Err(Error::plan(
