@@ -67,7 +67,8 @@ fn the_unedited_plan_loads_and_runs() {
 
 #[test]
 fn impossible_graphs_are_refused_with_the_reason() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut PlanGraph)>)> = vec![
+    type Edit = Box<dyn FnOnce(&mut PlanGraph)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "before it is defined",
             Box::new(|g| g.nodes[0].inputs[0] = Some(2)),
