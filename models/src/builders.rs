@@ -193,6 +193,22 @@ pub fn fff_masking(
     b.node("Reshape", &[&y, &x_shape], vec![])
 }
 
+/// The feedforward layer `ff` on `x` (`[..., d]`), in the form PyTorch exports it.
+fn ff_block(
+    b: &mut OnnxBuilder,
+    rng: &mut Rng,
+    p: &str,
+    x: &str,
+    d: usize,
+    ff: Ff,
+    defects: Defects,
+) -> String {
+    match ff {
+        Ff::Dense { width } => dense_ff(b, rng, p, x, d, width),
+        Ff::Fff { trees, depth } => fff_masking(b, rng, p, x, d, trees, depth, defects),
+    }
+}
+
 /// A model of one feedforward layer at opset 17: input `x` `[batch, seq, d]`, output `y`.
 pub fn ff_layer_model(d: usize, ff: Ff, seed: u64, defects: Defects) -> Vec<u8> {
     ff_layer_model_at(17, d, ff, seed, defects)
@@ -207,12 +223,7 @@ pub fn ff_layer_model_at(opset: i64, d: usize, ff: Ff, seed: u64, defects: Defec
         Elem::Float,
         &[D::S("batch"), D::S("seq"), D::N(d as i64)],
     );
-    let y = match ff {
-        Ff::Dense { width } => dense_ff(&mut b, &mut rng, "ff", &x, d, width),
-        Ff::Fff { trees, depth } => {
-            fff_masking(&mut b, &mut rng, "ff", &x, d, trees, depth, defects)
-        }
-    };
+    let y = ff_block(&mut b, &mut rng, "ff", &x, d, ff, defects);
     b.rename(&y, "y");
     b.output(
         "y",
@@ -344,19 +355,15 @@ pub fn encoder_model(c: &EncoderConfig) -> Vec<u8> {
         let attn = linear(&mut b, &mut rng, &format!("{p}.attn_out"), &ctx, d, d);
         let res = b.node("Add", &[&x, &attn], vec![]);
         x = layer_norm(&mut b, &mut rng, &format!("{p}.ln1"), &res, d);
-        let y = match *ff {
-            Ff::Dense { width } => dense_ff(&mut b, &mut rng, &format!("{p}.ff"), &x, d, width),
-            Ff::Fff { trees, depth } => fff_masking(
-                &mut b,
-                &mut rng,
-                &format!("{p}.ff"),
-                &x,
-                d,
-                trees,
-                depth,
-                Defects::default(),
-            ),
-        };
+        let y = ff_block(
+            &mut b,
+            &mut rng,
+            &format!("{p}.ff"),
+            &x,
+            d,
+            *ff,
+            Defects::default(),
+        );
         let res = b.node("Add", &[&x, &y], vec![]);
         x = layer_norm(&mut b, &mut rng, &format!("{p}.ln2"), &res, d);
     }

@@ -83,9 +83,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // 0 asks the runtime for one thread per core.
+    let threads = args.threads.unwrap_or(0);
     let model = Model::load_with(&args.model, Options { threads })
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let (inputs, style) = read_inputs(&args.input, &model)?;
@@ -96,7 +95,7 @@ fn run(args: &Args) -> Result<()> {
             median_ms: median(&times),
             min_ms: times[0],
             runs: args.runs,
-            threads,
+            threads: model.threads(),
         };
         let mut line = serde_json::to_string(&report).context("cannot format the timings")?;
         line.push('\n');
