@@ -17,12 +17,12 @@
 
 use std::io::Write;
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::IxDyn;
 use serde_json::{Map, Number, Value};
 
 use crate::error::{Error, Result};
 use crate::plan::PlanInput;
-use crate::tensor::{checked_len, DType, Tensor};
+use crate::tensor::{checked_len, from_vec, DType, Tensor};
 
 /// Which JSON form a request came in, and so which form the response takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,10 +323,6 @@ fn integer(n: &Number) -> Result<i64, &'static str> {
     } else {
         Ok(f as i64)
     }
-}
-
-fn from_vec<T>(shape: IxDyn, v: Vec<T>) -> ArrayD<T> {
-    ArrayD::from_shape_vec(shape, v).expect("leaf count matches the shape")
 }
 
 /// `[1, 0, 2]`.

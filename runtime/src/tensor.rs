@@ -229,7 +229,8 @@ impl Tensor {
     }
 }
 
-fn from_vec<T>(shape: IxDyn, v: Vec<T>) -> ArrayD<T> {
+/// An array from values whose count the caller has already checked against the shape.
+pub(crate) fn from_vec<T>(shape: IxDyn, v: Vec<T>) -> ArrayD<T> {
     ArrayD::from_shape_vec(shape, v).expect("length checked against the shape")
 }
 

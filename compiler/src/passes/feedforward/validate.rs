@@ -58,13 +58,9 @@ pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> 
                 })
                 .collect();
             let name = &g.node(n).name;
-            let len: usize = shape.iter().product();
             // Token ids 0 are valid in every vocabulary; masks are all ones.
             let t = match fact.dtype {
-                Some(fff_runtime::DType::F32) => Tensor::F32(
-                    ArrayD::from_shape_vec(IxDyn(&shape), (0..len).map(|_| rng.normal()).collect())
-                        .expect("sized"),
-                ),
+                Some(fff_runtime::DType::F32) => rng.tensor(&shape),
                 Some(fff_runtime::DType::I64) => Tensor::I64(ArrayD::from_elem(
                     IxDyn(&shape),
                     i64::from(name.contains("mask")),
@@ -84,11 +80,7 @@ pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> 
         wanted.push(r.x);
         let mut values = eval_prefix(g, feeds, &wanted)?;
         let x_shape = values[&r.x].shape().to_vec();
-        let len: usize = x_shape.iter().product();
-        let x = Tensor::F32(
-            ArrayD::from_shape_vec(IxDyn(&x_shape), (0..len).map(|_| rng.normal()).collect())
-                .expect("sized"),
-        );
+        let x = rng.tensor(&x_shape);
         let shape_sources = r
             .shape_sources
             .iter()
@@ -161,11 +153,7 @@ fn input_probes(g: &Graph, x: OutletId, d_in: usize) -> Result<Vec<Tensor>, Stri
                 })
                 .collect();
             dims.push(d_in);
-            let n: usize = dims.iter().product();
-            Tensor::F32(
-                ArrayD::from_shape_vec(IxDyn(&dims), (0..n).map(|_| rng.normal()).collect())
-                    .expect("sized"),
-            )
+            rng.tensor(&dims)
         })
         .collect())
 }
@@ -182,6 +170,15 @@ impl Xorshift {
             sum += (self.0 >> 40) as f32 / (1u64 << 24) as f32;
         }
         sum - 6.0
+    }
+
+    /// A float32 tensor of approximately standard-normal values.
+    fn tensor(&mut self, shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        Tensor::F32(
+            ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|_| self.normal()).collect())
+                .expect("sized"),
+        )
     }
 }
 
