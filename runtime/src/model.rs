@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ndarray::{ArrayViewD, IxDyn};
 
 use crate::error::{Error, Result};
 use crate::eval::eval;
-use crate::plan::{self, Dim, PlanGraph, PlanInput};
+use crate::eval::in_place::{self, InPlace};
+use crate::plan::{self, Dim, PlanGraph, PlanInput, PlanNode};
 use crate::tensor::{DType, Tensor, TensorView};
 
 /// The bytes of a plan file: mapped from disk, or owned (8-byte aligned) when built from memory.
@@ -59,6 +61,8 @@ pub struct Model {
     sources: Vec<Source>,
     /// For each node, the values whose last reader it is (freed right after it runs).
     frees: Vec<Vec<usize>>,
+    /// For each node, the inputs it may take over and compute into (see [`in_place`]).
+    handover: Vec<Vec<usize>>,
     /// The threads every run's kernels share.
     pool: rayon::ThreadPool,
 }
@@ -122,6 +126,7 @@ impl Model {
             };
         }
         let frees = free_schedule(&graph);
+        let handover = handover_schedule(&graph, &frees, &sources);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(options.threads)
             .thread_name(|i| format!("fff-worker-{i}"))
@@ -134,6 +139,7 @@ impl Model {
             bytes,
             sources,
             frees,
+            handover,
             pool,
         })
     }
@@ -251,6 +257,30 @@ impl Model {
         &self,
         inputs: impl IntoIterator<Item = (String, Tensor)>,
     ) -> Result<Vec<(String, Tensor)>> {
+        let inputs: Vec<_> = inputs.into_iter().collect();
+        // The kernels' parallel loops run on this model's pool, sized by `Options::threads`.
+        self.pool.install(|| self.run_inner(inputs, None))
+    }
+
+    /// Runs the model like [`Model::run`] and also times every node: `profile[i]` is the wall time of
+    /// node `i` (in the order of [`PlanGraph::nodes`]).
+    pub fn run_profiled(
+        &self,
+        inputs: impl IntoIterator<Item = (String, Tensor)>,
+    ) -> Result<(Vec<(String, Tensor)>, Vec<Duration>)> {
+        let mut profile = vec![Duration::ZERO; self.graph.nodes.len()];
+        let inputs: Vec<_> = inputs.into_iter().collect();
+        let outputs = self
+            .pool
+            .install(|| self.run_inner(inputs, Some(&mut profile)))?;
+        Ok((outputs, profile))
+    }
+
+    fn run_inner(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        mut profile: Option<&mut [Duration]>,
+    ) -> Result<Vec<(String, Tensor)>> {
         let mut given = HashMap::new();
         for (name, t) in inputs {
             if given.insert(name.clone(), t).is_some() {
@@ -262,8 +292,12 @@ impl Model {
         for (spec, t) in self.graph.inputs.iter().zip(ordered) {
             slots[spec.value] = Some(t);
         }
-        for (node, frees) in self.graph.nodes.iter().zip(&self.frees) {
-            let outs = {
+        for (i, (node, frees)) in self.graph.nodes.iter().zip(&self.frees).enumerate() {
+            let start = profile.is_some().then(Instant::now);
+            let reused = self.try_in_place(node, &self.handover[i], &mut slots)?;
+            let outs = if let Some(t) = reused {
+                vec![t]
+            } else {
                 let views: Vec<Option<TensorView>> = node
                     .inputs
                     .iter()
@@ -292,6 +326,9 @@ impl Model {
             for &v in frees {
                 slots[v] = None;
             }
+            if let (Some(profile), Some(start)) = (profile.as_deref_mut(), start) {
+                profile[i] = start.elapsed();
+            }
         }
         // Computed outputs are moved out (the last output naming a value takes it); constants and
         // values named by several outputs are copied.
@@ -312,6 +349,42 @@ impl Model {
             outputs.push((o.name.clone(), t));
         }
         Ok(outputs)
+    }
+
+    /// Runs `node` in the buffer of one of its `candidates` inputs if it can; `None` if none fits (the
+    /// inputs are then left as they were).
+    fn try_in_place(
+        &self,
+        node: &PlanNode,
+        candidates: &[usize],
+        slots: &mut [Option<Tensor>],
+    ) -> Result<Option<Tensor>> {
+        for &index in candidates {
+            let v = node.inputs[index].expect("handover inputs are present");
+            let Some(owned) = slots[v].take() else {
+                continue;
+            };
+            let views: Vec<Option<TensorView>> = node
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(j, i)| match i {
+                    Some(w) if j != index => self.value_view(*w, slots).map(Some),
+                    _ => Ok(None),
+                })
+                .collect::<Result<_>>()?;
+            let result =
+                in_place::eval(&node.op, index, owned, &views).map_err(|e| Error::Node {
+                    node: node.name.clone(),
+                    op: node.op.name(),
+                    cause: Box::new(e),
+                })?;
+            match result {
+                InPlace::Done(t) => return Ok(Some(t)),
+                InPlace::Declined(t) => slots[v] = Some(t),
+            }
+        }
+        Ok(None)
     }
 
     fn value_view<'a>(&'a self, v: usize, slots: &'a [Option<Tensor>]) -> Result<TensorView<'a>> {
@@ -348,6 +421,32 @@ fn free_schedule(g: &PlanGraph) -> Vec<Vec<usize>> {
         }
     }
     frees
+}
+
+/// For each node, the inputs it may compute into: computed values whose last reader it is, read once
+/// by it, at an input position its op can reuse.
+fn handover_schedule(g: &PlanGraph, frees: &[Vec<usize>], sources: &[Source]) -> Vec<Vec<usize>> {
+    g.nodes
+        .iter()
+        .zip(frees)
+        .map(|(node, frees)| {
+            if node.outputs.len() != 1 {
+                return Vec::new();
+            }
+            in_place::candidates(&node.op)
+                .iter()
+                .copied()
+                .filter(|&index| match node.inputs.get(index).copied().flatten() {
+                    Some(v) => {
+                        matches!(sources[v], Source::Runtime)
+                            && frees.contains(&v)
+                            && node.inputs.iter().filter(|i| **i == Some(v)).count() == 1
+                    }
+                    None => false,
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// `[batch, seq, 64]`.

@@ -46,10 +46,14 @@ struct Args {
     #[arg(long)]
     bench: bool,
 
-    /// Timed runs for --bench.
-    #[arg(long, value_name = "N", default_value_t = 10, requires = "bench",
-          value_parser = at_least_one)]
+    /// Timed runs for --bench or --profile.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = at_least_one)]
     runs: usize,
+
+    /// Time every op instead of printing the outputs: one warm-up run, then --runs profiled runs, then a
+    /// table of the median time per op kind and of the slowest nodes.
+    #[arg(long, conflicts_with = "bench")]
+    profile: bool,
 }
 
 /// Parses a count that must be at least 1.
@@ -89,7 +93,9 @@ fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let (inputs, style) = read_inputs(&args.input, &model)?;
 
-    let report = if args.bench {
+    let report = if args.profile {
+        profile(&model, &inputs, args.runs)?
+    } else if args.bench {
         let times = bench(&model, &inputs, args.runs)?;
         let report = BenchReport {
             median_ms: median(&times),
@@ -153,6 +159,62 @@ fn bench(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<Vec<
     }
     times.sort_by(f64::total_cmp);
     Ok(times)
+}
+
+/// One warm-up run, then `runs` profiled runs; a text table of the median time per op kind (largest
+/// first) and of the ten slowest nodes.
+fn profile(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<String> {
+    model.run(inputs.to_vec())?;
+    let nodes = &model.graph().nodes;
+    let mut per_node: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); nodes.len()];
+    let mut totals = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let (outputs, times) = model.run_profiled(inputs.to_vec())?;
+        totals.push(start.elapsed().as_secs_f64() * 1e3);
+        drop(outputs);
+        for (samples, t) in per_node.iter_mut().zip(times) {
+            samples.push(t.as_secs_f64() * 1e3);
+        }
+    }
+    let medians: Vec<f64> = per_node
+        .iter_mut()
+        .map(|s| {
+            s.sort_by(f64::total_cmp);
+            median(s)
+        })
+        .collect();
+    totals.sort_by(f64::total_cmp);
+    let total = median(&totals);
+    let mut kinds: Vec<(String, usize, f64)> = Vec::new();
+    for (node, &ms) in nodes.iter().zip(&medians) {
+        let kind = node.op.name();
+        match kinds.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.2 += ms;
+            }
+            None => kinds.push((kind, 1, ms)),
+        }
+    }
+    kinds.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut text = format!(
+        "median of {runs} runs: {total:.3} ms in all, threads {}\n\n",
+        model.threads()
+    );
+    text += &format!("{:<20} {:>6} {:>10} {:>7}\n", "op", "nodes", "ms", "share");
+    for (kind, count, ms) in &kinds {
+        let share = 100.0 * ms / total;
+        text += &format!("{kind:<20} {count:>6} {ms:>10.3} {share:>6.1}%\n");
+    }
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by(|&a, &b| medians[b].total_cmp(&medians[a]));
+    text += "\nslowest nodes:\n";
+    for &i in order.iter().take(10) {
+        let n = &nodes[i];
+        text += &format!("{:>10.3} ms  {:<16} {}\n", medians[i], n.op.name(), n.name);
+    }
+    Ok(text)
 }
 
 /// The median of sorted, non-empty times.

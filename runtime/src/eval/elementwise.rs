@@ -69,7 +69,7 @@ pub fn unary(op: UnaryOp, x: &TensorView) -> Result<Tensor> {
     })
 }
 
-fn float_unary(op: UnaryOp) -> fn(f32) -> f32 {
+pub(super) fn float_unary(op: UnaryOp) -> fn(f32) -> f32 {
     use fff_ops::activation as act;
     use UnaryOp::*;
     match op {

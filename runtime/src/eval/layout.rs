@@ -6,7 +6,7 @@ use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 use super::{broadcast_shapes, check_alloc, dims_from_ints, norm_axis};
 use crate::error::{Error, Result};
 use crate::map_tensor;
-use crate::op::Scalar;
+use crate::op::{Op, Scalar};
 use crate::tensor::{Tensor, TensorView};
 
 /// Clamps an ONNX `Shape` start/end into `0..=rank`.
@@ -79,7 +79,11 @@ pub fn reshape(x: &TensorView, spec: &TensorView, allowzero: bool) -> Result<Ten
 }
 
 pub fn flatten(x: &TensorView, axis: i64) -> Result<Tensor> {
-    let dims = x.shape();
+    let target = flatten_target(x.shape(), axis)?;
+    Ok(map_tensor!(x, TensorView, t => to_shape(t, &target)))
+}
+
+fn flatten_target(dims: &[usize], axis: i64) -> Result<Vec<usize>> {
     let r = dims.len() as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if !(0..=r).contains(&a) {
@@ -89,7 +93,7 @@ pub fn flatten(x: &TensorView, axis: i64) -> Result<Tensor> {
     }
     let outer: usize = dims[..a as usize].iter().product();
     let inner: usize = dims[a as usize..].iter().product();
-    Ok(map_tensor!(x, TensorView, t => to_shape(t, &[outer, inner])))
+    Ok(vec![outer, inner])
 }
 
 fn axes_list(axes: &TensorView, rank: usize) -> Result<Vec<usize>> {
@@ -106,7 +110,11 @@ fn axes_list(axes: &TensorView, rank: usize) -> Result<Vec<usize>> {
 }
 
 pub fn squeeze(x: &TensorView, axes: Option<&TensorView>) -> Result<Tensor> {
-    let dims = x.shape();
+    let target = squeeze_target(x.shape(), axes)?;
+    Ok(map_tensor!(x, TensorView, a => to_shape(a, &target)))
+}
+
+fn squeeze_target(dims: &[usize], axes: Option<&TensorView>) -> Result<Vec<usize>> {
     let remove = match axes {
         Some(a) => {
             let v = axes_list(a, dims.len())?;
@@ -125,11 +133,15 @@ pub fn squeeze(x: &TensorView, axes: Option<&TensorView>) -> Result<Tensor> {
         .filter(|(i, _)| !remove.contains(i))
         .map(|(_, &d)| d)
         .collect();
-    Ok(map_tensor!(x, TensorView, a => to_shape(a, &out)))
+    Ok(out)
 }
 
 pub fn unsqueeze(x: &TensorView, axes: &TensorView) -> Result<Tensor> {
-    let dims = x.shape();
+    let target = unsqueeze_target(x.shape(), axes)?;
+    Ok(map_tensor!(x, TensorView, a => to_shape(a, &target)))
+}
+
+fn unsqueeze_target(dims: &[usize], axes: &TensorView) -> Result<Vec<usize>> {
     let rank = dims.len() + axes.len();
     let add = axes_list(axes, rank)?;
     let mut src = dims.iter();
@@ -142,7 +154,31 @@ pub fn unsqueeze(x: &TensorView, axes: &TensorView) -> Result<Tensor> {
             }
         })
         .collect();
-    Ok(map_tensor!(x, TensorView, a => to_shape(a, &out)))
+    Ok(out)
+}
+
+/// The output shape of an op that keeps its input's elements in order and changes only the shape
+/// (Identity, Reshape, Flatten, Squeeze, Unsqueeze), so that it can reuse the input's buffer; `None` for
+/// every other op. `inputs[1..]` are the op's other inputs (input 0 may be absent).
+pub fn reshape_only_target(
+    op: &Op,
+    x: &[usize],
+    inputs: &[Option<TensorView>],
+) -> Result<Option<Vec<usize>>> {
+    let arg = |i: usize| {
+        inputs
+            .get(i)
+            .and_then(|v| v.as_ref())
+            .ok_or_else(|| Error::invalid(format!("required input {i} is missing")))
+    };
+    Ok(Some(match op {
+        Op::Identity => x.to_vec(),
+        Op::Reshape { allowzero } => reshape_target(x, &arg(1)?.ints()?, *allowzero)?,
+        Op::Flatten { axis } => flatten_target(x, *axis)?,
+        Op::Squeeze => squeeze_target(x, inputs.get(1).and_then(|v| v.as_ref()))?,
+        Op::Unsqueeze => unsqueeze_target(x, arg(1)?)?,
+        _ => return Ok(None),
+    }))
 }
 
 pub fn transpose(x: &TensorView, perm: Option<&[i64]>) -> Result<Tensor> {

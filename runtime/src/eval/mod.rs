@@ -5,6 +5,7 @@
 //! indices that do not fit.
 
 mod elementwise;
+pub mod in_place;
 mod index;
 mod layout;
 mod nn;

@@ -1,0 +1,215 @@
+//! Evaluation that reuses the buffer of an input no later node reads. Ops that only change the shape
+//! keep the buffer as it is; float element-wise ops and last-axis Softmax write their result into it.
+//! The executor hands an input over only when this node is its last reader and reads it once; the
+//! result equals [`super::eval`]'s, which is used whenever the handed-over input does not fit (another
+//! dtype, or an output shape larger than the buffer).
+
+use ndarray::{ArrayD, Zip};
+
+use super::{broadcast_shapes, elementwise, layout, norm_axis};
+use crate::error::Result;
+use crate::op::{BinaryOp, Op, UnaryOp};
+use crate::tensor::{Tensor, TensorView};
+
+/// What became of a handed-over input.
+pub enum InPlace {
+    /// The op's single output, computed in the input's buffer.
+    Done(Tensor),
+    /// The input, unchanged: this op cannot reuse it.
+    Declined(Tensor),
+}
+
+/// The inputs of `op` whose buffer the op could reuse, most useful first.
+pub fn candidates(op: &Op) -> &'static [usize] {
+    use BinaryOp::*;
+    match op {
+        Op::Identity | Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze | Op::Unsqueeze => {
+            &[0]
+        }
+        Op::Unary(u) if !matches!(u, UnaryOp::IsNaN | UnaryOp::IsInf | UnaryOp::Not) => &[0],
+        Op::Binary(Add | Sub | Mul | Div | Max | Min) => &[0, 1],
+        Op::Softmax { .. } | Op::LogSoftmax { .. } => &[0],
+        _ => &[],
+    }
+}
+
+/// Evaluates `op` with input `index` given as `owned` (its entry in `inputs` is ignored).
+pub fn eval(
+    op: &Op,
+    index: usize,
+    owned: Tensor,
+    inputs: &[Option<TensorView>],
+) -> Result<InPlace> {
+    if let Some(target) = layout::reshape_only_target(op, owned.shape(), inputs)? {
+        return Ok(match reshaped(owned, &target) {
+            Ok(t) => InPlace::Done(t),
+            Err(t) => InPlace::Declined(t),
+        });
+    }
+    let Tensor::F32(mut a) = owned else {
+        return Ok(InPlace::Declined(owned));
+    };
+    if !a.is_standard_layout() {
+        return Ok(InPlace::Declined(Tensor::F32(a)));
+    }
+    match op {
+        Op::Unary(u) => {
+            a.mapv_inplace(elementwise::float_unary(*u));
+            Ok(InPlace::Done(Tensor::F32(a)))
+        }
+        Op::Binary(b) => binary(*b, index, a, inputs),
+        Op::Softmax { axis, coerce_2d } | Op::LogSoftmax { axis, coerce_2d } => {
+            let rank = a.ndim();
+            let ax = norm_axis(*axis, rank)?;
+            if !(*coerce_2d || ax + 1 == rank) {
+                return Ok(InPlace::Declined(Tensor::F32(a)));
+            }
+            let width: usize = a.shape()[ax..].iter().product();
+            let data = a.as_slice_mut().expect("standard layout");
+            if matches!(op, Op::LogSoftmax { .. }) {
+                fff_ops::softmax::log_softmax_rows(data, width);
+            } else {
+                fff_ops::softmax::softmax_rows(data, width);
+            }
+            Ok(InPlace::Done(Tensor::F32(a)))
+        }
+        _ => Ok(InPlace::Declined(Tensor::F32(a))),
+    }
+}
+
+/// The same elements under another shape, without a copy.
+fn reshaped(t: Tensor, shape: &[usize]) -> std::result::Result<Tensor, Tensor> {
+    macro_rules! go {
+        ($a:expr, $variant:ident) => {{
+            let a = $a;
+            if !a.is_standard_layout() {
+                return Err(Tensor::$variant(a));
+            }
+            match a.into_shape_with_order(ndarray::IxDyn(shape)) {
+                Ok(r) => Ok(Tensor::$variant(r)),
+                Err(e) => unreachable!("element count checked by the shape rule: {e}"),
+            }
+        }};
+    }
+    match t {
+        Tensor::F32(a) => go!(a, F32),
+        Tensor::I64(a) => go!(a, I64),
+        Tensor::I32(a) => go!(a, I32),
+        Tensor::Bool(a) => go!(a, Bool),
+    }
+}
+
+/// `owned op other` (or `other op owned` when `index` is 1), written into `owned` when the result has
+/// its shape.
+fn binary(
+    op: BinaryOp,
+    index: usize,
+    mut owned: ArrayD<f32>,
+    inputs: &[Option<TensorView>],
+) -> Result<InPlace> {
+    let other = inputs.get(1 - index.min(1)).and_then(|v| v.as_ref());
+    let Some(TensorView::F32(other)) = other else {
+        return Ok(InPlace::Declined(Tensor::F32(owned)));
+    };
+    let fits = broadcast_shapes(owned.shape(), other.shape()).is_ok_and(|s| s == owned.shape());
+    let Some(other) = other.broadcast(owned.raw_dim()).filter(|_| fits) else {
+        return Ok(InPlace::Declined(Tensor::F32(owned)));
+    };
+    let f: fn(f32, f32) -> f32 = match op {
+        BinaryOp::Add => |p, q| p + q,
+        BinaryOp::Sub => |p, q| p - q,
+        BinaryOp::Mul => |p, q| p * q,
+        BinaryOp::Div => |p, q| p / q,
+        BinaryOp::Max => |p: f32, q: f32| {
+            if p.is_nan() || q.is_nan() {
+                f32::NAN
+            } else {
+                p.max(q)
+            }
+        },
+        BinaryOp::Min => |p: f32, q: f32| {
+            if p.is_nan() || q.is_nan() {
+                f32::NAN
+            } else {
+                p.min(q)
+            }
+        },
+        _ => return Ok(InPlace::Declined(Tensor::F32(owned))),
+    };
+    let zip = Zip::from(&mut owned).and(&other);
+    if index == 0 {
+        zip.for_each(|x, &y| *x = f(*x, y));
+    } else {
+        zip.for_each(|y, &x| *y = f(x, *y));
+    }
+    Ok(InPlace::Done(Tensor::F32(owned)))
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn};
+
+    use super::*;
+    use crate::op::BinaryOp;
+
+    fn t(shape: &[usize], seed: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v = (0..n)
+            .map(|i| ((i as f32 + seed) * 0.37).sin() + 0.5)
+            .collect();
+        Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
+    }
+
+    /// Every op and operand position computed in place equals the ordinary evaluation, and inputs
+    /// whose buffer is too small for the result are handed back.
+    #[test]
+    fn in_place_agrees_with_eval() {
+        let ops = [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Max,
+        ];
+        let (big, small) = (t(&[2, 3, 4], 1.0), t(&[4], 2.0));
+        for op in ops {
+            let op = Op::Binary(op);
+            for (a, b) in [(&big, &small), (&small, &big), (&big, &big)] {
+                let want = super::super::eval(&op, &[Some(a.view()), Some(b.view())], 1).unwrap();
+                for index in [0, 1] {
+                    let owned = if index == 0 { a.clone() } else { b.clone() };
+                    let other = if index == 0 { b.view() } else { a.view() };
+                    let views = if index == 0 {
+                        [None, Some(other)]
+                    } else {
+                        [Some(other), None]
+                    };
+                    match eval(&op, index, owned.clone(), &views).unwrap() {
+                        InPlace::Done(got) => assert_eq!(got, want[0], "{op:?} index {index}"),
+                        InPlace::Declined(back) => {
+                            assert_eq!(back, owned);
+                            assert_ne!(owned.shape(), want[0].shape(), "{op:?} declined");
+                        }
+                    }
+                }
+            }
+        }
+        let shape = Tensor::vec_i64(vec![6, -1]);
+        let op = Op::Reshape { allowzero: false };
+        let want = super::super::eval(&op, &[Some(big.view()), Some(shape.view())], 1).unwrap();
+        let InPlace::Done(got) = eval(&op, 0, big.clone(), &[None, Some(shape.view())]).unwrap()
+        else {
+            panic!("reshape declined")
+        };
+        assert_eq!(got, want[0]);
+        let op = Op::Softmax {
+            axis: -1,
+            coerce_2d: false,
+        };
+        let want = super::super::eval(&op, &[Some(big.view())], 1).unwrap();
+        let InPlace::Done(got) = eval(&op, 0, big.clone(), &[None]).unwrap() else {
+            panic!("softmax declined")
+        };
+        assert_eq!(got, want[0]);
+    }
+}
