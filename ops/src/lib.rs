@@ -5,6 +5,7 @@
 //! `assert!` only where a wrong length would otherwise read out of bounds in `unsafe` code.
 
 pub mod activation;
+pub mod attention;
 pub mod fff;
 pub mod fff_tree;
 pub mod matmul;

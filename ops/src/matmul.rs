@@ -46,39 +46,82 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// A row-major output matrix whose rows may be further apart than its width (a column block of a
+/// wider matrix): element (i, j) is at `data[i * row_stride + j]`.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+}
+
+/// Who runs one GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// The current rayon pool, when the product is big enough to share.
+    Pool,
+    /// The calling thread only (the caller already runs many GEMMs in parallel).
+    Caller,
+}
+
 /// `out[m, n] = alpha * a[m, k] . b[k, n] + beta * out[m, n]`, with `out` dense row-major.
 ///
 /// With `beta == 0` the previous contents of `out` are ignored (they may be anything).
 pub fn gemm(a: MatRef, b: MatRef, out: &mut [f32], alpha: f32, beta: f32) {
+    let (rows, cols) = (a.rows, b.cols);
+    assert!(out.len() >= rows * cols, "gemm: output slice too short");
+    let out = MatMut {
+        data: out,
+        rows,
+        cols,
+        row_stride: cols,
+    };
+    gemm_into(a, b, out, alpha, beta, Threads::Pool);
+}
+
+/// [`gemm`] into a strided output, on the given threads.
+pub fn gemm_into(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, threads: Threads) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     assert!(
         a.fits() && b.fits(),
         "gemm: operand slice too short for its strides"
     );
-    assert!(out.len() >= m * n, "gemm: output slice too short");
+    assert_eq!(
+        (out.rows, out.cols),
+        (m, n),
+        "gemm: output has the wrong shape"
+    );
+    assert!(
+        m == 0 || n == 0 || (m - 1) * out.row_stride + n <= out.data.len(),
+        "gemm: output slice too short for its stride"
+    );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        for v in &mut out[..m * n] {
-            *v *= beta;
-        }
-        if beta == 0.0 {
-            out[..m * n].fill(0.0);
+        for row in out.data.chunks_mut(out.row_stride).take(m) {
+            for v in &mut row[..n] {
+                *v = if beta == 0.0 { 0.0 } else { *v * beta };
+            }
         }
         return;
     }
+    let parallelism = match threads {
+        Threads::Pool => parallelism(m, n, k),
+        Threads::Caller => gemm::Parallelism::None,
+    };
     // SAFETY: the asserts above check that every element addressed through the strides lies inside
-    // `a.data`, `b.data` and `out`; `out` is borrowed mutably and cannot alias the inputs.
+    // `a.data`, `b.data` and `out.data`; `out` is borrowed mutably and cannot alias the inputs.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out.data.as_mut_ptr(),
             1,
-            n as isize,
+            out.row_stride as isize,
             beta != 0.0,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -91,7 +134,7 @@ pub fn gemm(a: MatRef, b: MatRef, out: &mut [f32], alpha: f32, beta: f32) {
             false,
             false,
             false,
-            parallelism(m, n, k),
+            parallelism,
         );
     }
 }
