@@ -1,221 +1,718 @@
 //! The conditional kernel for FastFeedForward with trees of depth > 0 (the UltraFastBERT family).
 //!
-//! Rows are processed in tiles that stay in cache, one tree at a time and level by level. Where a level
-//! has fewer nodes than the tile has rows, the rows are grouped by node (a counting sort), so rows that
-//! reach the same node share one load of its weights; deeper down each row walks alone. The activation
-//! and the branch are applied right after each dot product, and each neuron's output row is added into
-//! the output in place. Tiles run in parallel on the current rayon pool; scratch space is per thread
-//! and reused, so steady-state calls allocate nothing.
+//! What bounds this op is how often a weight row (3 KiB at width 768) is fetched from L3 or memory,
+//! and how often an input or output row is streamed. The kernel therefore works in two halves per tree:
+//!
+//! * **Routing** computes only the logits: for each row its path (the node it ends at) and the
+//!   activation of every node on that path. Rows are grouped by node, so rows that reach the same node
+//!   share one load of its `w_in` row, and each group is split by branch into its two children, depth
+//!   first (an in-place partition of a list of row indices, with an explicit stack).
+//! * **Emitting** then writes each output row once: `b_out + sum act_k * w_out[node_k]` over the path,
+//!   summed in registers ([`Vector::combine`]). Rows are emitted in the order routing left them, which
+//!   is the order of their leaves, so neighbouring rows share most of their path and its `w_out` rows
+//!   are still in L1/L2.
+//!
+//! For many rows the routing is split at a level `L` (chosen from the row count, see [`Plan`]): the
+//! upper levels `0..L` run on tiles of consecutive rows (inputs of a tile stay in L2); then all rows of
+//! the call are bucketed by their node at level `L` (a counting sort), and each bucket routes its whole
+//! subtree and emits its rows. Every weight row at level `L` and below is therefore loaded once per call
+//! however deep it sits, and a bucket's inputs (about [`BUCKET_ROWS`] rows) stay in L2 while its
+//! subtree is walked. Sets that shrink to a single row stop sharing: such rows walk the rest of their
+//! path alone, four at a time in interleaved lanes (`Vector::dot4`), so four weight fetches overlap.
+//! Small calls (one or a few rows) are a single bucket.
+//!
+//! Tiles, then buckets, run in parallel on the current rayon pool; there are at least four buckets
+//! per thread where rows allow, so work stealing balances them. Scratch space is per thread (and per
+//! calling thread for the call-wide arrays) and reused, so steady-state calls allocate nothing.
 
 use std::cell::RefCell;
+use std::marker::PhantomData;
 
 use rayon::prelude::*;
 
-use crate::fff::{FffLayer, FffShape, FffWeights};
-use crate::simd::{Isa, Portable, PortableFma, Vector};
+use crate::activation::Activation;
+use crate::fff::{Branch, FffLayer, FffShape};
+use crate::simd::{Init, Isa, Portable, PortableFma, Vector};
 
-/// Rows per tile: enough that rows share the weights of the upper ten levels, few enough that the
-/// tile's inputs and outputs (2 x 3 MiB at width 768) stay in the last-level cache. Measured with the
-/// `fff_family` bench: 1024 beat 256 and 2048 on the machine in `docs/PERFORMANCE.md`.
-pub const TILE_ROWS: usize = 1024;
+/// Rows per tile of the upper levels: few enough that a tile's inputs (1.5 MiB at width 768) stay
+/// near the core, enough that the upper levels' weights are shared by many rows.
+pub const TILE_ROWS: usize = 512;
 
-#[derive(Default)]
-struct Scratch {
-    /// Each row's node at the current level.
-    nodes: Vec<u32>,
-    /// Rows sorted by node.
-    order: Vec<u32>,
-    /// Where each node's rows start in `order`, and the fill cursor while sorting.
-    starts: Vec<u32>,
-    cursor: Vec<u32>,
+/// Rows per bucket the split level aims at: a bucket's inputs (384 KiB at width 768) stay in L2 while
+/// its subtree is walked.
+pub const BUCKET_ROWS: usize = 128;
+
+/// Node sets of at most this many rows walk on alone in interleaved lanes.
+const LONE_ROWS: usize = 1;
+
+/// The deepest tree the kernel walks: node numbers, and the virtual child below a leaf, fit in `u32`,
+/// and a path fits on the stack.
+const MAX_DEPTH: usize = 30;
+
+/// A weight element type the kernel can read: `f32`, or bf16 bit patterns in a `u16`.
+pub(crate) trait Weight: Copy + Send + Sync {
+    fn dot<V: Vector>(x: &[f32], w: &[Self]) -> f32;
+    fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[Self]; 4]) -> [f32; 4];
+    fn combine<V: Vector>(y: &mut [f32], init: Init, alpha: &[f32], w: &[&[Self]]);
 }
 
-thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+impl Weight for f32 {
+    #[inline(always)]
+    fn dot<V: Vector>(x: &[f32], w: &[f32]) -> f32 {
+        V::dot(x, w)
+    }
+    #[inline(always)]
+    fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[f32]; 4]) -> [f32; 4] {
+        V::dot4(x, w)
+    }
+    #[inline(always)]
+    fn combine<V: Vector>(y: &mut [f32], init: Init, alpha: &[f32], w: &[&[f32]]) {
+        V::combine(y, init, alpha, w)
+    }
+}
+
+/// The op as the kernel sees it, generic over the weights' element type.
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'a, W> {
+    pub shape: FffShape,
+    pub act: Activation,
+    pub branch: Branch,
+    pub w_in: &'a [W],
+    pub b_in: Option<&'a [f32]>,
+    pub w_out: &'a [W],
+    pub b_out: Option<&'a [f32]>,
+}
+
+impl<'a> Job<'a, f32> {
+    fn of(layer: &FffLayer<'a>) -> Self {
+        Job {
+            shape: layer.shape,
+            act: layer.act,
+            branch: layer.branch,
+            w_in: layer.w.w_in,
+            b_in: layer.w.b_in,
+            w_out: layer.w.w_out,
+            b_out: layer.w.b_out,
+        }
+    }
+}
+
+impl<W> Job<'_, W> {
+    fn check(&self, x: &[f32], rows: usize, out: &[f32]) {
+        let shape = self.shape;
+        let total = shape.total_nodes();
+        assert!(shape.d_in > 0 && shape.d_out > 0, "widths must be positive");
+        assert!(shape.depth <= MAX_DEPTH, "trees deeper than {MAX_DEPTH}");
+        assert_eq!(self.w_in.len(), total * shape.d_in);
+        assert_eq!(self.w_out.len(), total * shape.d_out);
+        assert!(self.b_in.is_none_or(|b| b.len() == total));
+        assert!(self.b_out.is_none_or(|b| b.len() == shape.d_out));
+        assert_eq!(x.len(), rows * shape.d_in);
+        assert_eq!(out.len(), rows * shape.d_out);
+    }
+}
+
+/// How a call is cut up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// The level at which rows are bucketed (0: the whole call is one bucket).
+    pub split: usize,
+    /// Rows per tile of the levels above the split.
+    pub tile: usize,
+    /// Node sets of at most this many rows walk on alone.
+    pub lone: usize,
+}
+
+impl Plan {
+    fn new(rows: usize, shape: FffShape, threads: usize) -> Plan {
+        let depth = shape.depth;
+        let mut split = 0;
+        while split < depth && rows >> split > BUCKET_ROWS {
+            split += 1;
+        }
+        if threads > 1 {
+            while split < depth && 1 << split < 4 * threads && rows >> split >= 16 {
+                split += 1;
+            }
+        }
+        Plan {
+            split,
+            tile: rows.div_ceil(threads).clamp(1, TILE_ROWS),
+            lone: LONE_ROWS,
+        }
+    }
 }
 
 /// Computes `rows` rows of the op (`x`: `rows x d_in`, `out`: `rows x d_out`) with the best instruction
 /// set, in parallel on the current rayon pool.
 pub fn fff_tree(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
-    check(layer.shape, &layer.w, x, rows, out);
-    let (job, shape) = (layer, layer.shape);
-    let isa = Isa::best();
     let threads = rayon::current_num_threads().max(1);
-    let tile = rows.div_ceil(threads).clamp(8, TILE_ROWS);
-    if rows <= tile {
-        SCRATCH.with(|s| run_tile(isa, job, x, out, &mut s.borrow_mut()));
-        return;
-    }
-    out.par_chunks_mut(tile * shape.d_out)
-        .zip(x.par_chunks(tile * shape.d_in))
-        .for_each(|(y, xs)| SCRATCH.with(|s| run_tile(isa, job, xs, y, &mut s.borrow_mut())));
+    run(Isa::best(), &Job::of(layer), x, rows, out, threads, None);
 }
 
 /// The same on one thread with a chosen instruction set (which must be in [`Isa::available`]).
 pub fn fff_tree_with(isa: Isa, layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
-    check(layer.shape, &layer.w, x, rows, out);
     assert!(
         Isa::available().contains(&isa),
         "{isa:?} is not available on this CPU"
     );
-    let (job, shape) = (layer, layer.shape);
-    for (y, xs) in out
-        .chunks_mut(TILE_ROWS * shape.d_out.max(1))
-        .zip(x.chunks(TILE_ROWS * shape.d_in.max(1)))
-    {
-        SCRATCH.with(|s| run_tile(isa, job, xs, y, &mut s.borrow_mut()));
+    run(isa, &Job::of(layer), x, rows, out, 1, None);
+}
+
+#[derive(Default)]
+struct Walk {
+    /// Local rows, permuted by the partitions into the order of their nodes.
+    set: Vec<u32>,
+    /// Whether each local row goes right at its current node.
+    right: Vec<bool>,
+    /// Pending node sets: `(start, end, node, level)` in `set`.
+    stack: Vec<(u32, u32, u32, u32)>,
+    /// Rows that walk on alone: `(local row, node, level)`.
+    lone: Vec<(u32, u32, u32)>,
+}
+
+/// One thread's scratch for a tile or a bucket.
+#[derive(Default)]
+struct Scratch {
+    /// Each local row's row in `x`.
+    ids: Vec<u32>,
+    walk: Walk,
+    /// Activations of the levels a bucket routes, `local row x levels`.
+    acts: Vec<f32>,
+    /// Where each local row ends (the virtual child below its leaf).
+    ends: Vec<u32>,
+}
+
+/// Call-wide arrays, kept by the calling thread.
+#[derive(Default)]
+struct CallScratch {
+    /// Each row's node at the split level.
+    at: Vec<u32>,
+    /// Activations of the levels above the split, `rows x split`.
+    up: Vec<f32>,
+    /// Rows sorted by bucket, and where each bucket starts.
+    order: Vec<u32>,
+    starts: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static CALL: RefCell<CallScratch> = RefCell::new(CallScratch::default());
+}
+
+/// The output rows, shared by bucket tasks that each write only their own rows.
+#[derive(Clone, Copy)]
+struct OutRows<'a> {
+    ptr: *mut f32,
+    width: usize,
+    rows: usize,
+    _out: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `OutRows` is a `&mut [f32]` split by row; it only hands out a row through `row`, whose callers
+// guarantee that no two threads (or two live references) ever get the same row.
+unsafe impl Send for OutRows<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for OutRows<'_> {}
+
+impl<'a> OutRows<'a> {
+    fn new(out: &'a mut [f32], width: usize) -> Self {
+        OutRows {
+            ptr: out.as_mut_ptr(),
+            width,
+            rows: out.len() / width,
+            _out: PhantomData,
+        }
+    }
+
+    /// # Safety
+    /// No other reference to row `r` may be alive while the returned one is.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, r: usize) -> &'a mut [f32] {
+        assert!(r < self.rows);
+        // SAFETY: `r < rows`, so the row lies within the borrowed output; exclusivity is the caller's.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.width), self.width) }
     }
 }
 
-fn check(shape: FffShape, w: &FffWeights, x: &[f32], rows: usize, out: &[f32]) {
-    let total = shape.total_nodes();
-    assert!(shape.d_in > 0 && shape.d_out > 0, "widths must be positive");
-    assert_eq!(w.w_in.len(), total * shape.d_in);
-    assert_eq!(w.w_out.len(), total * shape.d_out);
-    assert!(w.b_in.is_none_or(|b| b.len() == total));
-    assert!(w.b_out.is_none_or(|b| b.len() == shape.d_out));
-    assert_eq!(x.len(), rows * shape.d_in);
-    assert_eq!(out.len(), rows * shape.d_out);
+fn run<W: Weight>(
+    isa: Isa,
+    job: &Job<W>,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    threads: usize,
+    plan: Option<Plan>,
+) {
+    job.check(x, rows, out);
+    if rows == 0 {
+        return;
+    }
+    let plan = plan.unwrap_or_else(|| Plan::new(rows, job.shape, threads));
+    assert!(plan.split <= job.shape.depth && plan.tile > 0);
+    let out = OutRows::new(out, job.shape.d_out);
+    let parallel = threads > 1;
+    if plan.split == 0 {
+        // One bucket: nothing call-wide to keep.
+        for t in 0..job.shape.trees {
+            with_scratch(|s| {
+                on_isa(
+                    isa,
+                    Bucket {
+                        job,
+                        tree: t,
+                        x,
+                        rows: None,
+                        count: rows,
+                        node: 0,
+                        up: &[],
+                        split: 0,
+                        out,
+                        plan,
+                        s,
+                    },
+                )
+            });
+        }
+        return;
+    }
+    CALL.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut c) => split_call(isa, job, x, rows, out, parallel, plan, &mut c),
+        // A call made while this thread's call is waiting on the pool: fresh arrays.
+        Err(_) => split_call(
+            isa,
+            job,
+            x,
+            rows,
+            out,
+            parallel,
+            plan,
+            &mut CallScratch::default(),
+        ),
+    });
 }
 
-fn run_tile(isa: Isa, job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
+/// Runs `f` on this thread's scratch (fresh scratch if it is in use).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn split_call<W: Weight>(
+    isa: Isa,
+    job: &Job<W>,
+    x: &[f32],
+    rows: usize,
+    out: OutRows,
+    parallel: bool,
+    plan: Plan,
+    c: &mut CallScratch,
+) {
+    let (d_in, depth) = (job.shape.d_in, job.shape.depth);
+    let l = plan.split;
+    let first = (1usize << l) - 1;
+    let width = 1usize << l;
+    c.at.resize(rows, 0);
+    c.up.resize(rows * l, 0.0);
+    c.order.resize(rows, 0);
+    for t in 0..job.shape.trees {
+        // Upper levels on tiles of consecutive rows.
+        let tile = |((at, up), xs): ((&mut [u32], &mut [f32]), &[f32])| {
+            with_scratch(|s| {
+                on_isa(
+                    isa,
+                    Tile {
+                        job,
+                        tree: t,
+                        x: xs,
+                        at,
+                        up,
+                        split: l,
+                        s,
+                    },
+                )
+            })
+        };
+        if parallel {
+            c.at.par_chunks_mut(plan.tile)
+                .zip(c.up.par_chunks_mut(plan.tile * l))
+                .zip(x.par_chunks(plan.tile * d_in))
+                .for_each(tile);
+        } else {
+            c.at.chunks_mut(plan.tile)
+                .zip(c.up.chunks_mut(plan.tile * l))
+                .zip(x.chunks(plan.tile * d_in))
+                .for_each(tile);
+        }
+        // Bucket all rows by their node at the split level.
+        c.starts.clear();
+        c.starts.resize(width + 1, 0);
+        for &node in &c.at {
+            c.starts[node as usize - first + 1] += 1;
+        }
+        for k in 0..width {
+            c.starts[k + 1] += c.starts[k];
+        }
+        for (r, &node) in c.at.iter().enumerate() {
+            let slot = &mut c.starts[node as usize - first];
+            c.order[*slot as usize] = r as u32;
+            *slot += 1;
+        }
+        // `starts[k]` now holds where bucket `k` ends.
+        let (order, starts, up) = (&c.order, &c.starts, &c.up);
+        let bucket = |k: usize| {
+            let (a, b) = (
+                if k == 0 { 0 } else { starts[k - 1] as usize },
+                starts[k] as usize,
+            );
+            if a == b {
+                return;
+            }
+            with_scratch(|s| {
+                on_isa(
+                    isa,
+                    Bucket {
+                        job,
+                        tree: t,
+                        x,
+                        rows: Some(&order[a..b]),
+                        count: b - a,
+                        node: first + k,
+                        up,
+                        split: l,
+                        out,
+                        plan,
+                        s,
+                    },
+                )
+            })
+        };
+        if parallel {
+            (0..width).into_par_iter().for_each(bucket);
+        } else {
+            (0..width).for_each(bucket);
+        }
+    }
+    debug_assert!(depth >= l);
+}
+
+/// Work compiled once per instruction set: `run::<V>` is instantiated inside a function with `V`'s
+/// target features.
+trait Body {
+    fn run<V: Vector>(self);
+}
+
+fn on_isa<B: Body>(isa: Isa, body: B) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only ever produced by `Isa::available` after detecting AVX-512F and
         // FMA on this CPU (and `fff_tree_with` asserts availability).
-        Isa::Avx512 => unsafe { tile_avx512(job, x, y, s) },
+        Isa::Avx512 => unsafe { on_avx512(body) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA.
-        Isa::Avx2Fma => unsafe { tile_avx2(job, x, y, s) },
+        Isa::Avx2Fma => unsafe { on_avx2(body) },
         // NEON and its fused multiply-add are part of the aarch64 baseline.
-        Isa::Neon => tile::<PortableFma>(job, x, y, s),
-        _ => tile::<Portable>(job, x, y, s),
+        Isa::Neon => body.run::<PortableFma>(),
+        _ => body.run::<Portable>(),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn tile_avx512(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
-    tile::<crate::simd::Avx512>(job, x, y, s)
+unsafe fn on_avx512<B: Body>(body: B) {
+    body.run::<crate::simd::Avx512>()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
-    tile::<crate::simd::Avx2>(job, x, y, s)
+unsafe fn on_avx2<B: Body>(body: B) {
+    body.run::<crate::simd::Avx2>()
 }
 
-/// One neuron for one row: its logit, activation and output row; returns the child the row moves to.
-#[inline(always)]
-fn walk_one<V: Vector>(job: &FffLayer, i: usize, node: usize, x: &[f32], y: &mut [f32]) -> u32 {
-    let (d_in, d_out) = (job.shape.d_in, job.shape.d_out);
-    let logit = V::dot(x, &job.w.w_in[i * d_in..(i + 1) * d_in]) + job.w.b_in.map_or(0.0, |b| b[i]);
-    V::axpy(
-        job.act.apply(logit),
-        &job.w.w_out[i * d_out..(i + 1) * d_out],
-        y,
-    );
-    (2 * node + 1 + job.branch.goes_right(logit) as usize) as u32
+/// The levels above the split for one tile of rows.
+struct Tile<'a, 'b, W> {
+    job: &'a Job<'a, W>,
+    tree: usize,
+    x: &'a [f32],
+    at: &'a mut [u32],
+    up: &'a mut [f32],
+    split: usize,
+    s: &'b mut Scratch,
 }
 
-/// Four rows, each at its own node of the tree whose first neuron is `base`: four interleaved dot
-/// products, then four interleaved output updates; `nodes` advance to the children.
-#[inline(always)]
-fn walk_four<V: Vector>(
-    job: &FffLayer,
-    base: usize,
-    nodes: &mut [u32; 4],
-    x: &[f32],
-    y: &mut [f32],
-) {
-    let (d_in, d_out) = (job.shape.d_in, job.shape.d_out);
-    let neuron = |k: usize| base + nodes[k] as usize;
-    let dots = V::dot4(
-        std::array::from_fn(|k| &x[k * d_in..(k + 1) * d_in]),
-        std::array::from_fn(|k| &job.w.w_in[neuron(k) * d_in..(neuron(k) + 1) * d_in]),
-    );
-    let logits: [f32; 4] =
-        std::array::from_fn(|k| dots[k] + job.w.b_in.map_or(0.0, |b| b[neuron(k)]));
-    let outs: [&[f32]; 4] =
-        std::array::from_fn(|k| &job.w.w_out[neuron(k) * d_out..(neuron(k) + 1) * d_out]);
-    let mut rows = y.chunks_exact_mut(d_out);
-    let ys: [&mut [f32]; 4] = std::array::from_fn(|_| rows.next().expect("four rows"));
-    V::axpy4(logits.map(|l| job.act.apply(l)), outs, ys);
-    for (node, logit) in nodes.iter_mut().zip(logits) {
-        *node = 2 * *node + 1 + job.branch.goes_right(logit) as u32;
+impl<W: Weight> Body for Tile<'_, '_, W> {
+    #[inline(always)]
+    fn run<V: Vector>(self) {
+        let Tile {
+            job,
+            tree,
+            x,
+            at,
+            up,
+            split,
+            s,
+        } = self;
+        let count = at.len();
+        s.ids.clear();
+        s.ids.extend(0..count as u32);
+        route::<W, V>(
+            job,
+            tree,
+            x,
+            &s.ids,
+            &mut s.walk,
+            Levels {
+                acts: up,
+                stride: split,
+                first: 0,
+                stop: split,
+            },
+            at,
+            0,
+            0,
+            0,
+        );
     }
 }
 
-/// One tile of rows, every tree, every level.
+/// One bucket: the rows at one node of the split level route its subtree, then are emitted.
+struct Bucket<'a, 'b, W> {
+    job: &'a Job<'a, W>,
+    tree: usize,
+    x: &'a [f32],
+    /// The bucket's rows (`None`: all `count` rows of the call).
+    rows: Option<&'a [u32]>,
+    count: usize,
+    node: usize,
+    /// Activations of the levels above the split, `rows x split`.
+    up: &'a [f32],
+    split: usize,
+    out: OutRows<'a>,
+    plan: Plan,
+    s: &'b mut Scratch,
+}
+
+impl<W: Weight> Body for Bucket<'_, '_, W> {
+    #[inline(always)]
+    fn run<V: Vector>(self) {
+        let Bucket {
+            job,
+            tree,
+            x,
+            rows,
+            count,
+            node,
+            up,
+            split,
+            out,
+            plan,
+            s,
+        } = self;
+        let FffShape { d_out, depth, .. } = job.shape;
+        let levels = depth + 1 - split;
+        s.ids.clear();
+        match rows {
+            Some(r) => s.ids.extend_from_slice(r),
+            None => s.ids.extend(0..count as u32),
+        }
+        s.acts.resize(count * levels, 0.0);
+        s.ends.resize(count, 0);
+        route::<W, V>(
+            job,
+            tree,
+            x,
+            &s.ids,
+            &mut s.walk,
+            Levels {
+                acts: &mut s.acts,
+                stride: levels,
+                first: split,
+                stop: depth + 1,
+            },
+            &mut s.ends,
+            node,
+            split,
+            plan.lone,
+        );
+        // Emit in leaf order.
+        let base = tree * job.shape.nodes_per_tree();
+        let empty: &[W] = &[];
+        let mut alpha = [0.0f32; MAX_DEPTH + 1];
+        let mut w = [empty; MAX_DEPTH + 1];
+        let init = match (tree, job.b_out) {
+            (0, None) => Init::Zero,
+            (0, Some(b)) => Init::From(b),
+            _ => Init::Keep,
+        };
+        let path = |i: usize, k: usize| base + ((s.ends[i] as usize + 1) >> (depth + 1 - k)) - 1;
+        let set = &s.walk.set;
+        for &i in set {
+            let i = i as usize;
+            let row = s.ids[i] as usize;
+            for k in 0..=depth {
+                let neuron = path(i, k);
+                w[k] = &job.w_out[neuron * d_out..(neuron + 1) * d_out];
+                alpha[k] = if k < split {
+                    up[row * split + k]
+                } else {
+                    s.acts[i * levels + k - split]
+                };
+            }
+            // SAFETY: every row of the call is in exactly one bucket, once, and no other reference to
+            // the output is alive while buckets run.
+            let y = unsafe { out.row(row) };
+            W::combine::<V>(y, init, &alpha[..=depth], &w[..=depth]);
+        }
+    }
+}
+
+/// Where routing records activations: local row `i`'s activation at level `k` goes to
+/// `acts[i * stride + k - first]`; routing stops before level `stop`.
+struct Levels<'a> {
+    acts: &'a mut [f32],
+    stride: usize,
+    first: usize,
+    stop: usize,
+}
+
+/// Routes local rows `0..ids.len()` (local row `i` is row `ids[i]` of `x`) from `node` at `level` down
+/// to level `lv.stop`: records each activation in `lv`, and in `ends[i]` the node each row reaches at
+/// level `lv.stop`. Leaves `walk.set` holding the local rows in the order of those nodes. Sets of at
+/// most `lone` rows walk on alone, four at a time.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile<V: Vector>(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
-    let FffShape {
-        d_in,
-        d_out,
-        depth,
-        trees,
-    } = job.shape;
-    let n = job.shape.nodes_per_tree();
-    let rows = y.len() / d_out;
-    crate::fff::init_rows(y, d_out, job.w.b_out);
-    s.nodes.clear();
-    s.nodes.resize(rows, 0);
-    s.order.resize(rows, 0);
-    for t in 0..trees {
-        s.nodes.fill(0);
-        for level in 0..=depth {
-            let width = 1usize << level;
-            let first = width - 1;
-            let step = |y: &mut [f32], r: usize, node: usize| {
-                walk_one::<V>(
-                    job,
-                    t * n + node,
-                    node,
-                    &x[r * d_in..(r + 1) * d_in],
-                    &mut y[r * d_out..(r + 1) * d_out],
-                )
-            };
-            if width * 2 <= rows {
-                // Group rows by node: counting sort of the rows by their node at this level.
-                s.starts.clear();
-                s.starts.resize(width + 1, 0);
-                for &node in &s.nodes {
-                    s.starts[node as usize - first + 1] += 1;
-                }
-                for k in 0..width {
-                    s.starts[k + 1] += s.starts[k];
-                }
-                s.cursor.clear();
-                s.cursor.extend_from_slice(&s.starts);
-                for (r, &node) in s.nodes.iter().enumerate() {
-                    let slot = &mut s.cursor[node as usize - first];
-                    s.order[*slot as usize] = r as u32;
-                    *slot += 1;
-                }
-                for k in 0..width {
-                    for idx in s.starts[k]..s.starts[k + 1] {
-                        let r = s.order[idx as usize] as usize;
-                        s.nodes[r] = step(y, r, first + k);
-                    }
-                }
+fn route<W: Weight, V: Vector>(
+    job: &Job<W>,
+    tree: usize,
+    x: &[f32],
+    ids: &[u32],
+    walk: &mut Walk,
+    lv: Levels,
+    ends: &mut [u32],
+    node: usize,
+    level: usize,
+    lone: usize,
+) {
+    let d_in = job.shape.d_in;
+    let base = tree * job.shape.nodes_per_tree();
+    let count = ids.len();
+    let Walk {
+        set,
+        right,
+        stack,
+        lone: alone,
+    } = walk;
+    let Levels {
+        acts,
+        stride,
+        first,
+        stop,
+    } = lv;
+    let xrow = |i: u32| {
+        let r = ids[i as usize] as usize;
+        &x[r * d_in..(r + 1) * d_in]
+    };
+    let w_in = |node: usize| &job.w_in[(base + node) * d_in..(base + node + 1) * d_in];
+    let bias = |node: usize| job.b_in.map_or(0.0, |b| b[base + node]);
+    set.clear();
+    set.extend(0..count as u32);
+    right.clear();
+    right.resize(count, false);
+    stack.clear();
+    alone.clear();
+    stack.push((0, count as u32, node as u32, level as u32));
+    while let Some((a, b, node, level)) = stack.pop() {
+        let (a, b, node, level) = (a as usize, b as usize, node as usize, level as usize);
+        if a == b {
+            continue;
+        }
+        if level == stop {
+            for &i in &set[a..b] {
+                ends[i as usize] = node as u32;
+            }
+            continue;
+        }
+        if b - a <= lone {
+            alone.extend(set[a..b].iter().map(|&i| (i, node as u32, level as u32)));
+            continue;
+        }
+        // Both children's weights start loading while this set is computed.
+        if level + 1 < stop {
+            crate::simd::prefetch(w_in(2 * node + 1));
+            crate::simd::prefetch(w_in(2 * node + 2));
+        }
+        // Every row of the set against this node's weights, which stay in L1.
+        let (wi, bi) = (w_in(node), bias(node));
+        let mut record = |i: u32, dot: f32| {
+            let logit = dot + bi;
+            acts[i as usize * stride + level - first] = job.act.apply(logit);
+            right[i as usize] = job.branch.goes_right(logit);
+        };
+        let mut groups = set[a..b].chunks_exact(4);
+        for g in &mut groups {
+            let dots = W::dot4::<V>(std::array::from_fn(|k| xrow(g[k])), [wi; 4]);
+            for k in 0..4 {
+                record(g[k], dots[k]);
+            }
+        }
+        for &i in groups.remainder() {
+            record(i, W::dot::<V>(xrow(i), wi));
+        }
+        // Left rows first, then right.
+        let (mut i, mut j) = (a, b);
+        while i < j {
+            if right[set[i] as usize] {
+                j -= 1;
+                set.swap(i, j);
             } else {
-                // Each row walks alone: four rows at a time, so that their weight fetches overlap.
-                let mut r = 0;
-                while r + 4 <= rows {
-                    let nodes: &mut [u32; 4] =
-                        (&mut s.nodes[r..r + 4]).try_into().expect("four rows");
-                    walk_four::<V>(
-                        job,
-                        t * n,
-                        nodes,
-                        &x[r * d_in..(r + 4) * d_in],
-                        &mut y[r * d_out..(r + 4) * d_out],
-                    );
-                    r += 4;
+                i += 1;
+            }
+        }
+        stack.push((i as u32, b as u32, 2 * node as u32 + 2, level as u32 + 1));
+        stack.push((a as u32, i as u32, 2 * node as u32 + 1, level as u32 + 1));
+    }
+    // Rows walking alone: four lanes; a lane that reaches the stop level takes the next row.
+    let mut queue = alone.iter().copied();
+    let mut lanes = [(0u32, 0u32, 0u32); 4];
+    let mut live = 0;
+    loop {
+        while live < 4 {
+            match queue.next() {
+                Some(e) => {
+                    lanes[live] = e;
+                    live += 1;
                 }
-                for r in r..rows {
-                    s.nodes[r] = step(y, r, s.nodes[r] as usize);
-                }
+                None => break,
+            }
+        }
+        if live == 0 {
+            break;
+        }
+        let mut dots = [0.0f32; 4];
+        if live == 4 {
+            dots = W::dot4::<V>(
+                std::array::from_fn(|k| xrow(lanes[k].0)),
+                std::array::from_fn(|k| w_in(lanes[k].1 as usize)),
+            );
+        } else {
+            for k in 0..live {
+                dots[k] = W::dot::<V>(xrow(lanes[k].0), w_in(lanes[k].1 as usize));
+            }
+        }
+        for k in (0..live).rev() {
+            let (i, node, level) = lanes[k];
+            let logit = dots[k] + bias(node as usize);
+            acts[i as usize * stride + level as usize - first] = job.act.apply(logit);
+            let child = 2 * node + 1 + job.branch.goes_right(logit) as u32;
+            if level as usize + 1 == stop {
+                ends[i as usize] = child;
+                live -= 1;
+                lanes[k] = lanes[live];
+            } else {
+                lanes[k] = (i, child, level + 1);
             }
         }
     }
@@ -225,7 +722,7 @@ fn tile<V: Vector>(job: &FffLayer, x: &[f32], y: &mut [f32], s: &mut Scratch) {
 mod tests {
     use super::*;
     use crate::activation::Activation;
-    use crate::fff::{fff_masked_gemm, fff_reference, Branch};
+    use crate::fff::{fff_masked_gemm, fff_reference, FffWeights};
 
     struct Lcg(u32);
     impl Lcg {
@@ -323,6 +820,110 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every path (each instruction set; one bucket or split at several levels; tiny tiles; rows
+    /// walking alone from sets of up to three; one thread or a pool) against the reference, on odd
+    /// widths, several trees and every depth from 1 to 11.
+    #[test]
+    fn every_plan_agrees_with_the_reference() {
+        let mut rng = Lcg(23);
+        let cases = [
+            (1, 37, 100, 1, 3),
+            (3, 100, 37, 2, 2),
+            (517, 37, 37, 3, 4),
+            (5000, 100, 17, 4, 1),
+            (64, 16, 100, 5, 2),
+            (517, 100, 100, 6, 1),
+            (3, 37, 64, 7, 2),
+            (5000, 37, 23, 8, 2),
+            (1, 100, 37, 9, 1),
+            (517, 48, 33, 10, 1),
+            (5000, 37, 37, 11, 1),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(rows, d_in, d_out, depth, trees)) in cases.iter().enumerate() {
+            let shape = FffShape {
+                d_in,
+                d_out,
+                depth,
+                trees,
+            };
+            let total = shape.total_nodes();
+            let (w_in, b_in, w_out, b_out) = (
+                rng.vec(total * d_in),
+                rng.vec(total),
+                rng.vec(total * d_out),
+                rng.vec(d_out),
+            );
+            let x: Vec<f32> = rng.vec(rows * d_in).iter().map(|v| v * 4.0).collect();
+            let biased = case % 2 == 0;
+            let w = FffWeights {
+                w_in: &w_in,
+                b_in: biased.then_some(&b_in[..]),
+                w_out: &w_out,
+                b_out: biased.then_some(&b_out[..]),
+            };
+            let layer = FffLayer {
+                shape,
+                act: [Activation::GeluErf, Activation::Relu, Activation::GeluTanh][case % 3],
+                branch: [Branch::Greater, Branch::GreaterOrEqual][case % 2],
+                w,
+            };
+            let mut want = vec![0.0; rows * d_out];
+            fff_reference(&layer, &x, rows, &mut want);
+            let skip: Vec<bool> = (0..rows)
+                .map(|r| near_boundary(shape, &w, &x[r * d_in..(r + 1) * d_in]))
+                .collect();
+            let mut splits = vec![0, 1, depth / 2, depth];
+            splits.dedup();
+            let mut plans = vec![None];
+            for &split in &splits {
+                for (tile, lone) in [(5, 0), (512, 1), (64, 3)] {
+                    plans.push(Some(Plan { split, tile, lone }));
+                }
+            }
+            for isa in Isa::available() {
+                for &plan in &plans {
+                    for threads in [1, 2] {
+                        let mut got = vec![f32::NAN; rows * d_out];
+                        pool.install(|| {
+                            run(isa, &Job::of(&layer), &x, rows, &mut got, threads, plan)
+                        });
+                        for r in (0..rows).filter(|&r| !skip[r]) {
+                            for j in 0..d_out {
+                                let (g, e) = (got[r * d_out + j], want[r * d_out + j]);
+                                assert!(
+                                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                                    "{isa:?} {plan:?} threads {threads} {shape:?} row {r}: {g} vs {e}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plans_split_large_calls_and_keep_small_ones_whole() {
+        let shape = FffShape {
+            d_in: 768,
+            d_out: 768,
+            depth: 11,
+            trees: 1,
+        };
+        assert_eq!(Plan::new(1, shape, 1).split, 0);
+        assert_eq!(Plan::new(128, shape, 1).split, 0);
+        assert_eq!(Plan::new(16384, shape, 1).split, 7);
+        // Two threads get at least eight buckets where rows allow.
+        assert_eq!(Plan::new(128, shape, 2).split, 3);
+        assert_eq!(Plan::new(3, shape, 2).split, 0);
+        let shallow = FffShape { depth: 2, ..shape };
+        assert_eq!(Plan::new(16384, shallow, 2).split, 2);
     }
 
     #[test]

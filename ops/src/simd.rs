@@ -48,6 +48,17 @@ impl Isa {
     }
 }
 
+/// Where [`Vector::combine`] starts each output element.
+#[derive(Clone, Copy, Debug)]
+pub enum Init<'a> {
+    /// From zero.
+    Zero,
+    /// From what the output already holds (a later tree adding into the row).
+    Keep,
+    /// From these values (the output bias).
+    From(&'a [f32]),
+}
+
 /// The vector primitives a kernel is written against; one implementation per instruction set. Kernels
 /// are generic over this trait and `#[inline(always)]`, and are instantiated inside functions compiled
 /// with the matching target features.
@@ -68,6 +79,20 @@ pub trait Vector {
     fn axpy4(alpha: [f32; 4], x: [&[f32]; 4], y: [&mut [f32]; 4]) {
         for ((a, xk), yk) in alpha.into_iter().zip(x).zip(y) {
             Self::axpy(a, xk, yk);
+        }
+    }
+
+    /// `y = init + sum_k alpha[k] * x[k]`: a whole path of output rows summed in registers, so the
+    /// output row is written once instead of once per neuron.
+    #[inline(always)]
+    fn combine(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
+        match init {
+            Init::Zero => y.fill(0.0),
+            Init::Keep => {}
+            Init::From(b) => y.copy_from_slice(&b[..y.len()]),
+        }
+        for (&a, xk) in alpha.iter().zip(x) {
+            Self::axpy(a, xk, y);
         }
     }
 }
@@ -138,7 +163,18 @@ pub use x86::{Avx2, Avx512};
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::Vector;
+    use super::{Init, Vector};
+
+    /// The length every slice of a `combine` call has: `y`, the init row and each `x[k]`.
+    #[inline(always)]
+    fn combine_len(y: &[f32], init: Init, alpha: &[f32], x: &[&[f32]]) -> (usize, usize) {
+        let mut n = y.len();
+        if let Init::From(b) = init {
+            n = n.min(b.len());
+        }
+        let k = alpha.len().min(x.len());
+        (x[..k].iter().fold(n, |n, r| n.min(r.len())), k)
+    }
 
     /// AVX2 + FMA: four 8-lane accumulators.
     pub struct Avx2;
@@ -158,6 +194,12 @@ mod x86 {
         fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
             // SAFETY: as for `dot`.
             unsafe { axpy_avx2(alpha, x, y) }
+        }
+
+        #[inline(always)]
+        fn combine(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
+            // SAFETY: as for `dot`; every access stays within the shortest of the slices.
+            unsafe { combine_avx2(y, init, alpha, x) }
         }
     }
 
@@ -185,6 +227,12 @@ mod x86 {
         fn axpy4(alpha: [f32; 4], x: [&[f32]; 4], y: [&mut [f32]; 4]) {
             // SAFETY: as for `dot`; each pair is accessed up to the shortest length of the slices.
             unsafe { axpy4_avx512(alpha, x, y) }
+        }
+
+        #[inline(always)]
+        fn combine(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
+            // SAFETY: as for `dot`; every access stays within the shortest of the slices.
+            unsafe { combine_avx512(y, init, alpha, x) }
         }
     }
 
@@ -384,4 +432,132 @@ mod x86 {
             i += left;
         }
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn combine_avx2(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
+        let (n, k) = combine_len(y, init, alpha, x);
+        let py = y.as_mut_ptr();
+        let mut i = 0;
+        while i + 32 <= n {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            match init {
+                Init::Zero => {}
+                Init::Keep => {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_loadu_ps(py.add(i + 8 * q));
+                    }
+                }
+                Init::From(b) => {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_loadu_ps(b.as_ptr().add(i + 8 * q));
+                    }
+                }
+            }
+            for j in 0..k {
+                let va = _mm256_set1_ps(alpha[j]);
+                let px = x[j].as_ptr().add(i);
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(8 * q)), *a);
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(py.add(i + 8 * q), *a);
+            }
+            i += 32;
+        }
+        while i < n {
+            let mut acc = match init {
+                Init::Zero => 0.0,
+                Init::Keep => *py.add(i),
+                Init::From(b) => b[i],
+            };
+            for j in 0..k {
+                acc = alpha[j].mul_add(*x[j].as_ptr().add(i), acc);
+            }
+            *py.add(i) = acc;
+            i += 1;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn combine_avx512(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
+        let (n, k) = combine_len(y, init, alpha, x);
+        let py = y.as_mut_ptr();
+        // Masked 16-lane steps over `[i, end)`.
+        let masked = |mut i: usize, end: usize| {
+            while i < end {
+                let left = (end - i).min(16);
+                let m: __mmask16 = if left == 16 {
+                    0xffff
+                } else {
+                    (1u16 << left) - 1
+                };
+                let mut acc = match init {
+                    Init::Zero => _mm512_setzero_ps(),
+                    Init::Keep => _mm512_maskz_loadu_ps(m, py.add(i)),
+                    Init::From(b) => _mm512_maskz_loadu_ps(m, b.as_ptr().add(i)),
+                };
+                for j in 0..k {
+                    acc = _mm512_fmadd_ps(
+                        _mm512_set1_ps(alpha[j]),
+                        _mm512_maskz_loadu_ps(m, x[j].as_ptr().add(i)),
+                        acc,
+                    );
+                }
+                _mm512_mask_storeu_ps(py.add(i), m, acc);
+                i += left;
+            }
+        };
+        let mut i = 0;
+        while i + 64 <= n {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            match init {
+                Init::Zero => {}
+                Init::Keep => {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(py.add(i + 16 * q));
+                    }
+                }
+                Init::From(b) => {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(b.as_ptr().add(i + 16 * q));
+                    }
+                }
+            }
+            for j in 0..k {
+                let va = _mm512_set1_ps(alpha[j]);
+                let px = x[j].as_ptr().add(i);
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(va, _mm512_loadu_ps(px.add(16 * q)), *a);
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(py.add(i + 16 * q), *a);
+            }
+            i += 64;
+        }
+        masked(i, n);
+    }
+}
+
+/// Asks the CPU to start loading `s` into its caches: a hint that never faults.
+#[inline(always)]
+pub fn prefetch<T>(s: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = s.as_ptr().cast::<i8>();
+        let bytes = std::mem::size_of_val(s);
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch never faults, whatever the address; SSE is part of the x86-64
+            // baseline, and `p + off` stays within `s`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = s;
 }
