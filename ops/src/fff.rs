@@ -65,16 +65,21 @@ pub struct FffLayer<'a> {
 /// Computes `rows` rows (`x`: `rows x d_in`, `out`: `rows x d_out`) with the kernel that suits the
 /// shape: GEMMs for depth 0, the conditional tree kernel otherwise.
 pub fn fff_forward(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
-    let FffShape { depth, trees, .. } = layer.shape;
-    if depth == 0 {
+    if layer.shape.depth == 0 {
         fff_dense(layer, x, rows, out)
-    } else if rows >= MASKED_GEMM_MIN_ROWS
-        && trees * (depth + 1) * MASKED_GEMM_FRACTION >= layer.shape.total_nodes()
-    {
+    } else if !uses_tree_kernel(layer.shape, rows) {
         fff_masked_gemm(layer, x, rows, out)
     } else {
         crate::fff_tree::fff_tree(layer, x, rows, out)
     }
+}
+
+/// Whether [`fff_forward`] walks the trees for this shape and row count (rather than running GEMMs).
+pub fn uses_tree_kernel(shape: FffShape, rows: usize) -> bool {
+    let FffShape { depth, trees, .. } = shape;
+    depth > 0
+        && (rows < MASKED_GEMM_MIN_ROWS
+            || trees * (depth + 1) * MASKED_GEMM_FRACTION < shape.total_nodes())
 }
 
 /// Forests that use at least 1/this of their neurons per row (wide and shallow, like 512x2) run as

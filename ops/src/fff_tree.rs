@@ -32,6 +32,7 @@ use rayon::prelude::*;
 
 use crate::activation::Activation;
 use crate::fff::{Branch, FffLayer, FffShape};
+use crate::fff_bf16::FffLayerBf16;
 use crate::simd::{Init, Isa, Portable, PortableFma, Vector};
 
 /// Rows per tile of the upper levels: few enough that a tile's inputs (1.5 MiB at width 768) stay
@@ -71,6 +72,21 @@ impl Weight for f32 {
     }
 }
 
+impl Weight for u16 {
+    #[inline(always)]
+    fn dot<V: Vector>(x: &[f32], w: &[u16]) -> f32 {
+        V::dot_bf16(x, w)
+    }
+    #[inline(always)]
+    fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[u16]; 4]) -> [f32; 4] {
+        V::dot4_bf16(x, w)
+    }
+    #[inline(always)]
+    fn combine<V: Vector>(y: &mut [f32], init: Init, alpha: &[f32], w: &[&[u16]]) {
+        V::combine_bf16(y, init, alpha, w)
+    }
+}
+
 /// The op as the kernel sees it, generic over the weights' element type.
 #[derive(Clone, Copy)]
 pub(crate) struct Job<'a, W> {
@@ -85,6 +101,20 @@ pub(crate) struct Job<'a, W> {
 
 impl<'a> Job<'a, f32> {
     fn of(layer: &FffLayer<'a>) -> Self {
+        Job {
+            shape: layer.shape,
+            act: layer.act,
+            branch: layer.branch,
+            w_in: layer.w.w_in,
+            b_in: layer.w.b_in,
+            w_out: layer.w.w_out,
+            b_out: layer.w.b_out,
+        }
+    }
+}
+
+impl<'a> Job<'a, u16> {
+    fn of_bf16(layer: &FffLayerBf16<'a>) -> Self {
         Job {
             shape: layer.shape,
             act: layer.act,
@@ -157,6 +187,29 @@ pub fn fff_tree_with(isa: Isa, layer: &FffLayer, x: &[f32], rows: usize, out: &m
         "{isa:?} is not available on this CPU"
     );
     run(isa, &Job::of(layer), x, rows, out, 1, None);
+}
+
+/// [`fff_tree`] with bf16 weights: half the weight bytes to fetch, the same arithmetic in f32.
+pub fn fff_tree_bf16(layer: &FffLayerBf16, x: &[f32], rows: usize, out: &mut [f32]) {
+    let threads = rayon::current_num_threads().max(1);
+    run(
+        Isa::best(),
+        &Job::of_bf16(layer),
+        x,
+        rows,
+        out,
+        threads,
+        None,
+    );
+}
+
+/// [`fff_tree_with`] with bf16 weights.
+pub fn fff_tree_bf16_with(isa: Isa, layer: &FffLayerBf16, x: &[f32], rows: usize, out: &mut [f32]) {
+    assert!(
+        Isa::available().contains(&isa),
+        "{isa:?} is not available on this CPU"
+    );
+    run(isa, &Job::of_bf16(layer), x, rows, out, 1, None);
 }
 
 #[derive(Default)]
@@ -723,6 +776,9 @@ mod tests {
     use super::*;
     use crate::activation::Activation;
     use crate::fff::{fff_masked_gemm, fff_reference, FffWeights};
+    use crate::fff_bf16::{
+        bf16_to_f32_vec, f32_to_bf16_round_nearest_even, fff_reference_bf16, FffWeightsBf16,
+    };
 
     struct Lcg(u32);
     impl Lcg {
@@ -878,6 +934,33 @@ mod tests {
             let skip: Vec<bool> = (0..rows)
                 .map(|r| near_boundary(shape, &w, &x[r * d_in..(r + 1) * d_in]))
                 .collect();
+            // The same weights rounded to bf16, against the reference on their widened values.
+            let (in16, out16) = (
+                f32_to_bf16_round_nearest_even(&w_in),
+                f32_to_bf16_round_nearest_even(&w_out),
+            );
+            let layer16 = FffLayerBf16 {
+                shape,
+                act: layer.act,
+                branch: layer.branch,
+                w: FffWeightsBf16 {
+                    w_in: &in16,
+                    b_in: w.b_in,
+                    w_out: &out16,
+                    b_out: w.b_out,
+                },
+            };
+            let mut want16 = vec![0.0; rows * d_out];
+            fff_reference_bf16(&layer16, &x, rows, &mut want16);
+            let (wide_in, wide_out) = (bf16_to_f32_vec(&in16), bf16_to_f32_vec(&out16));
+            let wide = FffWeights {
+                w_in: &wide_in,
+                w_out: &wide_out,
+                ..w
+            };
+            let skip16: Vec<bool> = (0..rows)
+                .map(|r| near_boundary(shape, &wide, &x[r * d_in..(r + 1) * d_in]))
+                .collect();
             let mut splits = vec![0, 1, depth / 2, depth];
             splits.dedup();
             let mut plans = vec![None];
@@ -889,21 +972,41 @@ mod tests {
             for isa in Isa::available() {
                 for &plan in &plans {
                     for threads in [1, 2] {
+                        let ctx = format!("{isa:?} {plan:?} threads {threads} {shape:?}");
                         let mut got = vec![f32::NAN; rows * d_out];
                         pool.install(|| {
                             run(isa, &Job::of(&layer), &x, rows, &mut got, threads, plan)
                         });
-                        for r in (0..rows).filter(|&r| !skip[r]) {
-                            for j in 0..d_out {
-                                let (g, e) = (got[r * d_out + j], want[r * d_out + j]);
-                                assert!(
-                                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                                    "{isa:?} {plan:?} threads {threads} {shape:?} row {r}: {g} vs {e}"
-                                );
-                            }
-                        }
+                        agree(&got, &want, d_out, &skip, &ctx);
+                        pool.install(|| {
+                            run(
+                                isa,
+                                &Job::of_bf16(&layer16),
+                                &x,
+                                rows,
+                                &mut got,
+                                threads,
+                                plan,
+                            )
+                        });
+                        agree(&got, &want16, d_out, &skip16, &format!("bf16 {ctx}"));
                     }
                 }
+            }
+        }
+    }
+
+    /// Within 1e-4 (relative above 1) of the reference on every row not near a branch boundary: bf16
+    /// kernels widen weights exactly and keep activations in f32, so they meet the f32 tolerance
+    /// against the reference on the widened weights.
+    fn agree(got: &[f32], want: &[f32], d_out: usize, skip: &[bool], ctx: &str) {
+        for (r, _) in skip.iter().enumerate().filter(|(_, &s)| !s) {
+            for j in 0..d_out {
+                let (g, e) = (got[r * d_out + j], want[r * d_out + j]);
+                assert!(
+                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                    "{ctx} row {r}: {g} vs {e}"
+                );
             }
         }
     }

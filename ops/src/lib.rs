@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod attention;
 pub mod fff;
+pub mod fff_bf16;
 pub mod fff_tree;
 pub mod matmul;
 pub mod norm;

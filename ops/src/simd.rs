@@ -48,6 +48,12 @@ impl Isa {
     }
 }
 
+/// A bf16 bit pattern widened to the f32 it denotes (exact: bf16 is the top half of an f32).
+#[inline(always)]
+pub fn bf16_to_f32(v: u16) -> f32 {
+    f32::from_bits((v as u32) << 16)
+}
+
 /// Where [`Vector::combine`] starts each output element.
 #[derive(Clone, Copy, Debug)]
 pub enum Init<'a> {
@@ -79,6 +85,46 @@ pub trait Vector {
     fn axpy4(alpha: [f32; 4], x: [&[f32]; 4], y: [&mut [f32]; 4]) {
         for ((a, xk), yk) in alpha.into_iter().zip(x).zip(y) {
             Self::axpy(a, xk, yk);
+        }
+    }
+
+    /// `a . w` with `w` in bf16 (bit patterns), widened exactly to f32: activations keep full precision.
+    #[inline(always)]
+    fn dot_bf16(a: &[f32], w: &[u16]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let (ac, wc) = (a.chunks_exact(8), w.chunks_exact(8));
+        let tail: f32 = ac
+            .remainder()
+            .iter()
+            .zip(wc.remainder())
+            .map(|(x, &v)| x * bf16_to_f32(v))
+            .sum();
+        for (ca, cw) in ac.zip(wc) {
+            for j in 0..8 {
+                acc[j] += ca[j] * bf16_to_f32(cw[j]);
+            }
+        }
+        (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+    }
+
+    /// Four independent [`Vector::dot_bf16`].
+    #[inline(always)]
+    fn dot4_bf16(a: [&[f32]; 4], w: [&[u16]; 4]) -> [f32; 4] {
+        std::array::from_fn(|k| Self::dot_bf16(a[k], w[k]))
+    }
+
+    /// [`Vector::combine`] with the rows `x[k]` in bf16.
+    #[inline(always)]
+    fn combine_bf16(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
+        match init {
+            Init::Zero => y.fill(0.0),
+            Init::Keep => {}
+            Init::From(b) => y.copy_from_slice(&b[..y.len()]),
+        }
+        for (&a, xk) in alpha.iter().zip(x) {
+            for (yv, &v) in y.iter_mut().zip(xk.iter()) {
+                *yv += a * bf16_to_f32(v);
+            }
         }
     }
 
@@ -163,7 +209,7 @@ pub use x86::{Avx2, Avx512};
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Init, Vector};
+    use super::{bf16_to_f32, Init, Vector};
 
     /// The length every slice of a `combine` call has: `y`, the init row and each `x[k]`.
     #[inline(always)]
@@ -201,6 +247,18 @@ mod x86 {
             // SAFETY: as for `dot`; every access stays within the shortest of the slices.
             unsafe { combine_avx2(y, init, alpha, x) }
         }
+
+        #[inline(always)]
+        fn dot_bf16(a: &[f32], w: &[u16]) -> f32 {
+            // SAFETY: as for `dot`; reads stay within `n = min(len)` elements.
+            unsafe { dot_bf16_avx2(a, w) }
+        }
+
+        #[inline(always)]
+        fn combine_bf16(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
+            // SAFETY: as for `dot`; every access stays within the shortest of the slices.
+            unsafe { combine_bf16_avx2(y, init, alpha, x) }
+        }
     }
 
     impl Vector for Avx512 {
@@ -233,6 +291,24 @@ mod x86 {
         fn combine(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
             // SAFETY: as for `dot`; every access stays within the shortest of the slices.
             unsafe { combine_avx512(y, init, alpha, x) }
+        }
+
+        #[inline(always)]
+        fn dot_bf16(a: &[f32], w: &[u16]) -> f32 {
+            // SAFETY: as for `dot`; reads stay within `n = min(len)` elements.
+            unsafe { dot4_bf16_avx512::<1>([a; 4], [w; 4])[0] }
+        }
+
+        #[inline(always)]
+        fn dot4_bf16(a: [&[f32]; 4], w: [&[u16]; 4]) -> [f32; 4] {
+            // SAFETY: as for `dot`; each pair is read up to the shortest length of the eight slices.
+            unsafe { dot4_bf16_avx512::<4>(a, w) }
+        }
+
+        #[inline(always)]
+        fn combine_bf16(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
+            // SAFETY: as for `dot`; every access stays within the shortest of the slices.
+            unsafe { combine_bf16_avx512(y, init, alpha, x) }
         }
     }
 
@@ -539,6 +615,230 @@ mod x86 {
             i += 64;
         }
         masked(i, n);
+    }
+
+    /// Eight bf16 at `p` widened to f32 (a zero-extension and a 16-bit shift).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn widen8(p: *const u16) -> __m256 {
+        let v = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v))
+    }
+
+    /// Sixteen bf16 at `p` widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn widen16(p: *const u16) -> __m512 {
+        let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+    }
+
+    /// The first `left < 16` bf16 at `p` widened to f32, zeros after (AVX-512F has no masked 16-bit
+    /// load, so the tail goes through a small buffer).
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn widen16_tail(p: *const u16, left: usize) -> __m512 {
+        let mut buf = [0u16; 16];
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), left);
+        widen16(buf.as_ptr())
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_bf16_avx2(a: &[f32], w: &[u16]) -> f32 {
+        let n = a.len().min(w.len());
+        let (pa, pw) = (a.as_ptr(), w.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, s) in acc.iter_mut().enumerate() {
+                *s = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8 * k)),
+                    widen8(pw.add(i + 8 * k)),
+                    *s,
+                );
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), widen8(pw.add(i)), acc[0]);
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut total = hsum256(sum);
+        while i < n {
+            total = (*pa.add(i)).mul_add(bf16_to_f32(*pw.add(i)), total);
+            i += 1;
+        }
+        total
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn combine_bf16_avx2(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
+        let mut n = y.len();
+        if let Init::From(b) = init {
+            n = n.min(b.len());
+        }
+        let k = alpha.len().min(x.len());
+        let n = x[..k].iter().fold(n, |n, r| n.min(r.len()));
+        let py = y.as_mut_ptr();
+        let mut i = 0;
+        while i + 32 <= n {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            match init {
+                Init::Zero => {}
+                Init::Keep => {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_loadu_ps(py.add(i + 8 * q));
+                    }
+                }
+                Init::From(b) => {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_loadu_ps(b.as_ptr().add(i + 8 * q));
+                    }
+                }
+            }
+            for j in 0..k {
+                let va = _mm256_set1_ps(alpha[j]);
+                let px = x[j].as_ptr().add(i);
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(va, widen8(px.add(8 * q)), *a);
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(py.add(i + 8 * q), *a);
+            }
+            i += 32;
+        }
+        while i < n {
+            let mut acc = match init {
+                Init::Zero => 0.0,
+                Init::Keep => *py.add(i),
+                Init::From(b) => b[i],
+            };
+            for j in 0..k {
+                acc = alpha[j].mul_add(bf16_to_f32(*x[j].as_ptr().add(i)), acc);
+            }
+            *py.add(i) = acc;
+            i += 1;
+        }
+    }
+
+    /// `L` (1 or 4) interleaved dot products of f32 rows with bf16 rows.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn dot4_bf16_avx512<const L: usize>(a: [&[f32]; 4], w: [&[u16]; 4]) -> [f32; 4] {
+        let n = a[..L]
+            .iter()
+            .map(|s| s.len())
+            .chain(w[..L].iter().map(|s| s.len()))
+            .min()
+            .unwrap_or(0);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc2 = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for k in 0..L {
+                acc[k] = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(a[k].as_ptr().add(i)),
+                    widen16(w[k].as_ptr().add(i)),
+                    acc[k],
+                );
+                acc2[k] = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(a[k].as_ptr().add(i + 16)),
+                    widen16(w[k].as_ptr().add(i + 16)),
+                    acc2[k],
+                );
+            }
+            i += 32;
+        }
+        while i < n {
+            let left = (n - i).min(16);
+            let m: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            for k in 0..L {
+                let wv = if left == 16 {
+                    widen16(w[k].as_ptr().add(i))
+                } else {
+                    widen16_tail(w[k].as_ptr().add(i), left)
+                };
+                acc[k] =
+                    _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a[k].as_ptr().add(i)), wv, acc[k]);
+            }
+            i += left;
+        }
+        let mut out = [0.0f32; 4];
+        for k in 0..L {
+            out[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k], acc2[k]));
+        }
+        out
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn combine_bf16_avx512(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
+        let mut n = y.len();
+        if let Init::From(b) = init {
+            n = n.min(b.len());
+        }
+        let k = alpha.len().min(x.len());
+        let n = x[..k].iter().fold(n, |n, r| n.min(r.len()));
+        let py = y.as_mut_ptr();
+        let mut i = 0;
+        while i + 64 <= n {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            match init {
+                Init::Zero => {}
+                Init::Keep => {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(py.add(i + 16 * q));
+                    }
+                }
+                Init::From(b) => {
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(b.as_ptr().add(i + 16 * q));
+                    }
+                }
+            }
+            for j in 0..k {
+                let va = _mm512_set1_ps(alpha[j]);
+                let px = x[j].as_ptr().add(i);
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(va, widen16(px.add(16 * q)), *a);
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(py.add(i + 16 * q), *a);
+            }
+            i += 64;
+        }
+        while i < n {
+            let left = (n - i).min(16);
+            let m: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            let mut acc = match init {
+                Init::Zero => _mm512_setzero_ps(),
+                Init::Keep => _mm512_maskz_loadu_ps(m, py.add(i)),
+                Init::From(b) => _mm512_maskz_loadu_ps(m, b.as_ptr().add(i)),
+            };
+            for j in 0..k {
+                let wv = if left == 16 {
+                    widen16(x[j].as_ptr().add(i))
+                } else {
+                    widen16_tail(x[j].as_ptr().add(i), left)
+                };
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(alpha[j]), wv, acc);
+            }
+            _mm512_mask_storeu_ps(py.add(i), m, acc);
+            i += left;
+        }
     }
 }
 
