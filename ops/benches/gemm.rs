@@ -6,23 +6,24 @@ use std::time::Instant;
 use fff_ops::matmul::{gemm, MatRef};
 
 fn main() {
-    let shapes: Vec<(usize, usize, usize)> = match std::env::args().skip(1).find(|a| a.contains('x')) {
-        Some(list) => list
-            .split(',')
-            .map(|s| {
-                let d: Vec<usize> = s.split('x').map(|v| v.parse().expect("MxKxN")).collect();
-                (d[0], d[1], d[2])
-            })
-            .collect(),
-        None => vec![
-            (128, 768, 768),
-            (128, 768, 3072),
-            (128, 3072, 768),
-            (1024, 768, 3072),
-            (128, 64, 128),
-            (128, 128, 64),
-        ],
-    };
+    let shapes: Vec<(usize, usize, usize)> =
+        match std::env::args().skip(1).find(|a| a.contains('x')) {
+            Some(list) => list
+                .split(',')
+                .map(|s| {
+                    let d: Vec<usize> = s.split('x').map(|v| v.parse().expect("MxKxN")).collect();
+                    (d[0], d[1], d[2])
+                })
+                .collect(),
+            None => vec![
+                (128, 768, 768),
+                (128, 768, 3072),
+                (128, 3072, 768),
+                (1024, 768, 3072),
+                (128, 64, 128),
+                (128, 128, 64),
+            ],
+        };
     println!("| m x k x n | threads | ms | GFLOP/s |");
     println!("| --- | --- | --- | --- |");
     for &(m, k, n) in &shapes {

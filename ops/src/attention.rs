@@ -1,9 +1,9 @@
-//! Scaled dot-product attention over heads, reading Q, K and V in the layout the projections produce
-//! (`[batch, seq, heads, head_dim]`, row-major) and writing the output in the same layout, so that the
-//! head split and merge never materialise a transposed copy.
+//! Scaled dot-product attention over heads. Q, K and V are read through strides, so the head split
+//! of the projections (`[batch, seq, heads, head_dim]`) or any other transposed layout needs no copy;
+//! the output is written merged, `[batch, q_len, heads, d_v]`, as the next projection reads it.
 //!
 //! For every batch `b`, head `h` and query row `i`:
-//! `out[b, i, h, :] = sum_j p[j] * v[b, j, h, :]` with `p = softmax_j(scale * q[b, i, h, :] . k[b, j, h, :]
+//! `out[b, i, h, :] = sum_j p[j] * v[b, h, j, :]` with `p = softmax_j(scale * q[b, h, i, :] . k[b, h, j, :]
 //! + mask[b, h, i, j])`. Work is split into blocks of query rows of one batch, run in parallel on the
 //! current rayon pool; a block handles every head, so its output rows are one contiguous slice.
 
@@ -27,6 +27,29 @@ pub struct AttentionShape {
     pub d_v: usize,
 }
 
+/// An operand read at `data[b * strides[0] + h * strides[1] + s * strides[2] + d * strides[3]]` for
+/// batch `b`, head `h`, sequence position `s` and feature `d` (a stride of 0 broadcasts that axis).
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub strides: [usize; 4],
+}
+
+impl Strided<'_> {
+    /// Whether every element of a `[batch, heads, seq, width]` operand lies inside `data`.
+    fn fits(&self, dims: [usize; 4]) -> bool {
+        if dims.contains(&0) {
+            return true;
+        }
+        let last: usize = dims
+            .iter()
+            .zip(&self.strides)
+            .map(|(d, s)| (d - 1) * s)
+            .sum();
+        last < self.data.len()
+    }
+}
+
 /// An additive mask, read at `data[b * strides[0] + h * strides[1] + i * strides[2] + j * strides[3]]`
 /// (a stride of 0 broadcasts that axis).
 #[derive(Clone, Copy, Debug)]
@@ -35,9 +58,9 @@ pub struct Mask<'a> {
     pub strides: [usize; 4],
 }
 
-/// Query rows per parallel task: enough to amortise a head's K and V, few enough to share the rows
-/// of one sequence among threads.
-const BLOCK_ROWS: usize = 32;
+/// Bounds on the query rows of one parallel task.
+const MIN_BLOCK_ROWS: usize = 16;
+const MAX_BLOCK_ROWS: usize = 256;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -49,65 +72,54 @@ thread_local! {
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     s: AttentionShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: Strided,
+    k: Strided,
+    v: Strided,
     mask: Option<Mask>,
     scale: f32,
     nan_to_zero: bool,
     out: &mut [f32],
 ) {
-    let q_row = s.heads * s.d_qk;
+    check(&s, &q, &k, &v, mask, out);
     let v_row = s.heads * s.d_v;
-    assert_eq!(q.len(), s.batch * s.q_len * q_row, "attention: q size");
-    assert_eq!(k.len(), s.batch * s.kv_len * q_row, "attention: k size");
-    assert_eq!(v.len(), s.batch * s.kv_len * v_row, "attention: v size");
-    assert_eq!(out.len(), s.batch * s.q_len * v_row, "attention: out size");
-    if let Some(m) = mask {
-        if s.batch * s.heads * s.q_len * s.kv_len > 0 {
-            let last = (s.batch - 1) * m.strides[0]
-                + (s.heads - 1) * m.strides[1]
-                + (s.q_len - 1) * m.strides[2]
-                + (s.kv_len - 1) * m.strides[3];
-            assert!(
-                last < m.data.len(),
-                "attention: mask too small for its strides"
-            );
-        }
-    }
     if out.is_empty() {
         return;
     }
     if s.kv_len == 0 {
-        // Softmax over nothing: every probability row is empty, so every output is 0 (or NaN-free 0).
+        // Softmax over nothing: NaN probabilities, or 0 where they are guarded.
         out.fill(if nan_to_zero { 0.0 } else { f32::NAN });
         return;
     }
+    // Blocks small enough to give every thread work, large enough to amortise a head's K and V.
+    let tasks_wanted = 2 * rayon::current_num_threads();
+    let per_batch = tasks_wanted.div_ceil(s.batch).max(1);
+    let block_rows = s
+        .q_len
+        .div_ceil(per_batch)
+        .clamp(MIN_BLOCK_ROWS.min(s.q_len), MAX_BLOCK_ROWS);
     out.par_chunks_mut(s.q_len * v_row)
         .enumerate()
         .for_each(|(b, out_b)| {
             out_b
-                .par_chunks_mut(BLOCK_ROWS * v_row)
+                .par_chunks_mut(block_rows * v_row)
                 .enumerate()
                 .for_each(|(block, out_blk)| {
-                    let i0 = block * BLOCK_ROWS;
+                    let i0 = block * block_rows;
                     let rows = out_blk.len() / v_row;
                     SCORES.with(|cell| {
                         let mut scores = cell.borrow_mut();
                         scores.resize(rows * s.kv_len, 0.0);
                         for h in 0..s.heads {
+                            let at = Block { b, h, i0, rows };
                             head_block(
                                 &s,
-                                q,
-                                k,
-                                v,
+                                &q,
+                                &k,
+                                &v,
                                 mask,
                                 scale,
                                 nan_to_zero,
-                                b,
-                                h,
-                                i0,
-                                rows,
+                                at,
                                 &mut scores,
                                 out_blk,
                             );
@@ -117,39 +129,79 @@ pub fn attention(
         });
 }
 
-/// One head for query rows `i0 .. i0 + rows` of batch `b`.
-#[allow(clippy::too_many_arguments)]
-fn head_block(
+/// Panics unless every operand holds every element its shape and strides address.
+fn check(
     s: &AttentionShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: &Strided,
+    k: &Strided,
+    v: &Strided,
     mask: Option<Mask>,
-    scale: f32,
-    nan_to_zero: bool,
+    out: &[f32],
+) {
+    let (b, h) = (s.batch, s.heads);
+    assert!(
+        q.fits([b, h, s.q_len, s.d_qk]),
+        "attention: q too small for its strides"
+    );
+    assert!(
+        k.fits([b, h, s.kv_len, s.d_qk]),
+        "attention: k too small for its strides"
+    );
+    assert!(
+        v.fits([b, h, s.kv_len, s.d_v]),
+        "attention: v too small for its strides"
+    );
+    assert_eq!(out.len(), b * s.q_len * h * s.d_v, "attention: out size");
+    if let Some(m) = mask {
+        let m = Strided {
+            data: m.data,
+            strides: m.strides,
+        };
+        assert!(
+            m.fits([b, h, s.q_len, s.kv_len]),
+            "attention: mask too small for its strides"
+        );
+    }
+}
+
+/// Rows `i0 .. i0 + rows` of head `h` of batch `b`.
+#[derive(Clone, Copy)]
+struct Block {
     b: usize,
     h: usize,
     i0: usize,
     rows: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn head_block(
+    s: &AttentionShape,
+    q: &Strided,
+    k: &Strided,
+    v: &Strided,
+    mask: Option<Mask>,
+    scale: f32,
+    nan_to_zero: bool,
+    at: Block,
     scores: &mut [f32],
     out_blk: &mut [f32],
 ) {
-    let q_row = s.heads * s.d_qk;
-    let v_row = s.heads * s.d_v;
+    let Block { b, h, i0, rows } = at;
+    let base = |t: &Strided| b * t.strides[0] + h * t.strides[1];
     let qs = MatRef {
-        data: &q[(b * s.q_len + i0) * q_row + h * s.d_qk..],
+        data: &q.data[base(q) + i0 * q.strides[2]..],
         rows,
         cols: s.d_qk,
-        row_stride: q_row,
-        col_stride: 1,
+        row_stride: q.strides[2],
+        col_stride: q.strides[3],
     };
     // K read as its transpose: [d_qk, kv_len].
     let kt = MatRef {
-        data: &k[b * s.kv_len * q_row + h * s.d_qk..],
+        data: &k.data[base(k)..],
         rows: s.d_qk,
         cols: s.kv_len,
-        row_stride: 1,
-        col_stride: q_row,
+        row_stride: k.strides[3],
+        col_stride: k.strides[2],
     };
     let dense = MatMut {
         data: scores,
@@ -160,14 +212,14 @@ fn head_block(
     gemm_into(qs, kt, dense, scale, 0.0, Threads::Caller);
     if let Some(m) = mask {
         for (r, row) in scores.chunks_exact_mut(s.kv_len).enumerate() {
-            let base = b * m.strides[0] + h * m.strides[1] + (i0 + r) * m.strides[2];
+            let at = b * m.strides[0] + h * m.strides[1] + (i0 + r) * m.strides[2];
             if m.strides[3] == 1 {
-                for (x, &a) in row.iter_mut().zip(&m.data[base..base + s.kv_len]) {
+                for (x, &a) in row.iter_mut().zip(&m.data[at..at + s.kv_len]) {
                     *x += a;
                 }
             } else {
                 for (j, x) in row.iter_mut().enumerate() {
-                    *x += m.data[base + j * m.strides[3]];
+                    *x += m.data[at + j * m.strides[3]];
                 }
             }
         }
@@ -180,12 +232,13 @@ fn head_block(
     }
     let p = MatRef::row_major(scores, rows, s.kv_len);
     let vs = MatRef {
-        data: &v[b * s.kv_len * v_row + h * s.d_v..],
+        data: &v.data[base(v)..],
         rows: s.kv_len,
         cols: s.d_v,
-        row_stride: v_row,
-        col_stride: 1,
+        row_stride: v.strides[2],
+        col_stride: v.strides[3],
     };
+    let v_row = s.heads * s.d_v;
     let o = MatMut {
         data: &mut out_blk[h * s.d_v..],
         rows,
@@ -199,23 +252,27 @@ fn head_block(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_reference(
     s: AttentionShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: Strided,
+    k: Strided,
+    v: Strided,
     mask: Option<Mask>,
     scale: f32,
     nan_to_zero: bool,
     out: &mut [f32],
 ) {
-    let (q_row, v_row) = (s.heads * s.d_qk, s.heads * s.d_v);
+    check(&s, &q, &k, &v, mask, out);
+    let at = |t: &Strided, b: usize, h: usize, i: usize, c: usize| {
+        t.data[b * t.strides[0] + h * t.strides[1] + i * t.strides[2] + c * t.strides[3]] as f64
+    };
+    let v_row = s.heads * s.d_v;
     for b in 0..s.batch {
         for h in 0..s.heads {
             for i in 0..s.q_len {
-                let qi = &q[(b * s.q_len + i) * q_row + h * s.d_qk..][..s.d_qk];
                 let mut p: Vec<f64> = (0..s.kv_len)
                     .map(|j| {
-                        let kj = &k[(b * s.kv_len + j) * q_row + h * s.d_qk..][..s.d_qk];
-                        let dot: f64 = qi.iter().zip(kj).map(|(&a, &c)| a as f64 * c as f64).sum();
+                        let dot: f64 = (0..s.d_qk)
+                            .map(|c| at(&q, b, h, i, c) * at(&k, b, h, j, c))
+                            .sum();
                         let m = mask.map_or(0.0, |m| {
                             m.data[b * m.strides[0]
                                 + h * m.strides[1]
@@ -236,7 +293,7 @@ pub fn attention_reference(
                 let o = &mut out[(b * s.q_len + i) * v_row + h * s.d_v..][..s.d_v];
                 for (c, oc) in o.iter_mut().enumerate() {
                     *oc = (0..s.kv_len)
-                        .map(|j| p[j] * v[(b * s.kv_len + j) * v_row + h * s.d_v + c] as f64)
+                        .map(|j| p[j] * at(&v, b, h, j, c))
                         .sum::<f64>() as f32;
                 }
             }
@@ -305,8 +362,21 @@ mod tests {
                         .unwrap();
                     let mut got = vec![0.0; batch * q_len * heads * d_v];
                     let mut want = got.clone();
-                    pool.install(|| attention(s, &q, &k, &v, mask, 0.3, true, &mut got));
-                    attention_reference(s, &q, &k, &v, mask, 0.3, true, &mut want);
+                    // Q and V in the projections' [b, s, h, d] layout, K stored as [b, h, d, s].
+                    let qs = Strided {
+                        data: &q,
+                        strides: [q_len * heads * d_qk, d_qk, heads * d_qk, 1],
+                    };
+                    let ks = Strided {
+                        data: &k,
+                        strides: [heads * d_qk * kv_len, d_qk * kv_len, 1, kv_len],
+                    };
+                    let vs = Strided {
+                        data: &v,
+                        strides: [kv_len * heads * d_v, d_v, heads * d_v, 1],
+                    };
+                    pool.install(|| attention(s, qs, ks, vs, mask, 0.3, true, &mut got));
+                    attention_reference(s, qs, ks, vs, mask, 0.3, true, &mut want);
                     for (g, w) in got.iter().zip(&want) {
                         assert!((g - w).abs() < 1e-5, "{s:?}: {g} vs {w}");
                     }
@@ -331,10 +401,15 @@ mod tests {
             strides: [0, 0, 0, 1],
         });
         let (q, k, v) = (values(4, 1), values(6, 2), values(6, 3));
+        let dense = |data| Strided {
+            data,
+            strides: [0, 0, 2, 1],
+        };
+        let (q, k, v) = (dense(&q), dense(&k), dense(&v));
         let mut out = vec![1.0; 4];
-        attention(s, &q, &k, &v, mask, 1.0, true, &mut out);
+        attention(s, q, k, v, mask, 1.0, true, &mut out);
         assert_eq!(out, vec![0.0; 4]);
-        attention(s, &q, &k, &v, mask, 1.0, false, &mut out);
+        attention(s, q, k, v, mask, 1.0, false, &mut out);
         assert!(out.iter().all(|x| x.is_nan()));
     }
 }

@@ -218,6 +218,20 @@ pub enum Op {
     LogSoftmax { axis: i64, coerce_2d: bool },
     /// X, Scale, B? -> Y, normalised over the axes from `axis` to the last
     LayerNorm { axis: i64, epsilon: f32 },
+    /// X [..., k], W [k, n], B? [n] -> Y [..., n] = X W + B: a projection with its bias added as the
+    /// product is written.
+    Linear,
+    /// Q, K, V, Mask? -> Y [b, sq, h, dv] = softmax(scale * Q K' + Mask) V per batch and head, where
+    /// the operands read as `[b, h, s, d]` are `Transpose(Q, q_perm)`, `Transpose(K, k_perm)` and
+    /// `Transpose(V, v_perm)` (batch and head axes broadcast) and Mask broadcasts to `[b, h, sq, sk]`;
+    /// with `nan_to_zero`, NaN probabilities (rows masked entirely with -inf) count as 0.
+    Attention {
+        scale: f32,
+        nan_to_zero: bool,
+        q_perm: [usize; 4],
+        k_perm: [usize; 4],
+        v_perm: [usize; 4],
+    },
     /// X, W_in, B_in?, W_out, B_out? -> Y; see docs/FFF.md
     FastFeedForward {
         depth: usize,

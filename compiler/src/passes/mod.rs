@@ -1,11 +1,13 @@
 //! The optimisation pipeline: each pass in its own file states what it guarantees. They run in a fixed
 //! order, repeated until none changes the graph.
 
+pub mod attention;
 pub mod constant_folding;
 pub mod cse;
 pub mod dead_code;
 pub mod feedforward;
 pub mod identity_elimination;
+pub mod linear;
 pub mod shape_inference;
 pub mod shape_rules;
 
@@ -23,6 +25,8 @@ pub const PIPELINE: &[Pass] = &[
     ("cse", cse::run),
     ("dead-code", dead_code::run),
     ("feedforward", feedforward::run),
+    ("attention", attention::run),
+    ("linear", linear::run),
 ];
 
 /// Rounds after which a pipeline that still changes the graph is reported as a bug.

@@ -412,6 +412,41 @@ pub fn infer(op: &Op, ins: Facts, n_outputs: usize) -> Result<Vec<Fact>, String>
                 Some(vec![m.unwrap_or(Dim::Unknown), n.unwrap_or(Dim::Unknown)]),
             )]
         }
+        Op::Linear => {
+            let n = shape_of(ins, 1)
+                .and_then(|s| s.get(1).cloned())
+                .unwrap_or(Dim::Unknown);
+            let shape = s0.map(|mut s| {
+                if let Some(last) = s.last_mut() {
+                    *last = n;
+                }
+                s
+            });
+            vec![fact(dt0, shape)]
+        }
+        Op::Attention {
+            q_perm,
+            k_perm,
+            v_perm,
+            ..
+        } => {
+            // Each operand read as [b, h, s, d]; the output is [b, sq, h, dv], batch and heads
+            // broadcast across the three.
+            let bhsd = |i: usize, perm: &[usize; 4]| {
+                shape_of(ins, i)
+                    .filter(|s| s.len() == 4)
+                    .map(|s| perm.map(|p| s[p].clone()))
+            };
+            let shape = match (bhsd(0, q_perm), bhsd(1, k_perm), bhsd(2, v_perm)) {
+                (Some(q), Some(k), Some(v)) => {
+                    let b = Dim::broadcast(&Dim::broadcast(&q[0], &k[0])?, &v[0])?;
+                    let h = Dim::broadcast(&Dim::broadcast(&q[1], &k[1])?, &v[1])?;
+                    Some(vec![b, q[2].clone(), h, v[3].clone()])
+                }
+                _ => None,
+            };
+            vec![fact(dt0, shape)]
+        }
         Op::FastFeedForward { .. } => {
             let d_out = shape_of(ins, 3)
                 .and_then(|s| s.get(1).cloned())

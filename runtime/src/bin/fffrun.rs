@@ -42,7 +42,7 @@ struct Args {
     threads: Option<usize>,
 
     /// Time the model instead of printing its outputs: one warm-up run, then --runs timed runs, then one
-    /// JSON line {"median_ms", "min_ms", "runs", "threads"}.
+    /// JSON line {"load_ms", "median_ms", "min_ms", "runs", "threads"}.
     #[arg(long)]
     bench: bool,
 
@@ -68,6 +68,8 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 /// The line `--bench` prints.
 #[derive(serde::Serialize)]
 struct BenchReport {
+    /// From opening the plan file to the model being ready to run.
+    load_ms: f64,
     median_ms: f64,
     min_ms: f64,
     runs: usize,
@@ -89,8 +91,10 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<()> {
     // 0 asks the runtime for one thread per core.
     let threads = args.threads.unwrap_or(0);
+    let start = Instant::now();
     let model = Model::load_with(&args.model, Options { threads })
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let (inputs, style) = read_inputs(&args.input, &model)?;
 
     let report = if args.profile {
@@ -98,6 +102,7 @@ fn run(args: &Args) -> Result<()> {
     } else if args.bench {
         let times = bench(&model, &inputs, args.runs)?;
         let report = BenchReport {
+            load_ms,
             median_ms: median(&times),
             min_ms: times[0],
             runs: args.runs,

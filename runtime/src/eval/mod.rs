@@ -153,6 +153,27 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
             *axis,
             *epsilon,
         )),
+        Op::Linear => one(nn::linear(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            optional(inputs, 2),
+        )),
+        Op::Attention {
+            scale,
+            nan_to_zero,
+            q_perm,
+            k_perm,
+            v_perm,
+        } => one(nn::attention(
+            [
+                (input(inputs, 0)?, q_perm),
+                (input(inputs, 1)?, k_perm),
+                (input(inputs, 2)?, v_perm),
+            ],
+            optional(inputs, 3),
+            *scale,
+            *nan_to_zero,
+        )),
         Op::FastFeedForward {
             depth,
             trees,

@@ -2,6 +2,7 @@
 //! on contiguous slices.
 
 use fff_ops::activation::Activation;
+use fff_ops::attention::{AttentionShape, Mask, Strided};
 use fff_ops::fff::{fff_forward, Branch, FffLayer, FffShape, FffWeights};
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
@@ -141,6 +142,161 @@ pub fn gemm(
     gemm_kernel(am, bm, &mut out, alpha, beta);
     Ok(Tensor::F32(
         ArrayD::from_shape_vec(IxDyn(&[m, n]), out).expect("size matches by construction"),
+    ))
+}
+
+/// `x [..., k] . w [k, n] + bias [n]`: the bias is written into the output first and the product
+/// accumulated onto it.
+pub fn linear(x: &TensorView, w: &TensorView, bias: Option<&TensorView>) -> Result<Tensor> {
+    let (x, w) = (contiguous(x.f32()?), contiguous(w.f32()?));
+    let k = match x.shape().last() {
+        Some(&k) if w.ndim() == 2 && w.shape()[0] == k => k,
+        _ => {
+            return Err(Error::invalid(format!(
+                "Linear of {:?} and {:?}: wants X [..., k] and W [k, n]",
+                x.shape(),
+                w.shape()
+            )))
+        }
+    };
+    let n = w.shape()[1];
+    let rows = x.len() / k.max(1);
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank checked above") = n;
+    let mut out = match bias {
+        Some(b) => {
+            let b = contiguous(b.f32()?);
+            if b.len() != n {
+                return Err(Error::invalid(format!(
+                    "Linear bias {:?} does not match {n} outputs",
+                    b.shape()
+                )));
+            }
+            let b = b.as_slice().expect("contiguous");
+            let mut v = Vec::with_capacity(rows * n);
+            for _ in 0..rows {
+                v.extend_from_slice(b);
+            }
+            v
+        }
+        None => vec![0.0f32; rows * n],
+    };
+    if k == 0 && bias.is_none() {
+        out.fill(0.0);
+    } else {
+        gemm_kernel(
+            MatRef::row_major(x.as_slice().expect("contiguous"), rows, k),
+            MatRef::row_major(w.as_slice().expect("contiguous"), k, n),
+            &mut out,
+            1.0,
+            if bias.is_some() { 1.0 } else { 0.0 },
+        );
+    }
+    Ok(Tensor::F32(
+        ArrayD::from_shape_vec(IxDyn(&shape), out).expect("size matches by construction"),
+    ))
+}
+
+/// Multi-head attention; see [`crate::op::Op::Attention`]. `operands` are Q, K and V, each with the
+/// permutation that reads it as `[b, h, s, d]`.
+pub fn attention(
+    operands: [(&TensorView, &[usize; 4]); 3],
+    mask: Option<&TensorView>,
+    scale: f32,
+    nan_to_zero: bool,
+) -> Result<Tensor> {
+    let mut arrays = Vec::with_capacity(3);
+    for (t, perm) in operands {
+        let a = contiguous(t.f32()?);
+        let mut seen = [false; 4];
+        if a.ndim() != 4
+            || perm
+                .iter()
+                .any(|&p| p > 3 || std::mem::replace(&mut seen[p], true))
+        {
+            return Err(Error::invalid(format!(
+                "Attention operand {:?} with permutation {perm:?}: wants rank 4 and a permutation of 4 axes",
+                a.shape()
+            )));
+        }
+        let dims: [usize; 4] = std::array::from_fn(|i| a.shape()[perm[i]]);
+        let strides: [usize; 4] = std::array::from_fn(|i| a.strides()[perm[i]] as usize);
+        arrays.push((a, dims, strides));
+    }
+    let [q, k, v] = [0, 1, 2].map(|i| arrays[i].1);
+    let batch = broadcast_shapes(&broadcast_shapes(&[q[0]], &[k[0]])?, &[v[0]])?[0];
+    let heads = broadcast_shapes(&broadcast_shapes(&[q[1]], &[k[1]])?, &[v[1]])?[0];
+    if q[3] != k[3] || k[2] != v[2] {
+        return Err(Error::invalid(format!(
+            "Attention of Q {q:?}, K {k:?}, V {v:?} (as [b, h, s, d]): head widths of Q and K or lengths of K and V differ"
+        )));
+    }
+    let shape = AttentionShape {
+        batch,
+        q_len: q[2],
+        kv_len: k[2],
+        heads,
+        d_qk: q[3],
+        d_v: v[3],
+    };
+    // Batch and head axes of size 1 repeat.
+    fn strided<'a>(
+        (a, dims, strides): &'a (CowArray<f32, IxDyn>, [usize; 4], [usize; 4]),
+    ) -> Strided<'a> {
+        let mut st = *strides;
+        for axis in 0..2 {
+            if dims[axis] == 1 {
+                st[axis] = 0;
+            }
+        }
+        Strided {
+            data: a.as_slice().expect("contiguous"),
+            strides: st,
+        }
+    }
+    let scores = [shape.batch, shape.heads, shape.q_len, shape.kv_len];
+    let mask = mask
+        .map(|m| {
+            let m = m.f32()?;
+            if m.ndim() > 4 || broadcast_shapes(m.shape(), &scores)? != scores {
+                return Err(Error::invalid(format!(
+                    "Attention mask {:?} does not broadcast to {scores:?}",
+                    m.shape()
+                )));
+            }
+            Ok(contiguous(m))
+        })
+        .transpose()?;
+    let mask_ref = mask.as_ref().map(|m| {
+        // Strides of the mask read as [b, h, sq, sk]: leading axes it lacks and axes of size 1 repeat.
+        let dims = m.shape();
+        let pad = 4 - dims.len();
+        let mut strides = [0usize; 4];
+        let mut step = 1;
+        for axis in (0..4).rev() {
+            let d = if axis < pad { 1 } else { dims[axis - pad] };
+            strides[axis] = if d == 1 { 0 } else { step };
+            step *= d;
+        }
+        Mask {
+            data: m.as_slice().expect("contiguous"),
+            strides,
+        }
+    });
+    let out_shape = [shape.batch, shape.q_len, shape.heads, shape.d_v];
+    let mut out = vec![0.0f32; out_shape.iter().product()];
+    fff_ops::attention::attention(
+        shape,
+        strided(&arrays[0]),
+        strided(&arrays[1]),
+        strided(&arrays[2]),
+        mask_ref,
+        scale,
+        nan_to_zero,
+        &mut out,
+    );
+    Ok(Tensor::F32(
+        ArrayD::from_shape_vec(IxDyn(&out_shape), out).expect("size matches by construction"),
     ))
 }
 
