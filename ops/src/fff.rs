@@ -161,11 +161,7 @@ pub fn fff_dense(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
             1.0,
             0.0,
         );
-        for row in hidden.chunks_exact_mut(trees.max(1)) {
-            for (i, h) in row.iter_mut().enumerate() {
-                *h = act.apply(*h + w.b_in.map_or(0.0, |b| b[i]));
-            }
-        }
+        crate::activation::bias_act_rows(act, hidden, w.b_in);
         output_gemm(hidden, rows, trees, &w, d_out, out);
     })
 }

@@ -108,6 +108,14 @@ pub fn gemm_into(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, threa
         }
         return;
     }
+    let pool = rayon::current_num_threads();
+    if threads == Threads::Pool
+        && pool > 1
+        && m >= pool * MIN_ROWS_PER_THREAD
+        && m * n * k >= 1 << 21
+    {
+        return gemm_row_blocks(a, b, out, alpha, beta, pool);
+    }
     let parallelism = match threads {
         Threads::Pool => parallelism(m, n, k),
         Threads::Caller => gemm::Parallelism::None,
@@ -137,6 +145,45 @@ pub fn gemm_into(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, threa
             parallelism,
         );
     }
+}
+
+/// Rows of the output below which splitting rows among threads stops paying.
+const MIN_ROWS_PER_THREAD: usize = 32;
+
+/// Splits the output rows into one block per thread, each a single-threaded GEMM: every thread packs
+/// and streams its own rows, which scales better than sharing one GEMM's inner loops.
+fn gemm_row_blocks(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, blocks: usize) {
+    use rayon::prelude::*;
+    let (m, n) = (a.rows, b.cols);
+    let per = m.div_ceil(blocks);
+    let mut jobs = Vec::with_capacity(blocks);
+    let mut rest = out.data;
+    let mut row = 0;
+    while row < m {
+        let rows = per.min(m - row);
+        let take = if row + rows == m {
+            rest.len()
+        } else {
+            rows * out.row_stride
+        };
+        let (block, tail) = std::mem::take(&mut rest).split_at_mut(take);
+        rest = tail;
+        let a_block = MatRef {
+            data: &a.data[row * a.row_stride..],
+            rows,
+            ..a
+        };
+        let out_block = MatMut {
+            data: block,
+            rows,
+            cols: n,
+            row_stride: out.row_stride,
+        };
+        jobs.push((a_block, out_block));
+        row += rows;
+    }
+    jobs.into_par_iter()
+        .for_each(|(a, o)| gemm_into(a, b, o, alpha, beta, Threads::Caller));
 }
 
 /// Threads for one GEMM: the current rayon pool's, when the product is big enough to share.
@@ -183,6 +230,56 @@ mod tests {
                 (s % 2001) as f32 / 1000.0 - 1.0
             })
             .collect()
+    }
+
+    /// The row-block split on a two-thread pool, into a column block of a wider output.
+    #[test]
+    fn row_blocks_agree_with_reference() {
+        let (m, k, n, stride) = (101, 300, 90, 97);
+        let a = pseudo_random(m * k, 4);
+        let b = pseudo_random(k * n, 5);
+        let init = pseudo_random(m * stride, 6);
+        let mut got = init.clone();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let out = MatMut {
+                data: &mut got[3..],
+                rows: m,
+                cols: n,
+                row_stride: stride,
+            };
+            gemm_into(
+                MatRef::row_major(&a, m, k),
+                MatRef::row_major(&b, k, n),
+                out,
+                0.5,
+                1.0,
+                Threads::Pool,
+            );
+        });
+        let mut want = vec![0.0; m * n];
+        for i in 0..m {
+            want[i * n..(i + 1) * n].copy_from_slice(&init[3 + i * stride..3 + i * stride + n]);
+        }
+        gemm_reference(
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            &mut want,
+            0.5,
+            1.0,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let (g, w) = (got[3 + i * stride + j], want[i * n + j]);
+                assert!((g - w).abs() < 1e-3, "{i},{j}: {g} vs {w}");
+            }
+        }
+        // Columns outside the block are untouched.
+        assert_eq!(got[..3], init[..3]);
+        assert_eq!(got[3 + n], init[3 + n]);
     }
 
     #[test]
