@@ -108,14 +108,6 @@ pub fn gemm_into(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, threa
         }
         return;
     }
-    let pool = rayon::current_num_threads();
-    if threads == Threads::Pool
-        && pool > 1
-        && m >= pool * MIN_ROWS_PER_THREAD
-        && m * n * k >= 1 << 21
-    {
-        return gemm_row_blocks(a, b, out, alpha, beta, pool);
-    }
     let parallelism = match threads {
         Threads::Pool => parallelism(m, n, k),
         Threads::Caller => gemm::Parallelism::None,
@@ -145,45 +137,6 @@ pub fn gemm_into(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, threa
             parallelism,
         );
     }
-}
-
-/// Rows of the output below which splitting rows among threads stops paying.
-const MIN_ROWS_PER_THREAD: usize = 32;
-
-/// Splits the output rows into one block per thread, each a single-threaded GEMM: every thread packs
-/// and streams its own rows, which scales better than sharing one GEMM's inner loops.
-fn gemm_row_blocks(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, blocks: usize) {
-    use rayon::prelude::*;
-    let (m, n) = (a.rows, b.cols);
-    let per = m.div_ceil(blocks);
-    let mut jobs = Vec::with_capacity(blocks);
-    let mut rest = out.data;
-    let mut row = 0;
-    while row < m {
-        let rows = per.min(m - row);
-        let take = if row + rows == m {
-            rest.len()
-        } else {
-            rows * out.row_stride
-        };
-        let (block, tail) = std::mem::take(&mut rest).split_at_mut(take);
-        rest = tail;
-        let a_block = MatRef {
-            data: &a.data[row * a.row_stride..],
-            rows,
-            ..a
-        };
-        let out_block = MatMut {
-            data: block,
-            rows,
-            cols: n,
-            row_stride: out.row_stride,
-        };
-        jobs.push((a_block, out_block));
-        row += rows;
-    }
-    jobs.into_par_iter()
-        .for_each(|(a, o)| gemm_into(a, b, o, alpha, beta, Threads::Caller));
 }
 
 /// Threads for one GEMM: the current rayon pool's, when the product is big enough to share.
@@ -232,9 +185,9 @@ mod tests {
             .collect()
     }
 
-    /// The row-block split on a two-thread pool, into a column block of a wider output.
+    /// A GEMM on a two-thread pool into a column block of a wider output.
     #[test]
-    fn row_blocks_agree_with_reference() {
+    fn strided_output_on_two_threads_agrees_with_reference() {
         let (m, k, n, stride) = (101, 300, 90, 97);
         let a = pseudo_random(m * k, 4);
         let b = pseudo_random(k * n, 5);
