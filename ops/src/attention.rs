@@ -3,9 +3,10 @@
 //! the output is written merged, `[batch, q_len, heads, d_v]`, as the next projection reads it.
 //!
 //! For every batch `b`, head `h` and query row `i`:
-//! `out[b, i, h, :] = sum_j p[j] * v[b, h, j, :]` with `p = softmax_j(scale * q[b, h, i, :] . k[b, h, j, :]
-//! + mask[b, h, i, j])`. Work is split into blocks of query rows of one batch, run in parallel on the
-//! current rayon pool; a block handles every head, so its output rows are one contiguous slice.
+//! `out[b, i, h, :] = sum_j p[j] * v[b, h, j, :]` with
+//! `p = softmax_j(scale * q[b, h, i, :] . k[b, h, j, :] + mask[b, h, i, j])`.
+//! Work is split into blocks of query rows of one batch, run in parallel on the current rayon pool; a
+//! block handles every head, so its output rows are one contiguous slice.
 
 use std::cell::RefCell;
 

@@ -48,6 +48,9 @@ enum Source {
     Decoded(Tensor),
 }
 
+/// A run's outputs, named, in the plan's order.
+pub type Outputs = Vec<(String, Tensor)>;
+
 /// How a model runs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -267,7 +270,7 @@ impl Model {
     pub fn run_profiled(
         &self,
         inputs: impl IntoIterator<Item = (String, Tensor)>,
-    ) -> Result<(Vec<(String, Tensor)>, Vec<Duration>)> {
+    ) -> Result<(Outputs, Vec<Duration>)> {
         let mut profile = vec![Duration::ZERO; self.graph.nodes.len()];
         let inputs: Vec<_> = inputs.into_iter().collect();
         let outputs = self
