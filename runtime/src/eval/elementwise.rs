@@ -124,6 +124,34 @@ pub fn zip_broadcast<A: Copy, B: Copy, C>(
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
 }
 
+/// The float arithmetic of a binary op (NaN-propagating Max and Min), or `None` for comparisons,
+/// logic, Pow and integer-only ops.
+pub(super) fn float_binary(op: BinaryOp) -> Option<fn(f32, f32) -> f32> {
+    use BinaryOp::*;
+    Some(match op {
+        Add => |p, q| p + q,
+        Sub => |p, q| p - q,
+        Mul => |p, q| p * q,
+        Div => |p, q| p / q,
+        Max => |p: f32, q: f32| {
+            if p.is_nan() || q.is_nan() {
+                f32::NAN
+            } else {
+                p.max(q)
+            }
+        },
+        Min => |p: f32, q: f32| {
+            if p.is_nan() || q.is_nan() {
+                f32::NAN
+            } else {
+                p.min(q)
+            }
+        },
+        Fmod => |p, q| p % q,
+        _ => return None,
+    })
+}
+
 pub fn binary(op: BinaryOp, a: &TensorView, b: &TensorView) -> Result<Tensor> {
     use BinaryOp::*;
     if op == Pow {
@@ -142,28 +170,7 @@ pub fn binary(op: BinaryOp, a: &TensorView, b: &TensorView) -> Result<Tensor> {
             if op.is_comparison() {
                 return Ok(Tensor::Bool(zip_broadcast(x, y, compare_fn::<f32>(op))?));
             }
-            let f: fn(f32, f32) -> f32 = match op {
-                Add => |p, q| p + q,
-                Sub => |p, q| p - q,
-                Mul => |p, q| p * q,
-                Div => |p, q| p / q,
-                Max => |p: f32, q: f32| {
-                    if p.is_nan() || q.is_nan() {
-                        f32::NAN
-                    } else {
-                        p.max(q)
-                    }
-                },
-                Min => |p: f32, q: f32| {
-                    if p.is_nan() || q.is_nan() {
-                        f32::NAN
-                    } else {
-                        p.min(q)
-                    }
-                },
-                Fmod => |p, q| p % q,
-                _ => return Err(unsupported()),
-            };
+            let f = float_binary(op).ok_or_else(unsupported)?;
             Ok(Tensor::F32(zip_broadcast(x, y, f)?))
         }
         (TensorView::I64(x), TensorView::I64(y)) => Ok(int_binary!(op, x, y, I64, unsupported)),

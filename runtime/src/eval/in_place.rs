@@ -115,26 +115,8 @@ fn binary(
     let Some(other) = other.broadcast(owned.raw_dim()).filter(|_| fits) else {
         return Ok(InPlace::Declined(Tensor::F32(owned)));
     };
-    let f: fn(f32, f32) -> f32 = match op {
-        BinaryOp::Add => |p, q| p + q,
-        BinaryOp::Sub => |p, q| p - q,
-        BinaryOp::Mul => |p, q| p * q,
-        BinaryOp::Div => |p, q| p / q,
-        BinaryOp::Max => |p: f32, q: f32| {
-            if p.is_nan() || q.is_nan() {
-                f32::NAN
-            } else {
-                p.max(q)
-            }
-        },
-        BinaryOp::Min => |p: f32, q: f32| {
-            if p.is_nan() || q.is_nan() {
-                f32::NAN
-            } else {
-                p.min(q)
-            }
-        },
-        _ => return Ok(InPlace::Declined(Tensor::F32(owned))),
+    let Some(f) = elementwise::float_binary(op) else {
+        return Ok(InPlace::Declined(Tensor::F32(owned)));
     };
     let zip = Zip::from(&mut owned).and(&other);
     if index == 0 {
