@@ -218,8 +218,9 @@ pub enum Op {
     LogSoftmax { axis: i64, coerce_2d: bool },
     /// X, Scale, B? -> Y, normalised over the axes from `axis` to the last
     LayerNorm { axis: i64, epsilon: f32 },
-    /// X [..., k], W [k, n], B? [n] -> Y [..., n] = X W + B: a projection with its bias added as the
-    /// product is written.
+    /// X [..., k], W [k, n], B? [n], R? -> Y = X W + B + R: a projection with its bias added, and a
+    /// residual R added with broadcasting exactly as `Add(X W + B, R)` would. When R has the result's
+    /// shape, the product is accumulated onto it in one pass.
     Linear,
     /// Q, K, V, Mask? -> Y [b, sq, h, dv] = softmax(scale * Q K' + Mask) V per batch and head, where
     /// the operands read as `[b, h, s, d]` are `Transpose(Q, q_perm)`, `Transpose(K, k_perm)` and

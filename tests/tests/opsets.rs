@@ -236,3 +236,43 @@ fn assorted_elementwise_and_reduction_ops() {
         check_against_tract(&format!("assorted-opset{opset}"), bytes);
     }
 }
+
+/// Projections with a bias and a residual, as the linear and residual passes fuse them: the residual
+/// of the sum's shape (the input itself, read again afterwards), a broadcast residual, a residual on
+/// the left of the Add, and a product that another node also reads (left unfused).
+#[test]
+fn projections_with_residuals() {
+    let w = |b: &mut OnnxBuilder, name: &str, seed: usize| {
+        let data = (0..64)
+            .map(|i| ((i * 37 + seed) % 17) as f32 * 0.05 - 0.4)
+            .collect();
+        b.weight(name, &[8, 8], data)
+    };
+    let bytes = model(17, |b, x| {
+        let (w1, w2, w3, w4) = (w(b, "w1", 1), w(b, "w2", 2), w(b, "w3", 3), w(b, "w4", 4));
+        let bias = b.weight("bias", &[8], (0..8).map(|i| i as f32 * 0.1).collect());
+        let row = b.weight(
+            "row",
+            &[1, 1, 8],
+            (0..8).map(|i| 0.5 - i as f32 * 0.1).collect(),
+        );
+        // Residual of the same shape: x, which the last Add reads again.
+        let p1 = b.node("MatMul", &[x, &w1], vec![]);
+        let l1 = b.node("Add", &[&p1, &bias], vec![]);
+        let r1 = b.node("Add", &[&l1, x], vec![]);
+        // A broadcast residual.
+        let p2 = b.node("MatMul", &[&r1, &w2], vec![]);
+        let l2 = b.node("Add", &[&bias, &p2], vec![]);
+        let r2 = b.node("Add", &[&l2, &row], vec![]);
+        // The residual on the left, the product without bias.
+        let p3 = b.node("MatMul", &[&r2, &w3], vec![]);
+        let r3 = b.node("Add", &[&r1, &p3], vec![]);
+        // A biased product read twice.
+        let p4 = b.node("MatMul", &[&r3, &w4], vec![]);
+        let l4 = b.node("Add", &[&p4, &bias], vec![]);
+        let r4 = b.node("Add", &[&l4, &r3], vec![]);
+        let twice = b.node("Mul", &[&l4, &r4], vec![]);
+        b.node("Add", &[&twice, x], vec![])
+    });
+    check_against_tract("projections-with-residuals", bytes);
+}

@@ -8,6 +8,7 @@ pub mod dead_code;
 pub mod feedforward;
 pub mod identity_elimination;
 pub mod linear;
+pub mod residual;
 pub mod shape_inference;
 pub mod shape_rules;
 
@@ -27,6 +28,7 @@ pub const PIPELINE: &[Pass] = &[
     ("feedforward", feedforward::run),
     ("attention", attention::run),
     ("linear", linear::run),
+    ("residual", residual::run),
 ];
 
 /// Rounds after which a pipeline that still changes the graph is reported as a bug.

@@ -416,12 +416,21 @@ pub fn infer(op: &Op, ins: Facts, n_outputs: usize) -> Result<Vec<Fact>, String>
             let n = shape_of(ins, 1)
                 .and_then(|s| s.get(1).cloned())
                 .unwrap_or(Dim::Unknown);
-            let shape = s0.map(|mut s| {
+            let product = s0.map(|mut s| {
                 if let Some(last) = s.last_mut() {
                     *last = n;
                 }
                 s
             });
+            // A residual is added with broadcasting.
+            let shape = match (product, ins.get(3).copied().flatten()) {
+                (product, None) => product,
+                (Some(p), Some(_)) => match shape_of(ins, 3) {
+                    Some(r) => Some(broadcast(&p, &r)?),
+                    None => None,
+                },
+                (None, Some(_)) => None,
+            };
             vec![fact(dt0, shape)]
         }
         Op::Attention {

@@ -29,6 +29,8 @@ pub fn candidates(op: &Op) -> &'static [usize] {
         Op::Unary(u) if !matches!(u, UnaryOp::IsNaN | UnaryOp::IsInf | UnaryOp::Not) => &[0],
         Op::Binary(Add | Sub | Mul | Div | Max | Min) => &[0, 1],
         Op::Softmax { .. } | Op::LogSoftmax { .. } => &[0],
+        // The residual: the product is accumulated onto it.
+        Op::Linear => &[3],
         _ => &[],
     }
 }
@@ -58,6 +60,17 @@ pub fn eval(
             Ok(InPlace::Done(Tensor::F32(a)))
         }
         Op::Binary(b) => binary(*b, index, a, inputs),
+        Op::Linear if index == 3 => {
+            let (Some(Some(x)), Some(Some(w))) = (inputs.first(), inputs.get(1)) else {
+                return Ok(InPlace::Declined(Tensor::F32(a)));
+            };
+            let bias = inputs.get(2).and_then(|b| b.as_ref());
+            Ok(if super::nn::linear_into_residual(x, w, bias, &mut a)? {
+                InPlace::Done(Tensor::F32(a))
+            } else {
+                InPlace::Declined(Tensor::F32(a))
+            })
+        }
         Op::Softmax { axis, coerce_2d } | Op::LogSoftmax { axis, coerce_2d } => {
             let rank = a.ndim();
             let ax = norm_axis(*axis, rank)?;
@@ -193,5 +206,82 @@ mod tests {
             panic!("softmax declined")
         };
         assert_eq!(got, want[0]);
+    }
+
+    /// `Linear(X, W, B, R)` accumulated onto the residual's buffer, and evaluated the ordinary way,
+    /// both equal the sums written out in f64.
+    #[test]
+    fn linear_onto_residual_matches_loops() {
+        let (x, w, b, r) = (
+            t(&[2, 3, 4], 1.0),
+            t(&[4, 5], 2.0),
+            t(&[5], 3.0),
+            t(&[2, 3, 5], 4.0),
+        );
+        let (xs, ws, bs, rs) = (x.view(), w.view(), b.view(), r.view());
+        let (xv, wv, bv, rv) = (
+            xs.f32().unwrap(),
+            ws.f32().unwrap(),
+            bs.f32().unwrap(),
+            rs.f32().unwrap(),
+        );
+        let mut want = vec![0.0f64; 30];
+        for (row, out) in want.chunks_mut(5).enumerate() {
+            for (j, o) in out.iter_mut().enumerate() {
+                let dot: f64 = (0..4)
+                    .map(|k| xv.as_slice().unwrap()[row * 4 + k] as f64 * wv[[k, j]] as f64)
+                    .sum();
+                *o = dot + bv[[j]] as f64 + rv.as_slice().unwrap()[row * 5 + j] as f64;
+            }
+        }
+        let op = Op::Linear;
+        let ordinary = super::super::eval(
+            &op,
+            &[
+                Some(xs.clone()),
+                Some(ws.clone()),
+                Some(bs.clone()),
+                Some(rs.clone()),
+            ],
+            1,
+        )
+        .unwrap();
+        let InPlace::Done(in_place) = eval(
+            &op,
+            3,
+            r.clone(),
+            &[Some(xs.clone()), Some(ws.clone()), Some(bs.clone()), None],
+        )
+        .unwrap() else {
+            panic!("linear declined its residual")
+        };
+        for got in [&ordinary[0], &in_place] {
+            assert_eq!(got.shape(), &[2, 3, 5]);
+            let got = got.view();
+            let got = got.f32().unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+            }
+        }
+        // A residual that broadcasts: declined in place, added like Add otherwise.
+        let small = t(&[5], 5.0);
+        let back = eval(
+            &op,
+            3,
+            small.clone(),
+            &[Some(xs.clone()), Some(ws.clone()), Some(bs.clone()), None],
+        );
+        assert!(matches!(back, Ok(InPlace::Declined(ref t)) if *t == small));
+        let got = super::super::eval(&op, &[Some(xs), Some(ws), Some(bs), Some(small.view())], 1)
+            .unwrap();
+        let (got, sv) = (got[0].view(), small.view());
+        let (got, sv) = (got.f32().unwrap(), sv.f32().unwrap());
+        let base = ordinary[0].view();
+        let base = base.f32().unwrap();
+        for ((g, b), (i, r)) in got.iter().zip(base.iter()).zip(rv.iter().enumerate()) {
+            // `base` includes R; swap it for the broadcast `small`.
+            let want = b - r + sv[[i % 5]];
+            assert!((g - want).abs() < 1e-5, "{g} vs {want}");
+        }
     }
 }

@@ -157,6 +157,7 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
             input(inputs, 0)?,
             input(inputs, 1)?,
             optional(inputs, 2),
+            optional(inputs, 3),
         )),
         Op::Attention {
             scale,

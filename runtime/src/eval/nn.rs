@@ -7,9 +7,9 @@ use fff_ops::fff::{fff_forward, Branch, FffLayer, FffShape, FffWeights};
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 
-use super::{broadcast_shapes, norm_axis};
+use super::{broadcast_shapes, elementwise, norm_axis};
 use crate::error::{Error, Result};
-use crate::op::{FffActivation, FffBranch};
+use crate::op::{BinaryOp, FffActivation, FffBranch};
 use crate::tensor::{Tensor, TensorView};
 
 /// The view in row-major order: borrowed as it is when it already is (weights, fresh outputs), copied
@@ -145,56 +145,121 @@ pub fn gemm(
     ))
 }
 
-/// `x [..., k] . w [k, n] + bias [n]`: the bias is written into the output first and the product
-/// accumulated onto it.
-pub fn linear(x: &TensorView, w: &TensorView, bias: Option<&TensorView>) -> Result<Tensor> {
-    let (x, w) = (contiguous(x.f32()?), contiguous(w.f32()?));
-    let k = match x.shape().last() {
-        Some(&k) if w.ndim() == 2 && w.shape()[0] == k => k,
-        _ => {
-            return Err(Error::invalid(format!(
-                "Linear of {:?} and {:?}: wants X [..., k] and W [k, n]",
-                x.shape(),
-                w.shape()
-            )))
+/// `X W + B + R`; see [`crate::op::Op::Linear`].
+pub fn linear(
+    x: &TensorView,
+    w: &TensorView,
+    bias: Option<&TensorView>,
+    residual: Option<&TensorView>,
+) -> Result<Tensor> {
+    let shape = linear_shape(x, w)?;
+    if let Some(r) = residual {
+        if r.shape() == shape.as_slice() {
+            let mut out = contiguous(r.f32()?).into_owned();
+            linear_accumulate(
+                x,
+                w,
+                bias,
+                true,
+                out.as_slice_mut().expect("standard layout"),
+            )?;
+            return Ok(Tensor::F32(out));
         }
-    };
-    let n = w.shape()[1];
-    let rows = x.len() / k.max(1);
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().expect("rank checked above") = n;
-    let mut out = match bias {
-        Some(b) => {
-            let b = contiguous(b.f32()?);
-            if b.len() != n {
-                return Err(Error::invalid(format!(
-                    "Linear bias {:?} does not match {n} outputs",
-                    b.shape()
-                )));
-            }
-            let b = b.as_slice().expect("contiguous");
-            let mut v = Vec::with_capacity(rows * n);
-            for _ in 0..rows {
-                v.extend_from_slice(b);
-            }
-            v
-        }
-        None => vec![0.0f32; rows * n],
-    };
-    if k == 0 && bias.is_none() {
-        out.fill(0.0);
-    } else {
-        gemm_kernel(
-            MatRef::row_major(x.as_slice().expect("contiguous"), rows, k),
-            MatRef::row_major(w.as_slice().expect("contiguous"), k, n),
-            &mut out,
-            1.0,
-            if bias.is_some() { 1.0 } else { 0.0 },
-        );
+        // R broadcasts (or the product does): the product first, then the Add it stands for.
+        let product = linear(x, w, bias, None)?;
+        return elementwise::binary(BinaryOp::Add, &product.view(), r);
+    }
+    let n = *shape.last().expect("rank checked");
+    let mut out = vec![0.0f32; shape.iter().product::<usize>()];
+    if n > 0 {
+        linear_accumulate(x, w, bias, false, &mut out)?;
     }
     Ok(Tensor::F32(
         ArrayD::from_shape_vec(IxDyn(&shape), out).expect("size matches by construction"),
     ))
+}
+
+/// [`linear`] accumulated onto the residual's own buffer (standard layout); `false`, leaving it
+/// untouched, unless the residual has the product's shape.
+pub fn linear_into_residual(
+    x: &TensorView,
+    w: &TensorView,
+    bias: Option<&TensorView>,
+    residual: &mut ArrayD<f32>,
+) -> Result<bool> {
+    let shape = linear_shape(x, w)?;
+    if residual.shape() != shape.as_slice() {
+        return Ok(false);
+    }
+    let out = residual.as_slice_mut().expect("standard layout");
+    linear_accumulate(x, w, bias, true, out)?;
+    Ok(true)
+}
+
+/// The output shape of `X [..., k] W [k, n]`.
+fn linear_shape(x: &TensorView, w: &TensorView) -> Result<Vec<usize>> {
+    match (x.shape().last(), w.shape()) {
+        (Some(&k), &[wk, n]) if wk == k => {
+            let mut shape = x.shape().to_vec();
+            *shape.last_mut().expect("rank checked") = n;
+            Ok(shape)
+        }
+        _ => Err(Error::invalid(format!(
+            "Linear of {:?} and {:?}: wants X [..., k] and W [k, n]",
+            x.shape(),
+            w.shape()
+        ))),
+    }
+}
+
+/// `out = X W + B (+ out, when `accumulate`)`, `out` of X W's shape: the bias is added into `out`
+/// first, so that the GEMM writes the sum in one pass.
+fn linear_accumulate(
+    x: &TensorView,
+    w: &TensorView,
+    bias: Option<&TensorView>,
+    accumulate: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    let (x, w) = (contiguous(x.f32()?), contiguous(w.f32()?));
+    let (k, n) = (w.shape()[0], w.shape()[1]);
+    let rows = x.len() / k.max(1);
+    if let Some(b) = bias {
+        let b = contiguous(b.f32()?);
+        if b.len() != n {
+            return Err(Error::invalid(format!(
+                "Linear bias {:?} does not match {n} outputs",
+                b.shape()
+            )));
+        }
+        let b = b.as_slice().expect("contiguous");
+        for row in out.chunks_exact_mut(n.max(1)) {
+            if accumulate {
+                row.iter_mut().zip(b).for_each(|(o, &c)| *o += c);
+            } else {
+                row.copy_from_slice(b);
+            }
+        }
+    }
+    let beta = if accumulate || bias.is_some() {
+        1.0
+    } else {
+        0.0
+    };
+    if k == 0 {
+        if beta == 0.0 {
+            out.fill(0.0);
+        }
+    } else {
+        gemm_kernel(
+            MatRef::row_major(x.as_slice().expect("contiguous"), rows, k),
+            MatRef::row_major(w.as_slice().expect("contiguous"), k, n),
+            out,
+            1.0,
+            beta,
+        );
+    }
+    Ok(())
 }
 
 /// Multi-head attention; see [`crate::op::Op::Attention`]. `operands` are Q, K and V, each with the

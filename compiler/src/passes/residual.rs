@@ -1,0 +1,56 @@
+//! Residual fusion.
+//!
+//! Guarantees: every
+//!
+//! ```text
+//! Add(Linear(X, W, B?), R)        (or Add(R, Linear(X, W, B?)))
+//!   the Linear without a residual yet, read by nothing but this Add (and not a graph output)
+//!   R: f32
+//! ```
+//!
+//! is one `Linear(X, W, B?, R)` node. Linear adds R with the Add's broadcasting, so the result is the
+//! same tensor whatever the shapes; when R has the product's shape (a residual connection) the
+//! product is accumulated onto it, in its own buffer when nothing else reads it, instead of being
+//! written and then read again by the Add.
+
+use fff_runtime::op::{BinaryOp, Op};
+use fff_runtime::DType;
+
+use crate::error::Result;
+use crate::ir::{Graph, OutletId};
+
+pub fn run(g: &mut Graph) -> Result<bool> {
+    let mut changed = false;
+    for add in g.topo_order() {
+        if g.op(add) != Some(&Op::Binary(BinaryOp::Add)) {
+            continue;
+        }
+        let inputs = g.inputs_of(add);
+        let (Some(a), Some(b)) = (inputs[0], inputs[1]) else {
+            continue;
+        };
+        let sum = OutletId::new(add, 0);
+        let Some((linear, residual)) = matched(g, a, b).or_else(|| matched(g, b, a)) else {
+            continue;
+        };
+        let mut operands = g.inputs_of(linear.node);
+        operands.resize(3, None);
+        operands.push(Some(residual));
+        let name = format!("{}/residual", g.node(add).name);
+        let node = g.add_op(&name, Op::Linear, &operands, 1);
+        g.g[node].outputs[0] = g.fact(sum).clone();
+        g.replace_uses(sum, OutletId::new(node, 0));
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// `(linear, residual)` when `linear` is a Linear without residual read only by the Add, and
+/// `residual` an f32 value.
+fn matched(g: &Graph, linear: OutletId, residual: OutletId) -> Option<(OutletId, OutletId)> {
+    let is_linear = g.op(linear.node) == Some(&Op::Linear)
+        && g.inputs_of(linear.node).get(3).copied().flatten().is_none()
+        && g.consumers(linear).len() == 1
+        && !g.outputs.iter().any(|(_, o)| *o == linear);
+    (is_linear && g.fact(residual).dtype == Some(DType::F32)).then_some((linear, residual))
+}
