@@ -170,7 +170,8 @@ mod tests {
                 x[width / 2] = f32::NEG_INFINITY;
             }
             let expected: Vec<f64> = x.chunks(width).flat_map(reference).collect();
-            let kernels: [(&str, fn(&mut [f32], usize)); 2] = [
+            type Kernel = fn(&mut [f32], usize);
+            let kernels: [(&str, Kernel); 2] = [
                 ("dispatched", softmax_rows),
                 ("portable", softmax_rows_generic),
             ];
