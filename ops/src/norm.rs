@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 /// Rows per parallel task: below this much work a thread hand-off costs more than it saves.
-const ROWS_PER_TASK: usize = 16;
+const ROWS_PER_TASK: usize = 64;
 
 /// Normalises each row of `x` (`rows x width`, row-major) into `out`:
 /// `out = (x - mean) / sqrt(var + eps) * scale + bias`, the variance being the biased one, as ONNX's
@@ -18,53 +18,103 @@ pub fn layer_norm(
     out: &mut [f32],
 ) {
     assert_eq!(x.len(), out.len());
+    out.copy_from_slice(x);
+    layer_norm_in_place(out, width, scale, bias, eps);
+}
+
+/// [`layer_norm`] of the rows of `data`, written over them.
+pub fn layer_norm_in_place(
+    data: &mut [f32],
+    width: usize,
+    scale: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+) {
     assert_eq!(scale.len(), width);
     assert!(bias.is_none_or(|b| b.len() == width));
     if width == 0 {
         return;
     }
-    let chunk = ROWS_PER_TASK * width;
-    x.par_chunks(chunk)
-        .zip(out.par_chunks_mut(chunk))
-        .for_each(|(x, out)| {
-            for (row, out_row) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-                normalise_row(row, scale, bias, eps, out_row);
-            }
-        });
+    let rows = |chunk: &mut [f32]| {
+        for row in chunk.chunks_exact_mut(width) {
+            normalise_row(row, scale, bias, eps);
+        }
+    };
+    if data.len() <= ROWS_PER_TASK * width {
+        rows(data)
+    } else {
+        data.par_chunks_mut(ROWS_PER_TASK * width).for_each(rows);
+    }
 }
 
-/// One row, in f32 with eight partial sums (which the compiler keeps in vector registers). Sums are
-/// taken of the values less the first one and the variance around the mean, so that rows far from
-/// zero keep their precision.
-fn normalise_row(row: &[f32], scale: &[f32], bias: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+/// One row in place, with the widest instruction set the CPU has.
+fn normalise_row(row: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { normalise_row_avx512(row, scale, bias, eps) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { normalise_row_avx2(row, scale, bias, eps) };
+        }
+    }
+    normalise_row_generic(row, scale, bias, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn normalise_row_avx512(row: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
+    normalise_row_generic(row, scale, bias, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn normalise_row_avx2(row: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
+    normalise_row_generic(row, scale, bias, eps)
+}
+
+/// Lanes of the partial sums: one AVX-512 vector, two AVX2 ones.
+const LANES: usize = 16;
+
+/// Sums are taken of the values less the first one and the variance around the mean, so that rows
+/// far from zero keep their precision.
+#[inline(always)]
+fn normalise_row_generic(row: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
     let n = row.len() as f32;
     // `v - shift` is exact for values near the first; `m` is the mean of those differences.
     let shift = row[0];
-    let m = lane_sum(row.iter().map(|&v| v - shift)) / n;
-    let var = lane_sum(row.iter().map(|&v| (v - shift - m) * (v - shift - m))) / n;
+    let m = lane_sum(row, |v| v - shift) / n;
+    let var = lane_sum(row, |v| (v - shift - m) * (v - shift - m)) / n;
     let inv = 1.0 / (var + eps).sqrt();
     match bias {
         Some(b) => {
-            for (((o, &v), &s), &c) in out.iter_mut().zip(row).zip(scale).zip(b) {
-                *o = (v - shift - m) * inv * s + c;
+            for ((v, &s), &c) in row.iter_mut().zip(scale).zip(b) {
+                *v = (*v - shift - m) * inv * s + c;
             }
         }
         None => {
-            for ((o, &v), &s) in out.iter_mut().zip(row).zip(scale) {
-                *o = (v - shift - m) * inv * s;
+            for (v, &s) in row.iter_mut().zip(scale) {
+                *v = (*v - shift - m) * inv * s;
             }
         }
     }
 }
 
-/// Sums with eight interleaved accumulators.
+/// The sum of `f` over `row`, in [`LANES`] interleaved accumulators.
 #[inline(always)]
-fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (i, v) in values.enumerate() {
-        acc[i % 8] += v;
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
+        }
     }
-    acc.iter().sum()
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -83,6 +133,17 @@ mod tests {
             let bias: Vec<f32> = (0..width).map(|i| i as f32 * -0.02).collect();
             let mut got = vec![0.0; x.len()];
             layer_norm(&x, width, &scale, Some(&bias), 1e-5, &mut got);
+            // The portable body must agree too (the dispatched one ran above).
+            let mut portable = x.clone();
+            for row in portable.chunks_exact_mut(width) {
+                normalise_row_generic(row, &scale, Some(&bias), 1e-5);
+            }
+            for (p, g) in portable.iter().zip(&got) {
+                assert!(
+                    (p - g).abs() <= 1e-5 * (1.0 + g.abs()),
+                    "portable {p} vs {g}"
+                );
+            }
             for (r, row) in x.chunks(width).enumerate() {
                 let mean = row.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
                 let var =

@@ -124,33 +124,59 @@ pub fn zip_broadcast<A: Copy, B: Copy, C>(
     Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
 }
 
-/// The float arithmetic of a binary op (NaN-propagating Max and Min), or `None` for comparisons,
-/// logic, Pow and integer-only ops.
-pub(super) fn float_binary(op: BinaryOp) -> Option<fn(f32, f32) -> f32> {
-    use BinaryOp::*;
-    Some(match op {
-        Add => |p, q| p + q,
-        Sub => |p, q| p - q,
-        Mul => |p, q| p * q,
-        Div => |p, q| p / q,
-        Max => |p: f32, q: f32| {
-            if p.is_nan() || q.is_nan() {
-                f32::NAN
-            } else {
-                p.max(q)
+/// Evaluates `$body` with `$f` bound to the float arithmetic of binary op `$op` (NaN-propagating Max
+/// and Min), or `$otherwise` for comparisons, logic, Pow and integer-only ops. Each op gets a closure of
+/// its own type, so the loops in `$body` are compiled and vectorised per op rather than calling
+/// through a function pointer for every element.
+macro_rules! float_binary {
+    ($op:expr, $f:ident => $body:expr, $otherwise:expr) => {{
+        use $crate::op::BinaryOp as B;
+        match $op {
+            B::Add => {
+                let $f = |p: f32, q: f32| p + q;
+                $body
             }
-        },
-        Min => |p: f32, q: f32| {
-            if p.is_nan() || q.is_nan() {
-                f32::NAN
-            } else {
-                p.min(q)
+            B::Sub => {
+                let $f = |p: f32, q: f32| p - q;
+                $body
             }
-        },
-        Fmod => |p, q| p % q,
-        _ => return None,
-    })
+            B::Mul => {
+                let $f = |p: f32, q: f32| p * q;
+                $body
+            }
+            B::Div => {
+                let $f = |p: f32, q: f32| p / q;
+                $body
+            }
+            B::Max => {
+                let $f = |p: f32, q: f32| {
+                    if p.is_nan() || q.is_nan() {
+                        f32::NAN
+                    } else {
+                        p.max(q)
+                    }
+                };
+                $body
+            }
+            B::Min => {
+                let $f = |p: f32, q: f32| {
+                    if p.is_nan() || q.is_nan() {
+                        f32::NAN
+                    } else {
+                        p.min(q)
+                    }
+                };
+                $body
+            }
+            B::Fmod => {
+                let $f = |p: f32, q: f32| p % q;
+                $body
+            }
+            _ => $otherwise,
+        }
+    }};
 }
+pub(super) use float_binary;
 
 pub fn binary(op: BinaryOp, a: &TensorView, b: &TensorView) -> Result<Tensor> {
     use BinaryOp::*;
@@ -170,8 +196,11 @@ pub fn binary(op: BinaryOp, a: &TensorView, b: &TensorView) -> Result<Tensor> {
             if op.is_comparison() {
                 return Ok(Tensor::Bool(zip_broadcast(x, y, compare_fn::<f32>(op))?));
             }
-            let f = float_binary(op).ok_or_else(unsupported)?;
-            Ok(Tensor::F32(zip_broadcast(x, y, f)?))
+            float_binary!(
+                op,
+                f => Ok(Tensor::F32(zip_broadcast(x, y, f)?)),
+                Err(unsupported())
+            )
         }
         (TensorView::I64(x), TensorView::I64(y)) => Ok(int_binary!(op, x, y, I64, unsupported)),
         (TensorView::I32(x), TensorView::I32(y)) => Ok(int_binary!(op, x, y, I32, unsupported)),

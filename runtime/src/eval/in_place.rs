@@ -29,6 +29,7 @@ pub fn candidates(op: &Op) -> &'static [usize] {
         Op::Unary(u) if !matches!(u, UnaryOp::IsNaN | UnaryOp::IsInf | UnaryOp::Not) => &[0],
         Op::Binary(Add | Sub | Mul | Div | Max | Min) => &[0, 1],
         Op::Softmax { .. } | Op::LogSoftmax { .. } => &[0],
+        Op::LayerNorm { .. } => &[0],
         // The residual: the product is accumulated onto it.
         Op::Linear => &[3],
         _ => &[],
@@ -60,6 +61,14 @@ pub fn eval(
             Ok(InPlace::Done(Tensor::F32(a)))
         }
         Op::Binary(b) => binary(*b, index, a, inputs),
+        Op::LayerNorm { axis, epsilon } if index == 0 => {
+            let Some(Some(scale)) = inputs.get(1) else {
+                return Ok(InPlace::Declined(Tensor::F32(a)));
+            };
+            let bias = inputs.get(2).and_then(|b| b.as_ref());
+            super::nn::layer_norm_in_place(&mut a, scale, bias, *axis, *epsilon)?;
+            Ok(InPlace::Done(Tensor::F32(a)))
+        }
         Op::Linear if index == 3 => {
             let (Some(Some(x)), Some(Some(w))) = (inputs.first(), inputs.get(1)) else {
                 return Ok(InPlace::Declined(Tensor::F32(a)));
@@ -128,16 +137,19 @@ fn binary(
     let Some(other) = other.broadcast(owned.raw_dim()).filter(|_| fits) else {
         return Ok(InPlace::Declined(Tensor::F32(owned)));
     };
-    let Some(f) = elementwise::float_binary(op) else {
-        return Ok(InPlace::Declined(Tensor::F32(owned)));
-    };
-    let zip = Zip::from(&mut owned).and(&other);
-    if index == 0 {
-        zip.for_each(|x, &y| *x = f(*x, y));
-    } else {
-        zip.for_each(|y, &x| *y = f(x, *y));
-    }
-    Ok(InPlace::Done(Tensor::F32(owned)))
+    elementwise::float_binary!(
+        op,
+        f => {
+            let zip = Zip::from(&mut owned).and(&other);
+            if index == 0 {
+                zip.for_each(|x, &y| *x = f(*x, y));
+            } else {
+                zip.for_each(|y, &x| *y = f(x, *y));
+            }
+            Ok(InPlace::Done(Tensor::F32(owned)))
+        },
+        Ok(InPlace::Declined(Tensor::F32(owned)))
+    )
 }
 
 #[cfg(test)]
@@ -204,6 +216,33 @@ mod tests {
         let want = super::super::eval(&op, &[Some(big.view())], 1).unwrap();
         let InPlace::Done(got) = eval(&op, 0, big.clone(), &[None]).unwrap() else {
             panic!("softmax declined")
+        };
+        assert_eq!(got, want[0]);
+    }
+
+    /// LayerNorm written over its input equals the ordinary evaluation (the kernel itself is tested
+    /// against f64 in `fff-ops`).
+    #[test]
+    fn layer_norm_in_place_agrees_with_eval() {
+        let (x, scale, bias) = (t(&[2, 3, 8], 1.0), t(&[8], 2.0), t(&[8], 3.0));
+        let op = Op::LayerNorm {
+            axis: -1,
+            epsilon: 1e-5,
+        };
+        let want = super::super::eval(
+            &op,
+            &[Some(x.view()), Some(scale.view()), Some(bias.view())],
+            1,
+        )
+        .unwrap();
+        let InPlace::Done(got) = eval(
+            &op,
+            0,
+            x.clone(),
+            &[None, Some(scale.view()), Some(bias.view())],
+        )
+        .unwrap() else {
+            panic!("layer norm declined")
         };
         assert_eq!(got, want[0]);
     }

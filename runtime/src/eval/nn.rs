@@ -404,8 +404,44 @@ pub fn layer_norm(
     eps: f32,
 ) -> Result<Tensor> {
     let x = x.f32()?;
-    let ax = norm_axis(axis, x.ndim())?;
-    let norm_shape = &x.shape()[ax..];
+    let (width, scale, bias) = layer_norm_params(x.shape(), scale, bias, axis)?;
+    let input = x.as_standard_layout();
+    let mut out = ArrayD::<f32>::zeros(x.raw_dim());
+    fff_ops::norm::layer_norm(
+        input.as_slice().expect("standard layout"),
+        width,
+        &scale,
+        bias.as_deref(),
+        eps,
+        out.as_slice_mut().expect("fresh array"),
+    );
+    Ok(Tensor::F32(out))
+}
+
+/// [`layer_norm`] written over `x` (standard layout).
+pub fn layer_norm_in_place(
+    x: &mut ArrayD<f32>,
+    scale: &TensorView,
+    bias: Option<&TensorView>,
+    axis: i64,
+    eps: f32,
+) -> Result<()> {
+    let (width, scale, bias) = layer_norm_params(x.shape(), scale, bias, axis)?;
+    let data = x.as_slice_mut().expect("standard layout");
+    fff_ops::norm::layer_norm_in_place(data, width, &scale, bias.as_deref(), eps);
+    Ok(())
+}
+
+/// The row width of a LayerNorm over `axis..` of `shape`, and its scale and bias expanded to a row.
+#[allow(clippy::type_complexity)]
+fn layer_norm_params(
+    shape: &[usize],
+    scale: &TensorView,
+    bias: Option<&TensorView>,
+    axis: i64,
+) -> Result<(usize, Vec<f32>, Option<Vec<f32>>)> {
+    let ax = norm_axis(axis, shape.len())?;
+    let norm_shape = &shape[ax..];
     let width: usize = norm_shape.iter().product();
     let expand = |t: &ArrayViewD<f32>, what: &str| -> Result<Vec<f32>> {
         t.broadcast(IxDyn(norm_shape))
@@ -421,17 +457,7 @@ pub fn layer_norm(
     let bias = bias
         .map(|b| b.f32().and_then(|b| expand(b, "bias")))
         .transpose()?;
-    let input = x.as_standard_layout();
-    let mut out = ArrayD::<f32>::zeros(x.raw_dim());
-    fff_ops::norm::layer_norm(
-        input.as_slice().expect("standard layout"),
-        width,
-        &scale,
-        bias.as_deref(),
-        eps,
-        out.as_slice_mut().expect("fresh array"),
-    );
-    Ok(Tensor::F32(out))
+    Ok((width, scale, bias))
 }
 
 #[allow(clippy::too_many_arguments)]
