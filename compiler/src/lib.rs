@@ -14,11 +14,29 @@ use std::path::Path;
 pub use error::{CompileError, Result};
 pub use ir::Graph;
 
+/// The precision of the weights that a plan stores for conditional (tree) FastFeedForward layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Weights {
+    /// As the model has them.
+    #[default]
+    F32,
+    /// Rounded to bfloat16 (see [`passes::bf16_weights`]): half the bytes, about 3 significant digits.
+    Bf16,
+}
+
 /// Imports an ONNX file and runs the optimisation pipeline (up to `stop_after`, a pass name, if given).
 pub fn compile_path(path: &Path, stop_after: Option<&str>) -> Result<Graph> {
     let mut g = import::import_path(path)?;
     passes::optimise(&mut g, stop_after)?;
     Ok(g)
+}
+
+/// Stores the weights of a compiled graph at the given precision.
+pub fn set_weights(g: &mut Graph, weights: Weights) -> Result<()> {
+    match weights {
+        Weights::F32 => Ok(()),
+        Weights::Bf16 => passes::bf16_weights::run(g).map(|_| ()),
+    }
 }
 
 /// Imports ONNX bytes and runs the whole pipeline.

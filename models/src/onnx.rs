@@ -224,3 +224,33 @@ fn attr(name: &str, v: Attr) -> AttributeProto {
 }
 
 pub use tract_onnx::pb::tensor_proto::DataType as Elem;
+
+/// The model with every float initializer that `pick` selects (by name) rounded to the nearest
+/// bfloat16 value (ties to even), still stored as float32: the reference that a plan with bf16 weights
+/// must reproduce exactly.
+pub fn round_initializers_to_bf16(onnx: &[u8], pick: impl Fn(&str) -> bool) -> Vec<u8> {
+    let mut model = ModelProto::decode(onnx).expect("a model this crate wrote");
+    let round = |v: f32| {
+        let b = v.to_bits();
+        let lsb = (b >> 16) & 1;
+        f32::from_bits(((b + 0x7fff + lsb) >> 16) << 16)
+    };
+    let graph = model.graph.as_mut().expect("the model has a graph");
+    for t in graph.initializer.iter_mut() {
+        if t.data_type != DataType::Float as i32 || !pick(&t.name) {
+            continue;
+        }
+        if !t.raw_data.is_empty() {
+            let values: Vec<u8> = t
+                .raw_data
+                .chunks_exact(4)
+                .flat_map(|c| round(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+                .collect();
+            t.raw_data = values;
+        }
+        for v in t.float_data.iter_mut() {
+            *v = round(*v);
+        }
+    }
+    model.encode_to_vec()
+}

@@ -18,6 +18,29 @@ pub fn f32_to_bf16_round_nearest_even(v: &[f32]) -> Vec<u16> {
     v.iter().map(|&x| bf16_round(x)).collect()
 }
 
+/// A bfloat16 number: the upper 16 bits of an f32, so widening it is exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+impl Bf16 {
+    /// The nearest bfloat16 (ties to even); NaN stays NaN.
+    pub fn from_f32(v: f32) -> Bf16 {
+        Bf16(bf16_round(v))
+    }
+
+    /// The f32 this value denotes (exact).
+    pub fn to_f32(self) -> f32 {
+        crate::simd::bf16_to_f32(self.0)
+    }
+}
+
+/// The bit patterns of bf16 values, as the kernels read them, without a copy.
+pub fn bf16_bits(v: &[Bf16]) -> &[u16] {
+    // SAFETY: `Bf16` is `repr(transparent)` over `u16`: the slices have the same layout and length.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u16>(), v.len()) }
+}
+
 /// One value to the nearest bf16, ties to even.
 #[inline]
 pub fn bf16_round(x: f32) -> u16 {

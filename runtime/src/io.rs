@@ -22,7 +22,7 @@ use serde_json::{Map, Number, Value};
 
 use crate::error::{Error, Result};
 use crate::plan::PlanInput;
-use crate::tensor::{checked_len, from_vec, DType, Tensor};
+use crate::tensor::{checked_len, from_vec, Bf16, DType, Tensor};
 
 /// Which JSON form a request came in, and so which form the response takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +233,7 @@ fn v2_datatype(dtype: DType) -> &'static str {
         DType::I64 => "INT64",
         DType::I32 => "INT32",
         DType::Bool => "BOOL",
+        DType::BF16 => "BF16",
     }
 }
 
@@ -297,6 +298,16 @@ fn build(
                     Ok(1) => Ok(true),
                     _ => Err(bad(i, v, ", not true, false, 0 or 1")),
                 },
+                _ => Err(bad(i, v, "")),
+            })?,
+        )),
+        DType::BF16 => Tensor::BF16(from_vec(
+            s,
+            convert(leaves, |i, v| match v {
+                Value::Null => Ok(Bf16::from_f32(f32::NAN)),
+                Value::Number(n) => Ok(Bf16::from_f32(
+                    n.as_f64().ok_or_else(|| bad(i, v, ""))? as f32
+                )),
                 _ => Err(bad(i, v, "")),
             })?,
         )),
@@ -412,6 +423,7 @@ enum Elements<'a> {
     I64(ndarray::iter::Iter<'a, i64, IxDyn>),
     I32(ndarray::iter::Iter<'a, i32, IxDyn>),
     Bool(ndarray::iter::Iter<'a, bool, IxDyn>),
+    BF16(ndarray::iter::Iter<'a, Bf16, IxDyn>),
 }
 
 impl<'a> Elements<'a> {
@@ -421,13 +433,18 @@ impl<'a> Elements<'a> {
             Tensor::I64(a) => Elements::I64(a.iter()),
             Tensor::I32(a) => Elements::I32(a.iter()),
             Tensor::Bool(a) => Elements::Bool(a.iter()),
+            Tensor::BF16(a) => Elements::BF16(a.iter()),
         }
     }
 
     fn write_next(&mut self, out: &mut Vec<u8>) {
         match self {
-            Elements::F32(it) => {
-                let x = *it.next().expect("element count matches the shape");
+            Elements::F32(_) | Elements::BF16(_) => {
+                let x = match self {
+                    Elements::F32(it) => *it.next().expect("element count matches the shape"),
+                    Elements::BF16(it) => it.next().expect("element count matches").to_f32(),
+                    _ => unreachable!("matched above"),
+                };
                 if x.is_finite() {
                     // serde_json writes the shortest text that reads back as the same f32 (`0.1`, `1.0`).
                     serde_json::to_writer(&mut *out, &x).expect("writing to a Vec cannot fail");

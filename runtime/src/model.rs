@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::eval::eval;
 use crate::eval::in_place::{self, InPlace};
 use crate::plan::{self, Dim, PlanGraph, PlanInput, PlanNode};
-use crate::tensor::{DType, Tensor, TensorView};
+use crate::tensor::{Bf16, DType, Tensor, TensorView};
 
 /// The bytes of a plan file: mapped from disk, or owned (8-byte aligned) when built from memory.
 enum PlanBytes {
@@ -175,7 +175,7 @@ impl Model {
                 // SAFETY: validate() checked that the range lies in the weights section and holds exactly
                 // `n` elements; the section starts at a multiple of 64 from a page-aligned map or an
                 // 8-byte-aligned buffer, and each constant's offset is a multiple of its element size
-                // (asserted above); every bit pattern is a valid f32/i64/i32.
+                // (asserted above); every bit pattern is a valid f32/i64/i32/bf16.
                 let s = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<$t>(), n) };
                 TensorView::$variant(ArrayViewD::from_shape(IxDyn(shape), s).expect("validated size"))
             }};
@@ -184,6 +184,7 @@ impl Model {
             DType::F32 => view!(f32, F32),
             DType::I64 => view!(i64, I64),
             DType::I32 => view!(i32, I32),
+            DType::BF16 => view!(Bf16, BF16),
             DType::Bool => unreachable!("bool constants are decoded at load"),
         }
     }

@@ -106,6 +106,8 @@ pub fn write_npz(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
             Tensor::I64(a) => put!(a, i64),
             Tensor::I32(a) => put!(a, i32),
             Tensor::Bool(a) => put!(a, bool),
+            // NumPy has no bfloat16: written widened (exactly) to float32.
+            Tensor::BF16(a) => put!(a.mapv(|v| v.to_f32()), f32),
         }
     }
     npz.zip_writer()

@@ -14,7 +14,12 @@ pub enum DType {
     I64,
     I32,
     Bool,
+    /// bfloat16: only as reduced-precision weights of FastFeedForward (`fffc compile --weights
+    /// bf16`); no op computes in it.
+    BF16,
 }
+
+pub use fff_ops::fff_bf16::Bf16;
 
 impl DType {
     /// Bytes per element in a plan file (bool takes one byte, 0 or 1).
@@ -23,6 +28,7 @@ impl DType {
             DType::F32 | DType::I32 => 4,
             DType::I64 => 8,
             DType::Bool => 1,
+            DType::BF16 => 2,
         }
     }
 
@@ -33,6 +39,7 @@ impl DType {
             DType::I64 => "int64",
             DType::I32 => "int32",
             DType::Bool => "bool",
+            DType::BF16 => "bfloat16",
         }
     }
 
@@ -65,6 +72,7 @@ pub enum Tensor {
     I64(ArrayD<i64>),
     I32(ArrayD<i32>),
     Bool(ArrayD<bool>),
+    BF16(ArrayD<Bf16>),
 }
 
 /// A borrowed tensor.
@@ -74,6 +82,7 @@ pub enum TensorView<'a> {
     I64(ArrayViewD<'a, i64>),
     I32(ArrayViewD<'a, i32>),
     Bool(ArrayViewD<'a, bool>),
+    BF16(ArrayViewD<'a, Bf16>),
 }
 
 /// Applies the same generic expression to whichever variant a tensor or view holds.
@@ -85,6 +94,7 @@ macro_rules! dispatch {
             $enum::I64($a) => $body,
             $enum::I32($a) => $body,
             $enum::Bool($a) => $body,
+            $enum::BF16($a) => $body,
         }
     };
 }
@@ -98,6 +108,7 @@ macro_rules! map_tensor {
             $enum::I64($a) => $crate::tensor::Tensor::I64($body),
             $enum::I32($a) => $crate::tensor::Tensor::I32($body),
             $enum::Bool($a) => $crate::tensor::Tensor::Bool($body),
+            $enum::BF16($a) => $crate::tensor::Tensor::BF16($body),
         }
     };
 }
@@ -109,6 +120,7 @@ impl Tensor {
             Tensor::I64(_) => DType::I64,
             Tensor::I32(_) => DType::I32,
             Tensor::Bool(_) => DType::Bool,
+            Tensor::BF16(_) => DType::BF16,
         }
     }
 
@@ -130,6 +142,7 @@ impl Tensor {
             Tensor::I64(a) => TensorView::I64(a.view()),
             Tensor::I32(a) => TensorView::I32(a.view()),
             Tensor::Bool(a) => TensorView::Bool(a.view()),
+            Tensor::BF16(a) => TensorView::BF16(a.view()),
         }
     }
 
@@ -141,6 +154,7 @@ impl Tensor {
             DType::I64 => Tensor::I64(ArrayD::zeros(s)),
             DType::I32 => Tensor::I32(ArrayD::zeros(s)),
             DType::Bool => Tensor::Bool(ArrayD::from_elem(s, false)),
+            DType::BF16 => Tensor::BF16(ArrayD::from_elem(s, Bf16(0))),
         }
     }
 
@@ -164,6 +178,7 @@ impl Tensor {
             Tensor::I64(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
             Tensor::I32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
             Tensor::Bool(a) => a.iter().map(|&v| v as u8).collect(),
+            Tensor::BF16(a) => a.iter().flat_map(|v| v.0.to_le_bytes()).collect(),
         }
     }
 
@@ -181,6 +196,7 @@ impl Tensor {
             Tensor::I64(a) => a.iter().fold(h, |h, v| feed(h, &v.to_le_bytes())),
             Tensor::I32(a) => a.iter().fold(h, |h, v| feed(h, &v.to_le_bytes())),
             Tensor::Bool(a) => a.iter().fold(h, |h, &v| feed(h, &[v as u8])),
+            Tensor::BF16(a) => a.iter().fold(h, |h, v| feed(h, &v.0.to_le_bytes())),
         }
     }
 
@@ -224,6 +240,13 @@ impl Tensor {
                 }
                 Tensor::Bool(from_vec(s, bytes.iter().map(|&b| b == 1).collect()))
             }
+            DType::BF16 => Tensor::BF16(from_vec(
+                s,
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| Bf16(u16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+            )),
         };
         Ok(t)
     }
@@ -249,6 +272,7 @@ impl<'a> TensorView<'a> {
             TensorView::I64(_) => DType::I64,
             TensorView::I32(_) => DType::I32,
             TensorView::Bool(_) => DType::Bool,
+            TensorView::BF16(_) => DType::BF16,
         }
     }
 
@@ -276,6 +300,13 @@ impl<'a> TensorView<'a> {
         match self {
             TensorView::F32(a) => Ok(a),
             other => Err(Error::dtype("float32", other.dtype())),
+        }
+    }
+
+    pub fn bf16(&self) -> Result<&ArrayViewD<'a, Bf16>> {
+        match self {
+            TensorView::BF16(a) => Ok(a),
+            other => Err(Error::dtype("bfloat16", other.dtype())),
         }
     }
 
@@ -308,6 +339,7 @@ impl<'a> TensorView<'a> {
             TensorView::I64(a) => *a.iter().next().unwrap() as f64,
             TensorView::I32(a) => *a.iter().next().unwrap() as f64,
             TensorView::Bool(a) => *a.iter().next().unwrap() as u8 as f64,
+            TensorView::BF16(a) => a.iter().next().unwrap().to_f32() as f64,
         })
     }
 }

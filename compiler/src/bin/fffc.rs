@@ -1,6 +1,6 @@
 //! `fffc`: compiles ONNX models into fff plans and describes plans.
 //!
-//!   fffc compile IN.onnx -o OUT.fff [--dump] [--stop-after PASS]
+//!   fffc compile IN.onnx -o OUT.fff [--dump] [--stop-after PASS] [--weights f32|bf16]
 //!   fffc inspect OUT.fff [--json]
 
 use std::collections::BTreeMap;
@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use fff_compiler::Weights;
 use fff_runtime::op::Op;
 use fff_runtime::Model;
 use serde_json::json;
@@ -43,6 +44,10 @@ enum Command {
         /// Also say, for each feedforward candidate that was not rewritten, why not.
         #[arg(long)]
         explain: bool,
+        /// The precision of conditional FastFeedForward weights: bf16 halves their bytes at about 3
+        /// significant digits (docs/PERFORMANCE.md states the accuracy cost).
+        #[arg(long, value_enum, default_value = "f32")]
+        weights: WeightsArg,
     },
     /// Describes a plan: inputs, outputs, op counts, weight bytes.
     Inspect {
@@ -52,6 +57,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WeightsArg {
+    F32,
+    Bf16,
 }
 
 fn pass_name(s: &str) -> Result<String, String> {
@@ -75,12 +86,17 @@ fn main() -> ExitCode {
             dump,
             stop_after,
             explain,
+            weights,
         } => compile(
             &input,
             output.as_deref(),
             dump,
             stop_after.as_deref(),
             explain,
+            match weights {
+                WeightsArg::F32 => Weights::F32,
+                WeightsArg::Bf16 => Weights::Bf16,
+            },
         ),
         Command::Inspect { plan, json } => inspect(&plan, json),
     };
@@ -99,9 +115,11 @@ fn compile(
     dump: bool,
     stop_after: Option<&str>,
     explain: bool,
+    weights: Weights,
 ) -> Result<()> {
-    let g = fff_compiler::compile_path(input, stop_after)
+    let mut g = fff_compiler::compile_path(input, stop_after)
         .with_context(|| format!("cannot compile {}", input.display()))?;
+    fff_compiler::set_weights(&mut g, weights)?;
     for (i, r) in g.report.rewritten.iter().enumerate() {
         eprintln!("ff {i}: {r}");
     }

@@ -2,6 +2,7 @@
 //! order, repeated until none changes the graph.
 
 pub mod attention;
+pub mod bf16_weights;
 pub mod constant_folding;
 pub mod cse;
 pub mod dead_code;

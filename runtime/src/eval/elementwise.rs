@@ -5,7 +5,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 use super::broadcast_shapes;
 use crate::error::{Error, Result};
 use crate::op::{BinaryOp, UnaryOp};
-use crate::tensor::{DType, Tensor, TensorView};
+use crate::tensor::{Bf16, DType, Tensor, TensorView};
 
 macro_rules! int_unary {
     ($op:expr, $a:expr, $unsupported:expr) => {
@@ -66,6 +66,7 @@ pub fn unary(op: UnaryOp, x: &TensorView) -> Result<Tensor> {
             Not => Tensor::Bool(a.mapv(|v| !v)),
             _ => return Err(unsupported()),
         },
+        TensorView::BF16(_) => return Err(unsupported()),
     })
 }
 
@@ -236,7 +237,12 @@ fn pow(a: &TensorView, b: &TensorView) -> Result<Tensor> {
             TensorView::F32(y) => y.to_owned(),
             TensorView::I64(y) => y.mapv(|v| v as f32),
             TensorView::I32(y) => y.mapv(|v| v as f32),
-            TensorView::Bool(_) => return Err(Error::invalid("Pow does not take a bool exponent")),
+            TensorView::Bool(_) | TensorView::BF16(_) => {
+                return Err(Error::invalid(format!(
+                    "Pow does not take a {} exponent",
+                    b.dtype()
+                )))
+            }
         })
     };
     match a {
@@ -266,7 +272,10 @@ fn pow(a: &TensorView, b: &TensorView) -> Result<Tensor> {
                 (p as f64).powf(q as f64) as i32
             })?))
         }
-        TensorView::Bool(_) => Err(Error::invalid("Pow does not take a bool base")),
+        TensorView::Bool(_) | TensorView::BF16(_) => Err(Error::invalid(format!(
+            "Pow does not take a {} base",
+            a.dtype()
+        ))),
     }
 }
 
@@ -332,7 +341,9 @@ pub fn clip(x: &TensorView, min: Option<&TensorView>, max: Option<&TensorView>) 
                 v.max(lo.unwrap_or(i32::MIN)).min(hi.unwrap_or(i32::MAX))
             })))
         }
-        TensorView::Bool(_) => Err(Error::invalid("Clip does not take bool")),
+        TensorView::Bool(_) | TensorView::BF16(_) => {
+            Err(Error::invalid(format!("Clip does not take {}", x.dtype())))
+        }
     }
 }
 
@@ -344,6 +355,7 @@ pub fn cast(x: &TensorView, to: DType) -> Tensor {
                 DType::I64 => Tensor::I64($a.mapv($to_i64)),
                 DType::I32 => Tensor::I32($a.mapv(|v| ($to_i64)(v) as i32)),
                 DType::Bool => Tensor::Bool($a.mapv($to_bool)),
+                DType::BF16 => Tensor::BF16($a.mapv(|v| Bf16::from_f32(($to_f32)(v)))),
             }
         };
     }
@@ -352,5 +364,11 @@ pub fn cast(x: &TensorView, to: DType) -> Tensor {
         TensorView::I64(a) => from!(a, |v: i64| v as f32, |v: i64| v, |v: i64| v != 0),
         TensorView::I32(a) => from!(a, |v: i32| v as f32, |v: i32| v as i64, |v: i32| v != 0),
         TensorView::Bool(a) => from!(a, |v: bool| v as u8 as f32, |v: bool| v as i64, |v: bool| v),
+        TensorView::BF16(a) => from!(
+            a,
+            |v: Bf16| v.to_f32(),
+            |v: Bf16| v.to_f32() as i64,
+            |v: Bf16| v.to_f32() != 0.0
+        ),
     }
 }

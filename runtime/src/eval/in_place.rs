@@ -118,6 +118,7 @@ fn reshaped(t: Tensor, shape: &[usize]) -> std::result::Result<Tensor, Tensor> {
         Tensor::I64(a) => go!(a, I64),
         Tensor::I32(a) => go!(a, I32),
         Tensor::Bool(a) => go!(a, Bool),
+        Tensor::BF16(a) => go!(a, BF16),
     }
 }
 

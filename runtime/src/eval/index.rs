@@ -261,7 +261,12 @@ pub fn cumsum(x: &TensorView, axis: &TensorView, exclusive: bool, reverse: bool)
         TensorView::F32(a) => go!(a, F32, 0.0f32),
         TensorView::I64(a) => go!(a, I64, 0i64),
         TensorView::I32(a) => go!(a, I32, 0i32),
-        TensorView::Bool(_) => return Err(Error::invalid("CumSum does not take bool")),
+        TensorView::Bool(_) | TensorView::BF16(_) => {
+            return Err(Error::invalid(format!(
+                "CumSum does not take {}",
+                x.dtype()
+            )))
+        }
     })
 }
 
@@ -286,6 +291,7 @@ pub fn argmax(x: &TensorView, axis: i64, keepdims: bool, select_last: bool) -> R
         TensorView::I64(a) => go(a, ax, select_last),
         TensorView::I32(a) => go(a, ax, select_last),
         TensorView::Bool(a) => go(a, ax, select_last),
+        TensorView::BF16(_) => return Err(Error::invalid("ArgMax does not take bfloat16")),
     };
     if keepdims {
         out.insert_axis_inplace(Axis(ax));

@@ -246,6 +246,7 @@ pub fn concat(inputs: &[&TensorView], axis: i64) -> Result<Tensor> {
         TensorView::I64(_) => cat!(I64),
         TensorView::I32(_) => cat!(I32),
         TensorView::Bool(_) => cat!(Bool),
+        TensorView::BF16(_) => cat!(BF16),
     })
 }
 
@@ -418,6 +419,11 @@ pub fn range(start: &TensorView, limit: &TensorView, delta: &TensorView) -> Resu
             let (s, d) = (s as i32, d as i32);
             Tensor::I32(ArrayD::from_shape_fn(IxDyn(&[n]), |i| s + i[0] as i32 * d))
         }
-        TensorView::Bool(_) => return Err(Error::invalid("Range does not take bool")),
+        TensorView::Bool(_) | TensorView::BF16(_) => {
+            return Err(Error::invalid(format!(
+                "Range does not take {}",
+                start.dtype()
+            )))
+        }
     })
 }

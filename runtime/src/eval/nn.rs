@@ -4,6 +4,7 @@
 use fff_ops::activation::Activation;
 use fff_ops::attention::{AttentionShape, Mask, Strided};
 use fff_ops::fff::{fff_forward, Branch, FffLayer, FffShape, FffWeights};
+use fff_ops::fff_bf16::{bf16_bits, fff_forward_bf16, FffLayerBf16, FffWeightsBf16};
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 
@@ -473,8 +474,7 @@ pub fn fast_feed_forward(
     branch: FffBranch,
 ) -> Result<Tensor> {
     let x = x.f32()?;
-    let (w_in, w_out) = (w_in.f32()?, w_out.f32()?);
-    if x.ndim() == 0 || w_in.ndim() != 2 || w_out.ndim() != 2 || depth >= 40 {
+    if x.ndim() == 0 || w_in.rank() != 2 || w_out.rank() != 2 || depth >= 40 {
         return Err(Error::invalid(
             "FastFeedForward needs X [..., d_in], W_in and W_out 2-D, depth < 40",
         ));
@@ -504,7 +504,7 @@ pub fn fast_feed_forward(
             "FastFeedForward biases do not match the weights",
         ));
     }
-    let (xc, wi, wo) = (contiguous(x), contiguous(w_in), contiguous(w_out));
+    let xc = contiguous(x);
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("rank checked above") = d_out;
     let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
@@ -518,23 +518,54 @@ pub fn fast_feed_forward(
         FffBranch::Gt => Branch::Greater,
         FffBranch::Ge => Branch::GreaterOrEqual,
     };
-    let weights = FffWeights {
-        w_in: wi.as_slice().expect("contiguous"),
-        b_in: b_in.as_ref().map(|b| b.as_slice().expect("contiguous")),
-        w_out: wo.as_slice().expect("contiguous"),
-        b_out: b_out.as_ref().map(|b| b.as_slice().expect("contiguous")),
-    };
-    let layer = FffLayer {
-        shape,
-        act,
-        branch: br,
-        w: weights,
-    };
-    fff_forward(
-        &layer,
+    let (b_in, b_out) = (
+        b_in.as_ref().map(|b| b.as_slice().expect("contiguous")),
+        b_out.as_ref().map(|b| b.as_slice().expect("contiguous")),
+    );
+    let (x, out_rows) = (
         xc.as_slice().expect("contiguous"),
-        rows,
         out.as_slice_mut().expect("fresh"),
     );
+    match (w_in, w_out) {
+        (TensorView::F32(w_in), TensorView::F32(w_out)) => {
+            let (wi, wo) = (contiguous(w_in), contiguous(w_out));
+            let w = FffWeights {
+                w_in: wi.as_slice().expect("contiguous"),
+                b_in,
+                w_out: wo.as_slice().expect("contiguous"),
+                b_out,
+            };
+            let layer = FffLayer {
+                shape,
+                act,
+                branch: br,
+                w,
+            };
+            fff_forward(&layer, x, rows, out_rows);
+        }
+        (TensorView::BF16(w_in), TensorView::BF16(w_out)) => {
+            let (wi, wo) = (w_in.as_standard_layout(), w_out.as_standard_layout());
+            let w = FffWeightsBf16 {
+                w_in: bf16_bits(wi.as_slice().expect("contiguous")),
+                b_in,
+                w_out: bf16_bits(wo.as_slice().expect("contiguous")),
+                b_out,
+            };
+            let layer = FffLayerBf16 {
+                shape,
+                act,
+                branch: br,
+                w,
+            };
+            fff_forward_bf16(&layer, x, rows, out_rows);
+        }
+        (a, b) => {
+            return Err(Error::invalid(format!(
+                "FastFeedForward weights are {} and {}: both float32 or both bfloat16",
+                a.dtype(),
+                b.dtype()
+            )))
+        }
+    }
     Ok(Tensor::F32(out))
 }

@@ -66,8 +66,11 @@ pub fn reduce(
         TensorView::F32(a) => go!(a, F32, f32, 0.0, 1.0, |c: usize| c as f32),
         TensorView::I64(a) => go!(a, I64, i64, 0, 1, |c: usize| (c as i64).max(1)),
         TensorView::I32(a) => go!(a, I32, i32, 0, 1, |c: usize| (c as i32).max(1)),
-        TensorView::Bool(_) => {
-            return Err(Error::invalid(format!("Reduce{op:?} does not take bool")))
+        TensorView::Bool(_) | TensorView::BF16(_) => {
+            return Err(Error::invalid(format!(
+                "Reduce{op:?} does not take {}",
+                x.dtype()
+            )))
         }
     })
 }

@@ -72,6 +72,7 @@ pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> 
                 Some(fff_runtime::DType::Bool) => {
                     Tensor::Bool(ArrayD::from_elem(IxDyn(&shape), true))
                 }
+                Some(fff_runtime::DType::BF16) => return Err("a model input is bfloat16".into()),
                 None => return Err("a model input has no known type".into()),
             };
             feeds.insert(OutletId::new(n, 0), t);
