@@ -23,6 +23,8 @@ for ff in fff:1x11 dense:3072; do
   $bin/fff-models encoder --layers "$layers" --hidden "$hidden" --heads "$heads" --ff "$ff" -o "$out/$name.onnx"
   $bin/fffc compile "$out/$name.onnx" -o "$out/$name.fff" >/dev/null
 done
+# Flush the freshly written plans first: their write-back would otherwise overlap the first timings.
+sync
 ort=../shared/peers/ort.py
 have_ort=0
 if [ -f "$ort" ] && python3 -c "import onnxruntime" 2>/dev/null; then have_ort=1; fi

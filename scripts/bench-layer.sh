@@ -15,6 +15,8 @@ $bin/fff-models layer --width 768 --ff fff:1x11 -o "$out/fff-1x11.onnx"
 $bin/fff-models layer --width 768 --ff dense:4095 -o "$out/dense-4095.onnx"
 $bin/fffc compile "$out/fff-1x11.onnx" -o "$out/fff-1x11.fff" 2>/dev/null
 $bin/fffc compile "$out/dense-4095.onnx" -o "$out/dense-4095.fff" 2>/dev/null
+# Flush the freshly written plans first: their write-back would otherwise overlap the first timings.
+sync
 ort=../shared/peers/ort.py
 have_ort=0
 if [ -f "$ort" ] && python3 -c "import onnxruntime" 2>/dev/null; then have_ort=1; fi
