@@ -61,6 +61,66 @@ pub fn bias_act_rows(act: Activation, data: &mut [f32], bias: Option<&[f32]>) {
     bias_act_rows_generic(act, data, bias)
 }
 
+/// Applies `act` to `bias[i] + x` for every element `x` of run `i` of `data` (consecutive runs of
+/// `run` elements, one per bias entry; or no bias): the same as [`bias_act_rows`] on the transposed
+/// layout, where each neuron's values are contiguous.
+pub fn bias_act_runs(act: Activation, data: &mut [f32], run: usize, bias: Option<&[f32]>) {
+    let Some(bias) = bias else {
+        return bias_act_rows(act, data, None);
+    };
+    if run == 0 {
+        return;
+    }
+    assert_eq!(
+        data.len(),
+        run * bias.len(),
+        "bias_act_runs: one run per bias entry"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { bias_act_runs_avx512(act, data, run, bias) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { bias_act_runs_avx2(act, data, run, bias) };
+        }
+    }
+    bias_act_runs_generic(act, data, run, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn bias_act_runs_avx512(act: Activation, data: &mut [f32], run: usize, bias: &[f32]) {
+    bias_act_runs_generic(act, data, run, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bias_act_runs_avx2(act: Activation, data: &mut [f32], run: usize, bias: &[f32]) {
+    bias_act_runs_generic(act, data, run, bias)
+}
+
+#[inline(always)]
+fn bias_act_runs_generic(act: Activation, data: &mut [f32], run: usize, bias: &[f32]) {
+    macro_rules! each {
+        ($f:expr) => {
+            for (values, &c) in data.chunks_exact_mut(run).zip(bias) {
+                for v in values.iter_mut() {
+                    *v = $f(*v + c);
+                }
+            }
+        };
+    }
+    match act {
+        Activation::GeluErf => each!(gelu_erf),
+        Activation::GeluTanh => each!(gelu_tanh),
+        Activation::Relu => each!(relu),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn bias_act_rows_avx512(act: Activation, data: &mut [f32], bias: Option<&[f32]>) {
@@ -123,6 +183,27 @@ impl Activation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Per-neuron runs with a bias each, for every activation, equal the scalar functions.
+    #[test]
+    fn bias_act_runs_matches_scalar_activation() {
+        let (run, neurons) = (19, 5);
+        let data: Vec<f32> = (0..run * neurons)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0)
+            .collect();
+        let bias: Vec<f32> = (0..neurons).map(|j| j as f32 * 0.25 - 0.5).collect();
+        for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+            let mut got = data.clone();
+            bias_act_runs(act, &mut got, run, Some(&bias));
+            for (i, (&g, &x)) in got.iter().zip(&data).enumerate() {
+                let want = act.apply(x + bias[i / run]);
+                assert!(
+                    (g - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "{act:?} {i}: {g} vs {want}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn gelu_matches_known_values() {

@@ -153,16 +153,26 @@ pub fn fff_dense(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
     assert_eq!(depth, 0, "fff_dense computes trees of depth 0");
     assert_eq!(x.len(), rows * d_in);
     assert_eq!(out.len(), rows * d_out);
+    // The hidden activations are kept neuron-major (`trees x rows`): the GEMMs then read the weights
+    // where they lie instead of packing them on every call (10% faster at 128 rows, 30% at 16 rows,
+    // the same at 1024; measured with the gemm crate on the 768 -> 3072 -> 768 layer).
     with_scratch(rows * trees, 0, |hidden, _| {
         gemm(
-            MatRef::row_major(x, rows, d_in),
-            MatRef::row_major(w.w_in, trees, d_in).t(),
+            MatRef::row_major(w.w_in, trees, d_in),
+            MatRef::row_major(x, rows, d_in).t(),
             hidden,
             1.0,
             0.0,
         );
-        crate::activation::bias_act_rows(act, hidden, w.b_in);
-        output_gemm(hidden, rows, trees, &w, d_out, out);
+        crate::activation::bias_act_runs(act, hidden, rows, w.b_in);
+        init_rows(out, d_out, w.b_out);
+        gemm(
+            MatRef::row_major(hidden, trees, rows).t(),
+            MatRef::row_major(w.w_out, trees, d_out),
+            out,
+            1.0,
+            1.0,
+        );
     })
 }
 
