@@ -7,6 +7,7 @@
 //! # Ok::<(), fff_runtime::Error>(())
 //! ```
 
+pub mod buffers;
 pub mod error;
 pub mod eval;
 pub mod io;

@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ndarray::{ArrayViewD, IxDyn};
 
+use crate::buffers::{recycle_into, with_recycler, Recycler};
 use crate::error::{Error, Result};
 use crate::eval::eval;
 use crate::eval::in_place::{self, InPlace};
@@ -68,6 +70,8 @@ pub struct Model {
     handover: Vec<Vec<usize>>,
     /// The threads every run's kernels share.
     pool: rayon::ThreadPool,
+    /// Buffers of freed values, for later ops and runs (see [`crate::buffers`]).
+    recycler: Arc<Mutex<Recycler>>,
 }
 
 impl Model {
@@ -144,6 +148,7 @@ impl Model {
             frees,
             handover,
             pool,
+            recycler: Arc::default(),
         })
     }
 
@@ -263,7 +268,17 @@ impl Model {
     ) -> Result<Vec<(String, Tensor)>> {
         let inputs: Vec<_> = inputs.into_iter().collect();
         // The kernels' parallel loops run on this model's pool, sized by `Options::threads`.
-        self.pool.install(|| self.run_inner(inputs, None))
+        self.pool
+            .install(|| with_recycler(&self.recycler, || self.run_inner(inputs, None)))
+    }
+
+    /// Hands back outputs of an earlier run that the caller is done with, so that the next run writes
+    /// into their memory instead of allocating (and page-faulting) new buffers. Optional: outputs that
+    /// are simply dropped are freed as usual.
+    pub fn recycle(&self, outputs: impl IntoIterator<Item = (String, Tensor)>) {
+        for (_, t) in outputs {
+            recycle_into(&self.recycler, t);
+        }
     }
 
     /// Runs the model like [`Model::run`] and also times every node: `profile[i]` is the wall time of
@@ -274,9 +289,11 @@ impl Model {
     ) -> Result<(Outputs, Vec<Duration>)> {
         let mut profile = vec![Duration::ZERO; self.graph.nodes.len()];
         let inputs: Vec<_> = inputs.into_iter().collect();
-        let outputs = self
-            .pool
-            .install(|| self.run_inner(inputs, Some(&mut profile)))?;
+        let outputs = self.pool.install(|| {
+            with_recycler(&self.recycler, || {
+                self.run_inner(inputs, Some(&mut profile))
+            })
+        })?;
         Ok((outputs, profile))
     }
 
@@ -328,7 +345,9 @@ impl Model {
                 slots[v] = Some(t);
             }
             for &v in frees {
-                slots[v] = None;
+                if let Some(t) = slots[v].take() {
+                    recycle_into(&self.recycler, t);
+                }
             }
             if let (Some(profile), Some(start)) = (profile.as_deref_mut(), start) {
                 profile[i] = start.elapsed();

@@ -152,15 +152,17 @@ fn read_inputs(path: &Path, model: &Model) -> Result<(Vec<(String, Tensor)>, Jso
 }
 
 /// One warm-up run, then `runs` timed runs; the times in milliseconds, sorted.
+/// Times `runs` calls after a warm-up. Each call's outputs are handed back to the model, as a serving
+/// loop would, so that steady-state calls reuse their buffers.
 fn bench(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<Vec<f64>> {
-    model.run(inputs.to_vec())?;
+    model.recycle(model.run(inputs.to_vec())?);
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let inputs = inputs.to_vec();
         let start = Instant::now();
         let outputs = model.run(inputs)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
-        drop(outputs);
+        model.recycle(outputs);
     }
     times.sort_by(f64::total_cmp);
     Ok(times)
@@ -169,7 +171,7 @@ fn bench(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<Vec<
 /// One warm-up run, then `runs` profiled runs; a text table of the median time per op kind (largest
 /// first) and of the ten slowest nodes.
 fn profile(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<String> {
-    model.run(inputs.to_vec())?;
+    model.recycle(model.run(inputs.to_vec())?);
     let nodes = &model.graph().nodes;
     let mut per_node: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); nodes.len()];
     let mut totals = Vec::with_capacity(runs);
@@ -177,7 +179,7 @@ fn profile(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<St
         let start = Instant::now();
         let (outputs, times) = model.run_profiled(inputs.to_vec())?;
         totals.push(start.elapsed().as_secs_f64() * 1e3);
-        drop(outputs);
+        model.recycle(outputs);
         for (samples, t) in per_node.iter_mut().zip(times) {
             samples.push(t.as_secs_f64() * 1e3);
         }

@@ -9,6 +9,7 @@ use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 
 use super::{broadcast_shapes, elementwise, norm_axis};
+use crate::buffers;
 use crate::error::{Error, Result};
 use crate::op::{BinaryOp, FffActivation, FffBranch};
 use crate::tensor::{Tensor, TensorView};
@@ -56,7 +57,7 @@ pub fn matmul(a: &TensorView, b: &TensorView) -> Result<Tensor> {
         .broadcast(IxDyn(&[&batch[..], &[k, n]].concat()))
         .expect("broadcastable by construction");
     let nb: usize = batch.iter().product();
-    let mut out = vec![0.0f32; nb * m * n];
+    let mut out = buffers::zeroed(nb * m * n);
     let a_flat = a.as_slice().expect("contiguous");
     let b_flat = b.as_slice().expect("contiguous");
     // Offsets of each batch's matrix, derived from the broadcast strides (0 where broadcast).
@@ -137,7 +138,7 @@ pub fn gemm(
             })?;
             cb.iter().copied().collect()
         }
-        _ => vec![0.0f32; m * n],
+        _ => buffers::zeroed(m * n),
     };
     let beta = if c.is_some() { beta } else { 0.0 };
     gemm_kernel(am, bm, &mut out, alpha, beta);
@@ -156,22 +157,20 @@ pub fn linear(
     let shape = linear_shape(x, w)?;
     if let Some(r) = residual {
         if r.shape() == shape.as_slice() {
-            let mut out = contiguous(r.f32()?).into_owned();
-            linear_accumulate(
-                x,
-                w,
-                bias,
-                true,
-                out.as_slice_mut().expect("standard layout"),
-            )?;
-            return Ok(Tensor::F32(out));
+            let mut out = buffers::for_overwrite(r.len());
+            out.copy_from_slice(contiguous(r.f32()?).as_slice().expect("contiguous"));
+            linear_accumulate(x, w, bias, true, &mut out)?;
+            return Ok(Tensor::F32(
+                ArrayD::from_shape_vec(IxDyn(&shape), out).expect("size matches by construction"),
+            ));
         }
         // R broadcasts (or the product does): the product first, then the Add it stands for.
         let product = linear(x, w, bias, None)?;
         return elementwise::binary(BinaryOp::Add, &product.view(), r);
     }
     let n = *shape.last().expect("rank checked");
-    let mut out = vec![0.0f32; shape.iter().product::<usize>()];
+    // Written whole: the bias rows, or the product with beta 0, or zeros when k is 0.
+    let mut out = buffers::for_overwrite(shape.iter().product::<usize>());
     if n > 0 {
         linear_accumulate(x, w, bias, false, &mut out)?;
     }
@@ -350,7 +349,7 @@ pub fn attention(
         }
     });
     let out_shape = [shape.batch, shape.q_len, shape.heads, shape.d_v];
-    let mut out = vec![0.0f32; out_shape.iter().product()];
+    let mut out = buffers::zeroed(out_shape.iter().product());
     fff_ops::attention::attention(
         shape,
         strided(&arrays[0]),
@@ -407,7 +406,9 @@ pub fn layer_norm(
     let x = x.f32()?;
     let (width, scale, bias) = layer_norm_params(x.shape(), scale, bias, axis)?;
     let input = x.as_standard_layout();
-    let mut out = ArrayD::<f32>::zeros(x.raw_dim());
+    // Written whole: the kernel copies the input in first.
+    let mut out = ArrayD::from_shape_vec(x.raw_dim(), buffers::for_overwrite(x.len()))
+        .expect("size matches by construction");
     fff_ops::norm::layer_norm(
         input.as_slice().expect("standard layout"),
         width,
@@ -508,7 +509,11 @@ pub fn fast_feed_forward(
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("rank checked above") = d_out;
     let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
-    let mut out = ArrayD::<f32>::zeros(IxDyn(&out_shape));
+    let mut out = ArrayD::from_shape_vec(
+        IxDyn(&out_shape),
+        buffers::zeroed(out_shape.iter().product()),
+    )
+    .expect("size matches by construction");
     let act = match activation {
         FffActivation::Gelu => Activation::GeluErf,
         FffActivation::GeluTanh => Activation::GeluTanh,

@@ -1,0 +1,138 @@
+//! Reuse of f32 buffers across ops and calls. The executor gives every freed value's buffer to the
+//! model's [`Recycler`] (and [`crate::Model::recycle`] gives back outputs a caller is done with); the
+//! ops that write large f32 results take their buffer from it. A run with the shapes of an earlier one
+//! then finds every buffer it needs already allocated and touched: no page faults, no allocator traffic.
+//! Buffers are matched by exact length, which is what repeated shapes produce.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ndarray::ArrayD;
+
+use crate::tensor::Tensor;
+
+/// Spare bytes a model keeps at most; past this the spares are dropped (shapes keep changing).
+const LIMIT_BYTES: usize = 1 << 30;
+
+/// Spare f32 buffers, by length.
+#[derive(Debug, Default)]
+pub struct Recycler {
+    free: HashMap<usize, Vec<Vec<f32>>>,
+    bytes: usize,
+}
+
+impl Recycler {
+    fn put(&mut self, v: Vec<f32>) {
+        let bytes = v.capacity() * std::mem::size_of::<f32>();
+        if v.is_empty() || bytes > LIMIT_BYTES {
+            return;
+        }
+        if self.bytes + bytes > LIMIT_BYTES {
+            self.free.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+        self.free.entry(v.len()).or_default().push(v);
+    }
+
+    fn take(&mut self, len: usize) -> Option<Vec<f32>> {
+        let v = self.free.get_mut(&len)?.pop()?;
+        self.bytes -= v.capacity() * std::mem::size_of::<f32>();
+        Some(v)
+    }
+
+    /// Spare bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+thread_local! {
+    /// The recycler of the run executing on this thread, if any.
+    static CURRENT: RefCell<Option<Arc<Mutex<Recycler>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `recycler` serving this thread's buffer requests (the previous one is restored after).
+pub(crate) fn with_recycler<R>(recycler: &Arc<Mutex<Recycler>>, f: impl FnOnce() -> R) -> R {
+    let previous = CURRENT.with(|c| c.replace(Some(recycler.clone())));
+    let result = f();
+    CURRENT.with(|c| *c.borrow_mut() = previous);
+    result
+}
+
+fn take(len: usize) -> Option<Vec<f32>> {
+    CURRENT.with(|c| {
+        let current = c.borrow();
+        let mut r = current.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        r.take(len)
+    })
+}
+
+/// A buffer of `len` zeros: a spare one when the current run has one of that length.
+pub fn zeroed(len: usize) -> Vec<f32> {
+    match take(len) {
+        Some(mut v) => {
+            v.fill(0.0);
+            v
+        }
+        None => vec![0.0; len],
+    }
+}
+
+/// A buffer of `len` elements holding whatever an earlier user left: for callers that write every
+/// element before reading any.
+pub fn for_overwrite(len: usize) -> Vec<f32> {
+    take(len).unwrap_or_else(|| vec![0.0; len])
+}
+
+/// Gives a tensor's buffer to `recycler` when it is an f32 array that owns all of it.
+pub(crate) fn recycle_into(recycler: &Mutex<Recycler>, t: Tensor) {
+    let Tensor::F32(a) = t else {
+        return;
+    };
+    if let Some(v) = whole_vec(a) {
+        recycler.lock().unwrap_or_else(|e| e.into_inner()).put(v);
+    }
+}
+
+/// The array's buffer, if the array is exactly its contents in standard order.
+fn whole_vec(a: ArrayD<f32>) -> Option<Vec<f32>> {
+    if !a.is_standard_layout() {
+        return None;
+    }
+    let len = a.len();
+    let (v, offset) = a.into_raw_vec_and_offset();
+    (offset.unwrap_or(0) == 0 && v.len() == len).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::IxDyn;
+
+    use super::*;
+
+    #[test]
+    fn freed_buffers_come_back_zeroed_or_as_they_were() {
+        let r = Arc::new(Mutex::new(Recycler::default()));
+        let t = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0; 6]).unwrap());
+        recycle_into(&r, t);
+        assert_eq!(r.lock().unwrap().bytes(), 24);
+        with_recycler(&r, || {
+            assert_eq!(zeroed(6), vec![0.0; 6]);
+            assert_eq!(r.lock().unwrap().bytes(), 0);
+            // None of that length left: a fresh one.
+            assert_eq!(for_overwrite(6), vec![0.0; 6]);
+        });
+        recycle_into(&r, Tensor::F32(ArrayD::from_elem(IxDyn(&[4]), 2.0)));
+        with_recycler(&r, || assert_eq!(for_overwrite(4), vec![2.0; 4]));
+        // Outside a run nothing is shared.
+        recycle_into(&r, Tensor::F32(ArrayD::from_elem(IxDyn(&[4]), 2.0)));
+        assert_eq!(for_overwrite(4), vec![0.0; 4]);
+        // A view into part of a buffer is not recycled.
+        let sliced = ArrayD::from_elem(IxDyn(&[4, 2]), 1.0f32);
+        let sliced = sliced.slice_move(ndarray::s![1.., ..]).into_dyn();
+        recycle_into(&r, Tensor::F32(sliced));
+        assert_eq!(r.lock().unwrap().bytes(), 16);
+    }
+}
