@@ -72,6 +72,8 @@ pub struct Model {
     pool: rayon::ThreadPool,
     /// Buffers of freed values, for later ops and runs (see [`crate::buffers`]).
     recycler: Arc<Mutex<Recycler>>,
+    /// For each value, whether its buffer goes back to the recycler when it is freed.
+    recyclable: Vec<bool>,
 }
 
 impl Model {
@@ -134,6 +136,7 @@ impl Model {
         }
         let frees = free_schedule(&graph);
         let handover = handover_schedule(&graph, &frees, &sources);
+        let recyclable = recyclable_values(&graph);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(options.threads)
             .thread_name(|i| format!("fff-worker-{i}"))
@@ -146,6 +149,7 @@ impl Model {
             bytes,
             sources,
             frees,
+            recyclable,
             handover,
             pool,
             recycler: Arc::default(),
@@ -276,8 +280,15 @@ impl Model {
     /// into their memory instead of allocating (and page-faulting) new buffers. Optional: outputs that
     /// are simply dropped are freed as usual.
     pub fn recycle(&self, outputs: impl IntoIterator<Item = (String, Tensor)>) {
-        for (_, t) in outputs {
-            recycle_into(&self.recycler, t);
+        for (name, t) in outputs {
+            let made_here = self
+                .graph
+                .outputs
+                .iter()
+                .any(|o| o.name == name && self.recyclable[o.value]);
+            if made_here {
+                recycle_into(&self.recycler, t);
+            }
         }
     }
 
@@ -345,8 +356,9 @@ impl Model {
                 slots[v] = Some(t);
             }
             for &v in frees {
-                if let Some(t) = slots[v].take() {
-                    recycle_into(&self.recycler, t);
+                match slots[v].take() {
+                    Some(t) if self.recyclable[v] => recycle_into(&self.recycler, t),
+                    _ => {}
                 }
             }
             if let (Some(profile), Some(start)) = (profile.as_deref_mut(), start) {
@@ -427,6 +439,19 @@ impl Model {
 }
 
 /// For each node, the runtime values it is the last reader of, excluding graph outputs.
+/// Values made by ops that take their output buffer from the recycler (see [`crate::buffers`]).
+fn recyclable_values(graph: &PlanGraph) -> Vec<bool> {
+    let mut recyclable = vec![false; graph.num_values];
+    for node in &graph.nodes {
+        if crate::buffers::takes_buffers(&node.op) {
+            for &v in &node.outputs {
+                recyclable[v] = true;
+            }
+        }
+    }
+    recyclable
+}
+
 fn free_schedule(g: &PlanGraph) -> Vec<Vec<usize>> {
     let mut last = vec![None; g.num_values];
     for (i, node) in g.nodes.iter().enumerate() {
