@@ -225,3 +225,74 @@ fn range_and_expand() {
     );
     assert!(err.contains("too large"), "{err}");
 }
+
+/// bfloat16 tensors exist only as FastFeedForward weights: every other op refuses them with an error
+/// (Cast converts, Where and Concat select or join them), never a panic.
+#[test]
+fn bfloat16_operands_get_errors_not_panics() {
+    use fff_runtime::op::{ReduceOp, UnaryOp};
+    use fff_runtime::tensor::Bf16;
+    use fff_runtime::DType;
+    let b = Tensor::BF16(ArrayD::from_elem(IxDyn(&[2, 3]), Bf16::from_f32(1.5)));
+    let f = f32s(&[2, 3], &[1.0; 6]);
+    let axes = i64s(&[1], &[1]);
+    let idx = i64s(&[1], &[0]);
+    let refused: Vec<(Op, Vec<Option<&Tensor>>)> = vec![
+        (Op::Unary(UnaryOp::Neg), vec![Some(&b)]),
+        (Op::Binary(BinaryOp::Add), vec![Some(&b), Some(&b)]),
+        (Op::Binary(BinaryOp::Add), vec![Some(&b), Some(&f)]),
+        (Op::Binary(BinaryOp::Pow), vec![Some(&f), Some(&b)]),
+        (Op::Clip, vec![Some(&b), None, None]),
+        (Op::MatMul, vec![Some(&b), Some(&b)]),
+        (Op::Linear, vec![Some(&f), Some(&b), None, None]),
+        (
+            Op::Softmax {
+                axis: -1,
+                coerce_2d: false,
+            },
+            vec![Some(&b)],
+        ),
+        (
+            Op::LayerNorm {
+                axis: -1,
+                epsilon: 1e-5,
+            },
+            vec![Some(&b), Some(&f), None],
+        ),
+        (
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                keepdims: true,
+                noop_with_empty_axes: false,
+            },
+            vec![Some(&b), Some(&axes)],
+        ),
+        (
+            Op::CumSum {
+                exclusive: false,
+                reverse: false,
+            },
+            vec![Some(&b), Some(&idx)],
+        ),
+        (
+            Op::ArgMax {
+                axis: 0,
+                keepdims: true,
+                select_last_index: false,
+            },
+            vec![Some(&b)],
+        ),
+    ];
+    for (op, inputs) in refused {
+        let views: Vec<Option<TensorView>> = inputs.iter().map(|t| t.map(Tensor::view)).collect();
+        assert!(eval(&op, &views, 1).is_err(), "{op:?} accepted bfloat16");
+    }
+    // Cast widens exactly; Where and Concat keep the type.
+    let wide = run(Op::Cast { to: DType::F32 }, &[Some(&b)], 1).remove(0);
+    assert_eq!(wide, f32s(&[2, 3], &[1.5; 6]));
+    let joined = run(Op::Concat { axis: 0 }, &[Some(&b), Some(&b)], 1).remove(0);
+    assert_eq!(joined.shape(), &[4, 3]);
+    let cond = Tensor::Bool(ArrayD::from_elem(IxDyn(&[2, 3]), true));
+    let picked = run(Op::Where, &[Some(&cond), Some(&b), Some(&b)], 1).remove(0);
+    assert_eq!(picked, b);
+}

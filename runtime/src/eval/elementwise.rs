@@ -215,6 +215,7 @@ pub fn binary(op: BinaryOp, a: &TensorView, b: &TensorView) -> Result<Tensor> {
             };
             Ok(Tensor::Bool(zip_broadcast(x, y, f)?))
         }
+        (TensorView::BF16(_), TensorView::BF16(_)) => Err(unsupported()),
         _ => unreachable!("dtypes checked equal above"),
     }
 }
@@ -314,6 +315,7 @@ pub fn where_(cond: &TensorView, x: &TensorView, y: &TensorView) -> Result<Tenso
         (TensorView::I64(p), TensorView::I64(q)) => pick!(p, q, I64),
         (TensorView::I32(p), TensorView::I32(q)) => pick!(p, q, I32),
         (TensorView::Bool(p), TensorView::Bool(q)) => pick!(p, q, Bool),
+        (TensorView::BF16(p), TensorView::BF16(q)) => pick!(p, q, BF16),
         _ => unreachable!("dtypes checked equal above"),
     })
 }

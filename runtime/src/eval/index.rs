@@ -230,6 +230,9 @@ pub fn scatter_elements(
                 |p: bool, q| p && q
             )
         }
+        (TensorView::BF16(_), TensorView::BF16(_)) => {
+            return Err(Error::invalid("ScatterElements does not take bfloat16"))
+        }
         _ => unreachable!("dtypes checked equal above"),
     })
 }
