@@ -74,8 +74,62 @@ fn decomposed_layer_norm_with_attribute_axes() {
             let scaled = b.node("Mul", &[&norm, &gamma], vec![]);
             b.node("Add", &[&scaled, &beta], vec![])
         });
+        assert_eq!(
+            op_names(&bytes),
+            ["LayerNorm"],
+            "opset {opset}: fused into one op"
+        );
         check_against_tract(&format!("layernorm-opset{opset}"), bytes);
     }
+}
+
+/// The op names of the compiled graph, in order.
+fn op_names(onnx: &[u8]) -> Vec<String> {
+    let g = fff_compiler::compile_bytes(onnx).unwrap();
+    g.topo_order()
+        .into_iter()
+        .filter_map(|n| g.op(n).map(|op| op.name()))
+        .collect()
+}
+
+/// The HF-BERT spelling (`Mul(d, d)`, the scale on the left, epsilon on the left of the Add), without a
+/// bias, and a form that must stay as it is because the centred value is also read elsewhere.
+#[test]
+fn decomposed_layer_norm_variants() {
+    let fused = model(13, |b, x| {
+        let ax = || vec![("axes", Attr::Ints(vec![2]))];
+        let mean = b.node("ReduceMean", &[x], ax());
+        let centred = b.node("Sub", &[x, &mean], vec![]);
+        let sq = b.node("Mul", &[&centred, &centred], vec![]);
+        let var = b.node("ReduceMean", &[&sq], ax());
+        let eps = scalar(b, "eps", 1e-12);
+        let ve = b.node("Add", &[&eps, &var], vec![]);
+        let sd = b.node("Sqrt", &[&ve], vec![]);
+        let norm = b.node("Div", &[&centred, &sd], vec![]);
+        let gamma = b.weight(
+            "gamma",
+            &[1, 1, 8],
+            (0..8).map(|i| 0.5 + i as f32 * 0.2).collect(),
+        );
+        b.node("Mul", &[&gamma, &norm], vec![])
+    });
+    assert_eq!(op_names(&fused), ["LayerNorm"]);
+    check_against_tract("layernorm-hf", fused);
+    let kept = model(13, |b, x| {
+        let ax = || vec![("axes", Attr::Ints(vec![-1]))];
+        let mean = b.node("ReduceMean", &[x], ax());
+        let centred = b.node("Sub", &[x, &mean], vec![]);
+        let two = scalar(b, "two", 2.0);
+        let sq = b.node("Pow", &[&centred, &two], vec![]);
+        let var = b.node("ReduceMean", &[&sq], ax());
+        let eps = scalar(b, "eps", 1e-5);
+        let ve = b.node("Add", &[&var, &eps], vec![]);
+        let sd = b.node("Sqrt", &[&ve], vec![]);
+        let norm = b.node("Div", &[&centred, &sd], vec![]);
+        b.node("Add", &[&norm, &centred], vec![])
+    });
+    assert!(!op_names(&kept).iter().any(|n| n == "LayerNorm"));
+    check_against_tract("layernorm-kept", kept);
 }
 
 fn gelu_tanh_decomposed(b: &mut OnnxBuilder, x: &str) -> String {

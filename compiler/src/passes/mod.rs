@@ -8,6 +8,7 @@ pub mod cse;
 pub mod dead_code;
 pub mod feedforward;
 pub mod identity_elimination;
+pub mod layer_norm;
 pub mod linear;
 pub mod residual;
 pub mod shape_inference;
@@ -26,6 +27,7 @@ pub const PIPELINE: &[Pass] = &[
     ("identity-elimination", identity_elimination::run),
     ("cse", cse::run),
     ("dead-code", dead_code::run),
+    ("layer-norm", layer_norm::run),
     ("feedforward", feedforward::run),
     ("attention", attention::run),
     ("linear", linear::run),
