@@ -330,3 +330,51 @@ fn projections_with_residuals() {
     });
     check_against_tract("projections-with-residuals", bytes);
 }
+
+/// GELU in the erf form outside a feedforward block, in the groupings exporters write, becomes one
+/// `Gelu` op; with a wrong constant it stays as it is.
+#[test]
+fn decomposed_gelu_forms() {
+    // (x / sqrt2 or x * 1/sqrt2, grouping, the half) for each form.
+    let forms: [(bool, u8, f32); 4] = [
+        (true, 0, 0.5),
+        (false, 1, 0.5),
+        (true, 2, 0.5),
+        (true, 0, 0.6),
+    ];
+    for (i, &(divide, grouping, half)) in forms.iter().enumerate() {
+        let bytes = model(13, |b, x| {
+            let inner = if divide {
+                let c = scalar(b, "sqrt2", std::f32::consts::SQRT_2);
+                b.node("Div", &[x, &c], vec![])
+            } else {
+                let c = scalar(b, "inv_sqrt2", std::f32::consts::FRAC_1_SQRT_2);
+                b.node("Mul", &[&c, x], vec![])
+            };
+            let e = b.node("Erf", &[&inner], vec![]);
+            let one = scalar(b, "one", 1.0);
+            let a = b.node("Add", &[&one, &e], vec![]);
+            let h = scalar(b, "half", half);
+            match grouping {
+                // Mul(Mul(x, 0.5), a), as Hugging Face writes it.
+                0 => {
+                    let hx = b.node("Mul", &[x, &h], vec![]);
+                    b.node("Mul", &[&hx, &a], vec![])
+                }
+                // Mul(Mul(x, a), 0.5), as TorchScript exports torch.nn.functional.gelu.
+                1 => {
+                    let xa = b.node("Mul", &[x, &a], vec![]);
+                    b.node("Mul", &[&xa, &h], vec![])
+                }
+                // Mul(x, Mul(a, 0.5)).
+                _ => {
+                    let ah = b.node("Mul", &[&a, &h], vec![]);
+                    b.node("Mul", &[x, &ah], vec![])
+                }
+            }
+        });
+        let fused = op_names(&bytes) == ["Gelu"];
+        assert_eq!(fused, half == 0.5, "form {i}: {:?}", op_names(&bytes));
+        check_against_tract(&format!("gelu-form{i}"), bytes);
+    }
+}

@@ -7,6 +7,7 @@ pub mod constant_folding;
 pub mod cse;
 pub mod dead_code;
 pub mod feedforward;
+pub mod gelu;
 pub mod identity_elimination;
 pub mod layer_norm;
 pub mod linear;
@@ -29,6 +30,7 @@ pub const PIPELINE: &[Pass] = &[
     ("dead-code", dead_code::run),
     ("layer-norm", layer_norm::run),
     ("feedforward", feedforward::run),
+    ("gelu", gelu::run),
     ("attention", attention::run),
     ("linear", linear::run),
     ("residual", residual::run),
