@@ -93,42 +93,52 @@ pub fn attention(
     }
     // One block per thread: as large as possible (fewer, larger GEMMs amortise a head's K and V
     // better than finer blocks balance load; measured on the encoder benchmark).
-    let tasks_wanted = rayon::current_num_threads();
-    let per_batch = tasks_wanted.div_ceil(s.batch).max(1);
+    let threads = crate::threads::available();
+    let per_batch = threads.div_ceil(s.batch).max(1);
     let block_rows = s
         .q_len
         .div_ceil(per_batch)
         .clamp(MIN_BLOCK_ROWS.min(s.q_len), MAX_BLOCK_ROWS);
-    out.par_chunks_mut(s.q_len * v_row)
-        .enumerate()
-        .for_each(|(b, out_b)| {
-            out_b
-                .par_chunks_mut(block_rows * v_row)
-                .enumerate()
-                .for_each(|(block, out_blk)| {
-                    let i0 = block * block_rows;
-                    let rows = out_blk.len() / v_row;
-                    SCORES.with(|cell| {
-                        let mut scores = cell.borrow_mut();
-                        scores.resize(rows * s.kv_len, 0.0);
-                        for h in 0..s.heads {
-                            let at = Block { b, h, i0, rows };
-                            head_block(
-                                &s,
-                                &q,
-                                &k,
-                                &v,
-                                mask,
-                                scale,
-                                nan_to_zero,
-                                at,
-                                &mut scores,
-                                out_blk,
-                            );
-                        }
-                    });
-                });
+    let block = |b: usize, block: usize, out_blk: &mut [f32]| {
+        let i0 = block * block_rows;
+        let rows = out_blk.len() / v_row;
+        SCORES.with(|cell| {
+            let mut scores = cell.borrow_mut();
+            scores.resize(rows * s.kv_len, 0.0);
+            for h in 0..s.heads {
+                let at = Block { b, h, i0, rows };
+                head_block(
+                    &s,
+                    &q,
+                    &k,
+                    &v,
+                    mask,
+                    scale,
+                    nan_to_zero,
+                    at,
+                    &mut scores,
+                    out_blk,
+                );
+            }
         });
+    };
+    let (per_b, per_block) = (s.q_len * v_row, block_rows * v_row);
+    if threads == 1 {
+        for (b, out_b) in out.chunks_mut(per_b).enumerate() {
+            for (k, out_blk) in out_b.chunks_mut(per_block).enumerate() {
+                block(b, k, out_blk);
+            }
+        }
+    } else {
+        out.par_chunks_mut(per_b)
+            .enumerate()
+            .for_each(|(b, out_b)| {
+                out_b
+                    .par_chunks_mut(per_block)
+                    .enumerate()
+                    .for_each(|(k, out_blk)| block(b, k, out_blk));
+            });
+    }
 }
 
 /// Panics unless every operand holds every element its shape and strides address.

@@ -176,7 +176,7 @@ impl Plan {
 /// Computes `rows` rows of the op (`x`: `rows x d_in`, `out`: `rows x d_out`) with the best instruction
 /// set, in parallel on the current rayon pool.
 pub fn fff_tree(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::threads::available();
     run(Isa::best(), &Job::of(layer), x, rows, out, threads, None);
 }
 
@@ -191,7 +191,7 @@ pub fn fff_tree_with(isa: Isa, layer: &FffLayer, x: &[f32], rows: usize, out: &m
 
 /// [`fff_tree`] with bf16 weights: half the weight bytes to fetch, the same arithmetic in f32.
 pub fn fff_tree_bf16(layer: &FffLayerBf16, x: &[f32], rows: usize, out: &mut [f32]) {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::threads::available();
     run(
         Isa::best(),
         &Job::of_bf16(layer),

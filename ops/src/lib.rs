@@ -13,3 +13,4 @@ pub mod matmul;
 pub mod norm;
 pub mod simd;
 pub mod softmax;
+pub mod threads;

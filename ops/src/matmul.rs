@@ -141,7 +141,7 @@ pub fn gemm_into(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, threa
 
 /// Threads for one GEMM: the current rayon pool's, when the product is big enough to share.
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
-    let threads = rayon::current_num_threads();
+    let threads = crate::threads::available();
     if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= 1 << 18 {
         gemm::Parallelism::Rayon(threads)
     } else {

@@ -40,8 +40,8 @@ pub fn layer_norm_in_place(
             normalise_row(row, scale, bias, eps);
         }
     };
-    if data.len() <= ROWS_PER_TASK * width {
-        rows(data)
+    if data.len() <= ROWS_PER_TASK * width || crate::threads::available() == 1 {
+        data.chunks_mut(ROWS_PER_TASK * width).for_each(rows)
     } else {
         data.par_chunks_mut(ROWS_PER_TASK * width).for_each(rows);
     }

@@ -58,10 +58,15 @@ thread_local! {
 
 /// Runs `f` with `recycler` serving this thread's buffer requests (the previous one is restored after).
 pub(crate) fn with_recycler<R>(recycler: &Arc<Mutex<Recycler>>, f: impl FnOnce() -> R) -> R {
-    let previous = CURRENT.with(|c| c.replace(Some(recycler.clone())));
-    let result = f();
-    CURRENT.with(|c| *c.borrow_mut() = previous);
-    result
+    /// Restores the previous recycler however `f` ends, unwinding included.
+    struct Restore(Option<Arc<Mutex<Recycler>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| *c.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| c.replace(Some(recycler.clone()))));
+    f()
 }
 
 fn take(len: usize) -> Option<Vec<f32>> {

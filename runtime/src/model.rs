@@ -68,8 +68,9 @@ pub struct Model {
     frees: Vec<Vec<usize>>,
     /// For each node, the inputs it may take over and compute into (see [`in_place`]).
     handover: Vec<Vec<usize>>,
-    /// The threads every run's kernels share.
-    pool: rayon::ThreadPool,
+    /// The threads every run's kernels share; none when there is one thread, and calls run on the
+    /// caller's thread instead of being handed to a pool (which costs ~15 µs a call).
+    pool: Option<rayon::ThreadPool>,
     /// Buffers of freed values, for later ops and runs (see [`crate::buffers`]).
     recycler: Arc<Mutex<Recycler>>,
     /// For each value, whether its buffer goes back to the recycler when it is freed.
@@ -144,6 +145,7 @@ impl Model {
             .map_err(|e| {
                 Error::invalid(format!("cannot start {} threads: {e}", options.threads))
             })?;
+        let pool = (pool.current_num_threads() > 1).then_some(pool);
         Ok(Model {
             graph,
             bytes,
@@ -158,7 +160,18 @@ impl Model {
 
     /// The number of threads the kernels use.
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool
+            .as_ref()
+            .map_or(1, rayon::ThreadPool::current_num_threads)
+    }
+
+    /// Runs `f` with the model's threads: on its pool, or serially on this thread when it has one.
+    fn on_threads<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let f = || with_recycler(&self.recycler, f);
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => fff_ops::threads::serial(f),
+        }
     }
 
     /// The plan's graph: inputs, outputs, nodes.
@@ -272,8 +285,7 @@ impl Model {
     ) -> Result<Vec<(String, Tensor)>> {
         let inputs: Vec<_> = inputs.into_iter().collect();
         // The kernels' parallel loops run on this model's pool, sized by `Options::threads`.
-        self.pool
-            .install(|| with_recycler(&self.recycler, || self.run_inner(inputs, None)))
+        self.on_threads(|| self.run_inner(inputs, None))
     }
 
     /// Hands back outputs of an earlier run that the caller is done with, so that the next run writes
@@ -300,11 +312,7 @@ impl Model {
     ) -> Result<(Outputs, Vec<Duration>)> {
         let mut profile = vec![Duration::ZERO; self.graph.nodes.len()];
         let inputs: Vec<_> = inputs.into_iter().collect();
-        let outputs = self.pool.install(|| {
-            with_recycler(&self.recycler, || {
-                self.run_inner(inputs, Some(&mut profile))
-            })
-        })?;
+        let outputs = self.on_threads(|| self.run_inner(inputs, Some(&mut profile)))?;
         Ok((outputs, profile))
     }
 

@@ -198,3 +198,47 @@ fn one_model_runs_on_several_threads_at_once() {
         }
     });
 }
+
+/// A model with one thread runs each call on the caller's thread (no pool): calls from several threads
+/// at once, and from inside another rayon pool, give what the model with a pool gives.
+#[test]
+fn one_thread_models_run_on_the_callers_thread() {
+    use fff_runtime::model::Options;
+    let f = fixtures::get("fff-encoder-tiny");
+    let plan = fff_compiler::compile_to_plan_bytes(&std::fs::read(&f.onnx).unwrap()).unwrap();
+    let pooled = fff_runtime::Model::from_bytes_with(&plan, Options { threads: 2 }).unwrap();
+    let single = fff_runtime::Model::from_bytes_with(&plan, Options { threads: 1 }).unwrap();
+    assert_eq!((pooled.threads(), single.threads()), (2, 1));
+    let inputs: Vec<_> = (0..3)
+        .map(|i| random_inputs(&pooled, 1 + i % 2, 4 + 3 * i, i as u64))
+        .collect();
+    let want: Vec<_> = inputs
+        .iter()
+        .map(|x| pooled.run(x.clone()).unwrap())
+        .collect();
+    let close = |got: &[(String, fff_runtime::Tensor)], want: &[(String, fff_runtime::Tensor)]| {
+        for ((_, g), (name, w)) in got.iter().zip(want) {
+            let wv: Vec<f64> = match w {
+                fff_runtime::Tensor::F32(a) => a.iter().map(|&v| v as f64).collect(),
+                _ => unreachable!("float outputs"),
+            };
+            let d = max_abs_diff(name, g, w.shape(), &wv);
+            assert!(d < 1e-5, "{name}: max abs diff {d}");
+        }
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|x| s.spawn(|| single.run(x.clone()).unwrap()))
+            .collect();
+        for (h, w) in handles.into_iter().zip(&want) {
+            close(&h.join().unwrap(), w);
+        }
+    });
+    let outer = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let got = outer.install(|| single.run(inputs[1].clone()).unwrap());
+    close(&got, &want[1]);
+}
