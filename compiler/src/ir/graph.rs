@@ -124,6 +124,11 @@ impl Graph {
         }
     }
 
+    /// Whether `o` is one of the graph's outputs.
+    pub fn is_output(&self, o: OutletId) -> bool {
+        self.outputs.iter().any(|(_, out)| *out == o)
+    }
+
     pub fn fact(&self, o: OutletId) -> &Fact {
         &self.g[o.node].outputs[o.slot]
     }

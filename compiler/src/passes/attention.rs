@@ -158,13 +158,9 @@ fn scale_step(g: &Graph, o: OutletId) -> Option<(OutletId, f32)> {
     }
 }
 
-/// The value of a float constant with one element and rank at most 4 (so broadcasting it never grows
-/// a rank-4 operand).
+/// A scalar float constant of rank at most 4, so that scaling by it never grows a rank-4 operand.
 fn scalar(g: &Graph, o: OutletId) -> Option<f32> {
-    let t = g.const_value(o)?;
-    let v = t.view();
-    let a = v.f32().ok()?;
-    (a.len() == 1 && a.ndim() <= 4).then(|| a.iter().copied().next().unwrap_or(1.0))
+    super::pattern::scalar(g, o, 4)
 }
 
 /// Follows transposes and scalar scales backwards from a MatMul operand (each read only by the chain)

@@ -45,7 +45,7 @@ pub fn run(g: &mut Graph) -> Result<bool> {
         for (slot, t) in outputs.into_iter().enumerate() {
             let Some(t) = t else { continue };
             let old = OutletId::new(n, slot);
-            if g.consumers(old).is_empty() && !g.outputs.iter().any(|(_, o)| *o == old) {
+            if g.consumers(old).is_empty() && !g.is_output(old) {
                 continue;
             }
             let c = g.add_const(&name, t);

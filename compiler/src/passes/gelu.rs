@@ -15,6 +15,7 @@
 use fff_runtime::op::{BinaryOp, Op, UnaryOp};
 use petgraph::stable_graph::NodeIndex;
 
+use super::pattern::{read_once, scalar};
 use crate::error::Result;
 use crate::ir::{Graph, OutletId};
 
@@ -43,8 +44,8 @@ fn match_at(g: &Graph, erf: NodeIndex) -> Option<(OutletId, OutletId)> {
     if g.op(erf) != Some(&Op::Unary(UnaryOp::Erf)) {
         return None;
     }
-    let x = scaled_input(g, sole(g, g.inputs_of(erf)[0]?)?)?;
-    let e = sole(g, OutletId::new(erf, 0))?;
+    let x = scaled_input(g, read_once(g, g.inputs_of(erf)[0]?)?)?;
+    let e = read_once(g, OutletId::new(erf, 0))?;
     // a = Add(e, 1)
     let (add, _) = g.consumers(e)[0];
     if g.op(add) != Some(&Op::Binary(BinaryOp::Add)) {
@@ -52,10 +53,10 @@ fn match_at(g: &Graph, erf: NodeIndex) -> Option<(OutletId, OutletId)> {
     }
     let ins = g.inputs_of(add);
     let one = if ins[0]? == e { ins[1]? } else { ins[0]? };
-    if !near(scalar(g, one)?, 1.0) {
+    if !near(scalar(g, one, 0)?, 1.0) {
         return None;
     }
-    let a = sole(g, OutletId::new(add, 0))?;
+    let a = read_once(g, OutletId::new(add, 0))?;
     // The Mul tree above `a`: one or two Mul nodes whose leaves are a, x and scalars making 0.5.
     let (m1, _) = g.consumers(a)[0];
     if g.op(m1) != Some(&Op::Binary(BinaryOp::Mul)) {
@@ -67,7 +68,7 @@ fn match_at(g: &Graph, erf: NodeIndex) -> Option<(OutletId, OutletId)> {
     let mut muls = 1;
     for l in g.inputs_of(m1).into_iter().flatten() {
         let inner = l != a && l != x && g.op(l.node) == Some(&Op::Binary(BinaryOp::Mul));
-        if inner && sole(g, l).is_some() {
+        if inner && read_once(g, l).is_some() {
             leaves.extend(g.inputs_of(l.node).into_iter().flatten());
             muls += 1;
         } else {
@@ -81,7 +82,7 @@ fn match_at(g: &Graph, erf: NodeIndex) -> Option<(OutletId, OutletId)> {
     if muls > 1 {
         return None;
     }
-    let (next, _) = g.consumers(sole(g, first)?)[0];
+    let (next, _) = g.consumers(read_once(g, first)?)[0];
     if g.op(next) != Some(&Op::Binary(BinaryOp::Mul)) {
         return None;
     }
@@ -100,7 +101,7 @@ fn complete(g: &Graph, leaves: &[OutletId], a: OutletId, x: OutletId) -> bool {
             seen_a = true;
         } else if l == x && !seen_x {
             seen_x = true;
-        } else if let Some(c) = scalar(g, l) {
+        } else if let Some(c) = scalar(g, l, 0) {
             product *= c;
         } else {
             return false;
@@ -114,10 +115,10 @@ fn scaled_input(g: &Graph, t: OutletId) -> Option<OutletId> {
     let ins = g.inputs_of(t.node);
     let (a, b) = (ins[0]?, ins[1]?);
     match g.op(t.node)? {
-        Op::Binary(BinaryOp::Div) => near(scalar(g, b)?, std::f32::consts::SQRT_2).then_some(a),
+        Op::Binary(BinaryOp::Div) => near(scalar(g, b, 0)?, std::f32::consts::SQRT_2).then_some(a),
         Op::Binary(BinaryOp::Mul) => {
             let k = std::f32::consts::FRAC_1_SQRT_2;
-            match (scalar(g, a), scalar(g, b)) {
+            match (scalar(g, a, 0), scalar(g, b, 0)) {
                 (None, Some(c)) if near(c, k) => Some(a),
                 (Some(c), None) if near(c, k) => Some(b),
                 _ => None,
@@ -129,20 +130,4 @@ fn scaled_input(g: &Graph, t: OutletId) -> Option<OutletId> {
 
 fn near(v: f32, want: f32) -> bool {
     (v - want).abs() <= TOLERANCE * want.abs()
-}
-
-/// `o` itself if it is an op output read only once, and not a graph output.
-fn sole(g: &Graph, o: OutletId) -> Option<OutletId> {
-    (g.op(o.node).is_some()
-        && g.consumers(o).len() == 1
-        && !g.outputs.iter().any(|(_, out)| *out == o))
-    .then_some(o)
-}
-
-/// The value of a float constant with one element and rank 0 (so that it cannot broadcast x up).
-fn scalar(g: &Graph, o: OutletId) -> Option<f32> {
-    let t = g.const_value(o)?;
-    let v = t.view();
-    let a = v.f32().ok()?;
-    (a.len() == 1 && a.ndim() == 0).then(|| a.iter().copied().next().unwrap_or(0.0))
 }

@@ -24,6 +24,7 @@ use fff_runtime::{DType, Tensor};
 use ndarray::{ArrayD, IxDyn};
 use petgraph::stable_graph::NodeIndex;
 
+use super::pattern::{read_once, scalar};
 use crate::error::Result;
 use crate::ir::{Graph, OutletId};
 
@@ -58,27 +59,27 @@ fn match_at(g: &Graph, div: NodeIndex) -> Option<Matched> {
         return None;
     }
     let ins = g.inputs_of(div);
-    let (d, sd) = (ins[0]?, sole(g, ins[1]?)?);
+    let (d, sd) = (ins[0]?, read_once(g, ins[1]?)?);
     // Sqrt(Add(v, eps))
     if g.op(sd.node) != Some(&Op::Unary(UnaryOp::Sqrt)) {
         return None;
     }
-    let ve = sole(g, g.inputs_of(sd.node)[0]?)?;
+    let ve = read_once(g, g.inputs_of(sd.node)[0]?)?;
     if g.op(ve.node) != Some(&Op::Binary(BinaryOp::Add)) {
         return None;
     }
     let add = g.inputs_of(ve.node);
-    let (var, epsilon) = match (scalar(g, add[0]?), scalar(g, add[1]?)) {
+    let (var, epsilon) = match (scalar(g, add[0]?, 1), scalar(g, add[1]?, 1)) {
         (None, Some(e)) => (add[0]?, e),
         (Some(e), None) => (add[1]?, e),
         _ => return None,
     };
     // v = ReduceMean(d^2), d = Sub(x, ReduceMean(x))
-    let var = sole(g, var)?;
-    let squared = sole(g, last_axis_mean(g, var.node)?)?;
+    let var = read_once(g, var)?;
+    let squared = read_once(g, last_axis_mean(g, var.node)?)?;
     let sq_ins = g.inputs_of(squared.node);
     let squares_d = match g.op(squared.node)? {
-        Op::Binary(BinaryOp::Pow) => sq_ins[0]? == d && scalar(g, sq_ins[1]?) == Some(2.0),
+        Op::Binary(BinaryOp::Pow) => sq_ins[0]? == d && scalar(g, sq_ins[1]?, 1) == Some(2.0),
         Op::Binary(BinaryOp::Mul) => sq_ins[0]? == d && sq_ins[1]? == d,
         _ => false,
     };
@@ -89,12 +90,12 @@ fn match_at(g: &Graph, div: NodeIndex) -> Option<Matched> {
     let only_pattern_reads_d = d_readers
         .iter()
         .all(|&(n, _)| n == squared.node || n == div)
-        && !g.outputs.iter().any(|(_, o)| *o == d);
+        && !g.is_output(d);
     if !only_pattern_reads_d {
         return None;
     }
     let sub = g.inputs_of(d.node);
-    let (x, mean) = (sub[0]?, sole(g, sub[1]?)?);
+    let (x, mean) = (sub[0]?, read_once(g, sub[1]?)?);
     if last_axis_mean(g, mean.node)? != x || last_axis_mean(g, var.node)? != squared {
         return None;
     }
@@ -126,14 +127,6 @@ fn match_at(g: &Graph, div: NodeIndex) -> Option<Matched> {
         out,
         width,
     })
-}
-
-/// `o` itself if it is an op output read only once, and not a graph output.
-fn sole(g: &Graph, o: OutletId) -> Option<OutletId> {
-    (g.op(o.node).is_some()
-        && g.consumers(o).len() == 1
-        && !g.outputs.iter().any(|(_, out)| *out == o))
-    .then_some(o)
 }
 
 /// The data input of a keepdims `ReduceMean` node.
@@ -171,7 +164,7 @@ fn affine_step(
     rank: usize,
     width: usize,
 ) -> Option<(OutletId, Vec<f32>)> {
-    if g.outputs.iter().any(|(_, out)| *out == o) {
+    if g.is_output(o) {
         return None;
     }
     let readers = g.consumers(o);
@@ -193,14 +186,6 @@ fn affine_step(
         && shape[..shape.len() - 1].iter().all(|&d| d == 1)
         && shape[shape.len() - 1] == width;
     row_shaped.then(|| (OutletId::new(reader, 0), a.iter().copied().collect()))
-}
-
-/// The value of a float constant with one element and rank 0 or 1.
-fn scalar(g: &Graph, o: OutletId) -> Option<f32> {
-    let t = g.const_value(o)?;
-    let v = t.view();
-    let a = v.f32().ok()?;
-    (a.len() == 1 && a.ndim() <= 1).then(|| a.iter().copied().next().unwrap_or(0.0))
 }
 
 fn rewrite(g: &mut Graph, div: NodeIndex, m: Matched) {

@@ -11,6 +11,7 @@ pub mod gelu;
 pub mod identity_elimination;
 pub mod layer_norm;
 pub mod linear;
+pub mod pattern;
 pub mod residual;
 pub mod shape_inference;
 pub mod shape_rules;

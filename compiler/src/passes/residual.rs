@@ -51,6 +51,6 @@ fn matched(g: &Graph, linear: OutletId, residual: OutletId) -> Option<(OutletId,
     let is_linear = g.op(linear.node) == Some(&Op::Linear)
         && g.inputs_of(linear.node).get(3).copied().flatten().is_none()
         && g.consumers(linear).len() == 1
-        && !g.outputs.iter().any(|(_, o)| *o == linear);
+        && !g.is_output(linear);
     (is_linear && g.fact(residual).dtype == Some(DType::F32)).then_some((linear, residual))
 }

@@ -225,7 +225,7 @@ pub fn extend_output(
     };
     loop {
         let readers = g.consumers(region.y);
-        if readers.len() != 1 || g.outputs.iter().any(|(_, o)| *o == region.y) {
+        if readers.len() != 1 || g.is_output(region.y) {
             return region;
         }
         let (next, slot) = readers[0];
