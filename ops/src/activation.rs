@@ -1,5 +1,7 @@
 //! Scalar activation functions, written once so that every op and kernel agrees on them.
 
+use crate::simd::on_best_isa;
+
 /// GELU with the error function: `x * 0.5 * (1 + erf(x / sqrt(2)))`.
 #[inline(always)]
 pub fn gelu_erf(x: f32) -> f32 {
@@ -43,23 +45,11 @@ pub fn erf(x: f32) -> f32 {
     x * p / q
 }
 
-/// Applies `act` to `bias[j] + x` for every element `x` in column `j` of the rows of `data` (rows of
-/// `bias.len()` elements, or no bias), vectorised for the machine's widest instruction set.
-pub fn bias_act_rows(act: Activation, data: &mut [f32], bias: Option<&[f32]>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { bias_act_rows_avx512(act, data, bias) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { bias_act_rows_avx2(act, data, bias) };
-        }
-    }
-    bias_act_rows_generic(act, data, bias)
-}
+on_best_isa!(
+    /// Applies `act` to `bias[j] + x` for every element `x` in column `j` of the rows of `data` (rows of
+    /// `bias.len()` elements, or no bias), vectorised for the machine's widest instruction set.
+    pub fn bias_act_rows(act: Activation, data: &mut [f32], bias: Option<&[f32]>) => bias_act_rows_generic
+);
 
 /// Applies `act` to `bias[i] + x` for every element `x` of run `i` of `data` (consecutive runs of
 /// `run` elements, one per bias entry; or no bias): the same as [`bias_act_rows`] on the transposed
@@ -76,32 +66,10 @@ pub fn bias_act_runs(act: Activation, data: &mut [f32], run: usize, bias: Option
         run * bias.len(),
         "bias_act_runs: one run per bias entry"
     );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { bias_act_runs_avx512(act, data, run, bias) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { bias_act_runs_avx2(act, data, run, bias) };
-        }
-    }
-    bias_act_runs_generic(act, data, run, bias)
+    bias_act_runs_widest(act, data, run, bias)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn bias_act_runs_avx512(act: Activation, data: &mut [f32], run: usize, bias: &[f32]) {
-    bias_act_runs_generic(act, data, run, bias)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn bias_act_runs_avx2(act: Activation, data: &mut [f32], run: usize, bias: &[f32]) {
-    bias_act_runs_generic(act, data, run, bias)
-}
+on_best_isa!(fn bias_act_runs_widest(act: Activation, data: &mut [f32], run: usize, bias: &[f32]) => bias_act_runs_generic);
 
 #[inline(always)]
 fn bias_act_runs_generic(act: Activation, data: &mut [f32], run: usize, bias: &[f32]) {
@@ -119,18 +87,6 @@ fn bias_act_runs_generic(act: Activation, data: &mut [f32], run: usize, bias: &[
         Activation::GeluTanh => each!(gelu_tanh),
         Activation::Relu => each!(relu),
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn bias_act_rows_avx512(act: Activation, data: &mut [f32], bias: Option<&[f32]>) {
-    bias_act_rows_generic(act, data, bias)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn bias_act_rows_avx2(act: Activation, data: &mut [f32], bias: Option<&[f32]>) {
-    bias_act_rows_generic(act, data, bias)
 }
 
 #[inline(always)]

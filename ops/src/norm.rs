@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use crate::simd::on_best_isa;
+
 /// Rows per parallel task: below this much work a thread hand-off costs more than it saves.
 const ROWS_PER_TASK: usize = 64;
 
@@ -47,34 +49,10 @@ pub fn layer_norm_in_place(
     }
 }
 
-/// One row in place, with the widest instruction set the CPU has.
-fn normalise_row(row: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { normalise_row_avx512(row, scale, bias, eps) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { normalise_row_avx2(row, scale, bias, eps) };
-        }
-    }
-    normalise_row_generic(row, scale, bias, eps)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn normalise_row_avx512(row: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
-    normalise_row_generic(row, scale, bias, eps)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn normalise_row_avx2(row: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) {
-    normalise_row_generic(row, scale, bias, eps)
-}
+on_best_isa!(
+    /// One row in place, with the widest instruction set the CPU has.
+    fn normalise_row(row: &mut [f32], scale: &[f32], bias: Option<&[f32]>, eps: f32) => normalise_row_generic
+);
 
 /// Lanes of the partial sums: one AVX-512 vector, two AVX2 ones.
 const LANES: usize = 16;

@@ -48,6 +48,37 @@ impl Isa {
     }
 }
 
+/// Defines `fn $name(args)` that runs `$body`, an `#[inline(always)]` function taking the same
+/// arguments, compiled for the instruction set [`Isa::best`] picked: plain loops in the body are then
+/// vectorised for that set. For kernels written without the [`Vector`] trait.
+macro_rules! on_best_isa {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                match $crate::simd::Isa::best() {
+                    // SAFETY: `Isa::best` reports AVX-512 only after detecting AVX-512F and FMA.
+                    $crate::simd::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: `Isa::best` reports AVX2 only after detecting AVX2 and FMA.
+                    $crate::simd::Isa::Avx2Fma => return unsafe { avx2($($arg),*) },
+                    _ => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use on_best_isa;
+
 /// A bf16 bit pattern widened to the f32 it denotes (exact: bf16 is the top half of an f32).
 #[inline(always)]
 pub fn bf16_to_f32(v: u16) -> f32 {

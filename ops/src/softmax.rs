@@ -1,6 +1,8 @@
 //! Softmax over contiguous rows, vectorised: the row maximum and the sum of exponentials are kept in
 //! one lane per vector slot, and the exponential is a branch-free polynomial ([`exp`]).
 
+use crate::simd::on_best_isa;
+
 /// `e^x` within 2 ulp for finite `x`, without branches so that loops over slices vectorise:
 /// Cody–Waite reduction to `r` in [-ln2/2, ln2/2], a degree-6 polynomial for `e^r`, and the power of
 /// two put into the exponent bits. Below -87.3 (where f32 results go subnormal) it returns 0, above
@@ -45,32 +47,10 @@ pub fn softmax_rows(x: &mut [f32], width: usize) {
     if width == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { softmax_rows_avx512(x, width) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { softmax_rows_avx2(x, width) };
-        }
-    }
-    softmax_rows_generic(x, width)
+    softmax_rows_widest(x, width)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn softmax_rows_avx512(x: &mut [f32], width: usize) {
-    softmax_rows_generic(x, width)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(x: &mut [f32], width: usize) {
-    softmax_rows_generic(x, width)
-}
+on_best_isa!(fn softmax_rows_widest(x: &mut [f32], width: usize) => softmax_rows_generic);
 
 #[inline(always)]
 fn softmax_rows_generic(x: &mut [f32], width: usize) {
