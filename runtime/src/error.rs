@@ -13,6 +13,10 @@ pub enum Error {
     /// An op met data it cannot compute on (shapes that do not broadcast, an index out of range, ...).
     #[error("{0}")]
     Invalid(String),
+    /// An op was asked, by data, for a tensor larger than it may allocate (see
+    /// [`crate::eval::with_element_limit`]).
+    #[error("{0}")]
+    TooLarge(String),
     /// An op failed; the message names the node and includes the cause (so it is not also a `source`).
     #[error("node '{node}' ({op}): {cause}")]
     Node {

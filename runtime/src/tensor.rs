@@ -258,11 +258,18 @@ pub(crate) fn from_vec<T>(shape: IxDyn, v: Vec<T>) -> ArrayD<T> {
 }
 
 /// The element count of a shape, or an error where it overflows.
+///
+/// Also refuses shapes whose non-zero dimensions multiply past `isize::MAX`, even with a zero among
+/// them: no array can have such a shape, empty or not.
 pub fn checked_len(shape: &[usize]) -> Result<usize> {
-    shape
+    let too_many = || Error::invalid(format!("shape {shape:?} has too many elements"));
+    let nonzero = shape
         .iter()
+        .filter(|&&d| d != 0)
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::invalid(format!("shape {shape:?} has too many elements")))
+        .filter(|&n| isize::try_from(n).is_ok())
+        .ok_or_else(too_many)?;
+    Ok(if shape.contains(&0) { 0 } else { nonzero })
 }
 
 impl<'a> TensorView<'a> {

@@ -612,3 +612,82 @@ fn missing_path_cause_is_printed_once() {
         );
     }
 }
+
+/// Shapes read from data that no machine can allocate, or no array can have, are left unfolded by the
+/// compiler and fail with an error when the model runs (a failed allocation would abort the process,
+/// which no caller can handle).
+#[test]
+fn absurd_shapes_from_data_are_errors() {
+    /// The run-time error of a one-input model `y = x + ReduceSum(big)`.
+    fn run_error(mut m: OnnxBuilder, x: &str, big: &str, len: usize) -> String {
+        let s = m.node("ReduceSum", &[big], vec![]);
+        let y = m.node("Add", &[&s, x], vec![]);
+        m.rename(&y, "y");
+        m.output("y", Elem::Float, &[D::N(len as i64)]);
+        let plan = fff_compiler::compile_to_plan_bytes(&m.to_bytes()).expect("compiles unfolded");
+        let x = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[len])));
+        let model = Model::from_bytes(&plan).unwrap();
+        expect_err(model.run(vec![("x".into(), x)])).to_string()
+    }
+    let cases: [(&str, Vec<i64>); 3] = [
+        ("ConstantOfShape", vec![1 << 40, 1 << 20]),
+        ("ConstantOfShape", vec![0, 1 << 62, 4]),
+        ("Expand", vec![1 << 36, 4]),
+    ];
+    for (op, dims) in cases {
+        let mut m = OnnxBuilder::new(17);
+        let x = m.input("x", Elem::Float, &[D::N(4)]);
+        let shape = m.ints("shape", &[dims.len() as i64], dims.clone());
+        let big = if op == "Expand" {
+            m.node("Expand", &[&x, &shape], vec![])
+        } else {
+            m.node("ConstantOfShape", &[&shape], vec![])
+        };
+        let msg = run_error(m, &x, &big, 4);
+        assert_mentions(&msg, &[op, "too large", &format!("{:?}", dims[0])]);
+    }
+
+    let mut m = OnnxBuilder::new(17);
+    let x = m.input("x", Elem::Float, &[D::N(1)]);
+    let start = m.weight("start", &[], vec![0.0]);
+    let limit = m.weight("limit", &[], vec![1e12]);
+    let delta = m.weight("delta", &[], vec![1.0]);
+    let r = m.node("Range", &[&start, &limit, &delta], vec![]);
+    assert_mentions(&run_error(m, &x, &r, 1), &["Range", "too large"]);
+}
+
+/// A pattern pass must not assume the arity of an op it has not matched yet: here the value the GELU
+/// pass follows back from an Erf comes from a one-input op.
+#[test]
+fn erf_of_a_unary_op_compiles_and_runs() {
+    let mut m = OnnxBuilder::new(17);
+    let x = m.input("x", Elem::Float, &[D::S("batch"), D::N(4)]);
+    let r = m.node("Relu", &[&x], vec![]);
+    let e = m.node("Erf", &[&r], vec![]);
+    let one = m.weight("one", &[], vec![1.0]);
+    let a = m.node("Add", &[&e, &one], vec![]);
+    let y = m.node("Mul", &[&a, &x], vec![]);
+    m.rename(&y, "y");
+    m.output("y", Elem::Float, &[D::S("batch"), D::N(4)]);
+    let plan = fff_compiler::compile_to_plan_bytes(&m.to_bytes()).unwrap();
+    let model = Model::from_bytes(&plan).unwrap();
+    let x = Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[2, 4]), 0.5));
+    let out = model.run(vec![("x".into(), x)]).unwrap();
+    let Tensor::F32(y) = &out[0].1 else {
+        panic!("float output")
+    };
+    let want = (1.0 + libm_erf(0.5)) * 0.5;
+    assert!(y.iter().all(|v| (v - want).abs() < 1e-6), "{y:?} vs {want}");
+}
+
+/// erf to float precision (Abramowitz and Stegun 7.1.26 is too coarse; this is the series).
+fn libm_erf(x: f32) -> f32 {
+    let x = x as f64;
+    let mut sum = 0.0;
+    let mut term = x;
+    for n in 0..40 {
+        sum += term / (2 * n + 1) as f64;
+        term *= -x * x / (n + 1) as f64;
+    }
+    (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
+}

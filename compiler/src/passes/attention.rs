@@ -67,8 +67,9 @@ fn match_at(g: &Graph, softmax: NodeIndex) -> Option<Matched> {
     let mut mask = None;
     let mut cur = sole(g, s_in)?;
     if g.op(cur.node) == Some(&Op::Binary(BinaryOp::Add)) {
-        let ins = g.inputs_of(cur.node);
-        let (a, b) = (ins[0]?, ins[1]?);
+        let [Some(a), Some(b)] = g.inputs_of(cur.node)[..] else {
+            return None;
+        };
         let (scores, m) = if leads_to_scores(g, a) {
             (a, b)
         } else {
@@ -143,17 +144,16 @@ fn strip_scales(g: &Graph, mut o: OutletId, scale: &mut f32) -> Option<OutletId>
 
 /// When `o` is `x * c`, `c * x` or `x / c` for a scalar float constant `c`: `x` and the factor.
 fn scale_step(g: &Graph, o: OutletId) -> Option<(OutletId, f32)> {
-    let ins = g.inputs_of(o.node);
+    let [Some(a), Some(b)] = g.inputs_of(o.node)[..] else {
+        return None;
+    };
     match g.op(o.node)? {
-        Op::Binary(BinaryOp::Mul) => {
-            let (a, b) = (ins[0]?, ins[1]?);
-            match (scalar(g, a), scalar(g, b)) {
-                (_, Some(c)) => Some((a, c)),
-                (Some(c), None) => Some((b, c)),
-                _ => None,
-            }
-        }
-        Op::Binary(BinaryOp::Div) => Some((ins[0]?, 1.0 / scalar(g, ins[1]?)?)),
+        Op::Binary(BinaryOp::Mul) => match (scalar(g, a), scalar(g, b)) {
+            (_, Some(c)) => Some((a, c)),
+            (Some(c), None) => Some((b, c)),
+            _ => None,
+        },
+        Op::Binary(BinaryOp::Div) => Some((a, 1.0 / scalar(g, b)?)),
         _ => None,
     }
 }
@@ -173,7 +173,7 @@ fn head_chain(g: &Graph, operand: OutletId, scale: &mut f32) -> Option<(OutletId
     while g.op(o.node).is_some() && g.consumers(o).len() == 1 {
         let ins = g.inputs_of(o.node);
         match g.op(o.node)? {
-            Op::Transpose { perm: Some(p) } if p.len() == 4 => {
+            Op::Transpose { perm: Some(p) } if is_permutation_of_4(p) => {
                 perms.push(p.iter().map(|&a| a as usize).collect());
                 o = ins[0]?;
             }
@@ -198,6 +198,13 @@ fn head_chain(g: &Graph, operand: OutletId, scale: &mut f32) -> Option<(OutletId
     }
     *scale *= factor;
     Some((o, composed))
+}
+
+/// Whether `p` permutes the axes of a rank-4 value (a damaged model may say otherwise).
+fn is_permutation_of_4(p: &[i64]) -> bool {
+    let mut sorted = p.to_vec();
+    sorted.sort_unstable();
+    sorted == [0, 1, 2, 3]
 }
 
 /// `Where(IsNaN(p), 0, p)` when that is all that reads `p`; its output.

@@ -6,7 +6,7 @@
 //! constant much larger than its inputs (for example `ConstantOfShape` or `Expand` to a big shape), so
 //! the plan does not grow.
 
-use fff_runtime::eval::eval;
+use fff_runtime::eval::{eval, with_element_limit};
 use fff_runtime::{Tensor, TensorView};
 
 use crate::error::{CompileError, Result};
@@ -29,11 +29,19 @@ pub fn run(g: &mut Graph) -> Result<bool> {
                 .map(|i| i.map(|o| g.const_value(o).expect("checked").view()))
                 .collect();
             let in_len: usize = views.iter().flatten().map(TensorView::len).sum();
-            let outs =
-                eval(op, &views, g.node(n).outputs.len()).map_err(|e| CompileError::Pass {
-                    node: g.node(n).name.clone(),
-                    msg: format!("while folding constants: {e}"),
-                })?;
+            let limit = in_len + GROWTH_ALLOWANCE;
+            let outs = match with_element_limit(limit, || eval(op, &views, g.node(n).outputs.len()))
+            {
+                Ok(outs) => outs,
+                // Too big to fold: the op runs at run time (and fails there if it is absurd).
+                Err(fff_runtime::Error::TooLarge(_)) => continue,
+                Err(e) => {
+                    return Err(CompileError::Pass {
+                        node: g.node(n).name.clone(),
+                        msg: format!("while folding constants: {e}"),
+                    })
+                }
+            };
             if outs.iter().map(Tensor::len).sum::<usize>() > in_len + GROWTH_ALLOWANCE {
                 continue;
             }

@@ -112,8 +112,10 @@ fn complete(g: &Graph, leaves: &[OutletId], a: OutletId, x: OutletId) -> bool {
 
 /// `x` when `t` is `Div(x, sqrt(2))`, `Mul(x, 1/sqrt(2))` or `Mul(1/sqrt(2), x)`.
 fn scaled_input(g: &Graph, t: OutletId) -> Option<OutletId> {
-    let ins = g.inputs_of(t.node);
-    let (a, b) = (ins[0]?, ins[1]?);
+    // Any op can produce the Erf's input, so its arity is not known yet.
+    let [Some(a), Some(b)] = g.inputs_of(t.node)[..] else {
+        return None;
+    };
     match g.op(t.node)? {
         Op::Binary(BinaryOp::Div) => near(scalar(g, b, 0)?, std::f32::consts::SQRT_2).then_some(a),
         Op::Binary(BinaryOp::Mul) => {

@@ -7,7 +7,7 @@ use super::{broadcast_shapes, check_alloc, dims_from_ints, norm_axis};
 use crate::error::{Error, Result};
 use crate::map_tensor;
 use crate::op::{Op, Scalar};
-use crate::tensor::{Tensor, TensorView};
+use crate::tensor::{DType, Tensor, TensorView};
 
 /// Clamps an ONNX `Shape` start/end into `0..=rank`.
 fn clamp_bound(v: i64, rank: usize) -> usize {
@@ -348,7 +348,7 @@ pub fn slice(
 pub fn expand(x: &TensorView, shape: &TensorView) -> Result<Tensor> {
     let target = dims_from_ints(&shape.ints()?, "Expand shape")?;
     let out = broadcast_shapes(x.shape(), &target)?;
-    check_alloc(&out)?;
+    check_alloc(&out, x.dtype())?;
     Ok(
         map_tensor!(x, TensorView, a => a.broadcast(IxDyn(&out)).expect("broadcastable by construction").to_owned()),
     )
@@ -362,8 +362,13 @@ pub fn tile(x: &TensorView, repeats: &TensorView) -> Result<Tensor> {
             x.rank()
         )));
     }
-    let out: Vec<usize> = x.shape().iter().zip(&reps).map(|(d, r)| d * r).collect();
-    check_alloc(&out)?;
+    let out: Vec<usize> = x
+        .shape()
+        .iter()
+        .zip(&reps)
+        .map(|(d, r)| d.saturating_mul(*r))
+        .collect();
+    check_alloc(&out, x.dtype())?;
     let dims = x.shape().to_vec();
     Ok(
         map_tensor!(x, TensorView, a => ArrayD::from_shape_fn(IxDyn(&out), |idx| {
@@ -375,7 +380,13 @@ pub fn tile(x: &TensorView, repeats: &TensorView) -> Result<Tensor> {
 
 pub fn constant_of_shape(shape: &TensorView, value: Scalar) -> Result<Tensor> {
     let dims = dims_from_ints(&shape.ints()?, "ConstantOfShape shape")?;
-    check_alloc(&dims)?;
+    let dtype = match value {
+        Scalar::F32Bits(_) => DType::F32,
+        Scalar::I64(_) => DType::I64,
+        Scalar::I32(_) => DType::I32,
+        Scalar::Bool(_) => DType::Bool,
+    };
+    check_alloc(&dims, dtype)?;
     let s = IxDyn(&dims);
     Ok(match value {
         Scalar::F32Bits(b) => Tensor::F32(ArrayD::from_elem(s, f32::from_bits(b))),
@@ -401,11 +412,12 @@ pub fn range(start: &TensorView, limit: &TensorView, delta: &TensorView) -> Resu
     }
     let n = ((l - s) / d).ceil().max(0.0);
     if n > super::MAX_ELEMENTS as f64 {
-        return Err(Error::invalid(format!(
+        return Err(Error::TooLarge(format!(
             "Range of {n} elements is too large"
         )));
     }
     let n = n as usize;
+    check_alloc(&[n], start.dtype()).map_err(|e| Error::TooLarge(format!("Range: {e}")))?;
     Ok(match start {
         TensorView::F32(_) => {
             let (s, d) = (s as f32, d as f32);

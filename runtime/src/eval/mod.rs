@@ -13,10 +13,31 @@ mod reduce;
 
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::tensor::{Tensor, TensorView};
+use crate::tensor::{DType, Tensor, TensorView};
 
 /// The most elements one op may create; a shape input asking for more is an error, not an abort.
 pub const MAX_ELEMENTS: usize = 1 << 34;
+
+thread_local! {
+    /// The element limit in force on this thread (see [`with_element_limit`]).
+    static ELEMENT_LIMIT: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_ELEMENTS) };
+}
+
+/// Runs `f` with the ops it evaluates on this thread allowed at most `limit` elements (and never more
+/// than [`MAX_ELEMENTS`]) where data sets a size: Expand, Tile, ConstantOfShape and Range then fail
+/// with [`Error::TooLarge`]. The compiler folds constants and probes rewrites under a small limit, so a
+/// model that asks for a huge tensor is left to fail when it runs instead of when it compiles.
+pub fn with_element_limit<R>(limit: usize, f: impl FnOnce() -> R) -> R {
+    /// Restores the previous limit however `f` ends.
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ELEMENT_LIMIT.with(|l| l.set(self.0));
+        }
+    }
+    let _restore = Restore(ELEMENT_LIMIT.with(|l| l.replace(limit.min(MAX_ELEMENTS))));
+    f()
+}
 
 /// Evaluates `op` on `inputs` (`None` for an absent optional input), producing `n_outputs` tensors.
 pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<Vec<Tensor>> {
@@ -249,11 +270,20 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-/// Checks that a shape asked for by data (a shape input) is not absurdly large.
-fn check_alloc(shape: &[usize]) -> Result<()> {
-    match crate::tensor::checked_len(shape) {
-        Ok(n) if n <= MAX_ELEMENTS => Ok(()),
-        _ => Err(Error::invalid(format!(
+/// Checks that a shape asked for by data (a shape input) is not absurdly large, and that this machine
+/// can allocate it: a failed allocation would abort the process instead of returning an error.
+fn check_alloc(shape: &[usize], dtype: DType) -> Result<()> {
+    let limit = ELEMENT_LIMIT.with(std::cell::Cell::get);
+    let bytes = crate::tensor::checked_len(shape)
+        .ok()
+        .filter(|&n| n <= limit)
+        .and_then(|n| n.checked_mul(dtype.size()));
+    match bytes {
+        Some(b) if Vec::<u8>::new().try_reserve_exact(b).is_ok() => Ok(()),
+        Some(b) => Err(Error::TooLarge(format!(
+            "shape {shape:?} of {dtype} needs {b} bytes, more than can be allocated"
+        ))),
+        None => Err(Error::TooLarge(format!(
             "shape {shape:?} is too large to allocate"
         ))),
     }
@@ -267,4 +297,50 @@ fn dims_from_ints(v: &[i64], what: &str) -> Result<Vec<usize>> {
                 .map_err(|_| Error::invalid(format!("{what} has a negative dimension {d}")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::Scalar;
+
+    fn shape_of(dims: &[i64]) -> Tensor {
+        Tensor::I64(
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[dims.len()]), dims.to_vec()).unwrap(),
+        )
+    }
+
+    fn constant_of_shape(dims: &[i64]) -> Result<Vec<Tensor>> {
+        let shape = shape_of(dims);
+        eval(
+            &Op::ConstantOfShape {
+                value: Scalar::F32Bits(0),
+            },
+            &[Some(shape.view())],
+            1,
+        )
+    }
+
+    #[test]
+    fn the_element_limit_applies_inside_and_is_restored_after() {
+        assert_eq!(constant_of_shape(&[10, 10]).unwrap()[0].len(), 100);
+        let inside = with_element_limit(99, || constant_of_shape(&[10, 10]));
+        assert!(matches!(inside, Err(Error::TooLarge(_))), "{inside:?}");
+        assert_eq!(
+            with_element_limit(100, || constant_of_shape(&[10, 10])).unwrap()[0].len(),
+            100
+        );
+        assert_eq!(constant_of_shape(&[10, 10]).unwrap()[0].len(), 100);
+    }
+
+    #[test]
+    fn shapes_no_array_can_have_are_refused_even_when_empty() {
+        assert!(matches!(
+            constant_of_shape(&[0, 1 << 62, 4]),
+            Err(Error::TooLarge(_))
+        ));
+        assert_eq!(constant_of_shape(&[0, 1 << 20, 4]).unwrap()[0].len(), 0);
+        assert!(crate::tensor::checked_len(&[0, usize::MAX, 2]).is_err());
+        assert_eq!(crate::tensor::checked_len(&[0, 5]).unwrap(), 0);
+    }
 }

@@ -14,6 +14,27 @@ use crate::ir::{Dim, Graph, OutletId};
 /// Absolute and relative tolerance of the comparison.
 const TOL: f32 = 1e-4;
 
+/// The most elements a probe tensor may have (256 MiB of float32): fixed dimensions come from the
+/// model, and a damaged or hostile one must not make validation allocate without bound.
+const PROBE_MAX_ELEMENTS: usize = 1 << 26;
+
+/// The runtime's evaluator, with tensors that data sizes capped at [`PROBE_MAX_ELEMENTS`].
+fn probe_eval(
+    op: &Op,
+    inputs: &[Option<TensorView>],
+    n_outputs: usize,
+) -> fff_runtime::Result<Vec<Tensor>> {
+    fff_runtime::eval::with_element_limit(PROBE_MAX_ELEMENTS, || eval(op, inputs, n_outputs))
+}
+
+/// Checks that a probe of `shape` stays within [`PROBE_MAX_ELEMENTS`].
+fn probe_fits(shape: &[usize], what: &str) -> Result<(), String> {
+    match shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+        Some(n) if n <= PROBE_MAX_ELEMENTS => Ok(()),
+        _ => Err(format!("{what} of shape {shape:?} is too large to probe")),
+    }
+}
+
 /// One probe: a value of the block input and, for a block that reads shapes of other values, those
 /// values as the model computes them for an input of the same batch and sequence sizes.
 pub struct Probe {
@@ -46,7 +67,7 @@ pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> 
                 .ok_or("a model input has no known rank")?
                 .iter()
                 .map(|d| match d {
-                    Dim::Known(k) => *k as usize,
+                    Dim::Known(k) => usize::try_from(*k).unwrap_or(usize::MAX),
                     Dim::Sym(s) => {
                         let i = symbols.iter().position(|x| x == s).unwrap_or_else(|| {
                             symbols.push(s.clone());
@@ -58,6 +79,7 @@ pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> 
                 })
                 .collect();
             let name = &g.node(n).name;
+            probe_fits(&shape, &format!("model input '{name}'"))?;
             // Token ids 0 are valid in every vocabulary; masks are all ones.
             let t = match fact.dtype {
                 Some(fff_runtime::DType::F32) => rng.tensor(&shape),
@@ -81,6 +103,7 @@ pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> 
         wanted.push(r.x);
         let mut values = eval_prefix(g, feeds, &wanted)?;
         let x_shape = values[&r.x].shape().to_vec();
+        probe_fits(&x_shape, "the block input")?;
         let x = rng.tensor(&x_shape);
         let shape_sources = r
             .shape_sources
@@ -121,7 +144,7 @@ fn eval_prefix(
                     })
                 })
                 .collect();
-            eval(op, &views, g.node(n).outputs.len())
+            probe_eval(op, &views, g.node(n).outputs.len())
                 .map_err(|e| format!("running the model up to the block fails: {e}"))?
         };
         for (s, t) in outs.into_iter().enumerate() {
@@ -142,21 +165,22 @@ fn input_probes(g: &Graph, x: OutletId, d_in: usize) -> Result<Vec<Tensor>, Stri
     let lead = &shape[..shape.len().saturating_sub(1)];
     let mut rng = Xorshift(0x5eed_f00d);
     let variants: [&[usize]; 3] = [&[1], &[2, 3, 2, 2], &[5, 3, 1, 2]];
-    Ok(variants
+    variants
         .iter()
         .map(|v| {
             let mut dims: Vec<usize> = lead
                 .iter()
                 .enumerate()
                 .map(|(i, d)| match d {
-                    Dim::Known(k) => *k as usize,
+                    Dim::Known(k) => usize::try_from(*k).unwrap_or(usize::MAX),
                     _ => v.get(i).copied().unwrap_or(1),
                 })
                 .collect();
             dims.push(d_in);
-            rng.tensor(&dims)
+            probe_fits(&dims, "the block input")?;
+            Ok(rng.tensor(&dims))
         })
-        .collect())
+        .collect()
 }
 
 struct Xorshift(u64);
@@ -207,7 +231,7 @@ pub fn eval_region(g: &Graph, r: &Region, probe: &Probe) -> Result<Tensor, Strin
                     })
                 })
                 .collect();
-            eval(op, &views, g.node(n).outputs.len())
+            probe_eval(op, &views, g.node(n).outputs.len())
                 .map_err(|e| format!("the original block fails on a probe: {e}"))?
         };
         for (s, t) in outs.into_iter().enumerate() {
@@ -246,7 +270,7 @@ pub fn agree(
             weights[2].map(Tensor::view),
             weights[3].map(Tensor::view),
         ];
-        let got = eval(op, &views, 1)
+        let got = probe_eval(op, &views, 1)
             .map_err(|e| format!("the proposed op fails: {e}"))?
             .remove(0);
         if got.shape() != w.shape() {

@@ -1,0 +1,359 @@
+//! Damaged files, by the thousand: plans and ONNX models with random bytes changed, truncated or
+//! duplicated, and plans whose graph or weights were altered and then re-sealed with valid checksums
+//! (so that the damage reaches the validator and the ops), and ONNX models with an attribute, a shape,
+//! an initializer, an edge or an op type altered (so that the damage reaches the importer and the
+//! passes), must give errors, never panics. A seeded,
+//! bounded fuzz of the plan loader, the runtime behind it and the importer, run with every test.
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use fff_models::fixtures;
+use fff_runtime::Model;
+use prost::Message;
+use serde_json::Value;
+use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, ModelProto};
+
+/// Seeds per file and kind of damage: `FFF_FUZZ_SEEDS` for a longer search, else `default`.
+fn seeds(default: u64) -> u64 {
+    std::env::var("FFF_FUZZ_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Fixtures the fuzz damages: `FFF_FUZZ_FIXTURES` (comma-separated), else a FFF layer and a BERT.
+fn fuzzed_fixtures() -> Vec<&'static str> {
+    match std::env::var("FFF_FUZZ_FIXTURES") {
+        // Fixture names live for the whole test run.
+        Ok(list) => list.leak().split(',').collect(),
+        Err(_) => vec!["fff-layer-customop", "bert-tiny"],
+    }
+}
+
+/// xorshift64*, so that every failure names a seed that reproduces it.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// `bytes` with one random kind of damage: bytes overwritten (random values or extreme integers),
+/// a truncation, or a span duplicated.
+fn mutate(bytes: &[u8], rng: &mut Rng) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    match rng.below(5) {
+        0 => {
+            for _ in 0..1 + rng.below(8) {
+                let at = rng.below(b.len());
+                b[at] = rng.next() as u8;
+            }
+        }
+        1 => {
+            // An 8-byte field set to an extreme value, where plan headers and lengths live.
+            let at = rng.below(b.len().saturating_sub(8)) & !7;
+            let v = [u64::MAX, 1 << 40, 0, i64::MAX as u64, 1 << 31][rng.below(5)];
+            b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        2 => {
+            // Early bytes carry the headers and graph: damage there most often.
+            let span = (b.len() / 8).max(1);
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(span);
+                b[at] = rng.next() as u8;
+            }
+        }
+        3 => b.truncate(rng.below(b.len())),
+        _ => {
+            let from = rng.below(b.len());
+            let len = rng.below(64).min(b.len() - from);
+            let span = b[from..from + len].to_vec();
+            let at = rng.below(b.len());
+            b.splice(at..at, span);
+        }
+    }
+    b
+}
+
+/// Loads `plan` and, if it loads, runs it on `input` (JSON); any panic fails the test.
+fn load_and_run(plan: &[u8], input: &str, seed: u64) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let Ok(model) = Model::from_bytes(plan) else {
+            return;
+        };
+        if let Ok((inputs, _)) = fff_runtime::io::parse_inputs(input, model.inputs()) {
+            let _ = model.run(inputs);
+        }
+    }));
+    assert!(outcome.is_ok(), "a damaged plan panicked (seed {seed})");
+}
+
+#[test]
+fn damaged_plans_give_errors_not_panics() {
+    for name in fuzzed_fixtures() {
+        let f = fixtures::get(name);
+        let onnx = std::fs::read(&f.onnx).unwrap();
+        let plan = fff_compiler::compile_to_plan_bytes(&onnx).unwrap();
+        let input = std::fs::read_to_string(&f.input).unwrap();
+        for seed in 1..=seeds(400) {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let damaged = mutate(&plan, &mut rng);
+            load_and_run(&damaged, &input, seed);
+        }
+    }
+}
+
+#[test]
+fn damaged_onnx_gives_errors_not_panics() {
+    for name in fuzzed_fixtures() {
+        let onnx = std::fs::read(fixtures::get(name).onnx).unwrap();
+        for seed in 1..=seeds(150) {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let damaged = mutate(&onnx, &mut rng);
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let _ = fff_compiler::compile_to_plan_bytes(&damaged);
+            }));
+            assert!(
+                outcome.is_ok(),
+                "damaged ONNX of {name} panicked (seed {seed})"
+            );
+        }
+    }
+}
+
+/// A plan file around `graph` (JSON bytes) and `weights`, with valid header and checksums (the layout
+/// of docs/PLAN_FORMAT.md, written out here independently of the runtime's encoder).
+fn seal(graph: &[u8], weights: &[u8]) -> Vec<u8> {
+    let weights_off = (64 + graph.len()).next_multiple_of(64);
+    let total = weights_off + weights.len();
+    let mut out = b"FFFPLAN\0".to_vec();
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64, graph.len(), weights_off, weights.len()] {
+        out.extend_from_slice(&(v as u64).to_le_bytes());
+    }
+    out.extend_from_slice(&crc32fast::hash(graph).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(weights).to_le_bytes());
+    out.extend_from_slice(&(total as u64).to_le_bytes());
+    out.extend_from_slice(graph);
+    out.resize(weights_off, 0);
+    out.extend_from_slice(weights);
+    out
+}
+
+/// The graph (as JSON) and weights sections of a sealed plan.
+fn unseal(plan: &[u8]) -> (Value, Vec<u8>) {
+    let field = |at: usize| u64::from_le_bytes(plan[at..at + 8].try_into().unwrap()) as usize;
+    let (g, gl, w, wl) = (field(16), field(24), field(32), field(40));
+    (
+        serde_json::from_slice(&plan[g..g + gl]).unwrap(),
+        plan[w..w + wl].to_vec(),
+    )
+}
+
+/// Every leaf of `v` (numbers, strings, booleans, nulls), as JSON pointers.
+fn leaves(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                leaves(item, format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                leaves(
+                    item,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
+            }
+        }
+        _ => out.push(at),
+    }
+}
+
+/// `graph` with one leaf replaced by a value another leaf holds or an extreme one.
+fn mutate_graph(graph: &Value, rng: &mut Rng) -> Value {
+    let mut g = graph.clone();
+    let mut paths = vec![];
+    leaves(&g, String::new(), &mut paths);
+    for _ in 0..1 + rng.below(3) {
+        let target = &paths[rng.below(paths.len())];
+        let donor = g.pointer(&paths[rng.below(paths.len())]).cloned().unwrap();
+        let extreme = [
+            Value::from(0),
+            Value::from(1),
+            Value::from(-1),
+            Value::from(u32::MAX),
+            Value::from(1u64 << 40),
+            Value::from(i64::MIN),
+            Value::from(0.5),
+            Value::from("Linear"),
+            Value::Null,
+        ];
+        let new = if rng.below(2) == 0 {
+            donor
+        } else {
+            extreme[rng.below(extreme.len())].clone()
+        };
+        *g.pointer_mut(target).unwrap() = new;
+    }
+    g
+}
+
+#[test]
+fn resealed_plans_with_altered_graphs_or_weights_give_errors_not_panics() {
+    for name in fuzzed_fixtures() {
+        let f = fixtures::get(name);
+        let onnx = std::fs::read(&f.onnx).unwrap();
+        let plan = fff_compiler::compile_to_plan_bytes(&onnx).unwrap();
+        let input = std::fs::read_to_string(&f.input).unwrap();
+        let (graph, weights) = unseal(&plan);
+        let mut loaded = 0;
+        let runs = seeds(600);
+        for seed in 1..=runs {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let (g, w) = if seed % 4 == 0 {
+                (graph.clone(), mutate(&weights, &mut rng))
+            } else {
+                (mutate_graph(&graph, &mut rng), weights.clone())
+            };
+            let damaged = seal(&serde_json::to_vec(&g).unwrap(), &w);
+            loaded += Model::from_bytes(&damaged).is_ok() as usize;
+            load_and_run(&damaged, &input, seed);
+        }
+        // The damage must reach past the loader often enough to test the ops.
+        eprintln!("{name}: {loaded} of {runs} altered plans loaded");
+        assert!(
+            loaded as u64 > runs / 12,
+            "{name}: only {loaded} altered plans loaded"
+        );
+    }
+}
+
+/// `model` with one structural change: an attribute's value, an initializer's dims or data, a node's
+/// input or op type, or a graph input's dimension.
+fn mutate_model(model: &ModelProto, rng: &mut Rng) -> ModelProto {
+    let mut m = model.clone();
+    let g = m.graph.as_mut().expect("a graph");
+    let extreme = |rng: &mut Rng| [0i64, 1, -1, 2, 3, -3, 7, 1 << 33, i64::MIN][rng.below(9)];
+    let names: Vec<String> = g.node.iter().flat_map(|n| n.output.clone()).collect();
+    match rng.below(6) {
+        0 => {
+            let nodes: Vec<usize> = (0..g.node.len())
+                .filter(|&i| !g.node[i].attribute.is_empty())
+                .collect();
+            if let Some(&n) = nodes.get(rng.below(nodes.len())) {
+                let attrs = &mut g.node[n].attribute;
+                let a = rng.below(attrs.len());
+                let attr = &mut attrs[a];
+                attr.i = extreme(rng);
+                attr.f = [0.0, -1.0, f32::NAN, f32::INFINITY, 1e30][rng.below(5)];
+                if !attr.ints.is_empty() {
+                    let j = rng.below(attr.ints.len());
+                    attr.ints[j] = extreme(rng);
+                }
+                if rng.below(4) == 0 {
+                    attr.ints.pop();
+                }
+            }
+        }
+        1 => {
+            if !g.initializer.is_empty() {
+                let t = rng.below(g.initializer.len());
+                let init = &mut g.initializer[t];
+                if !init.dims.is_empty() && rng.below(2) == 0 {
+                    let d = rng.below(init.dims.len());
+                    init.dims[d] = extreme(rng);
+                } else {
+                    let keep = rng.below(init.raw_data.len() + 1);
+                    init.raw_data.truncate(keep);
+                    let keep = rng.below(init.int64_data.len() + 1);
+                    init.int64_data.truncate(keep);
+                    let keep = rng.below(init.float_data.len() + 1);
+                    init.float_data.truncate(keep);
+                }
+            }
+        }
+        2 => {
+            let n = rng.below(g.node.len());
+            let node = &mut g.node[n];
+            if !node.input.is_empty() && !names.is_empty() {
+                let i = rng.below(node.input.len());
+                node.input[i] = names[rng.below(names.len())].clone();
+            }
+        }
+        3 => {
+            let (a, b) = (rng.below(g.node.len()), rng.below(g.node.len()));
+            g.node[a].op_type = g.node[b].op_type.clone();
+        }
+        4 => {
+            let n = rng.below(g.node.len());
+            let node = &mut g.node[n];
+            if !node.input.is_empty() {
+                let i = rng.below(node.input.len());
+                node.input[i] = if rng.below(2) == 0 {
+                    String::new()
+                } else {
+                    "nowhere".into()
+                };
+            } else {
+                node.input.push(names[0].clone());
+            }
+        }
+        _ => {
+            let i = rng.below(g.input.len());
+            if let Some(type_proto::Value::TensorType(t)) =
+                g.input[i].r#type.as_mut().and_then(|t| t.value.as_mut())
+            {
+                if let Some(shape) = t.shape.as_mut() {
+                    if !shape.dim.is_empty() && rng.below(4) != 0 {
+                        let d = rng.below(shape.dim.len());
+                        shape.dim[d].value = Some(dimension::Value::DimValue(extreme(rng)));
+                    } else {
+                        shape.dim.pop();
+                    }
+                } else {
+                    t.elem_type = 0;
+                }
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn onnx_models_with_altered_structure_give_errors_not_panics() {
+    for name in fuzzed_fixtures() {
+        let f = fixtures::get(name);
+        let model = ModelProto::decode(&*std::fs::read(&f.onnx).unwrap()).unwrap();
+        let input = std::fs::read_to_string(&f.input).unwrap();
+        let mut compiled = 0;
+        let runs = seeds(300);
+        for seed in 1..=runs {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let damaged = mutate_model(&model, &mut rng).encode_to_vec();
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                fff_compiler::compile_to_plan_bytes(&damaged).ok()
+            }));
+            match outcome {
+                Ok(Some(plan)) => {
+                    compiled += 1;
+                    load_and_run(&plan, &input, seed);
+                }
+                Ok(None) => {}
+                Err(_) => panic!("altered ONNX of {name} panicked the compiler (seed {seed})"),
+            }
+        }
+        eprintln!("{name}: {compiled} of {runs} altered models compiled");
+    }
+}
