@@ -357,3 +357,29 @@ fn onnx_models_with_altered_structure_give_errors_not_panics() {
         eprintln!("{name}: {compiled} of {runs} altered models compiled");
     }
 }
+
+/// Empty batches and sequences, and sequences of one token, on every fixture and on one and two
+/// threads: each run gives outputs or an error, never a panic. (The BERT exports refuse empty batches
+/// with an error, as ONNX semantics require: their Reshape to `[0, s, -1, d]` of zero elements leaves
+/// the `-1` undetermined.)
+#[test]
+fn empty_and_single_token_inputs_give_outputs_or_errors() {
+    for &name in fixtures::ALL {
+        let f = fixtures::get(name);
+        let onnx = std::fs::read(&f.onnx).unwrap();
+        let plan = fff_compiler::compile_to_plan_bytes(&onnx).unwrap();
+        for threads in [1, 2] {
+            let model =
+                Model::from_bytes_with(&plan, fff_runtime::model::Options { threads }).unwrap();
+            for (batch, seq) in [(0, 4), (2, 0), (0, 0), (1, 1)] {
+                let inputs = common::random_inputs(&model, batch, seq, 7);
+                let outcome = catch_unwind(AssertUnwindSafe(|| model.run(inputs)));
+                match outcome {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => eprintln!("{} {batch}x{seq}: {e}", f.name),
+                    Err(_) => panic!("{} panicked at batch {batch}, sequence {seq}", f.name),
+                }
+            }
+        }
+    }
+}
