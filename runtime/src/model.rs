@@ -1,7 +1,6 @@
 //! A loaded model: the plan's graph plus its weights, memory-mapped from the `.fff` file. `Model` is
 //! `Send + Sync`; any number of threads may call [`Model::run`] at once.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -213,11 +212,20 @@ impl Model {
 
     /// Checks the inputs against the model's declared names, dtypes and shapes (binding each symbolic
     /// dimension to one size across all inputs) and orders them as the plan lists them.
-    fn bind_inputs(&self, mut given: HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
-        let mut symbols: HashMap<&str, (usize, &str)> = HashMap::new();
+    ///
+    /// Models have a few inputs, so lists searched in order beat hashing here (this runs on every call).
+    fn bind_inputs(&self, mut given: Vec<(String, Tensor)>) -> Result<Vec<Tensor>> {
+        for (i, (name, _)) in given.iter().enumerate() {
+            if given[..i].iter().any(|(earlier, _)| earlier == name) {
+                return Err(Error::input(format!("input '{name}' is given twice")));
+            }
+        }
+        // Each symbol's size, and the input that set it.
+        let mut symbols: Vec<(&str, usize, &str)> = Vec::new();
         let mut ordered = Vec::with_capacity(self.graph.inputs.len());
         for spec in &self.graph.inputs {
-            let t = given.remove(&spec.name).ok_or_else(|| {
+            let at = given.iter().position(|(name, _)| *name == spec.name);
+            let t = at.map(|i| given.swap_remove(i).1).ok_or_else(|| {
                 Error::input(format!(
                     "missing input '{}' ({} {})",
                     spec.name,
@@ -252,24 +260,22 @@ impl Model {
                             shape_text(&spec.shape)
                         )))
                     }
-                    Dim::Sym(s) => match symbols.get(s.as_str()) {
-                        Some(&(bound, by)) if bound != *d => {
+                    Dim::Sym(s) => match symbols.iter().find(|(name, _, _)| name == s) {
+                        Some(&(_, bound, by)) if bound != *d => {
                             return Err(Error::input(format!(
                                 "input '{}' axis {axis} ({s}) is {d}, but input '{by}' set {s} = {bound}",
                                 spec.name
                             )))
                         }
                         Some(_) => {}
-                        None => {
-                            symbols.insert(s, (*d, &spec.name));
-                        }
+                        None => symbols.push((s, *d, &spec.name)),
                     },
                     _ => {}
                 }
             }
             ordered.push(t);
         }
-        if let Some(extra) = given.keys().next() {
+        if let Some((extra, _)) = given.first() {
             let known: Vec<&str> = self.graph.inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(Error::input(format!(
                 "unknown input '{extra}'; the model's inputs are {known:?}"
@@ -321,13 +327,7 @@ impl Model {
         inputs: Vec<(String, Tensor)>,
         mut profile: Option<&mut [Duration]>,
     ) -> Result<Vec<(String, Tensor)>> {
-        let mut given = HashMap::new();
-        for (name, t) in inputs {
-            if given.insert(name.clone(), t).is_some() {
-                return Err(Error::input(format!("input '{name}' is given twice")));
-            }
-        }
-        let ordered = self.bind_inputs(given)?;
+        let ordered = self.bind_inputs(inputs)?;
         let mut slots: Vec<Option<Tensor>> = vec![None; self.graph.num_values];
         for (spec, t) in self.graph.inputs.iter().zip(ordered) {
             slots[spec.value] = Some(t);
