@@ -98,15 +98,62 @@ pub fn zeroed(len: usize) -> Vec<f32> {
             v.fill(0.0);
             v
         }
-        None => vec![0.0; len],
+        None => fresh(len),
     }
 }
 
 /// A buffer of `len` elements holding whatever an earlier user left: for callers that write every
 /// element before reading any.
 pub fn for_overwrite(len: usize) -> Vec<f32> {
-    take(len).unwrap_or_else(|| vec![0.0; len])
+    take(len).unwrap_or_else(|| fresh(len))
 }
+
+/// Buffers from this many bytes on are backed by huge pages where the system grants them.
+const HUGE_FROM_BYTES: usize = 4 << 20;
+
+/// A new buffer of `len` zeros. A large one is backed by huge pages where the system offers them on
+/// request (Linux transparent huge pages in `madvise` mode): kernels that visit rows scattered over
+/// tens of MiB, as FastFeedForward's buckets do, otherwise miss the TLB on nearly every row (at 16384
+/// rows of width 768 the FFF layer took 2.2 µs per row on 4 KiB pages and 1.6 µs on huge ones).
+pub fn fresh(len: usize) -> Vec<f32> {
+    if len.saturating_mul(std::mem::size_of::<f32>()) < HUGE_FROM_BYTES {
+        return vec![0.0; len];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    advise_huge_pages(v.as_mut_ptr().cast(), len * std::mem::size_of::<f32>());
+    // Written only after the advice, so that the first touch faults huge pages in.
+    v.resize(len, 0.0);
+    v
+}
+
+/// `v` itself when small, else its values copied into a [`fresh`] buffer.
+pub fn into_fresh(v: Vec<f32>) -> Vec<f32> {
+    if v.len().saturating_mul(std::mem::size_of::<f32>()) < HUGE_FROM_BYTES {
+        return v;
+    }
+    let mut f = fresh(v.len());
+    f.copy_from_slice(&v);
+    f
+}
+
+/// Asks the system to back the whole 2 MiB pages inside `bytes` bytes at `ptr` with huge pages.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
+    const HUGE: usize = 2 << 20;
+    let start = (ptr as usize).next_multiple_of(HUGE);
+    let end = (ptr as usize + bytes) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: the range lies inside an allocation this thread owns and has not yet written;
+        // MADV_HUGEPAGE changes no contents or protections, only how later faults are served, and a
+        // refusal (huge pages disabled) leaves ordinary pages, so the result is deliberately ignored.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_ptr: *mut u8, _bytes: usize) {}
 
 /// Gives a tensor's buffer to `recycler` when it is an f32 array that owns all of it.
 pub(crate) fn recycle_into(recycler: &Mutex<Recycler>, t: Tensor) {
@@ -133,6 +180,17 @@ mod tests {
     use ndarray::IxDyn;
 
     use super::*;
+
+    #[test]
+    fn fresh_buffers_are_zeroed_and_keep_values_moved_in() {
+        for len in [0, 5, HUGE_FROM_BYTES / 4 - 1, HUGE_FROM_BYTES / 4 + 3 * (1 << 18) + 7] {
+            let v = fresh(len);
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|&x| x == 0.0));
+            let values: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            assert_eq!(into_fresh(values.clone()), values);
+        }
+    }
 
     #[test]
     fn freed_buffers_come_back_zeroed_or_as_they_were() {

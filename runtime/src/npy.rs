@@ -68,7 +68,13 @@ fn tensor_from_npy<R: Read>(npy: NpyFile<R>, what: &str) -> Result<Tensor> {
         };
     }
     let t = match (ts.type_char(), ts.size_field()) {
-        (TypeChar::Float, 4) => Tensor::F32(array!(f32)),
+        (TypeChar::Float, 4) => {
+            // Moved to a buffer that may be backed by huge pages when large (see `buffers::fresh`).
+            let data = crate::buffers::into_fresh(npy.into_vec::<f32>().map_err(read_err)?);
+            Tensor::F32(
+                ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| bad(e.to_string()))?,
+            )
+        }
         (TypeChar::Int, 8) => Tensor::I64(array!(i64)),
         (TypeChar::Int, 4) => Tensor::I32(array!(i32)),
         (TypeChar::Bool, 1) => Tensor::Bool(array!(bool)),

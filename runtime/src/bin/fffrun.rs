@@ -151,14 +151,35 @@ fn read_inputs(path: &Path, model: &Model) -> Result<(Vec<(String, Tensor)>, Jso
     parse_inputs(&text, model.inputs()).with_context(context)
 }
 
-/// One warm-up run, then `runs` timed runs; the times in milliseconds, sorted.
+/// A copy of the inputs for one timed call, each large float tensor in a buffer that may be backed by
+/// huge pages, as the inputs read from a file are (see `fff_runtime::buffers::fresh`).
+fn copy_inputs(inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    inputs
+        .iter()
+        .map(|(name, t)| {
+            let t = match t {
+                Tensor::F32(a) => {
+                    let mut data = fff_runtime::buffers::fresh(a.len());
+                    data.iter_mut().zip(a.iter()).for_each(|(d, &v)| *d = v);
+                    Tensor::F32(
+                        ndarray::ArrayD::from_shape_vec(a.raw_dim(), data)
+                            .expect("same length as the input"),
+                    )
+                }
+                other => other.clone(),
+            };
+            (name.clone(), t)
+        })
+        .collect()
+}
+
 /// Times `runs` calls after a warm-up. Each call's outputs are handed back to the model, as a serving
 /// loop would, so that steady-state calls reuse their buffers.
 fn bench(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<Vec<f64>> {
-    model.recycle(model.run(inputs.to_vec())?);
+    model.recycle(model.run(copy_inputs(inputs))?);
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let inputs = inputs.to_vec();
+        let inputs = copy_inputs(inputs);
         let start = Instant::now();
         let outputs = model.run(inputs)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
@@ -171,13 +192,13 @@ fn bench(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<Vec<
 /// One warm-up run, then `runs` profiled runs; a text table of the median time per op kind (largest
 /// first) and of the ten slowest nodes.
 fn profile(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<String> {
-    model.recycle(model.run(inputs.to_vec())?);
+    model.recycle(model.run(copy_inputs(inputs))?);
     let nodes = &model.graph().nodes;
     let mut per_node: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); nodes.len()];
     let mut totals = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
-        let (outputs, times) = model.run_profiled(inputs.to_vec())?;
+        let (outputs, times) = model.run_profiled(copy_inputs(inputs))?;
         totals.push(start.elapsed().as_secs_f64() * 1e3);
         model.recycle(outputs);
         for (samples, t) in per_node.iter_mut().zip(times) {
