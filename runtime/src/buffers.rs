@@ -183,7 +183,12 @@ mod tests {
 
     #[test]
     fn fresh_buffers_are_zeroed_and_keep_values_moved_in() {
-        for len in [0, 5, HUGE_FROM_BYTES / 4 - 1, HUGE_FROM_BYTES / 4 + 3 * (1 << 18) + 7] {
+        for len in [
+            0,
+            5,
+            HUGE_FROM_BYTES / 4 - 1,
+            HUGE_FROM_BYTES / 4 + 3 * (1 << 18) + 7,
+        ] {
             let v = fresh(len);
             assert_eq!(v.len(), len);
             assert!(v.iter().all(|&x| x == 0.0));

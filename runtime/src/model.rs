@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,13 +50,25 @@ enum Source {
     Decoded(Tensor),
 }
 
+/// Calls that take less than this gain nothing from a pool: handing one to the pool and waking its
+/// threads costs about 10 µs (a one-row FFF layer takes 2 µs on the caller's thread, 14 µs through a
+/// two-thread pool). A model with several threads runs the next calls with no more input elements
+/// than such a call on the caller's thread.
+pub const SHORT_CALL: Duration = Duration::from_micros(50);
+
+/// The elements of all inputs of a call.
+fn input_elements(inputs: &[(String, Tensor)]) -> usize {
+    inputs.iter().map(|(_, t)| t.len()).sum()
+}
+
 /// A run's outputs, named, in the plan's order.
 pub type Outputs = Vec<(String, Tensor)>;
 
 /// How a model runs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
-    /// Threads the kernels use; 0 means one per core.
+    /// Threads the kernels use; 0 means one per core. With more than one, a model still runs short
+    /// calls (see [`SHORT_CALL`]) on the caller's thread alone.
     pub threads: usize,
 }
 
@@ -70,6 +83,10 @@ pub struct Model {
     /// The threads every run's kernels share; none when there is one thread, and calls run on the
     /// caller's thread instead of being handed to a pool (which costs ~15 µs a call).
     pool: Option<rayon::ThreadPool>,
+    /// Calls with fewer input elements than this run on the caller's thread even when there is a pool:
+    /// one more than the largest input of a call that took less than [`SHORT_CALL`] (0: none yet), and
+    /// lowered again when such a call turns out long.
+    short_below: AtomicUsize,
     /// Buffers of freed values, for later ops and runs (see [`crate::buffers`]).
     recycler: Arc<Mutex<Recycler>>,
     /// For each value, whether its buffer goes back to the recycler when it is freed.
@@ -153,6 +170,7 @@ impl Model {
             recyclable,
             handover,
             pool,
+            short_below: AtomicUsize::new(0),
             recycler: Arc::default(),
         })
     }
@@ -164,13 +182,26 @@ impl Model {
             .map_or(1, rayon::ThreadPool::current_num_threads)
     }
 
-    /// Runs `f` with the model's threads: on its pool, or serially on this thread when it has one.
-    fn on_threads<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+    /// Runs a call `f` on `elements` input elements with the model's threads: on its pool, or serially
+    /// on this thread when the model has one thread or the call is short (see [`SHORT_CALL`]).
+    fn on_threads<R: Send>(&self, elements: usize, f: impl FnOnce() -> R + Send) -> R {
         let f = || with_recycler(&self.recycler, f);
-        match &self.pool {
-            Some(pool) => pool.install(f),
-            None => fff_ops::threads::serial(f),
+        let Some(pool) = &self.pool else {
+            return fff_ops::threads::serial(f);
+        };
+        let serial = elements < self.short_below.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let result = if serial {
+            fff_ops::threads::serial(f)
+        } else {
+            pool.install(f)
+        };
+        if start.elapsed() < SHORT_CALL {
+            self.short_below.fetch_max(elements + 1, Ordering::Relaxed);
+        } else if serial {
+            self.short_below.fetch_min(elements, Ordering::Relaxed);
         }
+        result
     }
 
     /// The plan's graph: inputs, outputs, nodes.
@@ -291,7 +322,7 @@ impl Model {
     ) -> Result<Vec<(String, Tensor)>> {
         let inputs: Vec<_> = inputs.into_iter().collect();
         // The kernels' parallel loops run on this model's pool, sized by `Options::threads`.
-        self.on_threads(|| self.run_inner(inputs, None))
+        self.on_threads(input_elements(&inputs), || self.run_inner(inputs, None))
     }
 
     /// Hands back outputs of an earlier run that the caller is done with, so that the next run writes
@@ -318,7 +349,9 @@ impl Model {
     ) -> Result<(Outputs, Vec<Duration>)> {
         let mut profile = vec![Duration::ZERO; self.graph.nodes.len()];
         let inputs: Vec<_> = inputs.into_iter().collect();
-        let outputs = self.on_threads(|| self.run_inner(inputs, Some(&mut profile)))?;
+        let outputs = self.on_threads(input_elements(&inputs), || {
+            self.run_inner(inputs, Some(&mut profile))
+        })?;
         Ok((outputs, profile))
     }
 

@@ -200,7 +200,9 @@ fn one_model_runs_on_several_threads_at_once() {
 }
 
 /// A model with one thread runs each call on the caller's thread (no pool): calls from several threads
-/// at once, and from inside another rayon pool, give what the model with a pool gives.
+/// at once, and from inside another rayon pool, give what the model with a pool gives. A model with a
+/// pool switches between its pool and the caller's thread by the size of the call, with the same
+/// results.
 #[test]
 fn one_thread_models_run_on_the_callers_thread() {
     use fff_runtime::model::Options;
@@ -241,4 +243,12 @@ fn one_thread_models_run_on_the_callers_thread() {
         .unwrap();
     let got = outer.install(|| single.run(inputs[1].clone()).unwrap());
     close(&got, &want[1]);
+    // The pooled model runs short calls on the caller's thread once it has seen one (see
+    // `model::SHORT_CALL`) and longer ones on its pool: alternating sizes, every call still agrees.
+    let long = random_inputs(&pooled, 8, 64, 9);
+    let long_want = single.run(long.clone()).unwrap();
+    for round in 0..3 {
+        close(&pooled.run(inputs[round].clone()).unwrap(), &want[round]);
+        close(&pooled.run(long.clone()).unwrap(), &long_want);
+    }
 }
