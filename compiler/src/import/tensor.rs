@@ -77,23 +77,33 @@ fn read_external(t: &TensorProto, model_dir: Option<&Path>) -> Result<Vec<u8>, S
             .transpose()
     };
     let offset = parse("offset")?.unwrap_or(0);
-    let data = std::fs::read(&path)
-        .map_err(|e| format!("tensor '{}': cannot read {}: {e}", t.name, path.display()))?;
-    let start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(data.len());
-    let len = parse("length")?.map_or(data.len() - start, |l| {
-        usize::try_from(l).unwrap_or(usize::MAX)
-    });
-    data.get(start..start.saturating_add(len))
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| {
-            format!(
-                "tensor '{}': external data range lies outside {}",
-                t.name,
-                path.display()
-            )
-        })
+    let length = parse("length")?;
+    // Only this tensor's range is read: exporters put every tensor of a model in one file, so reading
+    // the whole file per tensor would read it once per tensor.
+    let cannot_read =
+        |e: std::io::Error| format!("tensor '{}': cannot read {}: {e}", t.name, path.display());
+    let mut file = std::fs::File::open(&path).map_err(cannot_read)?;
+    let size = file.metadata().map_err(cannot_read)?.len();
+    let outside = || {
+        format!(
+            "tensor '{}': external data range lies outside {}",
+            t.name,
+            path.display()
+        )
+    };
+    let len = match length {
+        Some(l) => l,
+        None => size.checked_sub(offset).ok_or_else(outside)?,
+    };
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(outside());
+    }
+    let len = usize::try_from(len).map_err(|_| outside())?;
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset)).map_err(cannot_read)?;
+    let mut data = vec![0u8; len];
+    file.read_exact(&mut data).map_err(cannot_read)?;
+    Ok(data)
 }
 
 /// ONNX's name for an element type code, for messages.
