@@ -378,3 +378,38 @@ fn decomposed_gelu_forms() {
         check_against_tract(&format!("gelu-form{i}"), bytes);
     }
 }
+
+/// Slice before opset 10 takes starts, ends and axes as attributes (and has no steps); from opset 10
+/// they are inputs. Both forms, with negative and clamped bounds, against tract.
+#[test]
+fn slice_in_attribute_and_input_forms() {
+    for opset in [9, 11] {
+        let bytes = model(opset, |b, x| {
+            // The last axis split in two overlapping slices, joined back to 8 features.
+            let slice = |b: &mut OnnxBuilder, starts: i64, ends: i64, tag: &str| {
+                if opset < 10 {
+                    b.node(
+                        "Slice",
+                        &[x],
+                        vec![
+                            ("starts", Attr::Ints(vec![starts])),
+                            ("ends", Attr::Ints(vec![ends])),
+                            // Slice-1 takes no negative axes.
+                            ("axes", Attr::Ints(vec![2])),
+                        ],
+                    )
+                } else {
+                    let s = b.ints(&format!("starts_{tag}"), &[1], vec![starts]);
+                    let e = b.ints(&format!("ends_{tag}"), &[1], vec![ends]);
+                    let a = b.ints(&format!("axes_{tag}"), &[1], vec![-1]);
+                    b.node("Slice", &[x, &s, &e, &a], vec![])
+                }
+            };
+            let head = slice(b, 0, 5, "head");
+            let tail = slice(b, -3, i64::MAX, "tail");
+            let joined = b.node("Concat", &[&tail, &head], vec![("axis", Attr::Int(-1))]);
+            b.node("Neg", &[&joined], vec![])
+        });
+        check_against_tract(&format!("slice-opset{opset}"), bytes);
+    }
+}

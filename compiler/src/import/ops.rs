@@ -261,16 +261,28 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
                 .map(|i| Some(OutletId::new(id, i)))
                 .collect()
         }
-        "Slice" => {
-            if cx.opset < 10 {
-                return Err(cx.err("Slice before opset 10 is not supported"));
-            }
+        "Slice" if cx.opset < 10 => {
+            // Slice-1: starts, ends and axes are attributes, with no steps.
+            let mut attr_input = |key: &str| -> Result<Option<OutletId>> {
+                Ok(cx
+                    .ints(key)?
+                    .map(|v| g.add_const(&format!("{name}/{key}"), Tensor::vec_i64(v))))
+            };
+            let starts =
+                attr_input("starts")?.ok_or_else(|| cx.err("attribute 'starts' is required"))?;
+            let ends = attr_input("ends")?.ok_or_else(|| cx.err("attribute 'ends' is required"))?;
+            let axes = attr_input("axes")?;
             single(
                 g,
                 Op::Slice,
-                &[Some(req(0)?), Some(req(1)?), Some(req(2)?), opt(3), opt(4)],
+                &[Some(req(0)?), Some(starts), Some(ends), axes, None],
             )
         }
+        "Slice" => single(
+            g,
+            Op::Slice,
+            &[Some(req(0)?), Some(req(1)?), Some(req(2)?), opt(3), opt(4)],
+        ),
         "Expand" => single(g, Op::Expand, &[Some(req(0)?), Some(req(1)?)]),
         "Tile" => single(g, Op::Tile, &[Some(req(0)?), Some(req(1)?)]),
         "Gather" => single(
