@@ -184,7 +184,11 @@ impl Model {
 
     /// Runs a call `f` on `elements` input elements with the model's threads: on its pool, or serially
     /// on this thread when the model has one thread or the call is short (see [`SHORT_CALL`]).
-    fn on_threads<R: Send>(&self, elements: usize, f: impl FnOnce() -> R + Send) -> R {
+    fn on_threads<T: Send>(
+        &self,
+        elements: usize,
+        f: impl FnOnce() -> Result<T> + Send,
+    ) -> Result<T> {
         let f = || with_recycler(&self.recycler, f);
         let Some(pool) = &self.pool else {
             return fff_ops::threads::serial(f);
@@ -196,10 +200,13 @@ impl Model {
         } else {
             pool.install(f)
         };
-        if start.elapsed() < SHORT_CALL {
-            self.short_below.fetch_max(elements + 1, Ordering::Relaxed);
-        } else if serial {
-            self.short_below.fetch_min(elements, Ordering::Relaxed);
+        // Failed calls (bad inputs, say) end early and say nothing about the work of a call.
+        if result.is_ok() {
+            if start.elapsed() < SHORT_CALL {
+                self.short_below.fetch_max(elements + 1, Ordering::Relaxed);
+            } else if serial {
+                self.short_below.fetch_min(elements, Ordering::Relaxed);
+            }
         }
         result
     }
