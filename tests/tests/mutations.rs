@@ -383,3 +383,57 @@ fn empty_and_single_token_inputs_give_outputs_or_errors() {
         }
     }
 }
+
+/// Damaged `.npy` and `.npz` inputs (a float32 and an int64 array, written by `fffrun`'s own writer and
+/// then damaged) are read with an error or a tensor, never a panic.
+#[test]
+fn damaged_numpy_files_give_errors_not_panics() {
+    let dir = std::env::temp_dir().join(format!("fff-mutations-npy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let x = fff_runtime::Tensor::F32(ndarray::ArrayD::from_shape_fn(
+        ndarray::IxDyn(&[2, 3, 4]),
+        |i| i[2] as f32 * 0.5,
+    ));
+    let ids = fff_runtime::Tensor::I64(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[2, 3]), 7));
+    let npz = dir.join("clean.npz");
+    fff_runtime::npy::write_npz(&npz, &[("x".into(), x), ("ids".into(), ids)]).unwrap();
+    let npz_bytes = std::fs::read(&npz).unwrap();
+    // A version-1.0 `.npy` of float32 [2, 3, 4], written out by hand.
+    let npy_bytes = {
+        let mut header =
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4), }".to_string();
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        b.extend_from_slice(header.as_bytes());
+        for i in 0..24 {
+            b.extend_from_slice(&(i as f32 * 0.25).to_le_bytes());
+        }
+        b
+    };
+    let clean = dir.join("clean.npy");
+    std::fs::write(&clean, &npy_bytes).unwrap();
+    assert_eq!(
+        fff_runtime::npy::read_npy(&clean).unwrap().shape(),
+        [2, 3, 4]
+    );
+    for (clean, ext) in [(&npy_bytes, "npy"), (&npz_bytes, "npz")] {
+        for seed in 1..=seeds(300) {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let path = dir.join(format!("damaged.{ext}"));
+            std::fs::write(&path, mutate(clean, &mut rng)).unwrap();
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                if ext == "npy" {
+                    let _ = fff_runtime::npy::read_npy(&path);
+                } else {
+                    let _ = fff_runtime::npy::read_npz(&path);
+                }
+            }));
+            assert!(outcome.is_ok(), "a damaged .{ext} panicked (seed {seed})");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
