@@ -402,7 +402,7 @@ fn damaged_numpy_files_give_errors_not_panics() {
     let npy_bytes = {
         let mut header =
             "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4), }".to_string();
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');
