@@ -10,6 +10,7 @@
 pub mod buffers;
 pub mod error;
 pub mod eval;
+pub mod fff_stats;
 pub mod io;
 pub mod op;
 pub mod tensor;

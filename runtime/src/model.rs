@@ -329,7 +329,9 @@ impl Model {
     ) -> Result<Vec<(String, Tensor)>> {
         let inputs: Vec<_> = inputs.into_iter().collect();
         // The kernels' parallel loops run on this model's pool, sized by `Options::threads`.
-        self.on_threads(input_elements(&inputs), || self.run_inner(inputs, None))
+        self.on_threads(input_elements(&inputs), || {
+            self.run_inner(inputs, None, None)
+        })
     }
 
     /// Hands back outputs of an earlier run that the caller is done with, so that the next run writes
@@ -357,15 +359,30 @@ impl Model {
         let mut profile = vec![Duration::ZERO; self.graph.nodes.len()];
         let inputs: Vec<_> = inputs.into_iter().collect();
         let outputs = self.on_threads(input_elements(&inputs), || {
-            self.run_inner(inputs, Some(&mut profile))
+            self.run_inner(inputs, Some(&mut profile), None)
         })?;
         Ok((outputs, profile))
+    }
+
+    /// Runs the model like [`Model::run`], showing `observe` every node with its inputs just before the
+    /// node runs: the hook for statistics over intermediate values (as `fffrun --fff-stats` gathers
+    /// for FastFeedForward nodes).
+    pub fn run_observed(
+        &self,
+        inputs: impl IntoIterator<Item = (String, Tensor)>,
+        observe: &mut (dyn FnMut(&PlanNode, &[Option<TensorView>]) + Send),
+    ) -> Result<Outputs> {
+        let inputs: Vec<_> = inputs.into_iter().collect();
+        self.on_threads(input_elements(&inputs), || {
+            self.run_inner(inputs, None, Some(observe))
+        })
     }
 
     fn run_inner(
         &self,
         inputs: Vec<(String, Tensor)>,
         mut profile: Option<&mut [Duration]>,
+        mut observe: Option<&mut (dyn FnMut(&PlanNode, &[Option<TensorView>]) + Send)>,
     ) -> Result<Vec<(String, Tensor)>> {
         let ordered = self.bind_inputs(inputs)?;
         let mut slots: Vec<Option<Tensor>> = vec![None; self.graph.num_values];
@@ -373,6 +390,14 @@ impl Model {
             slots[spec.value] = Some(t);
         }
         for (i, (node, frees)) in self.graph.nodes.iter().zip(&self.frees).enumerate() {
+            if let Some(observe) = observe.as_deref_mut() {
+                let views: Vec<Option<TensorView>> = node
+                    .inputs
+                    .iter()
+                    .map(|i| i.map(|v| self.value_view(v, &slots)).transpose())
+                    .collect::<Result<_>>()?;
+                observe(node, &views);
+            }
             let start = profile.is_some().then(Instant::now);
             let reused = self.try_in_place(node, &self.handover[i], &mut slots)?;
             let outs = if let Some(t) = reused {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use fff_runtime::fff_stats::run_with_fff_usage;
 use fff_runtime::io::{parse_inputs, write_outputs, JsonStyle};
 use fff_runtime::model::Options;
 use fff_runtime::npy::{read_npy, read_npz, write_npz};
@@ -54,6 +55,12 @@ struct Args {
     /// table of the median time per op kind and of the slowest nodes.
     #[arg(long, conflicts_with = "bench")]
     profile: bool,
+
+    /// Count which leaf of each tree the rows reach, instead of printing the outputs: one run, then one
+    /// JSON line per FastFeedForward node {"node", "rows", "trees", "depth", "neurons_per_row",
+    /// "neurons", "leaves_reached", "leaves", "busiest_leaf_share", "leaf_entropy_bits"}.
+    #[arg(long, conflicts_with_all = ["bench", "profile"])]
+    fff_stats: bool,
 }
 
 /// Parses a count that must be at least 1.
@@ -97,7 +104,18 @@ fn run(args: &Args) -> Result<()> {
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let (inputs, style) = read_inputs(&args.input, &model)?;
 
-    let report = if args.profile {
+    let report = if args.fff_stats {
+        let (_, usage) = run_with_fff_usage(&model, inputs)?;
+        if usage.is_empty() {
+            anyhow::bail!("the model has no FastFeedForward nodes");
+        }
+        let mut text = String::new();
+        for u in &usage {
+            text += &serde_json::to_string(&u.summary()).context("cannot format the statistics")?;
+            text.push('\n');
+        }
+        text
+    } else if args.profile {
         profile(&model, &inputs, args.runs)?
     } else if args.bench {
         let times = bench(&model, &inputs, args.runs)?;

@@ -1,0 +1,187 @@
+//! Usage statistics of FastFeedForward nodes: which leaf of each tree the rows of a call reach. A tree
+//! whose rows crowd into a few leaves uses few of its neurons, and its conditional execution saves less
+//! than its depth promises; `fffrun --fff-stats` prints these per node.
+
+use std::collections::BTreeMap;
+
+use fff_ops::activation::Activation;
+use fff_ops::fff::{fff_leaves, Branch, FffLayer, FffShape, FffWeights};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::model::{Model, Outputs};
+use crate::op::{FffBranch, Op};
+use crate::plan::PlanNode;
+use crate::tensor::{Tensor, TensorView};
+
+/// How the rows of one or more calls used one FastFeedForward node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FffUsage {
+    pub node: String,
+    pub depth: usize,
+    pub trees: usize,
+    pub rows: u64,
+    /// Rows that reached each leaf, per tree (`2^depth` counts each).
+    pub leaf_rows: Vec<Vec<u64>>,
+}
+
+/// [`FffUsage`] summed up, as `fffrun --fff-stats` prints it (one JSON line per node).
+#[derive(Clone, Debug, Serialize)]
+pub struct FffSummary {
+    pub node: String,
+    pub rows: u64,
+    pub trees: usize,
+    pub depth: usize,
+    /// Neurons each row computes: one per level of every tree.
+    pub neurons_per_row: usize,
+    pub neurons: usize,
+    /// Leaves reached by at least one row, over all trees, and how many leaves there are.
+    pub leaves_reached: usize,
+    pub leaves: usize,
+    /// The largest share of a tree's rows that one leaf received.
+    pub busiest_leaf_share: f64,
+    /// Entropy of the rows' leaves, in bits, averaged over the trees; `depth` bits when rows spread
+    /// evenly over all leaves.
+    pub leaf_entropy_bits: f64,
+}
+
+impl FffUsage {
+    pub fn summary(&self) -> FffSummary {
+        let per_tree = 1usize << self.depth;
+        let mut busiest = 0.0f64;
+        let mut entropy = 0.0f64;
+        for counts in &self.leaf_rows {
+            let total: u64 = counts.iter().sum();
+            if total == 0 {
+                continue;
+            }
+            for &c in counts.iter().filter(|&&c| c > 0) {
+                let p = c as f64 / total as f64;
+                busiest = busiest.max(p);
+                entropy -= p * p.log2();
+            }
+        }
+        FffSummary {
+            node: self.node.clone(),
+            rows: self.rows,
+            trees: self.trees,
+            depth: self.depth,
+            neurons_per_row: self.trees * (self.depth + 1),
+            neurons: self.trees * ((per_tree << 1) - 1),
+            leaves_reached: self
+                .leaf_rows
+                .iter()
+                .map(|c| c.iter().filter(|&&n| n > 0).count())
+                .sum(),
+            leaves: self.trees * per_tree,
+            busiest_leaf_share: busiest,
+            leaf_entropy_bits: entropy / self.trees.max(1) as f64,
+        }
+    }
+}
+
+/// Runs the model once and counts, for every FastFeedForward node, the leaf each row reaches in each
+/// tree. Nodes whose inputs are not what the op reads (the run then fails on them) are not counted.
+pub fn run_with_fff_usage(
+    model: &Model,
+    inputs: Vec<(String, Tensor)>,
+) -> Result<(Outputs, Vec<FffUsage>)> {
+    let mut usage: BTreeMap<String, FffUsage> = BTreeMap::new();
+    let outputs = model.run_observed(inputs, &mut |node, views| {
+        if let Some(counted) = count_leaves(node, views) {
+            let entry = usage.entry(node.name.clone()).or_insert_with(|| FffUsage {
+                leaf_rows: vec![vec![0; counted.leaf_rows[0].len()]; counted.trees],
+                rows: 0,
+                ..counted.clone()
+            });
+            entry.rows += counted.rows;
+            for (sum, add) in entry.leaf_rows.iter_mut().zip(&counted.leaf_rows) {
+                sum.iter_mut().zip(add).for_each(|(s, a)| *s += a);
+            }
+        }
+    })?;
+    // In the plan's node order.
+    let order: Vec<&str> = model
+        .graph()
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    let mut usage: Vec<FffUsage> = usage.into_values().collect();
+    usage.sort_by_key(|u| order.iter().position(|&n| n == u.node));
+    Ok((outputs, usage))
+}
+
+/// The leaves the rows of one call reach at a FastFeedForward node; `None` for other nodes, or when
+/// the inputs do not fit the op.
+fn count_leaves(node: &PlanNode, views: &[Option<TensorView>]) -> Option<FffUsage> {
+    let Op::FastFeedForward {
+        depth,
+        trees,
+        branch,
+        ..
+    } = node.op
+    else {
+        return None;
+    };
+    if depth >= 32 || trees == 0 {
+        return None;
+    }
+    let x = views.first()?.as_ref()?.f32().ok()?;
+    let d_in = *x.shape().last()?;
+    let x: Vec<f32> = x.iter().copied().collect();
+    let rows = if d_in == 0 { 0 } else { x.len() / d_in };
+    let w_in = floats(views.get(1)?.as_ref()?)?;
+    let b_in = match views.get(2) {
+        Some(Some(b)) => Some(floats(b)?),
+        _ => None,
+    };
+    let shape = FffShape {
+        d_in,
+        d_out: 0,
+        depth,
+        trees,
+    };
+    let nodes = trees.checked_mul(shape.nodes_per_tree())?;
+    if w_in.len() != nodes.checked_mul(d_in)? || b_in.as_ref().is_some_and(|b| b.len() != nodes) {
+        return None;
+    }
+    let layer = FffLayer {
+        shape,
+        act: Activation::Relu,
+        branch: match branch {
+            FffBranch::Gt => Branch::Greater,
+            FffBranch::Ge => Branch::GreaterOrEqual,
+        },
+        w: FffWeights {
+            w_in: &w_in,
+            b_in: b_in.as_deref(),
+            w_out: &[],
+            b_out: None,
+        },
+    };
+    let mut leaves = vec![0u32; rows * trees];
+    fff_leaves(&layer, &x, rows, &mut leaves);
+    let mut leaf_rows = vec![vec![0u64; 1 << depth]; trees];
+    for row in leaves.chunks_exact(trees) {
+        for (t, &leaf) in row.iter().enumerate() {
+            leaf_rows[t][leaf as usize] += 1;
+        }
+    }
+    Some(FffUsage {
+        node: node.name.clone(),
+        depth,
+        trees,
+        rows: rows as u64,
+        leaf_rows,
+    })
+}
+
+/// A float32 or bfloat16 tensor's values as f32.
+fn floats(t: &TensorView) -> Option<Vec<f32>> {
+    match t {
+        TensorView::F32(a) => Some(a.iter().copied().collect()),
+        TensorView::BF16(a) => Some(a.iter().map(|v| v.to_f32()).collect()),
+        _ => None,
+    }
+}
