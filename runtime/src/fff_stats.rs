@@ -130,7 +130,7 @@ fn count_leaves(node: &PlanNode, views: &[Option<TensorView>]) -> Option<FffUsag
     let x = views.first()?.as_ref()?.f32().ok()?;
     let d_in = *x.shape().last()?;
     let x: Vec<f32> = x.iter().copied().collect();
-    let rows = if d_in == 0 { 0 } else { x.len() / d_in };
+    let rows = x.len().checked_div(d_in).unwrap_or(0);
     let w_in = floats(views.get(1)?.as_ref()?)?;
     let b_in = match views.get(2) {
         Some(Some(b)) => Some(floats(b)?),

@@ -61,6 +61,9 @@ fn input_elements(inputs: &[(String, Tensor)]) -> usize {
     inputs.iter().map(|(_, t)| t.len()).sum()
 }
 
+/// A callback [`Model::run_observed`] shows every node with its inputs, just before the node runs.
+pub type Observer<'a> = dyn FnMut(&PlanNode, &[Option<TensorView>]) + Send + 'a;
+
 /// A run's outputs, named, in the plan's order.
 pub type Outputs = Vec<(String, Tensor)>;
 
@@ -370,7 +373,7 @@ impl Model {
     pub fn run_observed(
         &self,
         inputs: impl IntoIterator<Item = (String, Tensor)>,
-        observe: &mut (dyn FnMut(&PlanNode, &[Option<TensorView>]) + Send),
+        observe: &mut Observer,
     ) -> Result<Outputs> {
         let inputs: Vec<_> = inputs.into_iter().collect();
         self.on_threads(input_elements(&inputs), || {
@@ -382,7 +385,7 @@ impl Model {
         &self,
         inputs: Vec<(String, Tensor)>,
         mut profile: Option<&mut [Duration]>,
-        mut observe: Option<&mut (dyn FnMut(&PlanNode, &[Option<TensorView>]) + Send)>,
+        mut observe: Option<&mut Observer>,
     ) -> Result<Vec<(String, Tensor)>> {
         let ordered = self.bind_inputs(inputs)?;
         let mut slots: Vec<Option<Tensor>> = vec![None; self.graph.num_values];
