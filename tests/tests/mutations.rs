@@ -240,14 +240,30 @@ fn resealed_plans_with_altered_graphs_or_weights_give_errors_not_panics() {
     }
 }
 
-/// `model` with one structural change: an attribute's value, an initializer's dims or data, a node's
-/// input or op type, or a graph input's dimension.
+/// `model` with one structural change: an attribute's value, an initializer's dims, data or values
+/// (NaN, infinities), a node's input or op type, or a graph input's dimension.
 fn mutate_model(model: &ModelProto, rng: &mut Rng) -> ModelProto {
     let mut m = model.clone();
     let g = m.graph.as_mut().expect("a graph");
     let extreme = |rng: &mut Rng| [0i64, 1, -1, 2, 3, -3, 7, 1 << 33, i64::MIN][rng.below(9)];
     let names: Vec<String> = g.node.iter().flat_map(|n| n.output.clone()).collect();
-    match rng.below(6) {
+    match rng.below(7) {
+        6 => {
+            // Weights set to NaN, infinities or huge values (raw float32 initializers only).
+            let floats: Vec<usize> = (0..g.initializer.len())
+                .filter(|&i| {
+                    g.initializer[i].data_type == 1 && g.initializer[i].raw_data.len() >= 4
+                })
+                .collect();
+            if let Some(&i) = floats.get(rng.below(floats.len())) {
+                let raw = &mut g.initializer[i].raw_data;
+                let v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 3e38, 0.0][rng.below(5)];
+                let all = rng.below(2) == 0;
+                for at in (0..raw.len() / 4).filter(|&k| all || k == 0) {
+                    raw[4 * at..4 * at + 4].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
         0 => {
             let nodes: Vec<usize> = (0..g.node.len())
                 .filter(|&i| !g.node[i].attribute.is_empty())
