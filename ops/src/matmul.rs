@@ -223,78 +223,32 @@ mod tests {
             .collect()
     }
 
-    /// A GEMM on a two-thread pool into a column block of a wider output.
-    #[test]
-    fn strided_output_on_two_threads_agrees_with_reference() {
-        let (m, k, n, stride) = (101, 300, 90, 97);
-        let a = pseudo_random(m * k, 4);
-        let b = pseudo_random(k * n, 5);
-        let init = pseudo_random(m * stride, 6);
-        let mut got = init.clone();
+    /// `alpha * a b + beta * out` on a two-thread pool into columns `at..at + n` of rows `stride`
+    /// apart, with B read directly or transposed: agrees with the reference, and leaves the columns
+    /// around the block untouched.
+    fn check_strided_on_two_threads(
+        (m, k, n): (usize, usize, usize),
+        (stride, at): (usize, usize),
+        (alpha, beta): (f32, f32),
+        seed: u32,
+    ) {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        pool.install(|| {
-            let out = MatMut {
-                data: &mut got[3..],
-                rows: m,
-                cols: n,
-                row_stride: stride,
-            };
-            gemm_into(
-                MatRef::row_major(&a, m, k),
-                MatRef::row_major(&b, k, n),
-                out,
-                0.5,
-                1.0,
-                Threads::Pool,
-            );
-        });
-        let mut want = vec![0.0; m * n];
-        for i in 0..m {
-            want[i * n..(i + 1) * n].copy_from_slice(&init[3 + i * stride..3 + i * stride + n]);
-        }
-        gemm_reference(
-            MatRef::row_major(&a, m, k),
-            MatRef::row_major(&b, k, n),
-            &mut want,
-            0.5,
-            1.0,
-        );
-        for i in 0..m {
-            for j in 0..n {
-                let (g, w) = (got[3 + i * stride + j], want[i * n + j]);
-                assert!((g - w).abs() < 1e-3, "{i},{j}: {g} vs {w}");
-            }
-        }
-        // Columns outside the block are untouched.
-        assert_eq!(got[..3], init[..3]);
-        assert_eq!(got[3 + n], init[3 + n]);
-    }
-
-    /// Products wide enough to be split by columns across two threads, with B read directly and
-    /// transposed, into a column block of a wider output.
-    #[test]
-    fn column_split_on_two_threads_agrees_with_reference() {
-        let (m, k, n, stride) = (37, 70, 203, 211);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let a = pseudo_random(m * k, 7);
-        let b = pseudo_random(k * n, 8);
+        let a = pseudo_random(m * k, seed);
+        let b = pseudo_random(k * n, seed + 1);
         for transposed in [false, true] {
             let bm = if transposed {
                 MatRef::row_major(&b, n, k).t()
             } else {
                 MatRef::row_major(&b, k, n)
             };
-            let init = pseudo_random(m * stride, 9);
+            let init = pseudo_random(m * stride, seed + 2);
             let mut got = init.clone();
             pool.install(|| {
                 let out = MatMut {
-                    data: &mut got[5..],
+                    data: &mut got[at..],
                     rows: m,
                     cols: n,
                     row_stride: stride,
@@ -303,30 +257,44 @@ mod tests {
                     MatRef::row_major(&a, m, k),
                     bm,
                     out,
-                    1.5,
-                    0.5,
+                    alpha,
+                    beta,
                     Threads::Pool,
                 );
             });
             let mut want = vec![0.0; m * n];
             for i in 0..m {
-                want[i * n..(i + 1) * n].copy_from_slice(&init[5 + i * stride..5 + i * stride + n]);
+                want[i * n..(i + 1) * n]
+                    .copy_from_slice(&init[at + i * stride..at + i * stride + n]);
             }
-            gemm_reference(MatRef::row_major(&a, m, k), bm, &mut want, 1.5, 0.5);
+            gemm_reference(MatRef::row_major(&a, m, k), bm, &mut want, alpha, beta);
             for i in 0..m {
                 for j in 0..n {
-                    let (g, w) = (got[5 + i * stride + j], want[i * n + j]);
+                    let (g, w) = (got[at + i * stride + j], want[i * n + j]);
                     assert!((g - w).abs() < 1e-3, "{transposed} {i},{j}: {g} vs {w}");
                 }
                 // Columns between the block's rows are untouched.
                 if i + 1 < m {
                     assert_eq!(
-                        got[5 + i * stride + n..5 + (i + 1) * stride],
-                        init[5 + i * stride + n..5 + (i + 1) * stride]
+                        got[at + i * stride + n..at + (i + 1) * stride],
+                        init[at + i * stride + n..at + (i + 1) * stride]
                     );
                 }
             }
+            assert_eq!(got[..at], init[..at]);
         }
+    }
+
+    /// A GEMM too narrow to split by columns: the crate's own threads.
+    #[test]
+    fn strided_output_on_two_threads_agrees_with_reference() {
+        check_strided_on_two_threads((101, 300, 90), (97, 3), (0.5, 1.0), 4);
+    }
+
+    /// Products wide enough to be split by columns across two threads.
+    #[test]
+    fn column_split_on_two_threads_agrees_with_reference() {
+        check_strided_on_two_threads((37, 70, 203), (211, 5), (1.5, 0.5), 7);
     }
 
     #[test]

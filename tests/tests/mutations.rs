@@ -36,6 +36,10 @@ fn fuzzed_fixtures() -> Vec<&'static str> {
 struct Rng(u64);
 
 impl Rng {
+    /// The generator of one case, from its seed (spread so that neighbouring seeds differ early).
+    fn for_seed(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -45,6 +49,14 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
+}
+
+/// A fixture compiled to plan bytes, and its input (JSON).
+fn compiled_fixture(name: &'static str) -> (Vec<u8>, String) {
+    let f = fixtures::get(name);
+    let onnx = std::fs::read(&f.onnx).unwrap();
+    let plan = fff_compiler::compile_to_plan_bytes(&onnx).unwrap();
+    (plan, std::fs::read_to_string(&f.input).unwrap())
 }
 
 /// `bytes` with one random kind of damage: bytes overwritten (random values or extreme integers),
@@ -100,12 +112,9 @@ fn load_and_run(plan: &[u8], input: &str, seed: u64) {
 #[test]
 fn damaged_plans_give_errors_not_panics() {
     for name in fuzzed_fixtures() {
-        let f = fixtures::get(name);
-        let onnx = std::fs::read(&f.onnx).unwrap();
-        let plan = fff_compiler::compile_to_plan_bytes(&onnx).unwrap();
-        let input = std::fs::read_to_string(&f.input).unwrap();
+        let (plan, input) = compiled_fixture(name);
         for seed in 1..=seeds(400) {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = Rng::for_seed(seed);
             let damaged = mutate(&plan, &mut rng);
             load_and_run(&damaged, &input, seed);
         }
@@ -117,7 +126,7 @@ fn damaged_onnx_gives_errors_not_panics() {
     for name in fuzzed_fixtures() {
         let onnx = std::fs::read(fixtures::get(name).onnx).unwrap();
         for seed in 1..=seeds(150) {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = Rng::for_seed(seed);
             let damaged = mutate(&onnx, &mut rng);
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 let _ = fff_compiler::compile_to_plan_bytes(&damaged);
@@ -213,15 +222,12 @@ fn mutate_graph(graph: &Value, rng: &mut Rng) -> Value {
 #[test]
 fn resealed_plans_with_altered_graphs_or_weights_give_errors_not_panics() {
     for name in fuzzed_fixtures() {
-        let f = fixtures::get(name);
-        let onnx = std::fs::read(&f.onnx).unwrap();
-        let plan = fff_compiler::compile_to_plan_bytes(&onnx).unwrap();
-        let input = std::fs::read_to_string(&f.input).unwrap();
+        let (plan, input) = compiled_fixture(name);
         let (graph, weights) = unseal(&plan);
         let mut loaded = 0;
         let runs = seeds(600);
         for seed in 1..=runs {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = Rng::for_seed(seed);
             let (g, w) = if seed % 4 == 0 {
                 (graph.clone(), mutate(&weights, &mut rng))
             } else {
@@ -356,7 +362,7 @@ fn onnx_models_with_altered_structure_give_errors_not_panics() {
         let mut compiled = 0;
         let runs = seeds(300);
         for seed in 1..=runs {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = Rng::for_seed(seed);
             let damaged = mutate_model(&model, &mut rng).encode_to_vec();
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 fff_compiler::compile_to_plan_bytes(&damaged).ok()
@@ -381,9 +387,7 @@ fn onnx_models_with_altered_structure_give_errors_not_panics() {
 #[test]
 fn empty_and_single_token_inputs_give_outputs_or_errors() {
     for &name in fixtures::ALL {
-        let f = fixtures::get(name);
-        let onnx = std::fs::read(&f.onnx).unwrap();
-        let plan = fff_compiler::compile_to_plan_bytes(&onnx).unwrap();
+        let (plan, _) = compiled_fixture(name);
         for threads in [1, 2] {
             let model =
                 Model::from_bytes_with(&plan, fff_runtime::model::Options { threads }).unwrap();
@@ -392,8 +396,8 @@ fn empty_and_single_token_inputs_give_outputs_or_errors() {
                 let outcome = catch_unwind(AssertUnwindSafe(|| model.run(inputs)));
                 match outcome {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => eprintln!("{} {batch}x{seq}: {e}", f.name),
-                    Err(_) => panic!("{} panicked at batch {batch}, sequence {seq}", f.name),
+                    Ok(Err(e)) => eprintln!("{name} {batch}x{seq}: {e}"),
+                    Err(_) => panic!("{name} panicked at batch {batch}, sequence {seq}"),
                 }
             }
         }
@@ -438,7 +442,7 @@ fn damaged_numpy_files_give_errors_not_panics() {
     );
     for (clean, ext) in [(&npy_bytes, "npy"), (&npz_bytes, "npz")] {
         for seed in 1..=seeds(300) {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = Rng::for_seed(seed);
             let path = dir.join(format!("damaged.{ext}"));
             std::fs::write(&path, mutate(clean, &mut rng)).unwrap();
             let outcome = catch_unwind(AssertUnwindSafe(|| {
