@@ -111,12 +111,17 @@ pub fn for_overwrite(len: usize) -> Vec<f32> {
 /// Buffers from this many bytes on are backed by huge pages where the system grants them.
 const HUGE_FROM_BYTES: usize = 4 << 20;
 
+/// Whether `len` floats are enough for huge pages.
+fn is_large(len: usize) -> bool {
+    len.saturating_mul(std::mem::size_of::<f32>()) >= HUGE_FROM_BYTES
+}
+
 /// A new buffer of `len` zeros. A large one is backed by huge pages where the system offers them on
 /// request (Linux transparent huge pages in `madvise` mode): kernels that visit rows scattered over
 /// tens of MiB, as FastFeedForward's buckets do, otherwise miss the TLB on nearly every row (at 16384
 /// rows of width 768 the FFF layer took 2.2 µs per row on 4 KiB pages and 1.6 µs on huge ones).
 pub fn fresh(len: usize) -> Vec<f32> {
-    if len.saturating_mul(std::mem::size_of::<f32>()) < HUGE_FROM_BYTES {
+    if !is_large(len) {
         return vec![0.0; len];
     }
     let mut v: Vec<f32> = Vec::with_capacity(len);
@@ -128,7 +133,7 @@ pub fn fresh(len: usize) -> Vec<f32> {
 
 /// `v` itself when small, else its values copied into a [`fresh`] buffer.
 pub fn into_fresh(v: Vec<f32>) -> Vec<f32> {
-    if v.len().saturating_mul(std::mem::size_of::<f32>()) < HUGE_FROM_BYTES {
+    if !is_large(v.len()) {
         return v;
     }
     let mut f = fresh(v.len());

@@ -2,8 +2,6 @@
 //! whose rows crowd into a few leaves uses few of its neurons, and its conditional execution saves less
 //! than its depth promises; `fffrun --fff-stats` prints these per node.
 
-use std::collections::BTreeMap;
-
 use fff_ops::activation::Activation;
 use fff_ops::fff::{fff_leaves, Branch, FffLayer, FffShape, FffWeights};
 use serde::Serialize;
@@ -14,7 +12,7 @@ use crate::op::{FffBranch, Op};
 use crate::plan::PlanNode;
 use crate::tensor::{Tensor, TensorView};
 
-/// How the rows of one or more calls used one FastFeedForward node.
+/// How the rows of a call used one FastFeedForward node.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FffUsage {
     pub node: String,
@@ -81,34 +79,17 @@ impl FffUsage {
 }
 
 /// Runs the model once and counts, for every FastFeedForward node, the leaf each row reaches in each
-/// tree. Nodes whose inputs are not what the op reads (the run then fails on them) are not counted.
+/// tree, in the plan's node order. Nodes whose inputs are not what the op reads (the run then fails on
+/// them) are not counted.
 pub fn run_with_fff_usage(
     model: &Model,
     inputs: Vec<(String, Tensor)>,
 ) -> Result<(Outputs, Vec<FffUsage>)> {
-    let mut usage: BTreeMap<String, FffUsage> = BTreeMap::new();
+    // Each node runs once per call, in plan order, so the observations come out one per node, ordered.
+    let mut usage = Vec::new();
     let outputs = model.run_observed(inputs, &mut |node, views| {
-        if let Some(counted) = count_leaves(node, views) {
-            let entry = usage.entry(node.name.clone()).or_insert_with(|| FffUsage {
-                leaf_rows: vec![vec![0; counted.leaf_rows[0].len()]; counted.trees],
-                rows: 0,
-                ..counted.clone()
-            });
-            entry.rows += counted.rows;
-            for (sum, add) in entry.leaf_rows.iter_mut().zip(&counted.leaf_rows) {
-                sum.iter_mut().zip(add).for_each(|(s, a)| *s += a);
-            }
-        }
+        usage.extend(count_leaves(node, views));
     })?;
-    // In the plan's node order.
-    let order: Vec<&str> = model
-        .graph()
-        .nodes
-        .iter()
-        .map(|n| n.name.as_str())
-        .collect();
-    let mut usage: Vec<FffUsage> = usage.into_values().collect();
-    usage.sort_by_key(|u| order.iter().position(|&n| n == u.node));
     Ok((outputs, usage))
 }
 

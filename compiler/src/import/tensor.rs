@@ -1,5 +1,6 @@
 //! ONNX `TensorProto` to runtime tensors, including raw, typed-field and external data.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use fff_runtime::{DType, Tensor};
@@ -99,7 +100,6 @@ fn read_external(t: &TensorProto, model_dir: Option<&Path>) -> Result<Vec<u8>, S
         return Err(outside());
     }
     let len = usize::try_from(len).map_err(|_| outside())?;
-    use std::io::{Read, Seek, SeekFrom};
     file.seek(SeekFrom::Start(offset)).map_err(cannot_read)?;
     let mut data = vec![0u8; len];
     file.read_exact(&mut data).map_err(cannot_read)?;

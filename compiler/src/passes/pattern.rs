@@ -1,6 +1,20 @@
 //! Small queries the rewrite patterns share.
 
+use fff_runtime::op::{BinaryOp, Op};
+use petgraph::stable_graph::NodeIndex;
+
 use crate::ir::{Graph, OutletId};
+
+/// The two operands of `node` when it is the binary op `op`.
+pub fn binary_operands(g: &Graph, node: NodeIndex, op: BinaryOp) -> Option<(OutletId, OutletId)> {
+    if g.op(node) != Some(&Op::Binary(op)) {
+        return None;
+    }
+    match g.inputs_of(node)[..] {
+        [Some(a), Some(b)] => Some((a, b)),
+        _ => None,
+    }
+}
 
 /// `o` itself if it is an op output that exactly one reader takes and the graph does not output, so a
 /// fusion may swallow it.

@@ -16,17 +16,14 @@
 use fff_runtime::op::{BinaryOp, Op};
 use fff_runtime::DType;
 
+use super::pattern::binary_operands;
 use crate::error::Result;
 use crate::ir::{Graph, OutletId};
 
 pub fn run(g: &mut Graph) -> Result<bool> {
     let mut changed = false;
     for add in g.topo_order() {
-        if g.op(add) != Some(&Op::Binary(BinaryOp::Add)) {
-            continue;
-        }
-        let inputs = g.inputs_of(add);
-        let (Some(a), Some(b)) = (inputs[0], inputs[1]) else {
+        let Some((a, b)) = binary_operands(g, add, BinaryOp::Add) else {
             continue;
         };
         let sum = OutletId::new(add, 0);

@@ -6,7 +6,7 @@ use super::norm_axis;
 use crate::error::{Error, Result};
 use crate::map_tensor;
 use crate::op::ScatterReduction;
-use crate::tensor::{Tensor, TensorView};
+use crate::tensor::{from_vec, Tensor, TensorView};
 
 /// Resolves a possibly negative index into `0..dim`.
 fn resolve(i: i64, dim: usize) -> Result<usize> {
@@ -44,7 +44,7 @@ pub fn gather(data: &TensorView, indices: &TensorView, axis: i64) -> Result<Tens
                 v.extend_from_slice(&flat[start..start + inner]);
             }
         }
-        ArrayD::from_shape_vec(IxDyn(out_shape), v).expect("size matches by construction")
+        from_vec(IxDyn(out_shape), v)
     }
     Ok(map_tensor!(data, TensorView, a => go(a, ax, &idx, &out_shape)))
 }
@@ -133,7 +133,7 @@ pub fn gather_nd(data: &TensorView, indices: &TensorView, batch_dims: i64) -> Re
             .iter()
             .flat_map(|&o| flat[o..o + inner].iter().cloned())
             .collect();
-        ArrayD::from_shape_vec(IxDyn(out), v).expect("size matches by construction")
+        from_vec(IxDyn(out), v)
     }
     Ok(map_tensor!(data, TensorView, a => go(a, &offsets, inner, &out_shape)))
 }

@@ -410,13 +410,8 @@ pub fn range(start: &TensorView, limit: &TensorView, delta: &TensorView) -> Resu
             "Range({s}, {l}, {d}) is not finite"
         )));
     }
-    let n = ((l - s) / d).ceil().max(0.0);
-    if n > super::MAX_ELEMENTS as f64 {
-        return Err(Error::TooLarge(format!(
-            "Range of {n} elements is too large"
-        )));
-    }
-    let n = n as usize;
+    // Saturates for counts past usize, which check_alloc then refuses.
+    let n = ((l - s) / d).ceil().max(0.0) as usize;
     check_alloc(&[n], start.dtype()).map_err(|e| Error::TooLarge(format!("Range: {e}")))?;
     Ok(match start {
         TensorView::F32(_) => {

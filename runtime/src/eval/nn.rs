@@ -12,7 +12,7 @@ use super::{broadcast_shapes, elementwise, norm_axis};
 use crate::buffers;
 use crate::error::{Error, Result};
 use crate::op::{BinaryOp, FffActivation, FffBranch};
-use crate::tensor::{Tensor, TensorView};
+use crate::tensor::{from_vec, Tensor, TensorView};
 
 /// The view in row-major order: borrowed as it is when it already is (weights, fresh outputs), copied
 /// only when it is strided.
@@ -85,9 +85,7 @@ pub fn matmul(a: &TensorView, b: &TensorView) -> Result<Tensor> {
     if !b_vec {
         shape.push(n);
     }
-    Ok(Tensor::F32(
-        ArrayD::from_shape_vec(IxDyn(&shape), out).expect("size matches by construction"),
-    ))
+    Ok(Tensor::F32(from_vec(IxDyn(&shape), out)))
 }
 
 pub fn gemm(
@@ -142,9 +140,7 @@ pub fn gemm(
     };
     let beta = if c.is_some() { beta } else { 0.0 };
     gemm_kernel(am, bm, &mut out, alpha, beta);
-    Ok(Tensor::F32(
-        ArrayD::from_shape_vec(IxDyn(&[m, n]), out).expect("size matches by construction"),
-    ))
+    Ok(Tensor::F32(from_vec(IxDyn(&[m, n]), out)))
 }
 
 /// `X W + B + R`; see [`crate::op::Op::Linear`].
@@ -160,9 +156,7 @@ pub fn linear(
             let mut out = buffers::for_overwrite(r.len());
             out.copy_from_slice(contiguous(r.f32()?).as_slice().expect("contiguous"));
             linear_accumulate(x, w, bias, true, &mut out)?;
-            return Ok(Tensor::F32(
-                ArrayD::from_shape_vec(IxDyn(&shape), out).expect("size matches by construction"),
-            ));
+            return Ok(Tensor::F32(from_vec(IxDyn(&shape), out)));
         }
         // R broadcasts (or the product does): the product first, then the Add it stands for.
         let product = linear(x, w, bias, None)?;
@@ -174,9 +168,7 @@ pub fn linear(
     if n > 0 {
         linear_accumulate(x, w, bias, false, &mut out)?;
     }
-    Ok(Tensor::F32(
-        ArrayD::from_shape_vec(IxDyn(&shape), out).expect("size matches by construction"),
-    ))
+    Ok(Tensor::F32(from_vec(IxDyn(&shape), out)))
 }
 
 /// [`linear`] accumulated onto the residual's own buffer (standard layout); `false`, leaving it
@@ -360,9 +352,7 @@ pub fn attention(
         nan_to_zero,
         &mut out,
     );
-    Ok(Tensor::F32(
-        ArrayD::from_shape_vec(IxDyn(&out_shape), out).expect("size matches by construction"),
-    ))
+    Ok(Tensor::F32(from_vec(IxDyn(&out_shape), out)))
 }
 
 /// Softmax (or log-softmax) along `axis`; with `coerce_2d` along all axes from `axis` on.
@@ -407,8 +397,7 @@ pub fn layer_norm(
     let (width, scale, bias) = layer_norm_params(x.shape(), scale, bias, axis)?;
     let input = x.as_standard_layout();
     // Written whole: the kernel copies the input in first.
-    let mut out = ArrayD::from_shape_vec(x.raw_dim(), buffers::for_overwrite(x.len()))
-        .expect("size matches by construction");
+    let mut out = from_vec(x.raw_dim(), buffers::for_overwrite(x.len()));
     fff_ops::norm::layer_norm(
         input.as_slice().expect("standard layout"),
         width,
@@ -509,11 +498,10 @@ pub fn fast_feed_forward(
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("rank checked above") = d_out;
     let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
-    let mut out = ArrayD::from_shape_vec(
+    let mut out = from_vec(
         IxDyn(&out_shape),
         buffers::zeroed(out_shape.iter().product()),
-    )
-    .expect("size matches by construction");
+    );
     let act = match activation {
         FffActivation::Gelu => Activation::GeluErf,
         FffActivation::GeluTanh => Activation::GeluTanh,
