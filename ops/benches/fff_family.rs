@@ -62,40 +62,47 @@ impl Rng {
 
 struct Layer {
     shape: FffShape,
-    w_in: Weights,
+    w_in: Pages,
     b_in: Vec<f32>,
-    w_out: Weights,
+    w_out: Pages,
     /// `w_in` and `w_out` rounded to bf16, where asked for.
-    bf16: Option<(Weights, Weights)>,
+    bf16: Option<(Pages, Pages)>,
 }
 
-/// Weights in anonymous memory backed by huge pages where the kernel allows, as the runtime keeps them.
-struct Weights(memmap2::MmapMut, usize);
+/// Values in anonymous memory, page-aligned and backed by huge pages where the kernel allows, as the
+/// runtime keeps weights and large buffers.
+struct Pages(memmap2::MmapMut, usize);
 
-impl Weights {
-    fn new(v: Vec<f32>) -> Weights {
-        Weights::from_bytes(v.len() * 4, v.iter().flat_map(|x| x.to_ne_bytes()), v.len())
+impl Pages {
+    fn new(v: Vec<f32>) -> Pages {
+        Pages::from_bytes(v.len() * 4, v.iter().flat_map(|x| x.to_ne_bytes()), v.len())
     }
 
-    fn new_bf16(v: &[f32]) -> Weights {
+    fn new_bf16(v: &[f32]) -> Pages {
         let b = f32_to_bf16_round_nearest_even(v);
-        Weights::from_bytes(b.len() * 2, b.iter().flat_map(|x| x.to_ne_bytes()), b.len())
+        Pages::from_bytes(b.len() * 2, b.iter().flat_map(|x| x.to_ne_bytes()), b.len())
     }
 
-    fn from_bytes(size: usize, bytes: impl Iterator<Item = u8>, len: usize) -> Weights {
+    fn from_bytes(size: usize, bytes: impl Iterator<Item = u8>, len: usize) -> Pages {
         let mut m = memmap2::MmapMut::map_anon(size.max(1)).expect("anonymous map");
         #[cfg(target_os = "linux")]
         let _ = m.advise(memmap2::Advice::HugePage);
         for (dst, src) in m.iter_mut().zip(bytes) {
             *dst = src;
         }
-        Weights(m, len)
+        Pages(m, len)
     }
 
     fn get(&self) -> &[f32] {
         assert_eq!(self.0.len(), (self.1 * 4).max(1));
         // SAFETY: the map holds `self.1` initialised f32 values (checked by size) and is page-aligned.
         unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<f32>(), self.1) }
+    }
+
+    fn get_mut(&mut self) -> &mut [f32] {
+        assert_eq!(self.0.len(), (self.1 * 4).max(1));
+        // SAFETY: as for `get`, through the map's unique borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<f32>(), self.1) }
     }
 
     fn get_u16(&self) -> &[u16] {
@@ -121,11 +128,10 @@ impl Layer {
         );
         Layer {
             shape,
-            bf16: (bf16 && depth > 0)
-                .then(|| (Weights::new_bf16(&w_in), Weights::new_bf16(&w_out))),
-            w_in: Weights::new(w_in),
+            bf16: (bf16 && depth > 0).then(|| (Pages::new_bf16(&w_in), Pages::new_bf16(&w_out))),
+            w_in: Pages::new(w_in),
             b_in,
-            w_out: Weights::new(w_out),
+            w_out: Pages::new(w_out),
         }
     }
 
@@ -165,16 +171,16 @@ impl Layer {
 /// Median seconds per call: at least 3 calls, more while under half a second in all.
 fn time(
     run: impl Fn(&[f32], usize, &mut [f32]),
-    inputs: &[Vec<f32>],
+    inputs: &[Pages],
     rows: usize,
     out: &mut [f32],
 ) -> f64 {
-    run(&inputs[0], rows, out);
+    run(inputs[0].get(), rows, out);
     let mut times = Vec::new();
     let start = Instant::now();
     let mut i = 1;
     while times.len() < 3 || (start.elapsed() < Duration::from_millis(500) && times.len() < 200) {
-        let x = &inputs[i % inputs.len()];
+        let x = inputs[i % inputs.len()].get();
         let t = Instant::now();
         run(x, rows, out);
         times.push(t.elapsed().as_secs_f64());
@@ -227,15 +233,18 @@ fn main() {
     for &rows in &rows_list {
         // Enough input sets to exceed the caches (at least 64 MiB in all), at most 16.
         let sets = (64 << 20) / (rows * D * 4) + 1;
-        let inputs: Vec<Vec<f32>> = (0..sets.min(16)).map(|_| rng.vec(rows * D, 2.0)).collect();
-        let mut out = vec![0.0f32; rows * D];
+        // Inputs and output on huge pages, as the runtime keeps large buffers.
+        let inputs: Vec<Pages> = (0..sets.min(16))
+            .map(|_| Pages::new(rng.vec(rows * D, 2.0)))
+            .collect();
+        let mut out = Pages::new(vec![0.0f32; rows * D]);
+        let out = out.get_mut();
         for &threads in &threads_list {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let dense_t =
-                pool.install(|| time(|x, r, o| dense.run(x, r, o), &inputs, rows, &mut out));
+            let dense_t = pool.install(|| time(|x, r, o| dense.run(x, r, o), &inputs, rows, out));
             println!(
                 "| dense 4095 | {rows} | {threads} | {:.3} | {:.2} | 1.0x | 1.0x |",
                 dense_t * 1e3,
@@ -243,11 +252,11 @@ fn main() {
             );
             for l in &layers {
                 let used = l.shape.trees * (l.shape.depth + 1);
-                let t = pool.install(|| time(|x, r, o| l.run(x, r, o), &inputs, rows, &mut out));
+                let t = pool.install(|| time(|x, r, o| l.run(x, r, o), &inputs, rows, out));
                 let mut kinds = vec![("", t)];
                 if l.bf16.is_some() {
-                    let t = pool
-                        .install(|| time(|x, r, o| l.run_bf16(x, r, o), &inputs, rows, &mut out));
+                    let t =
+                        pool.install(|| time(|x, r, o| l.run_bf16(x, r, o), &inputs, rows, out));
                     kinds.push((" bf16", t));
                 }
                 for (kind, t) in kinds {

@@ -5,12 +5,16 @@
 //!
 //! * **Routing** computes only the logits: for each row its path (the node it ends at) and the
 //!   activation of every node on that path. Rows are grouped by node, so rows that reach the same node
-//!   share one load of its `w_in` row, and each group is split by branch into its two children, depth
-//!   first (an in-place partition of a list of row indices, with an explicit stack).
+//!   share one load of its `w_in` row, and each group is split by branch into its grandchildren, depth
+//!   first (an in-place partition of a list of row indices, with an explicit stack). A group is
+//!   routed two levels at a time: one pass over its inputs computes the node and both children
+//!   ([`Vector::dots`]), which halves the input rows streamed from L2 for half again the arithmetic.
 //! * **Emitting** then writes each output row once: `b_out + sum act_k * w_out[node_k]` over the path,
 //!   summed in registers ([`Vector::combine`]). Rows are emitted in the order routing left them, which
 //!   is the order of their leaves, so neighbouring rows share most of their path and its `w_out` rows
-//!   are still in L1/L2.
+//!   are still in L1/L2. Where a bucket's rows share few weight rows, they are emitted a block of
+//!   columns at a time, so that block of every weight row stays in L1; outputs far larger than the
+//!   caches are written with streaming stores ([`Store::Streaming`]).
 //!
 //! For many rows the routing is split at a level `L` (chosen from the row count, see [`Plan`]): the
 //! upper levels `0..L` run on tiles of consecutive rows (inputs of a tile stay in L2); then all rows of
@@ -27,13 +31,14 @@
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
 use crate::activation::Activation;
 use crate::fff::{Branch, FffLayer, FffShape};
 use crate::fff_bf16::FffLayerBf16;
-use crate::simd::{Init, Isa, Portable, PortableFma, Vector};
+use crate::simd::{Init, Isa, Picked, Portable, PortableFma, Store, Vector};
 
 /// Rows per tile of the upper levels: few enough that a tile's inputs (1.5 MiB at width 768) stay
 /// near the core, enough that the upper levels' weights are shared by many rows.
@@ -42,6 +47,23 @@ pub const TILE_ROWS: usize = 512;
 /// Rows per bucket the split level aims at: a bucket's inputs (384 KiB at width 768) stay in L2 while
 /// its subtree is walked.
 pub const BUCKET_ROWS: usize = 128;
+
+/// Output columns emitted per pass over a bucket's rows, where its rows share few weight rows: this
+/// many columns of each (about 40 KiB for a 1x11 bucket at split level 7) then stay in L1 while
+/// every row of the bucket takes its share, instead of each row fetching its whole path from L2.
+const EMIT_COLS: usize = 256;
+
+/// Column passes need at least this many rows in the bucket...
+const EMIT_MIN_ROWS: usize = 16;
+
+/// ...and at most this many weight rows their paths can touch (the path above the bucket's node and
+/// its subtree); otherwise each row is emitted whole in one pass.
+const EMIT_MAX_NODES: usize = 64;
+
+/// Outputs of at least this many bytes are written around the caches ([`Store::Streaming`]): half a
+/// typical L3, beyond which the next op would not find them cached anyway, while their lines would
+/// evict the kernel's weights and inputs and each be read from memory before being written.
+const STREAM_BYTES: usize = 16 << 20;
 
 /// Node sets of at most this many rows walk on alone in interleaved lanes.
 const LONE_ROWS: usize = 1;
@@ -54,7 +76,18 @@ const MAX_DEPTH: usize = 30;
 pub(crate) trait Weight: Copy + Send + Sync {
     fn dot<V: Vector>(x: &[f32], w: &[Self]) -> f32;
     fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[Self]; 4]) -> [f32; 4];
-    fn combine<V: Vector>(y: &mut [f32], init: Init, alpha: &[f32], w: &[&[Self]]);
+    fn dots<V: Vector, const R: usize, const N: usize>(
+        x: [&[f32]; R],
+        w: [&[Self]; N],
+    ) -> [[f32; N]; R];
+    fn combine<V: Vector>(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        w: Picked<Self>,
+        cols: Range<usize>,
+        store: Store,
+    );
 }
 
 impl Weight for f32 {
@@ -67,8 +100,23 @@ impl Weight for f32 {
         V::dot4(x, w)
     }
     #[inline(always)]
-    fn combine<V: Vector>(y: &mut [f32], init: Init, alpha: &[f32], w: &[&[f32]]) {
-        V::combine(y, init, alpha, w)
+    fn dots<V: Vector, const R: usize, const N: usize>(
+        x: [&[f32]; R],
+        w: [&[f32]; N],
+    ) -> [[f32; N]; R] {
+        V::dots(x, w)
+    }
+
+    #[inline(always)]
+    fn combine<V: Vector>(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        w: Picked<f32>,
+        cols: Range<usize>,
+        store: Store,
+    ) {
+        V::combine(y, init, alpha, w, cols, store)
     }
 }
 
@@ -82,8 +130,22 @@ impl Weight for u16 {
         V::dot4_bf16(x, w)
     }
     #[inline(always)]
-    fn combine<V: Vector>(y: &mut [f32], init: Init, alpha: &[f32], w: &[&[u16]]) {
-        V::combine_bf16(y, init, alpha, w)
+    fn dots<V: Vector, const R: usize, const N: usize>(
+        x: [&[f32]; R],
+        w: [&[u16]; N],
+    ) -> [[f32; N]; R] {
+        V::dots_bf16(x, w)
+    }
+    #[inline(always)]
+    fn combine<V: Vector>(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        w: Picked<u16>,
+        cols: Range<usize>,
+        store: Store,
+    ) {
+        V::combine_bf16(y, init, alpha, w, cols, store)
     }
 }
 
@@ -133,6 +195,7 @@ impl<W> Job<'_, W> {
         let total = shape.total_nodes();
         assert!(shape.d_in > 0 && shape.d_out > 0, "widths must be positive");
         assert!(shape.depth <= MAX_DEPTH, "trees deeper than {MAX_DEPTH}");
+        assert!(total <= u32::MAX as usize, "more than 2^32 neurons");
         assert_eq!(self.w_in.len(), total * shape.d_in);
         assert_eq!(self.w_out.len(), total * shape.d_out);
         assert!(self.b_in.is_none_or(|b| b.len() == total));
@@ -151,6 +214,8 @@ pub(crate) struct Plan {
     pub tile: usize,
     /// Node sets of at most this many rows walk on alone.
     pub lone: usize,
+    /// How output rows are written.
+    pub store: Store,
 }
 
 impl Plan {
@@ -165,10 +230,16 @@ impl Plan {
                 split += 1;
             }
         }
+        let out_bytes = rows.saturating_mul(shape.d_out).saturating_mul(4);
         Plan {
             split,
             tile: rows.div_ceil(threads).clamp(1, TILE_ROWS),
             lone: LONE_ROWS,
+            store: if out_bytes >= STREAM_BYTES && std::env::var("NOSTREAM").is_err() {
+                Store::Streaming
+            } else {
+                Store::Cached
+            },
         }
     }
 }
@@ -216,8 +287,9 @@ pub fn fff_tree_bf16_with(isa: Isa, layer: &FffLayerBf16, x: &[f32], rows: usize
 struct Walk {
     /// Local rows, permuted by the partitions into the order of their nodes.
     set: Vec<u32>,
-    /// Whether each local row goes right at its current node.
-    right: Vec<bool>,
+    /// Where each local row goes from its current set: at the last level 1 if right; two levels at
+    /// once, bit 1 if right at the set's node and bit 0 if right at the child it takes.
+    code: Vec<u8>,
     /// Pending node sets: `(start, end, node, level)` in `set`.
     stack: Vec<(u32, u32, u32, u32)>,
     /// Rows that walk on alone: `(local row, node, level)`.
@@ -234,6 +306,9 @@ struct Scratch {
     acts: Vec<f32>,
     /// Where each local row ends (the virtual child below its leaf).
     ends: Vec<u32>,
+    /// Emitting: each local row's path (neurons, root first) and their activations, in emit order.
+    path: Vec<u32>,
+    alpha: Vec<f32>,
 }
 
 /// Call-wide arrays, kept by the calling thread.
@@ -276,6 +351,16 @@ impl<'a> OutRows<'a> {
             rows: out.len() / width,
             _out: PhantomData,
         }
+    }
+
+    /// Columns from the start of every row to its first cache-line boundary, where rows are a whole
+    /// number of lines apart (else 0).
+    fn lead(&self) -> usize {
+        if !(self.width * std::mem::size_of::<f32>()).is_multiple_of(64) {
+            return 0;
+        }
+        let at = self.ptr as usize;
+        (at.next_multiple_of(64) - at) / std::mem::size_of::<f32>()
     }
 
     /// # Safety
@@ -590,34 +675,60 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             split,
             plan.lone,
         );
-        // Emit in leaf order.
+        // Emit in leaf order, a block of columns at a time.
         let base = tree * job.shape.nodes_per_tree();
-        let empty: &[W] = &[];
-        let mut alpha = [0.0f32; MAX_DEPTH + 1];
-        let mut w = [empty; MAX_DEPTH + 1];
+        let terms = depth + 1;
         let init = match (tree, job.b_out) {
             (0, None) => Init::Zero,
             (0, Some(b)) => Init::From(b),
             _ => Init::Keep,
         };
-        let path = |i: usize, k: usize| base + ((s.ends[i] as usize + 1) >> (depth + 1 - k)) - 1;
-        let set = &s.walk.set;
-        for &i in set {
-            let i = i as usize;
-            let row = s.ids[i] as usize;
-            for k in 0..=depth {
-                let neuron = path(i, k);
-                w[k] = &job.w_out[neuron * d_out..(neuron + 1) * d_out];
-                alpha[k] = if k < split {
-                    up[row * split + k]
-                } else {
-                    s.acts[i * levels + k - split]
+        s.path.clear();
+        s.alpha.clear();
+        for &i in &s.walk.set {
+            let (i, row) = (i as usize, s.ids[i as usize] as usize);
+            let end = s.ends[i] as usize + 1;
+            s.path
+                .extend((0..terms).map(|k| (base + (end >> (terms - k)) - 1) as u32));
+            s.alpha
+                .extend_from_slice(&up[row * split..(row + 1) * split]);
+            s.alpha
+                .extend_from_slice(&s.acts[i * levels..(i + 1) * levels]);
+        }
+        let block = if count >= EMIT_MIN_ROWS && split + (1 << levels) - 1 <= EMIT_MAX_NODES {
+            EMIT_COLS
+        } else {
+            d_out
+        };
+        // Streaming stores want whole lines: blocks then start at the rows' first line boundary.
+        let lead = match plan.store {
+            Store::Streaming => out.lead().min(d_out),
+            Store::Cached => 0,
+        };
+        let mut start = 0;
+        while start < d_out {
+            let end = if start < lead {
+                lead
+            } else {
+                (start + block).min(d_out)
+            };
+            let cols = start..end;
+            start = end;
+            for (n, &i) in s.walk.set.iter().enumerate() {
+                let terms = n * terms..(n + 1) * terms;
+                let w = Picked {
+                    matrix: job.w_out,
+                    width: d_out,
+                    idx: &s.path[terms.clone()],
                 };
+                // SAFETY: every row of the call is in exactly one bucket, once, and no other reference
+                // to the output is alive while buckets run; this reference ends with the statement.
+                let y = unsafe { out.row(s.ids[i as usize] as usize) };
+                W::combine::<V>(y, init, &s.alpha[terms], w, cols.clone(), plan.store);
             }
-            // SAFETY: every row of the call is in exactly one bucket, once, and no other reference to
-            // the output is alive while buckets run.
-            let y = unsafe { out.row(row) };
-            W::combine::<V>(y, init, &alpha[..=depth], &w[..=depth]);
+        }
+        if plan.store == Store::Streaming {
+            crate::simd::store_fence();
         }
     }
 }
@@ -629,6 +740,20 @@ struct Levels<'a> {
     stride: usize,
     first: usize,
     stop: usize,
+}
+
+/// Moves the rows whose `code` has `bit` set to the end of `set`; returns how many come before them.
+fn partition(set: &mut [u32], code: &[u8], bit: u8) -> usize {
+    let (mut i, mut j) = (0, set.len());
+    while i < j {
+        if code[set[i] as usize] & bit != 0 {
+            j -= 1;
+            set.swap(i, j);
+        } else {
+            i += 1;
+        }
+    }
+    i
 }
 
 /// Routes local rows `0..ids.len()` (local row `i` is row `ids[i]` of `x`) from `node` at `level` down
@@ -654,7 +779,7 @@ fn route<W: Weight, V: Vector>(
     let count = ids.len();
     let Walk {
         set,
-        right,
+        code,
         stack,
         lone: alone,
     } = walk;
@@ -672,8 +797,8 @@ fn route<W: Weight, V: Vector>(
     let bias = |node: usize| job.b_in.map_or(0.0, |b| b[base + node]);
     set.clear();
     set.extend(0..count as u32);
-    right.clear();
-    right.resize(count, false);
+    code.clear();
+    code.resize(count, 0);
     stack.clear();
     alone.clear();
     stack.push((0, count as u32, node as u32, level as u32));
@@ -692,40 +817,73 @@ fn route<W: Weight, V: Vector>(
             alone.extend(set[a..b].iter().map(|&i| (i, node as u32, level as u32)));
             continue;
         }
-        // Both children's weights start loading while this set is computed.
         if level + 1 < stop {
-            crate::simd::prefetch(w_in(2 * node + 1));
-            crate::simd::prefetch(w_in(2 * node + 2));
-        }
-        // Every row of the set against this node's weights, which stay in L1.
-        let (wi, bi) = (w_in(node), bias(node));
-        let mut record = |i: u32, dot: f32| {
-            let logit = dot + bi;
-            acts[i as usize * stride + level - first] = job.act.apply(logit);
-            right[i as usize] = job.branch.goes_right(logit);
-        };
-        let mut groups = set[a..b].chunks_exact(4);
-        for g in &mut groups {
-            let dots = W::dot4::<V>(std::array::from_fn(|k| xrow(g[k])), [wi; 4]);
-            for k in 0..4 {
-                record(g[k], dots[k]);
+            // Two levels in one pass over the set's inputs: every row against this node and both its
+            // children (half the input traffic of a level at a time, for half again the arithmetic).
+            let (l, r) = (2 * node + 1, 2 * node + 2);
+            if level + 2 < stop {
+                for g in 2 * l + 1..=2 * r + 2 {
+                    crate::simd::prefetch(&w_in(g)[..d_in.min(16)]);
+                }
             }
-        }
-        for &i in groups.remainder() {
-            record(i, W::dot::<V>(xrow(i), wi));
-        }
-        // Left rows first, then right.
-        let (mut i, mut j) = (a, b);
-        while i < j {
-            if right[set[i] as usize] {
-                j -= 1;
-                set.swap(i, j);
-            } else {
-                i += 1;
+            let w = [w_in(node), w_in(l), w_in(r)];
+            let bias = [bias(node), bias(l), bias(r)];
+            let mut record = |i: u32, dot: [f32; 3]| {
+                let i = i as usize;
+                let logit = dot[0] + bias[0];
+                acts[i * stride + level - first] = job.act.apply(logit);
+                let right = job.branch.goes_right(logit);
+                let logit = if right {
+                    dot[2] + bias[2]
+                } else {
+                    dot[1] + bias[1]
+                };
+                acts[i * stride + level + 1 - first] = job.act.apply(logit);
+                code[i] = (right as u8) << 1 | job.branch.goes_right(logit) as u8;
+            };
+            let mut groups = set[a..b].chunks_exact(4);
+            for g in &mut groups {
+                let dots = W::dots::<V, 4, 3>(std::array::from_fn(|k| xrow(g[k])), w);
+                for k in 0..4 {
+                    record(g[k], dots[k]);
+                }
             }
+            for &i in groups.remainder() {
+                record(i, W::dots::<V, 1, 3>([xrow(i)], w)[0]);
+            }
+            // Grandchildren left to right: split by the first branch, then each half by the second.
+            let m = a + partition(&mut set[a..b], code, 2);
+            let m0 = a + partition(&mut set[a..m], code, 1);
+            let m1 = m + partition(&mut set[m..b], code, 1);
+            let next = level as u32 + 2;
+            let (l, r) = (l as u32, r as u32);
+            stack.push((m1 as u32, b as u32, 2 * r + 2, next));
+            stack.push((m as u32, m1 as u32, 2 * r + 1, next));
+            stack.push((m0 as u32, m as u32, 2 * l + 2, next));
+            stack.push((a as u32, m0 as u32, 2 * l + 1, next));
+        } else {
+            // The last level: every row of the set against this node's weights, which stay in L1.
+            let (wi, bi) = (w_in(node), bias(node));
+            let mut record = |i: u32, dot: f32| {
+                let logit = dot + bi;
+                acts[i as usize * stride + level - first] = job.act.apply(logit);
+                code[i as usize] = job.branch.goes_right(logit) as u8;
+            };
+            let mut groups = set[a..b].chunks_exact(4);
+            for g in &mut groups {
+                let dots = W::dot4::<V>(std::array::from_fn(|k| xrow(g[k])), [wi; 4]);
+                for k in 0..4 {
+                    record(g[k], dots[k]);
+                }
+            }
+            for &i in groups.remainder() {
+                record(i, W::dot::<V>(xrow(i), wi));
+            }
+            let m = a + partition(&mut set[a..b], code, 1);
+            let (node, next) = (node as u32, level as u32 + 1);
+            stack.push((m as u32, b as u32, 2 * node + 2, next));
+            stack.push((a as u32, m as u32, 2 * node + 1, next));
         }
-        stack.push((i as u32, b as u32, 2 * node as u32 + 2, level as u32 + 1));
-        stack.push((a as u32, i as u32, 2 * node as u32 + 1, level as u32 + 1));
     }
     // Rows walking alone: four lanes; a lane that reaches the stop level takes the next row.
     let mut queue = alone.iter().copied();
@@ -896,6 +1054,9 @@ mod tests {
             (1, 100, 37, 9, 1),
             (517, 48, 33, 10, 1),
             (5000, 37, 37, 11, 1),
+            // Wider than a column pass: several passes, with and without a masked tail.
+            (600, 40, 320, 5, 2),
+            (300, 24, 300, 4, 1),
         ];
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -965,31 +1126,34 @@ mod tests {
             splits.dedup();
             let mut plans = vec![None];
             for &split in &splits {
-                for (tile, lone) in [(5, 0), (512, 1), (64, 3)] {
-                    plans.push(Some(Plan { split, tile, lone }));
+                for (tile, lone, store) in [
+                    (5, 0, Store::Cached),
+                    (512, 1, Store::Streaming),
+                    (64, 3, Store::Streaming),
+                ] {
+                    plans.push(Some(Plan {
+                        split,
+                        tile,
+                        lone,
+                        store,
+                    }));
                 }
             }
             for isa in Isa::available() {
                 for &plan in &plans {
                     for threads in [1, 2] {
                         let ctx = format!("{isa:?} {plan:?} threads {threads} {shape:?}");
-                        let mut got = vec![f32::NAN; rows * d_out];
+                        // On one thread aligned to a cache line, on two one element past it: streaming
+                        // stores take their aligned path and their head-first path.
+                        let mut buf = vec![f32::NAN; rows * d_out + 16];
+                        let at = buf.as_ptr().align_offset(64) + threads - 1;
+                        let got = &mut buf[at..at + rows * d_out];
+                        pool.install(|| run(isa, &Job::of(&layer), &x, rows, got, threads, plan));
+                        agree(got, &want, d_out, &skip, &ctx);
                         pool.install(|| {
-                            run(isa, &Job::of(&layer), &x, rows, &mut got, threads, plan)
+                            run(isa, &Job::of_bf16(&layer16), &x, rows, got, threads, plan)
                         });
-                        agree(&got, &want, d_out, &skip, &ctx);
-                        pool.install(|| {
-                            run(
-                                isa,
-                                &Job::of_bf16(&layer16),
-                                &x,
-                                rows,
-                                &mut got,
-                                threads,
-                                plan,
-                            )
-                        });
-                        agree(&got, &want16, d_out, &skip16, &format!("bf16 {ctx}"));
+                        agree(got, &want16, d_out, &skip16, &format!("bf16 {ctx}"));
                     }
                 }
             }
@@ -1022,6 +1186,9 @@ mod tests {
         assert_eq!(Plan::new(1, shape, 1).split, 0);
         assert_eq!(Plan::new(128, shape, 1).split, 0);
         assert_eq!(Plan::new(16384, shape, 1).split, 7);
+        // Outputs far larger than the caches are streamed.
+        assert_eq!(Plan::new(2048, shape, 1).store, Store::Cached);
+        assert_eq!(Plan::new(16384, shape, 1).store, Store::Streaming);
         // Two threads get at least eight buckets where rows allow.
         assert_eq!(Plan::new(128, shape, 2).split, 3);
         assert_eq!(Plan::new(3, shape, 2).split, 0);

@@ -96,6 +96,79 @@ pub enum Init<'a> {
     From(&'a [f32]),
 }
 
+/// How [`Vector::combine`] writes its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// Through the caches: the output is read again soon.
+    Cached,
+    /// Around the caches (non-temporal stores) for the whole cache lines of the output that a step
+    /// writes, through them for the rest; a hint that instruction sets without such stores ignore. For
+    /// outputs far larger than the caches: their lines would evict what the kernel reads, and each
+    /// would be read from memory before being written. Callers start column ranges at line boundaries
+    /// where they can, and call [`store_fence`] before the output is read on another thread.
+    Streaming,
+}
+
+/// Orders earlier streaming stores before later stores, so another thread that learns of them sees
+/// the data.
+#[inline]
+pub fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SFENCE is part of the x86-64 baseline (SSE) and touches no memory.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// Rows picked from a row-major matrix of `width` columns: row `k` is
+/// `matrix[idx[k] * width..][..width]`. How [`Vector::combine`] takes a path's weight rows: indices
+/// instead of slices, so a call costs no slice building when a kernel combines column block by block.
+#[derive(Clone, Copy, Debug)]
+pub struct Picked<'a, T> {
+    pub matrix: &'a [T],
+    pub width: usize,
+    pub idx: &'a [u32],
+}
+
+impl<'a, T> Picked<'a, T> {
+    /// Picked row `k`.
+    pub fn row(&self, k: usize) -> &'a [T] {
+        let start = self.idx[k] as usize * self.width;
+        &self.matrix[start..start + self.width]
+    }
+}
+
+/// Checks a [`Vector::combine`] call and returns how many terms it sums. Panics unless `cols` lies
+/// within `y`, the init row and the picked rows, and every picked row lies within its matrix: after
+/// this, the SIMD bodies read and write without further checks.
+fn combine_terms<T>(
+    y: &[f32],
+    init: Init,
+    alpha: &[f32],
+    x: &Picked<T>,
+    cols: &std::ops::Range<usize>,
+) -> usize {
+    assert!(
+        cols.start <= cols.end && cols.end <= y.len() && cols.end <= x.width,
+        "combine columns {cols:?} outside the rows"
+    );
+    if let Init::From(b) = init {
+        assert!(
+            cols.end <= b.len(),
+            "combine columns {cols:?} outside the init row"
+        );
+    }
+    let k = alpha.len().min(x.idx.len());
+    for &r in &x.idx[..k] {
+        let end = (r as usize + 1).checked_mul(x.width);
+        assert!(
+            end.is_some_and(|e| e <= x.matrix.len()),
+            "picked row {r} outside its matrix"
+        );
+    }
+    k
+}
+
 /// The vector primitives a kernel is written against; one implementation per instruction set. Kernels
 /// are generic over this trait and `#[inline(always)]`, and are instantiated inside functions compiled
 /// with the matching target features.
@@ -109,6 +182,19 @@ pub trait Vector {
     #[inline(always)]
     fn dot4(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 4] {
         std::array::from_fn(|k| Self::dot(a[k], b[k]))
+    }
+
+    /// Every dot product `a[r] . b[n]` of `R` rows with `N` rows, each row loaded once per step: how
+    /// routing computes a node and both its children in one pass over the inputs.
+    #[inline(always)]
+    fn dots<const R: usize, const N: usize>(a: [&[f32]; R], b: [&[f32]; N]) -> [[f32; N]; R] {
+        std::array::from_fn(|r| std::array::from_fn(|n| Self::dot(a[r], b[n])))
+    }
+
+    /// [`Vector::dots`] with the `b` rows in bf16.
+    #[inline(always)]
+    fn dots_bf16<const R: usize, const N: usize>(a: [&[f32]; R], b: [&[u16]; N]) -> [[f32; N]; R] {
+        std::array::from_fn(|r| std::array::from_fn(|n| Self::dot_bf16(a[r], b[n])))
     }
 
     /// Four independent `y[k] += alpha[k] * x[k]`, interleaved.
@@ -144,32 +230,55 @@ pub trait Vector {
         std::array::from_fn(|k| Self::dot_bf16(a[k], w[k]))
     }
 
-    /// [`Vector::combine`] with the rows `x[k]` in bf16.
+    /// [`Vector::combine`] with the picked rows in bf16.
     #[inline(always)]
-    fn combine_bf16(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
+    fn combine_bf16(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        x: Picked<u16>,
+        cols: std::ops::Range<usize>,
+        store: Store,
+    ) {
+        let _ = store;
+        let k = combine_terms(y, init, alpha, &x, &cols);
+        let y = &mut y[cols.clone()];
         match init {
             Init::Zero => y.fill(0.0),
             Init::Keep => {}
-            Init::From(b) => y.copy_from_slice(&b[..y.len()]),
+            Init::From(b) => y.copy_from_slice(&b[cols.clone()]),
         }
-        for (&a, xk) in alpha.iter().zip(x) {
-            for (yv, &v) in y.iter_mut().zip(xk.iter()) {
+        for (j, &a) in alpha[..k].iter().enumerate() {
+            for (yv, &v) in y.iter_mut().zip(&x.row(j)[cols.clone()]) {
                 *yv += a * bf16_to_f32(v);
             }
         }
     }
 
-    /// `y = init + sum_k alpha[k] * x[k]`: a whole path of output rows summed in registers, so the
-    /// output row is written once instead of once per neuron.
+    /// `y[c] = init[c] + sum_k alpha[k] * x_k[c]` for the columns `c` in `cols`, where `x_k` is picked
+    /// row `k`: a whole path of output rows summed in registers, so each output element is written
+    /// once instead of once per neuron. `store` says whether `y` is written through the caches.
+    /// Panics if `cols` reaches past `y`, the init row or the picked rows, or a picked row lies
+    /// outside its matrix.
     #[inline(always)]
-    fn combine(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
+    fn combine(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        x: Picked<f32>,
+        cols: std::ops::Range<usize>,
+        store: Store,
+    ) {
+        let _ = store;
+        let k = combine_terms(y, init, alpha, &x, &cols);
+        let y = &mut y[cols.clone()];
         match init {
             Init::Zero => y.fill(0.0),
             Init::Keep => {}
-            Init::From(b) => y.copy_from_slice(&b[..y.len()]),
+            Init::From(b) => y.copy_from_slice(&b[cols.clone()]),
         }
-        for (&a, xk) in alpha.iter().zip(x) {
-            Self::axpy(a, xk, y);
+        for (j, &a) in alpha[..k].iter().enumerate() {
+            Self::axpy(a, &x.row(j)[cols.clone()], y);
         }
     }
 }
@@ -240,18 +349,9 @@ pub use x86::{Avx2, Avx512};
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{bf16_to_f32, Init, Vector};
+    use std::ops::Range;
 
-    /// The length every slice of a `combine` call has: `y`, the init row and each `x[k]`.
-    #[inline(always)]
-    fn combine_len(y: &[f32], init: Init, alpha: &[f32], x: &[&[f32]]) -> (usize, usize) {
-        let mut n = y.len();
-        if let Init::From(b) = init {
-            n = n.min(b.len());
-        }
-        let k = alpha.len().min(x.len());
-        (x[..k].iter().fold(n, |n, r| n.min(r.len())), k)
-    }
+    use super::{bf16_to_f32, combine_terms, Init, Picked, Store, Vector};
 
     /// AVX2 + FMA: four 8-lane accumulators.
     pub struct Avx2;
@@ -274,9 +374,17 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn combine(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
-            // SAFETY: as for `dot`; every access stays within the shortest of the slices.
-            unsafe { combine_avx2(y, init, alpha, x) }
+        fn combine(
+            y: &mut [f32],
+            init: Init,
+            alpha: &[f32],
+            x: Picked<f32>,
+            cols: Range<usize>,
+            store: Store,
+        ) {
+            let k = combine_terms(y, init, alpha, &x, &cols);
+            // SAFETY: as for `dot`; `combine_terms` checked that every access lies within the slices.
+            unsafe { combine_avx2(y, init, alpha, x, cols, k, store) }
         }
 
         #[inline(always)]
@@ -286,9 +394,17 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn combine_bf16(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
-            // SAFETY: as for `dot`; every access stays within the shortest of the slices.
-            unsafe { combine_bf16_avx2(y, init, alpha, x) }
+        fn combine_bf16(
+            y: &mut [f32],
+            init: Init,
+            alpha: &[f32],
+            x: Picked<u16>,
+            cols: Range<usize>,
+            store: Store,
+        ) {
+            let k = combine_terms(y, init, alpha, &x, &cols);
+            // SAFETY: as for `dot`; `combine_terms` checked that every access lies within the slices.
+            unsafe { combine_bf16_avx2(y, init, alpha, x, cols, k, store) }
         }
     }
 
@@ -319,9 +435,40 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn combine(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
-            // SAFETY: as for `dot`; every access stays within the shortest of the slices.
-            unsafe { combine_avx512(y, init, alpha, x) }
+        fn dots<const R: usize, const N: usize>(a: [&[f32]; R], b: [&[f32]; N]) -> [[f32; N]; R] {
+            // SAFETY: as for `dot`; every row is read up to the shortest length of all the slices.
+            unsafe { dots_avx512(a, b, |p, i, m| _mm512_maskz_loadu_ps(m, p.add(i))) }
+        }
+
+        #[inline(always)]
+        fn dots_bf16<const R: usize, const N: usize>(
+            a: [&[f32]; R],
+            b: [&[u16]; N],
+        ) -> [[f32; N]; R] {
+            // SAFETY: as for `dot`; every row is read up to the shortest length of all the slices.
+            unsafe {
+                dots_avx512(a, b, |p, i, m| {
+                    if m == 0xffff {
+                        widen16(p.add(i))
+                    } else {
+                        widen16_tail(p.add(i), m.count_ones() as usize)
+                    }
+                })
+            }
+        }
+
+        #[inline(always)]
+        fn combine(
+            y: &mut [f32],
+            init: Init,
+            alpha: &[f32],
+            x: Picked<f32>,
+            cols: Range<usize>,
+            store: Store,
+        ) {
+            let k = combine_terms(y, init, alpha, &x, &cols);
+            // SAFETY: as for `dot`; `combine_terms` checked that every access lies within the slices.
+            unsafe { combine_avx512(y, init, alpha, x, cols, k, store) }
         }
 
         #[inline(always)]
@@ -337,9 +484,17 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn combine_bf16(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
-            // SAFETY: as for `dot`; every access stays within the shortest of the slices.
-            unsafe { combine_bf16_avx512(y, init, alpha, x) }
+        fn combine_bf16(
+            y: &mut [f32],
+            init: Init,
+            alpha: &[f32],
+            x: Picked<u16>,
+            cols: Range<usize>,
+            store: Store,
+        ) {
+            let k = combine_terms(y, init, alpha, &x, &cols);
+            // SAFETY: as for `dot`; `combine_terms` checked that every access lies within the slices.
+            unsafe { combine_bf16_avx512(y, init, alpha, x, cols, k, store) }
         }
     }
 
@@ -499,6 +654,42 @@ mod x86 {
         ]
     }
 
+    /// The body of [`Vector::dots`] for AVX-512, with `load(row, i, mask)` reading 16 lanes of a `b`
+    /// row as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn dots_avx512<const R: usize, const N: usize, T>(
+        a: [&[f32]; R],
+        b: [&[T]; N],
+        load: impl Fn(*const T, usize, __mmask16) -> __m512,
+    ) -> [[f32; N]; R] {
+        let n = a
+            .iter()
+            .map(|s| s.len())
+            .chain(b.iter().map(|s| s.len()))
+            .min()
+            .unwrap_or(0);
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        let mut i = 0;
+        while i < n {
+            let left = (n - i).min(16);
+            let m: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            let w: [__m512; N] = std::array::from_fn(|j| load(b[j].as_ptr(), i, m));
+            for r in 0..R {
+                let x = _mm512_maskz_loadu_ps(m, a[r].as_ptr().add(i));
+                for j in 0..N {
+                    acc[r][j] = _mm512_fmadd_ps(x, w[j], acc[r][j]);
+                }
+            }
+            i += left;
+        }
+        std::array::from_fn(|r| std::array::from_fn(|j| _mm512_reduce_add_ps(acc[r][j])))
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
     unsafe fn axpy4_avx512(alpha: [f32; 4], x: [&[f32]; 4], y: [&mut [f32]; 4]) {
@@ -540,13 +731,45 @@ mod x86 {
         }
     }
 
+    /// The start of picked row `j`, for the SIMD bodies of `combine` (checked by `combine_terms`).
+    #[inline(always)]
+    unsafe fn picked_row<T>(x: &Picked<T>, j: usize) -> *const T {
+        x.matrix
+            .as_ptr()
+            .add(*x.idx.get_unchecked(j) as usize * x.width)
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn combine_avx2(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
-        let (n, k) = combine_len(y, init, alpha, x);
+    unsafe fn combine_avx2(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        x: Picked<f32>,
+        cols: Range<usize>,
+        k: usize,
+        store: Store,
+    ) {
         let py = y.as_mut_ptr();
-        let mut i = 0;
-        while i + 32 <= n {
+        // One element at a time over `[i, end)`.
+        let scalar = |mut i: usize, end: usize| {
+            while i < end {
+                let mut acc = match init {
+                    Init::Zero => 0.0,
+                    Init::Keep => *py.add(i),
+                    Init::From(b) => *b.as_ptr().add(i),
+                };
+                for j in 0..k {
+                    acc = alpha
+                        .get_unchecked(j)
+                        .mul_add(*picked_row(&x, j).add(i), acc);
+                }
+                *py.add(i) = acc;
+                i += 1;
+            }
+        };
+        let mut i = cols.start;
+        while i + 32 <= cols.end {
             let mut acc = [_mm256_setzero_ps(); 4];
             match init {
                 Init::Zero => {}
@@ -562,35 +785,37 @@ mod x86 {
                 }
             }
             for j in 0..k {
-                let va = _mm256_set1_ps(alpha[j]);
-                let px = x[j].as_ptr().add(i);
+                let va = _mm256_set1_ps(*alpha.get_unchecked(j));
+                let px = picked_row(&x, j).add(i);
                 for (q, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(8 * q)), *a);
                 }
             }
-            for (q, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(py.add(i + 8 * q), *a);
+            if store == Store::Streaming && (py.add(i) as usize).is_multiple_of(32) {
+                for (q, a) in acc.iter().enumerate() {
+                    _mm256_stream_ps(py.add(i + 8 * q), *a);
+                }
+            } else {
+                for (q, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(py.add(i + 8 * q), *a);
+                }
             }
             i += 32;
         }
-        while i < n {
-            let mut acc = match init {
-                Init::Zero => 0.0,
-                Init::Keep => *py.add(i),
-                Init::From(b) => b[i],
-            };
-            for j in 0..k {
-                acc = alpha[j].mul_add(*x[j].as_ptr().add(i), acc);
-            }
-            *py.add(i) = acc;
-            i += 1;
-        }
+        scalar(i, cols.end);
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
-    unsafe fn combine_avx512(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[f32]]) {
-        let (n, k) = combine_len(y, init, alpha, x);
+    unsafe fn combine_avx512(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        x: Picked<f32>,
+        cols: Range<usize>,
+        k: usize,
+        store: Store,
+    ) {
         let py = y.as_mut_ptr();
         // Masked 16-lane steps over `[i, end)`.
         let masked = |mut i: usize, end: usize| {
@@ -608,44 +833,77 @@ mod x86 {
                 };
                 for j in 0..k {
                     acc = _mm512_fmadd_ps(
-                        _mm512_set1_ps(alpha[j]),
-                        _mm512_maskz_loadu_ps(m, x[j].as_ptr().add(i)),
+                        _mm512_set1_ps(*alpha.get_unchecked(j)),
+                        _mm512_maskz_loadu_ps(m, picked_row(&x, j).add(i)),
                         acc,
                     );
                 }
-                _mm512_mask_storeu_ps(py.add(i), m, acc);
+                if left == 16
+                    && store == Store::Streaming
+                    && (py.add(i) as usize).is_multiple_of(64)
+                {
+                    _mm512_stream_ps(py.add(i), acc);
+                } else {
+                    _mm512_mask_storeu_ps(py.add(i), m, acc);
+                }
                 i += left;
             }
         };
-        let mut i = 0;
-        while i + 64 <= n {
-            let mut acc = [_mm512_setzero_ps(); 4];
-            match init {
-                Init::Zero => {}
-                Init::Keep => {
-                    for (q, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_loadu_ps(py.add(i + 16 * q));
-                    }
-                }
-                Init::From(b) => {
-                    for (q, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_loadu_ps(b.as_ptr().add(i + 16 * q));
-                    }
-                }
-            }
-            for j in 0..k {
-                let va = _mm512_set1_ps(alpha[j]);
-                let px = x[j].as_ptr().add(i);
+        let mut i = cols.start;
+        while i + 128 <= cols.end {
+            combine_block_avx512::<8>(py, init, i, alpha, &x, k, store);
+            i += 128;
+        }
+        while i + 64 <= cols.end {
+            combine_block_avx512::<4>(py, init, i, alpha, &x, k, store);
+            i += 64;
+        }
+        masked(i, cols.end);
+    }
+
+    /// `Q` 16-lane columns of `combine` from column `i`: `Q` independent chains of fused adds, enough to
+    /// cover the adds' latency.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn combine_block_avx512<const Q: usize>(
+        py: *mut f32,
+        init: Init,
+        i: usize,
+        alpha: &[f32],
+        x: &Picked<f32>,
+        k: usize,
+        store: Store,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); Q];
+        match init {
+            Init::Zero => {}
+            Init::Keep => {
                 for (q, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(va, _mm512_loadu_ps(px.add(16 * q)), *a);
+                    *a = _mm512_loadu_ps(py.add(i + 16 * q));
                 }
             }
+            Init::From(b) => {
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(b.as_ptr().add(i + 16 * q));
+                }
+            }
+        }
+        for j in 0..k {
+            let va = _mm512_set1_ps(*alpha.get_unchecked(j));
+            let px = picked_row(x, j).add(i);
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(va, _mm512_loadu_ps(px.add(16 * q)), *a);
+            }
+        }
+        if store == Store::Streaming && (py.add(i) as usize).is_multiple_of(64) {
+            for (q, a) in acc.iter().enumerate() {
+                _mm512_stream_ps(py.add(i + 16 * q), *a);
+            }
+        } else {
             for (q, a) in acc.iter().enumerate() {
                 _mm512_storeu_ps(py.add(i + 16 * q), *a);
             }
-            i += 64;
         }
-        masked(i, n);
     }
 
     /// Eight bf16 at `p` widened to f32 (a zero-extension and a 16-bit shift).
@@ -706,16 +964,35 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn combine_bf16_avx2(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
-        let mut n = y.len();
-        if let Init::From(b) = init {
-            n = n.min(b.len());
-        }
-        let k = alpha.len().min(x.len());
-        let n = x[..k].iter().fold(n, |n, r| n.min(r.len()));
+    unsafe fn combine_bf16_avx2(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        x: Picked<u16>,
+        cols: Range<usize>,
+        k: usize,
+        store: Store,
+    ) {
         let py = y.as_mut_ptr();
-        let mut i = 0;
-        while i + 32 <= n {
+        // One element at a time over `[i, end)`.
+        let scalar = |mut i: usize, end: usize| {
+            while i < end {
+                let mut acc = match init {
+                    Init::Zero => 0.0,
+                    Init::Keep => *py.add(i),
+                    Init::From(b) => *b.as_ptr().add(i),
+                };
+                for j in 0..k {
+                    acc = alpha
+                        .get_unchecked(j)
+                        .mul_add(bf16_to_f32(*picked_row(&x, j).add(i)), acc);
+                }
+                *py.add(i) = acc;
+                i += 1;
+            }
+        };
+        let mut i = cols.start;
+        while i + 32 <= cols.end {
             let mut acc = [_mm256_setzero_ps(); 4];
             match init {
                 Init::Zero => {}
@@ -731,29 +1008,24 @@ mod x86 {
                 }
             }
             for j in 0..k {
-                let va = _mm256_set1_ps(alpha[j]);
-                let px = x[j].as_ptr().add(i);
+                let va = _mm256_set1_ps(*alpha.get_unchecked(j));
+                let px = picked_row(&x, j).add(i);
                 for (q, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(va, widen8(px.add(8 * q)), *a);
                 }
             }
-            for (q, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(py.add(i + 8 * q), *a);
+            if store == Store::Streaming && (py.add(i) as usize).is_multiple_of(32) {
+                for (q, a) in acc.iter().enumerate() {
+                    _mm256_stream_ps(py.add(i + 8 * q), *a);
+                }
+            } else {
+                for (q, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(py.add(i + 8 * q), *a);
+                }
             }
             i += 32;
         }
-        while i < n {
-            let mut acc = match init {
-                Init::Zero => 0.0,
-                Init::Keep => *py.add(i),
-                Init::From(b) => b[i],
-            };
-            for j in 0..k {
-                acc = alpha[j].mul_add(bf16_to_f32(*x[j].as_ptr().add(i)), acc);
-            }
-            *py.add(i) = acc;
-            i += 1;
-        }
+        scalar(i, cols.end);
     }
 
     /// `L` (1 or 4) interleaved dot products of f32 rows with bf16 rows.
@@ -811,16 +1083,52 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
-    unsafe fn combine_bf16_avx512(y: &mut [f32], init: Init, alpha: &[f32], x: &[&[u16]]) {
-        let mut n = y.len();
-        if let Init::From(b) = init {
-            n = n.min(b.len());
-        }
-        let k = alpha.len().min(x.len());
-        let n = x[..k].iter().fold(n, |n, r| n.min(r.len()));
+    unsafe fn combine_bf16_avx512(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        x: Picked<u16>,
+        cols: Range<usize>,
+        k: usize,
+        store: Store,
+    ) {
         let py = y.as_mut_ptr();
-        let mut i = 0;
-        while i + 64 <= n {
+        // Masked 16-lane steps over `[i, end)`.
+        let masked = |mut i: usize, end: usize| {
+            while i < end {
+                let left = (end - i).min(16);
+                let m: __mmask16 = if left == 16 {
+                    0xffff
+                } else {
+                    (1u16 << left) - 1
+                };
+                let mut acc = match init {
+                    Init::Zero => _mm512_setzero_ps(),
+                    Init::Keep => _mm512_maskz_loadu_ps(m, py.add(i)),
+                    Init::From(b) => _mm512_maskz_loadu_ps(m, b.as_ptr().add(i)),
+                };
+                for j in 0..k {
+                    let px = picked_row(&x, j).add(i);
+                    let wv = if left == 16 {
+                        widen16(px)
+                    } else {
+                        widen16_tail(px, left)
+                    };
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*alpha.get_unchecked(j)), wv, acc);
+                }
+                if left == 16
+                    && store == Store::Streaming
+                    && (py.add(i) as usize).is_multiple_of(64)
+                {
+                    _mm512_stream_ps(py.add(i), acc);
+                } else {
+                    _mm512_mask_storeu_ps(py.add(i), m, acc);
+                }
+                i += left;
+            }
+        };
+        let mut i = cols.start;
+        while i + 64 <= cols.end {
             let mut acc = [_mm512_setzero_ps(); 4];
             match init {
                 Init::Zero => {}
@@ -836,40 +1144,24 @@ mod x86 {
                 }
             }
             for j in 0..k {
-                let va = _mm512_set1_ps(alpha[j]);
-                let px = x[j].as_ptr().add(i);
+                let va = _mm512_set1_ps(*alpha.get_unchecked(j));
+                let px = picked_row(&x, j).add(i);
                 for (q, a) in acc.iter_mut().enumerate() {
                     *a = _mm512_fmadd_ps(va, widen16(px.add(16 * q)), *a);
                 }
             }
-            for (q, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(py.add(i + 16 * q), *a);
+            if store == Store::Streaming && (py.add(i) as usize).is_multiple_of(64) {
+                for (q, a) in acc.iter().enumerate() {
+                    _mm512_stream_ps(py.add(i + 16 * q), *a);
+                }
+            } else {
+                for (q, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(py.add(i + 16 * q), *a);
+                }
             }
             i += 64;
         }
-        while i < n {
-            let left = (n - i).min(16);
-            let m: __mmask16 = if left == 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            };
-            let mut acc = match init {
-                Init::Zero => _mm512_setzero_ps(),
-                Init::Keep => _mm512_maskz_loadu_ps(m, py.add(i)),
-                Init::From(b) => _mm512_maskz_loadu_ps(m, b.as_ptr().add(i)),
-            };
-            for j in 0..k {
-                let wv = if left == 16 {
-                    widen16(x[j].as_ptr().add(i))
-                } else {
-                    widen16_tail(x[j].as_ptr().add(i), left)
-                };
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(alpha[j]), wv, acc);
-            }
-            _mm512_mask_storeu_ps(py.add(i), m, acc);
-            i += left;
-        }
+        masked(i, cols.end);
     }
 }
 

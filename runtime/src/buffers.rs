@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ndarray::ArrayD;
+use ndarray::{s, Array1, ArrayD, IxDyn};
 
 use crate::op::Op;
 use crate::tensor::Tensor;
@@ -108,6 +108,28 @@ pub fn for_overwrite(len: usize) -> Vec<f32> {
     take(len).unwrap_or_else(|| fresh(len))
 }
 
+/// Elements a line-aligned buffer may start into its allocation (a cache line less one element).
+const LINE_PAD: usize = 64 / std::mem::size_of::<f32>() - 1;
+
+/// An array of `shape` holding whatever an earlier user left (for ops that write every element),
+/// whose first element starts a cache line when the array is large. Allocators start large blocks
+/// just past a header, so rows of a whole number of lines would otherwise all straddle lines, and
+/// FastFeedForward's streaming stores, which write whole lines around the caches, could not be used.
+/// The buffer comes back to the recycler with the few elements before the line.
+pub fn line_aligned_for_overwrite(shape: &[usize]) -> ArrayD<f32> {
+    let len = shape.iter().product::<usize>();
+    if !is_large(len) {
+        return crate::tensor::from_vec(IxDyn(shape), for_overwrite(len));
+    }
+    let v = for_overwrite(len + LINE_PAD);
+    // `align_offset` may decline (usize::MAX); the array then simply starts unaligned.
+    let at = v.as_ptr().align_offset(64).min(LINE_PAD);
+    Array1::from_vec(v)
+        .slice_move(s![at..at + len])
+        .into_shape_with_order(IxDyn(shape))
+        .expect("a contiguous array of the same length")
+}
+
 /// Buffers from this many bytes on are backed by huge pages where the system grants them.
 const HUGE_FROM_BYTES: usize = 4 << 20;
 
@@ -170,14 +192,15 @@ pub(crate) fn recycle_into(recycler: &Mutex<Recycler>, t: Tensor) {
     }
 }
 
-/// The array's buffer, if the array is exactly its contents in standard order.
+/// The array's buffer, if the array is its contents in standard order (but for the padding of a
+/// [`line_aligned_for_overwrite`] buffer).
 fn whole_vec(a: ArrayD<f32>) -> Option<Vec<f32>> {
     if !a.is_standard_layout() {
         return None;
     }
     let len = a.len();
     let (v, offset) = a.into_raw_vec_and_offset();
-    (offset.unwrap_or(0) == 0 && v.len() == len).then_some(v)
+    (offset.unwrap_or(0) <= LINE_PAD && v.len() - len <= LINE_PAD).then_some(v)
 }
 
 #[cfg(test)]
@@ -220,9 +243,27 @@ mod tests {
         recycle_into(&r, Tensor::F32(ArrayD::from_elem(IxDyn(&[4]), 2.0)));
         assert_eq!(for_overwrite(4), vec![0.0; 4]);
         // A view into part of a buffer is not recycled.
-        let sliced = ArrayD::from_elem(IxDyn(&[4, 2]), 1.0f32);
-        let sliced = sliced.slice_move(ndarray::s![1.., ..]).into_dyn();
+        let sliced = ArrayD::from_elem(IxDyn(&[40, 2]), 1.0f32);
+        let sliced = sliced.slice_move(ndarray::s![10.., ..]).into_dyn();
         recycle_into(&r, Tensor::F32(sliced));
         assert_eq!(r.lock().unwrap().bytes(), 16);
+    }
+
+    #[test]
+    fn large_line_aligned_buffers_start_a_line_and_are_recycled() {
+        let r = Arc::new(Mutex::new(Recycler::default()));
+        let shape = [3, HUGE_FROM_BYTES / 4 / 3 + 16];
+        let len = shape[0] * shape[1];
+        for _ in 0..2 {
+            let a = with_recycler(&r, || line_aligned_for_overwrite(&shape));
+            assert_eq!(a.shape(), shape);
+            assert!(a.is_standard_layout());
+            assert_eq!(a.as_ptr() as usize % 64, 0);
+            recycle_into(&r, Tensor::F32(a));
+            assert_eq!(r.lock().unwrap().bytes(), (len + LINE_PAD) * 4);
+        }
+        // Small ones are plain buffers.
+        let a = line_aligned_for_overwrite(&[2, 3]);
+        assert_eq!((a.shape(), a.len()), (&[2, 3][..], 6));
     }
 }

@@ -498,10 +498,8 @@ pub fn fast_feed_forward(
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("rank checked above") = d_out;
     let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
-    let mut out = from_vec(
-        IxDyn(&out_shape),
-        buffers::zeroed(out_shape.iter().product()),
-    );
+    // Every kernel writes every output element.
+    let mut out = buffers::line_aligned_for_overwrite(&out_shape);
     let act = match activation {
         FffActivation::Gelu => Activation::GeluErf,
         FffActivation::GeluTanh => Activation::GeluTanh,
