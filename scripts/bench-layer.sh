@@ -27,10 +27,14 @@ echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for rows in ${rows_list//,/ }; do
   x="$out/x-$rows.npy"
   $bin/fff-models npy --shape "1x${rows}x768" -o "$x"
-  # Many runs where one is short, so that medians of microsecond calls are stable.
+  # Many runs where one is short, so that medians of microsecond calls are stable; the dense layers
+  # take seconds at 16384 rows, so they get fewer.
   runs=$(( rows >= 16384 ? 3 : rows >= 2048 ? 5 : rows >= 128 ? 20 : 1000 ))
+  fff_runs=$(( rows >= 16384 ? 10 : rows >= 2048 ? 30 : rows >= 128 ? 200 : 1000 ))
   for threads in ${threads_list//,/ }; do
-    fff=$($bin/fffrun "$out/fff-1x11.fff" "$x" --bench --runs "$runs" --threads "$threads" | median)
+    # A moment for the previous process's memory to be returned, which otherwise overlaps the timing.
+    sleep 1
+    fff=$($bin/fffrun "$out/fff-1x11.fff" "$x" --bench --runs "$fff_runs" --threads "$threads" | median)
     dense=$($bin/fffrun "$out/dense-4095.fff" "$x" --bench --runs "$runs" --threads "$threads" | median)
     ort_dense=n/a; ort_fff=n/a; vs_ort=n/a
     if [ "$have_ort" = 1 ]; then
