@@ -235,7 +235,7 @@ impl Plan {
             split,
             tile: rows.div_ceil(threads).clamp(1, TILE_ROWS),
             lone: LONE_ROWS,
-            store: if out_bytes >= STREAM_BYTES && std::env::var("NOSTREAM").is_err() {
+            store: if out_bytes >= STREAM_BYTES {
                 Store::Streaming
             } else {
                 Store::Cached
