@@ -384,7 +384,19 @@ mod x86 {
         ) {
             let k = combine_terms(y, init, alpha, &x, &cols);
             // SAFETY: as for `dot`; `combine_terms` checked that every access lies within the slices.
-            unsafe { combine_avx2(y, init, alpha, x, cols, k, store) }
+            unsafe {
+                combine_avx2(
+                    y,
+                    init,
+                    alpha,
+                    x,
+                    cols,
+                    k,
+                    store,
+                    |p| _mm256_loadu_ps(p),
+                    |p| *p,
+                )
+            }
         }
 
         #[inline(always)]
@@ -404,7 +416,19 @@ mod x86 {
         ) {
             let k = combine_terms(y, init, alpha, &x, &cols);
             // SAFETY: as for `dot`; `combine_terms` checked that every access lies within the slices.
-            unsafe { combine_bf16_avx2(y, init, alpha, x, cols, k, store) }
+            unsafe {
+                combine_avx2(
+                    y,
+                    init,
+                    alpha,
+                    x,
+                    cols,
+                    k,
+                    store,
+                    |p| widen8(p),
+                    |p| bf16_to_f32(*p),
+                )
+            }
         }
     }
 
@@ -446,15 +470,7 @@ mod x86 {
             b: [&[u16]; N],
         ) -> [[f32; N]; R] {
             // SAFETY: as for `dot`; every row is read up to the shortest length of all the slices.
-            unsafe {
-                dots_avx512(a, b, |p, i, m| {
-                    if m == 0xffff {
-                        widen16(p.add(i))
-                    } else {
-                        widen16_tail(p.add(i), m.count_ones() as usize)
-                    }
-                })
-            }
+            unsafe { dots_avx512(a, b, |p, i, m| widen16_masked(p.add(i), m)) }
         }
 
         #[inline(always)]
@@ -468,7 +484,11 @@ mod x86 {
         ) {
             let k = combine_terms(y, init, alpha, &x, &cols);
             // SAFETY: as for `dot`; `combine_terms` checked that every access lies within the slices.
-            unsafe { combine_avx512(y, init, alpha, x, cols, k, store) }
+            unsafe {
+                combine_avx512(y, init, alpha, x, cols, k, store, |p, m| {
+                    _mm512_maskz_loadu_ps(m, p)
+                })
+            }
         }
 
         #[inline(always)]
@@ -494,7 +514,11 @@ mod x86 {
         ) {
             let k = combine_terms(y, init, alpha, &x, &cols);
             // SAFETY: as for `dot`; `combine_terms` checked that every access lies within the slices.
-            unsafe { combine_bf16_avx512(y, init, alpha, x, cols, k, store) }
+            unsafe {
+                combine_avx512(y, init, alpha, x, cols, k, store, |p, m| {
+                    widen16_masked(p, m)
+                })
+            }
         }
     }
 
@@ -739,35 +763,23 @@ mod x86 {
             .add(*x.idx.get_unchecked(j) as usize * x.width)
     }
 
+    /// The body of `combine` for AVX2, for picked rows of `T`: `load(p)` reads eight lanes at `p`
+    /// and `get(p)` one, as f32.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn combine_avx2(
+    unsafe fn combine_avx2<T>(
         y: &mut [f32],
         init: Init,
         alpha: &[f32],
-        x: Picked<f32>,
+        x: Picked<T>,
         cols: Range<usize>,
         k: usize,
         store: Store,
+        load: impl Fn(*const T) -> __m256,
+        get: impl Fn(*const T) -> f32,
     ) {
         let py = y.as_mut_ptr();
-        // One element at a time over `[i, end)`.
-        let scalar = |mut i: usize, end: usize| {
-            while i < end {
-                let mut acc = match init {
-                    Init::Zero => 0.0,
-                    Init::Keep => *py.add(i),
-                    Init::From(b) => *b.as_ptr().add(i),
-                };
-                for j in 0..k {
-                    acc = alpha
-                        .get_unchecked(j)
-                        .mul_add(*picked_row(&x, j).add(i), acc);
-                }
-                *py.add(i) = acc;
-                i += 1;
-            }
-        };
         let mut i = cols.start;
         while i + 32 <= cols.end {
             let mut acc = [_mm256_setzero_ps(); 4];
@@ -788,7 +800,7 @@ mod x86 {
                 let va = _mm256_set1_ps(*alpha.get_unchecked(j));
                 let px = picked_row(&x, j).add(i);
                 for (q, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(8 * q)), *a);
+                    *a = _mm256_fmadd_ps(va, load(px.add(8 * q)), *a);
                 }
             }
             if store == Store::Streaming && (py.add(i) as usize).is_multiple_of(32) {
@@ -802,77 +814,91 @@ mod x86 {
             }
             i += 32;
         }
-        scalar(i, cols.end);
+        // One element at a time for the rest.
+        while i < cols.end {
+            let mut acc = match init {
+                Init::Zero => 0.0,
+                Init::Keep => *py.add(i),
+                Init::From(b) => *b.as_ptr().add(i),
+            };
+            for j in 0..k {
+                acc = alpha
+                    .get_unchecked(j)
+                    .mul_add(get(picked_row(&x, j).add(i)), acc);
+            }
+            *py.add(i) = acc;
+            i += 1;
+        }
     }
 
+    /// The body of `combine` for AVX-512, for picked rows of `T`: `load(p, mask)` reads the masked
+    /// lanes of sixteen at `p` as f32.
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
-    unsafe fn combine_avx512(
+    unsafe fn combine_avx512<T>(
         y: &mut [f32],
         init: Init,
         alpha: &[f32],
-        x: Picked<f32>,
+        x: Picked<T>,
         cols: Range<usize>,
         k: usize,
         store: Store,
+        load: impl Fn(*const T, __mmask16) -> __m512 + Copy,
     ) {
         let py = y.as_mut_ptr();
-        // Masked 16-lane steps over `[i, end)`.
-        let masked = |mut i: usize, end: usize| {
-            while i < end {
-                let left = (end - i).min(16);
-                let m: __mmask16 = if left == 16 {
-                    0xffff
-                } else {
-                    (1u16 << left) - 1
-                };
-                let mut acc = match init {
-                    Init::Zero => _mm512_setzero_ps(),
-                    Init::Keep => _mm512_maskz_loadu_ps(m, py.add(i)),
-                    Init::From(b) => _mm512_maskz_loadu_ps(m, b.as_ptr().add(i)),
-                };
-                for j in 0..k {
-                    acc = _mm512_fmadd_ps(
-                        _mm512_set1_ps(*alpha.get_unchecked(j)),
-                        _mm512_maskz_loadu_ps(m, picked_row(&x, j).add(i)),
-                        acc,
-                    );
-                }
-                if left == 16
-                    && store == Store::Streaming
-                    && (py.add(i) as usize).is_multiple_of(64)
-                {
-                    _mm512_stream_ps(py.add(i), acc);
-                } else {
-                    _mm512_mask_storeu_ps(py.add(i), m, acc);
-                }
-                i += left;
-            }
-        };
         let mut i = cols.start;
         while i + 128 <= cols.end {
-            combine_block_avx512::<8>(py, init, i, alpha, &x, k, store);
+            combine_block_avx512::<8, T>(py, init, i, alpha, &x, k, store, load);
             i += 128;
         }
         while i + 64 <= cols.end {
-            combine_block_avx512::<4>(py, init, i, alpha, &x, k, store);
+            combine_block_avx512::<4, T>(py, init, i, alpha, &x, k, store, load);
             i += 64;
         }
-        masked(i, cols.end);
+        // Masked 16-lane steps for the rest.
+        while i < cols.end {
+            let left = (cols.end - i).min(16);
+            let m: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            let mut acc = match init {
+                Init::Zero => _mm512_setzero_ps(),
+                Init::Keep => _mm512_maskz_loadu_ps(m, py.add(i)),
+                Init::From(b) => _mm512_maskz_loadu_ps(m, b.as_ptr().add(i)),
+            };
+            for j in 0..k {
+                acc = _mm512_fmadd_ps(
+                    _mm512_set1_ps(*alpha.get_unchecked(j)),
+                    load(picked_row(&x, j).add(i), m),
+                    acc,
+                );
+            }
+            if left == 16 && store == Store::Streaming && (py.add(i) as usize).is_multiple_of(64) {
+                _mm512_stream_ps(py.add(i), acc);
+            } else {
+                _mm512_mask_storeu_ps(py.add(i), m, acc);
+            }
+            i += left;
+        }
     }
 
     /// `Q` 16-lane columns of `combine` from column `i`: `Q` independent chains of fused adds, enough to
     /// cover the adds' latency.
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
-    unsafe fn combine_block_avx512<const Q: usize>(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn combine_block_avx512<const Q: usize, T>(
         py: *mut f32,
         init: Init,
         i: usize,
         alpha: &[f32],
-        x: &Picked<f32>,
+        x: &Picked<T>,
         k: usize,
         store: Store,
+        load: impl Fn(*const T, __mmask16) -> __m512,
     ) {
         let mut acc = [_mm512_setzero_ps(); Q];
         match init {
@@ -892,7 +918,7 @@ mod x86 {
             let va = _mm512_set1_ps(*alpha.get_unchecked(j));
             let px = picked_row(x, j).add(i);
             for (q, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(va, _mm512_loadu_ps(px.add(16 * q)), *a);
+                *a = _mm512_fmadd_ps(va, load(px.add(16 * q), 0xffff), *a);
             }
         }
         if store == Store::Streaming && (py.add(i) as usize).is_multiple_of(64) {
@@ -932,6 +958,18 @@ mod x86 {
         widen16(buf.as_ptr())
     }
 
+    /// The lanes of `m` (its low bits, all of them or a tail) of sixteen bf16 at `p` widened to f32,
+    /// zeros in the others.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn widen16_masked(p: *const u16, m: __mmask16) -> __m512 {
+        if m == 0xffff {
+            widen16(p)
+        } else {
+            widen16_tail(p, m.count_ones() as usize)
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dot_bf16_avx2(a: &[f32], w: &[u16]) -> f32 {
@@ -960,72 +998,6 @@ mod x86 {
             i += 1;
         }
         total
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn combine_bf16_avx2(
-        y: &mut [f32],
-        init: Init,
-        alpha: &[f32],
-        x: Picked<u16>,
-        cols: Range<usize>,
-        k: usize,
-        store: Store,
-    ) {
-        let py = y.as_mut_ptr();
-        // One element at a time over `[i, end)`.
-        let scalar = |mut i: usize, end: usize| {
-            while i < end {
-                let mut acc = match init {
-                    Init::Zero => 0.0,
-                    Init::Keep => *py.add(i),
-                    Init::From(b) => *b.as_ptr().add(i),
-                };
-                for j in 0..k {
-                    acc = alpha
-                        .get_unchecked(j)
-                        .mul_add(bf16_to_f32(*picked_row(&x, j).add(i)), acc);
-                }
-                *py.add(i) = acc;
-                i += 1;
-            }
-        };
-        let mut i = cols.start;
-        while i + 32 <= cols.end {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            match init {
-                Init::Zero => {}
-                Init::Keep => {
-                    for (q, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_loadu_ps(py.add(i + 8 * q));
-                    }
-                }
-                Init::From(b) => {
-                    for (q, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_loadu_ps(b.as_ptr().add(i + 8 * q));
-                    }
-                }
-            }
-            for j in 0..k {
-                let va = _mm256_set1_ps(*alpha.get_unchecked(j));
-                let px = picked_row(&x, j).add(i);
-                for (q, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(va, widen8(px.add(8 * q)), *a);
-                }
-            }
-            if store == Store::Streaming && (py.add(i) as usize).is_multiple_of(32) {
-                for (q, a) in acc.iter().enumerate() {
-                    _mm256_stream_ps(py.add(i + 8 * q), *a);
-                }
-            } else {
-                for (q, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(py.add(i + 8 * q), *a);
-                }
-            }
-            i += 32;
-        }
-        scalar(i, cols.end);
     }
 
     /// `L` (1 or 4) interleaved dot products of f32 rows with bf16 rows.
@@ -1079,89 +1051,6 @@ mod x86 {
             out[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k], acc2[k]));
         }
         out
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,fma")]
-    unsafe fn combine_bf16_avx512(
-        y: &mut [f32],
-        init: Init,
-        alpha: &[f32],
-        x: Picked<u16>,
-        cols: Range<usize>,
-        k: usize,
-        store: Store,
-    ) {
-        let py = y.as_mut_ptr();
-        // Masked 16-lane steps over `[i, end)`.
-        let masked = |mut i: usize, end: usize| {
-            while i < end {
-                let left = (end - i).min(16);
-                let m: __mmask16 = if left == 16 {
-                    0xffff
-                } else {
-                    (1u16 << left) - 1
-                };
-                let mut acc = match init {
-                    Init::Zero => _mm512_setzero_ps(),
-                    Init::Keep => _mm512_maskz_loadu_ps(m, py.add(i)),
-                    Init::From(b) => _mm512_maskz_loadu_ps(m, b.as_ptr().add(i)),
-                };
-                for j in 0..k {
-                    let px = picked_row(&x, j).add(i);
-                    let wv = if left == 16 {
-                        widen16(px)
-                    } else {
-                        widen16_tail(px, left)
-                    };
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*alpha.get_unchecked(j)), wv, acc);
-                }
-                if left == 16
-                    && store == Store::Streaming
-                    && (py.add(i) as usize).is_multiple_of(64)
-                {
-                    _mm512_stream_ps(py.add(i), acc);
-                } else {
-                    _mm512_mask_storeu_ps(py.add(i), m, acc);
-                }
-                i += left;
-            }
-        };
-        let mut i = cols.start;
-        while i + 64 <= cols.end {
-            let mut acc = [_mm512_setzero_ps(); 4];
-            match init {
-                Init::Zero => {}
-                Init::Keep => {
-                    for (q, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_loadu_ps(py.add(i + 16 * q));
-                    }
-                }
-                Init::From(b) => {
-                    for (q, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_loadu_ps(b.as_ptr().add(i + 16 * q));
-                    }
-                }
-            }
-            for j in 0..k {
-                let va = _mm512_set1_ps(*alpha.get_unchecked(j));
-                let px = picked_row(&x, j).add(i);
-                for (q, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(va, widen16(px.add(16 * q)), *a);
-                }
-            }
-            if store == Store::Streaming && (py.add(i) as usize).is_multiple_of(64) {
-                for (q, a) in acc.iter().enumerate() {
-                    _mm512_stream_ps(py.add(i + 16 * q), *a);
-                }
-            } else {
-                for (q, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(py.add(i + 16 * q), *a);
-                }
-            }
-            i += 64;
-        }
-        masked(i, cols.end);
     }
 }
 
