@@ -68,8 +68,7 @@ const STREAM_BYTES: usize = 16 << 20;
 /// Node sets of at most this many rows walk on alone in interleaved lanes.
 const LONE_ROWS: usize = 1;
 
-/// The deepest tree the kernel walks: node numbers, and the virtual child below a leaf, fit in `u32`,
-/// and a path fits on the stack.
+/// The deepest tree the kernel walks: node numbers, and the virtual child below a leaf, fit in `u32`.
 const MAX_DEPTH: usize = 30;
 
 /// A weight element type the kernel can read: `f32`, or bf16 bit patterns in a `u16`.
