@@ -17,13 +17,19 @@
 //!   caches are written with streaming stores ([`Store::Streaming`]).
 //!
 //! For many rows the routing is split at a level `L` (chosen from the row count, see [`Plan`]): the
-//! upper levels `0..L` run on tiles of consecutive rows (inputs of a tile stay in L2); then all rows of
+//! upper levels `0..L` run on tiles of consecutive rows (a tile's inputs stay near the core); then all rows of
 //! the call are bucketed by their node at level `L` (a counting sort), and each bucket routes its whole
 //! subtree and emits its rows. Every weight row at level `L` and below is therefore loaded once per call
 //! however deep it sits, and a bucket's inputs (about [`BUCKET_ROWS`] rows) stay in L2 while its
 //! subtree is walked. Sets that shrink to a single row stop sharing: such rows walk the rest of their
 //! path alone, four at a time in interleaved lanes (`Vector::dot4`), so four weight fetches overlap.
 //! Small calls (one or a few rows) are a single bucket.
+//!
+//! A tile or bucket fetches the inputs of the one after it into L2 while it works (tiles while they
+//! route, buckets while they emit, which reads no inputs). The hardware prefetchers follow streams
+//! within a page and cover little of this: a bucket's rows lie anywhere in the call's inputs, and a
+//! tile's first pass reads four rows at once. Whole-row emission likewise fetches the weight rows
+//! that the path two rows ahead adds.
 //!
 //! Tiles, then buckets, run in parallel on the current rayon pool; there are at least four buckets
 //! per thread where rows allow, so work stealing balances them. Scratch space is per thread (and per
@@ -401,6 +407,7 @@ fn run<W: Weight>(
                         x,
                         rows: None,
                         count: rows,
+                        next: &[],
                         node: 0,
                         up: &[],
                         split: 0,
@@ -457,7 +464,10 @@ fn split_call<W: Weight>(
     c.order.resize(rows, 0);
     for t in 0..job.shape.trees {
         // Upper levels on tiles of consecutive rows.
-        let tile = |((at, up), xs): ((&mut [u32], &mut [f32]), &[f32])| {
+        let tile_in = plan.tile * d_in;
+        let tile = |(k, ((at, up), xs)): (usize, ((&mut [u32], &mut [f32]), &[f32]))| {
+            let next = x.get((k + 1) * tile_in..).unwrap_or(&[]);
+            let next = &next[..next.len().min(tile_in)];
             with_scratch(|s| {
                 on_isa(
                     isa,
@@ -465,6 +475,7 @@ fn split_call<W: Weight>(
                         job,
                         tree: t,
                         x: xs,
+                        next,
                         at,
                         up,
                         split: l,
@@ -476,12 +487,14 @@ fn split_call<W: Weight>(
         if parallel {
             c.at.par_chunks_mut(plan.tile)
                 .zip(c.up.par_chunks_mut(plan.tile * l))
-                .zip(x.par_chunks(plan.tile * d_in))
+                .zip(x.par_chunks(tile_in))
+                .enumerate()
                 .for_each(tile);
         } else {
             c.at.chunks_mut(plan.tile)
                 .zip(c.up.chunks_mut(plan.tile * l))
-                .zip(x.chunks(plan.tile * d_in))
+                .zip(x.chunks(tile_in))
+                .enumerate()
                 .for_each(tile);
         }
         // Bucket all rows by their node at the split level.
@@ -508,6 +521,10 @@ fn split_call<W: Weight>(
             if a == b {
                 return;
             }
+            let next = match starts.get(k + 1) {
+                Some(&c) => &order[b..c as usize],
+                None => &[],
+            };
             with_scratch(|s| {
                 on_isa(
                     isa,
@@ -517,6 +534,7 @@ fn split_call<W: Weight>(
                         x,
                         rows: Some(&order[a..b]),
                         count: b - a,
+                        next,
                         node: first + k,
                         up,
                         split: l,
@@ -574,6 +592,8 @@ struct Tile<'a, 'b, W> {
     job: &'a Job<'a, W>,
     tree: usize,
     x: &'a [f32],
+    /// The inputs of the tile likely to run next on this thread, fetched into L2 meanwhile.
+    next: &'a [f32],
     at: &'a mut [u32],
     up: &'a mut [f32],
     split: usize,
@@ -587,6 +607,7 @@ impl<W: Weight> Body for Tile<'_, '_, W> {
             job,
             tree,
             x,
+            next,
             at,
             up,
             split,
@@ -611,6 +632,7 @@ impl<W: Weight> Body for Tile<'_, '_, W> {
             0,
             0,
             0,
+            next,
         );
     }
 }
@@ -623,6 +645,9 @@ struct Bucket<'a, 'b, W> {
     /// The bucket's rows (`None`: all `count` rows of the call).
     rows: Option<&'a [u32]>,
     count: usize,
+    /// The rows of the bucket likely to run next on this thread, whose inputs are fetched into L2
+    /// while this one emits (emitting reads no inputs), instead of by that bucket's first pass.
+    next: &'a [u32],
     node: usize,
     /// Activations of the levels above the split, `rows x split`.
     up: &'a [f32],
@@ -641,6 +666,7 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             x,
             rows,
             count,
+            next,
             node,
             up,
             split,
@@ -648,7 +674,9 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             plan,
             s,
         } = self;
-        let FffShape { d_out, depth, .. } = job.shape;
+        let FffShape {
+            d_in, d_out, depth, ..
+        } = job.shape;
         let levels = depth + 1 - split;
         s.ids.clear();
         match rows {
@@ -673,6 +701,7 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             node,
             split,
             plan.lone,
+            &[],
         );
         // Emit in leaf order, a block of columns at a time.
         let base = tree * job.shape.nodes_per_tree();
@@ -712,18 +741,38 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
                 (start + block).min(d_out)
             };
             let cols = start..end;
+            // The share of the next bucket's input rows that matches this block of columns.
+            let ahead = cols.start * d_in / d_out..cols.end * d_in / d_out;
             start = end;
             for (n, &i) in s.walk.set.iter().enumerate() {
-                let terms = n * terms..(n + 1) * terms;
+                let row_terms = n * terms..(n + 1) * terms;
                 let w = Picked {
                     matrix: job.w_out,
                     width: d_out,
-                    idx: &s.path[terms.clone()],
+                    idx: &s.path[row_terms.clone()],
                 };
                 // SAFETY: every row of the call is in exactly one bucket, once, and no other reference
                 // to the output is alive while buckets run; this reference ends with the statement.
                 let y = unsafe { out.row(s.ids[i as usize] as usize) };
-                W::combine::<V>(y, init, &s.alpha[terms], w, cols.clone(), plan.store);
+                W::combine::<V>(y, init, &s.alpha[row_terms], w, cols.clone(), plan.store);
+                if let Some(&r) = next.get(n) {
+                    crate::simd::prefetch_l2(&x[r as usize * d_in..][ahead.clone()]);
+                }
+                if block == d_out {
+                    // Whole rows: fetch the weight rows on the path two rows ahead that the path one
+                    // row ahead does not share (rows go in leaf order, so only a path's lower end
+                    // changes), which at small row counts come from L3 or memory.
+                    let (one, two) = ((n + 1) * terms, (n + 2) * terms);
+                    if let (Some(p1), Some(p2)) =
+                        (s.path.get(one..two), s.path.get(two..two + terms))
+                    {
+                        for (&a, &b) in p1.iter().zip(p2) {
+                            if a != b {
+                                crate::simd::prefetch_l2(&job.w_out[b as usize * d_out..][..d_out]);
+                            }
+                        }
+                    }
+                }
             }
         }
         if plan.store == Store::Streaming {
@@ -758,7 +807,8 @@ fn partition(set: &mut [u32], code: &[u8], bit: u8) -> usize {
 /// Routes local rows `0..ids.len()` (local row `i` is row `ids[i]` of `x`) from `node` at `level` down
 /// to level `lv.stop`: records each activation in `lv`, and in `ends[i]` the node each row reaches at
 /// level `lv.stop`. Leaves `walk.set` holding the local rows in the order of those nodes. Sets of at
-/// most `lone` rows walk on alone, four at a time.
+/// most `lone` rows walk on alone, four at a time. Meanwhile `ahead` (the inputs of work to come) is
+/// fetched into L2, one row's worth per group of rows dotted.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn route<W: Weight, V: Vector>(
@@ -772,8 +822,15 @@ fn route<W: Weight, V: Vector>(
     node: usize,
     level: usize,
     lone: usize,
+    ahead: &[f32],
 ) {
     let d_in = job.shape.d_in;
+    let mut ahead = ahead.chunks(d_in.max(16));
+    let mut fetch_ahead = || {
+        if let Some(c) = ahead.next() {
+            crate::simd::prefetch_l2(c);
+        }
+    };
     let base = tree * job.shape.nodes_per_tree();
     let count = ids.len();
     let Walk {
@@ -843,6 +900,7 @@ fn route<W: Weight, V: Vector>(
             let mut groups = set[a..b].chunks_exact(4);
             for g in &mut groups {
                 let dots = W::dots::<V, 4, 3>(std::array::from_fn(|k| xrow(g[k])), w);
+                fetch_ahead();
                 for k in 0..4 {
                     record(g[k], dots[k]);
                 }
@@ -871,6 +929,7 @@ fn route<W: Weight, V: Vector>(
             let mut groups = set[a..b].chunks_exact(4);
             for g in &mut groups {
                 let dots = W::dot4::<V>(std::array::from_fn(|k| xrow(g[k])), [wi; 4]);
+                fetch_ahead();
                 for k in 0..4 {
                     record(g[k], dots[k]);
                 }

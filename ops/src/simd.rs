@@ -1058,18 +1058,32 @@ mod x86 {
 #[inline(always)]
 pub fn prefetch<T>(s: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = s.as_ptr().cast::<i8>();
-        let bytes = std::mem::size_of_val(s);
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: a prefetch never faults, whatever the address; SSE is part of the x86-64
-            // baseline, and `p + off` stays within `s`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
-            off += 64;
-        }
-    }
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T0 }, T>(s);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = s;
+}
+
+/// Like [`prefetch`], but into L2 only, so that what L1 holds stays there: for data needed soon,
+/// though not by the loop that asks.
+#[inline(always)]
+pub fn prefetch_l2<T>(s: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T1 }, T>(s);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = s;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_lines<const HINT: i32, T>(s: &[T]) {
+    use std::arch::x86_64::_mm_prefetch;
+    let p = s.as_ptr().cast::<i8>();
+    let bytes = std::mem::size_of_val(s);
+    let mut off = 0;
+    while off < bytes {
+        // SAFETY: a prefetch never faults, whatever the address; SSE is part of the x86-64
+        // baseline, and `p + off` stays within `s`.
+        unsafe { _mm_prefetch::<HINT>(p.add(off)) };
+        off += 64;
+    }
 }
