@@ -465,7 +465,7 @@ fn split_call<W: Weight>(
     for t in 0..job.shape.trees {
         // Upper levels on tiles of consecutive rows.
         let tile_in = plan.tile * d_in;
-        let tile = |(k, ((at, up), xs)): (usize, ((&mut [u32], &mut [f32]), &[f32]))| {
+        let tile = |(k, ((at, up), xs)): TileArgs| {
             let next = x.get((k + 1) * tile_in..).unwrap_or(&[]);
             let next = &next[..next.len().min(tile_in)];
             with_scratch(|s| {
@@ -553,6 +553,9 @@ fn split_call<W: Weight>(
     }
     debug_assert!(depth >= l);
 }
+
+/// A tile's number, its slices of the call-wide routing results (`at`, `up`) and its inputs.
+type TileArgs<'a> = (usize, ((&'a mut [u32], &'a mut [f32]), &'a [f32]));
 
 /// Work compiled once per instruction set: `run::<V>` is instantiated inside a function with `V`'s
 /// target features.
