@@ -221,8 +221,9 @@ fn profile(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<St
     let mut per_node: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); nodes.len()];
     let mut totals = Vec::with_capacity(runs);
     for _ in 0..runs {
+        let inputs = copy_inputs(inputs);
         let start = Instant::now();
-        let (outputs, times) = model.run_profiled(copy_inputs(inputs))?;
+        let (outputs, times) = model.run_profiled(inputs)?;
         totals.push(start.elapsed().as_secs_f64() * 1e3);
         model.recycle(outputs);
         for (samples, t) in per_node.iter_mut().zip(times) {
