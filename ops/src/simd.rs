@@ -1078,12 +1078,15 @@ pub fn prefetch_l2<T>(s: &[T]) {
 fn prefetch_lines<const HINT: i32, T>(s: &[T]) {
     use std::arch::x86_64::_mm_prefetch;
     let p = s.as_ptr().cast::<i8>();
-    let bytes = std::mem::size_of_val(s);
+    // Every line `s` touches, the first from its start rounded down to a line.
+    let head = p as usize % 64;
+    let bytes = std::mem::size_of_val(s) + head;
+    let line = p.wrapping_sub(head);
     let mut off = 0;
     while off < bytes {
-        // SAFETY: a prefetch never faults, whatever the address; SSE is part of the x86-64
-        // baseline, and `p + off` stays within `s`.
-        unsafe { _mm_prefetch::<HINT>(p.add(off)) };
+        // SAFETY: a prefetch never faults, whatever the address (no memory is accessed through the
+        // pointer, which is only computed with wrapping arithmetic); SSE is part of the x86-64 baseline.
+        unsafe { _mm_prefetch::<HINT>(line.wrapping_add(off)) };
         off += 64;
     }
 }
