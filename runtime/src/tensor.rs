@@ -273,6 +273,17 @@ pub fn checked_len(shape: &[usize]) -> Result<usize> {
 }
 
 impl<'a> TensorView<'a> {
+    /// The same view, borrowed for as long as `self` is.
+    pub fn reborrow(&self) -> TensorView<'_> {
+        match self {
+            TensorView::F32(a) => TensorView::F32(a.view()),
+            TensorView::I64(a) => TensorView::I64(a.view()),
+            TensorView::I32(a) => TensorView::I32(a.view()),
+            TensorView::Bool(a) => TensorView::Bool(a.view()),
+            TensorView::BF16(a) => TensorView::BF16(a.view()),
+        }
+    }
+
     pub fn dtype(&self) -> DType {
         match self {
             TensorView::F32(_) => DType::F32,
