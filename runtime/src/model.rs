@@ -368,11 +368,7 @@ impl Model {
         }
         for (i, (node, frees)) in self.graph.nodes.iter().zip(&self.frees).enumerate() {
             if let Some(observe) = observe.as_deref_mut() {
-                let views: Vec<Option<TensorView>> = node
-                    .inputs
-                    .iter()
-                    .map(|i| i.map(|v| self.value_view(v, &slots)).transpose())
-                    .collect::<Result<_>>()?;
+                let views = self.node_views(node, &slots)?;
                 observe(node, &views);
             }
             let start = profile.is_some().then(Instant::now);
@@ -380,11 +376,7 @@ impl Model {
             let outs = if let Some(t) = reused {
                 vec![t]
             } else {
-                let views: Vec<Option<TensorView>> = node
-                    .inputs
-                    .iter()
-                    .map(|i| i.map(|v| self.value_view(v, &slots)).transpose())
-                    .collect::<Result<_>>()?;
+                let views = self.node_views(node, &slots)?;
                 eval(&node.op, &views, node.outputs.len()).map_err(|e| Error::Node {
                     node: node.name.clone(),
                     op: node.op.name(),
@@ -470,6 +462,20 @@ impl Model {
             }
         }
         Ok(None)
+    }
+
+    /// Views of a node's inputs (`None` for absent optional inputs), in a vector sized up front: this
+    /// runs for every node of every call.
+    fn node_views<'a>(
+        &'a self,
+        node: &PlanNode,
+        slots: &'a [Option<Tensor>],
+    ) -> Result<Vec<Option<TensorView<'a>>>> {
+        let mut views = Vec::with_capacity(node.inputs.len());
+        for i in &node.inputs {
+            views.push(i.map(|v| self.value_view(v, slots)).transpose()?);
+        }
+        Ok(views)
     }
 
     fn value_view<'a>(&'a self, v: usize, slots: &'a [Option<Tensor>]) -> Result<TensorView<'a>> {
