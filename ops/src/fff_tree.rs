@@ -16,7 +16,7 @@
 //!   columns at a time, so that block of every weight row stays in L1; outputs far larger than the
 //!   caches are written with streaming stores ([`Store::Streaming`]).
 //!
-//! For many rows the routing is split at a level `L` (chosen from the row count, see [`Plan`]): the
+//! For many rows the routing is split at a level `L` (chosen from the row count, see `Plan`): the
 //! upper levels `0..L` run on tiles of consecutive rows (a tile's inputs stay near the core); then all rows of
 //! the call are bucketed by their node at level `L` (a counting sort), and each bucket routes its whole
 //! subtree and emits its rows. Every weight row at level `L` and below is therefore loaded once per call

@@ -82,7 +82,7 @@ pub fn gemm(a: MatRef, b: MatRef, out: &mut [f32], alpha: f32, beta: f32) {
     gemm_into(a, b, out, alpha, beta, Threads::Pool);
 }
 
-/// [`gemm`] into a strided output, on the given threads.
+/// [`gemm()`] into a strided output, on the given threads.
 pub fn gemm_into(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, threads: Threads) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
@@ -187,7 +187,7 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     }
 }
 
-/// The obvious triple loop: the reference that [`gemm`] is tested against.
+/// The obvious triple loop: the reference that [`gemm()`] is tested against.
 pub fn gemm_reference(a: MatRef, b: MatRef, out: &mut [f32], alpha: f32, beta: f32) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     for i in 0..m {

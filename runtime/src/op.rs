@@ -218,7 +218,7 @@ pub enum Op {
     LogSoftmax { axis: i64, coerce_2d: bool },
     /// X, Scale, B? -> Y, normalised over the axes from `axis` to the last
     LayerNorm { axis: i64, epsilon: f32 },
-    /// X [..., k], W [k, n], B? [n], R? -> Y = X W + B + R: a projection with its bias added, and a
+    /// `X [..., k], W [k, n], B? [n], R? -> Y = X W + B + R`: a projection with its bias added, and a
     /// residual R added with broadcasting exactly as `Add(X W + B, R)` would. When R has the result's
     /// shape, the product is accumulated onto it in one pass.
     Linear,
