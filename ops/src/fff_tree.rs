@@ -747,6 +747,9 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             let cols = start..end;
             // The share of the next bucket's input rows that matches this block of columns.
             let ahead = cols.start * d_in / d_out..cols.end * d_in / d_out;
+            // Rows emitted whole still take two passes when streaming stores start with a lead block;
+            // their paths' weight rows are fetched in the first only.
+            let fetch_paths = block == d_out && cols.start == 0;
             start = end;
             for (n, &i) in s.walk.set.iter().enumerate() {
                 let row_terms = n * terms..(n + 1) * terms;
@@ -762,7 +765,7 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
                 if let Some(&r) = next.get(n) {
                     crate::simd::prefetch_l2(&x[r as usize * d_in..][ahead.clone()]);
                 }
-                if block == d_out {
+                if fetch_paths {
                     // Whole rows: fetch the weight rows on the path two rows ahead that the path one
                     // row ahead does not share (rows go in leaf order, so only a path's lower end
                     // changes), which at small row counts come from L3 or memory.
