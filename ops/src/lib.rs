@@ -11,6 +11,7 @@ pub mod fff_bf16;
 pub mod fff_tree;
 pub mod matmul;
 pub mod norm;
+pub mod panels;
 pub mod simd;
 pub mod softmax;
 pub mod threads;

@@ -83,6 +83,7 @@ pub fn takes_buffers(op: &Op) -> bool {
     matches!(
         op,
         Op::Linear
+            | Op::PackedLinear { .. }
             | Op::FastFeedForward { .. }
             | Op::Attention { .. }
             | Op::LayerNorm { .. }

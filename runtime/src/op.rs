@@ -222,6 +222,10 @@ pub enum Op {
     /// residual R added with broadcasting exactly as `Add(X W + B, R)` would. When R has the result's
     /// shape, the product is accumulated onto it in one pass.
     Linear,
+    /// `X [..., k], W [ceil(n / 64), k, 64], B? [n], R? -> Y`: [`Op::Linear`] with its `[k, n]` weights
+    /// stored as column panels (`fff_ops::panels`: 64 columns each, row-major, the last zero-padded),
+    /// which the GEMM reads in place. Written by the compiler's `pack-weights` lowering.
+    PackedLinear { n: usize },
     /// Q, K, V, Mask? -> Y [b, sq, h, dv] = softmax(scale * Q K' + Mask) V per batch and head, where
     /// the operands read as `[b, h, s, d]` are `Transpose(Q, q_perm)`, `Transpose(K, k_perm)` and
     /// `Transpose(V, v_perm)` (batch and head axes broadcast) and Mask broadcasts to `[b, h, sq, sk]`;

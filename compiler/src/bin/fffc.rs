@@ -68,6 +68,7 @@ enum WeightsArg {
 fn pass_name(s: &str) -> Result<String, String> {
     let names: Vec<&str> = fff_compiler::passes::PIPELINE
         .iter()
+        .chain(fff_compiler::passes::LOWERING)
         .map(|(n, _)| *n)
         .collect();
     if names.contains(&s) {

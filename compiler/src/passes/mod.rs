@@ -11,6 +11,7 @@ pub mod gelu;
 pub mod identity_elimination;
 pub mod layer_norm;
 pub mod linear;
+pub mod pack_weights;
 pub mod pattern;
 pub mod residual;
 pub mod shape_inference;
@@ -37,11 +38,31 @@ pub const PIPELINE: &[Pass] = &[
     ("residual", residual::run),
 ];
 
+/// Passes run once, in order, after the pipeline has settled: they change how the graph's ops run
+/// (the layout of their weights), not what they compute, and no pipeline pass matches their output.
+pub const LOWERING: &[Pass] = &[("pack-weights", pack_weights::run)];
+
 /// Rounds after which a pipeline that still changes the graph is reported as a bug.
 const MAX_ROUNDS: usize = 32;
 
-/// Runs the pipeline to a fixed point, stopping after the pass named `stop_after` if given.
+/// Runs the pipeline to a fixed point, then the lowering, stopping after the pass named `stop_after`
+/// if given.
 pub fn optimise(g: &mut Graph, stop_after: Option<&str>) -> Result<()> {
+    settle(g, stop_after)?;
+    if stop_after.is_some_and(|s| PIPELINE.iter().any(|(name, _)| *name == s)) {
+        return Ok(());
+    }
+    for (name, pass) in LOWERING {
+        pass(g)?;
+        if stop_after == Some(*name) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The pipeline to a fixed point (or up to `stop_after`, one of its passes).
+fn settle(g: &mut Graph, stop_after: Option<&str>) -> Result<()> {
     for _ in 0..MAX_ROUNDS {
         let mut changed = false;
         for (name, pass) in PIPELINE {

@@ -412,10 +412,13 @@ pub fn infer(op: &Op, ins: Facts, n_outputs: usize) -> Result<Vec<Fact>, String>
                 Some(vec![m.unwrap_or(Dim::Unknown), n.unwrap_or(Dim::Unknown)]),
             )]
         }
-        Op::Linear => {
-            let n = shape_of(ins, 1)
-                .and_then(|s| s.get(1).cloned())
-                .unwrap_or(Dim::Unknown);
+        Op::Linear | Op::PackedLinear { .. } => {
+            let n = match op {
+                Op::PackedLinear { n } => Dim::Known(*n as i64),
+                _ => shape_of(ins, 1)
+                    .and_then(|s| s.get(1).cloned())
+                    .unwrap_or(Dim::Unknown),
+            };
             let product = s0.map(|mut s| {
                 if let Some(last) = s.last_mut() {
                     *last = n;

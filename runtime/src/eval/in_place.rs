@@ -31,7 +31,7 @@ pub fn candidates(op: &Op) -> &'static [usize] {
         Op::Softmax { .. } | Op::LogSoftmax { .. } => &[0],
         Op::LayerNorm { .. } => &[0],
         // The residual: the product is accumulated onto it.
-        Op::Linear => &[3],
+        Op::Linear | Op::PackedLinear { .. } => &[3],
         _ => &[],
     }
 }
@@ -69,10 +69,11 @@ pub fn eval(
             super::nn::layer_norm_in_place(&mut a, scale, bias, *axis, *epsilon)?;
             Ok(InPlace::Done(Tensor::F32(a)))
         }
-        Op::Linear if index == 3 => {
+        Op::Linear | Op::PackedLinear { .. } if index == 3 => {
             let (Some(Some(x)), Some(Some(w))) = (inputs.first(), inputs.get(1)) else {
                 return Ok(InPlace::Declined(Tensor::F32(a)));
             };
+            let w = super::nn::LinearWeights::of(op, w);
             let bias = inputs.get(2).and_then(|b| b.as_ref());
             Ok(if super::nn::linear_into_residual(x, w, bias, &mut a)? {
                 InPlace::Done(Tensor::F32(a))

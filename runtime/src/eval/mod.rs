@@ -174,9 +174,9 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
             *axis,
             *epsilon,
         )),
-        Op::Linear => one(nn::linear(
+        Op::Linear | Op::PackedLinear { .. } => one(nn::linear(
             input(inputs, 0)?,
-            input(inputs, 1)?,
+            nn::LinearWeights::of(op, input(inputs, 1)?),
             optional(inputs, 2),
             optional(inputs, 3),
         )),

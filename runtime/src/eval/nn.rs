@@ -6,12 +6,13 @@ use fff_ops::attention::{AttentionShape, Mask, Strided};
 use fff_ops::fff::{fff_forward, Branch, FffLayer, FffShape, FffWeights};
 use fff_ops::fff_bf16::{bf16_bits, fff_forward_bf16, FffLayerBf16, FffWeightsBf16};
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
+use fff_ops::panels::{gemm_panels, panel_count, Panels, PANEL_COLS};
 use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
 
 use super::{broadcast_shapes, elementwise, norm_axis};
 use crate::buffers;
 use crate::error::{Error, Result};
-use crate::op::{BinaryOp, FffActivation, FffBranch};
+use crate::op::{BinaryOp, FffActivation, FffBranch, Op};
 use crate::tensor::{from_vec, Tensor, TensorView};
 
 /// The view in row-major order: borrowed as it is when it already is (weights, fresh outputs), copied
@@ -143,10 +144,48 @@ pub fn gemm(
     Ok(Tensor::F32(from_vec(IxDyn(&[m, n]), out)))
 }
 
+/// The weights of a [`crate::op::Op::Linear`] (`[k, n]`) or [`crate::op::Op::PackedLinear`] (column
+/// panels).
+#[derive(Clone, Copy)]
+pub enum LinearWeights<'v, 'a> {
+    Rows(&'v TensorView<'a>),
+    Panels { w: &'v TensorView<'a>, n: usize },
+}
+
+impl<'v, 'a> LinearWeights<'v, 'a> {
+    /// The weights input `w` of `op`, a Linear or PackedLinear.
+    pub fn of(op: &Op, w: &'v TensorView<'a>) -> Self {
+        match op {
+            Op::PackedLinear { n } => LinearWeights::Panels { w, n: *n },
+            _ => LinearWeights::Rows(w),
+        }
+    }
+
+    /// `(k, n)`, when the weights have a shape these ops accept.
+    fn dims(&self) -> Option<(usize, usize)> {
+        match *self {
+            LinearWeights::Rows(w) => match w.shape() {
+                &[k, n] => Some((k, n)),
+                _ => None,
+            },
+            LinearWeights::Panels { w, n } => match w.shape() {
+                &[p, k, PANEL_COLS] if p == panel_count(n) => Some((k, n)),
+                _ => None,
+            },
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            LinearWeights::Rows(w) | LinearWeights::Panels { w, .. } => w.shape(),
+        }
+    }
+}
+
 /// `X W + B + R`; see [`crate::op::Op::Linear`].
 pub fn linear(
     x: &TensorView,
-    w: &TensorView,
+    w: LinearWeights,
     bias: Option<&TensorView>,
     residual: Option<&TensorView>,
 ) -> Result<Tensor> {
@@ -175,7 +214,7 @@ pub fn linear(
 /// untouched, unless the residual has the product's shape.
 pub fn linear_into_residual(
     x: &TensorView,
-    w: &TensorView,
+    w: LinearWeights,
     bias: Option<&TensorView>,
     residual: &mut ArrayD<f32>,
 ) -> Result<bool> {
@@ -189,18 +228,26 @@ pub fn linear_into_residual(
 }
 
 /// The output shape of `X [..., k] W [k, n]`.
-fn linear_shape(x: &TensorView, w: &TensorView) -> Result<Vec<usize>> {
-    match (x.shape().last(), w.shape()) {
-        (Some(&k), &[wk, n]) if wk == k => {
+fn linear_shape(x: &TensorView, w: LinearWeights) -> Result<Vec<usize>> {
+    match (x.shape().last(), w.dims()) {
+        (Some(&k), Some((wk, n))) if wk == k => {
             let mut shape = x.shape().to_vec();
             *shape.last_mut().expect("rank checked") = n;
             Ok(shape)
         }
-        _ => Err(Error::invalid(format!(
-            "Linear of {:?} and {:?}: wants X [..., k] and W [k, n]",
-            x.shape(),
-            w.shape()
-        ))),
+        _ => Err(Error::invalid(match w {
+            LinearWeights::Rows(_) => format!(
+                "Linear of {:?} and {:?}: wants X [..., k] and W [k, n]",
+                x.shape(),
+                w.shape()
+            ),
+            LinearWeights::Panels { n, .. } => format!(
+                "PackedLinear of {:?} and {:?}: wants X [..., k] and W [{}, k, {PANEL_COLS}] for {n} outputs",
+                x.shape(),
+                w.shape(),
+                panel_count(n)
+            ),
+        })),
     }
 }
 
@@ -208,13 +255,13 @@ fn linear_shape(x: &TensorView, w: &TensorView) -> Result<Vec<usize>> {
 /// first, so that the GEMM writes the sum in one pass.
 fn linear_accumulate(
     x: &TensorView,
-    w: &TensorView,
+    w: LinearWeights,
     bias: Option<&TensorView>,
     accumulate: bool,
     out: &mut [f32],
 ) -> Result<()> {
-    let (x, w) = (contiguous(x.f32()?), contiguous(w.f32()?));
-    let (k, n) = (w.shape()[0], w.shape()[1]);
+    let (k, n) = w.dims().expect("checked by linear_shape");
+    let x = contiguous(x.f32()?);
     let rows = x.len() / k.max(1);
     if let Some(b) = bias {
         let b = contiguous(b.f32()?);
@@ -238,18 +285,29 @@ fn linear_accumulate(
     } else {
         0.0
     };
-    if k == 0 {
-        if beta == 0.0 {
-            out.fill(0.0);
+    let x = x.as_slice().expect("contiguous");
+    match w {
+        _ if k == 0 => {
+            if beta == 0.0 {
+                out.fill(0.0);
+            }
         }
-    } else {
-        gemm_kernel(
-            MatRef::row_major(x.as_slice().expect("contiguous"), rows, k),
-            MatRef::row_major(w.as_slice().expect("contiguous"), k, n),
-            out,
-            1.0,
-            beta,
-        );
+        LinearWeights::Rows(w) => {
+            let w = contiguous(w.f32()?);
+            gemm_kernel(
+                MatRef::row_major(x, rows, k),
+                MatRef::row_major(w.as_slice().expect("contiguous"), k, n),
+                out,
+                1.0,
+                beta,
+            );
+        }
+        LinearWeights::Panels { w, .. } => {
+            let w = contiguous(w.f32()?);
+            let panels = Panels::new(w.as_slice().expect("contiguous"), k, n)
+                .expect("shape checked by linear_shape");
+            gemm_panels(x, rows, panels, out, beta);
+        }
     }
     Ok(())
 }
