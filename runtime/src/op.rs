@@ -237,7 +237,9 @@ pub enum Op {
         k_perm: [usize; 4],
         v_perm: [usize; 4],
     },
-    /// X, W_in, B_in?, W_out, B_out? -> Y; see docs/FFF.md
+    /// X, W_in, B_in?, W_out, B_out? -> Y; see docs/FFF.md. At depth 0 the compiler may store the
+    /// weights as column panels (`fff_ops::panels`): W_in `[trees / 64, d_in, 64]` (the panels of
+    /// W_in's transpose) and W_out `[d_out / 64, trees, 64]`, told apart from `[nodes, d]` by rank.
     FastFeedForward {
         depth: usize,
         trees: usize,

@@ -176,8 +176,14 @@ fn inspect(path: &Path, as_json: bool) -> Result<()> {
                     "name": n.name,
                     "trees": trees,
                     "depth": depth,
+                    // W_in is [nodes, d_in], or at depth 0 possibly panels [nodes / 64, d_in, 64].
                     "d_in": w_in.as_ref().and_then(|s| s.get(1)),
-                    "d_out": w_out.as_ref().and_then(|s| s.get(1)),
+                    // W_out at depth 0 may be panels [d_out / 64, nodes, 64].
+                    "d_out": w_out.as_ref().and_then(|s| match s.as_slice() {
+                        [_, d] => Some(*d),
+                        [p, _, c] => Some(p * c),
+                        _ => None,
+                    }),
                     "activation": format!("{activation:?}"),
                     "branch": format!("{branch:?}"),
                 }))

@@ -9,9 +9,18 @@
 //!
 //! is `PackedLinear { n }(X, Wp, B?, R?)`, where `Wp [ceil(n / 64), k, 64]` holds W's columns in panels
 //! of 64 (`fff_ops::panels`, the last zero-padded), the layout in which the GEMM reads weights in
-//! place. The result is the same tensor, up to the order in which the GEMM sums. A W read by several
-//! Linear nodes is packed once. Narrower weights stay as they are: padding them to a whole panel
-//! would cost more bytes than packing saves.
+//! place; and every dense feedforward
+//!
+//! ```text
+//! FastFeedForward { depth: 0, trees }(X, W_in, B_in?, W_out, B_out?)
+//!   W_in: float32 constant [trees, d_in], W_out: float32 constant [trees, d_out]
+//!   trees and d_out multiples of 64
+//! ```
+//!
+//! reads W_in as the panels of its transpose, `[trees / 64, d_in, 64]`, and W_out as its panels,
+//! `[d_out / 64, trees, 64]` (no padding, so the shapes say the sizes). Results are the same tensors,
+//! up to the order in which the GEMM sums. A weight read by several nodes is packed once. Narrower
+//! weights stay as they are: padding them to a whole panel would cost more bytes than packing saves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,45 +33,57 @@ use ndarray::{ArrayD, IxDyn};
 use crate::error::Result;
 use crate::ir::{Graph, OutletId};
 
+/// Which way a constant is packed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum As {
+    /// `[k, n]` as its panels.
+    Panels,
+    /// `[n, k]` as the panels of its transpose.
+    TransposedPanels,
+}
+
 pub fn run(g: &mut Graph) -> Result<bool> {
-    let mut packed: HashMap<OutletId, (OutletId, usize)> = HashMap::new();
+    let mut packed: HashMap<(OutletId, As), OutletId> = HashMap::new();
     let mut changed = false;
     for node in g.topo_order() {
-        if g.op(node) != Some(&Op::Linear) {
-            continue;
-        }
         let mut inputs = g.inputs_of(node);
-        let Some(w) = inputs[1] else {
-            continue;
-        };
-        let (wp, n) = match packed.get(&w) {
-            Some(&done) => done,
-            None => {
-                let Some(Tensor::F32(wt)) = g.const_value(w).map(Arc::as_ref) else {
-                    continue;
-                };
-                let &[k, n] = wt.shape() else {
+        let op = match g.op(node) {
+            Some(Op::Linear) => {
+                let Some((k, n)) = inputs[1].and_then(|w| f32_matrix(g, w)) else {
                     continue;
                 };
                 if !worth_packing(n) {
                     continue;
                 }
-                let data = pack_panels(
-                    &wt.as_standard_layout().iter().copied().collect::<Vec<_>>(),
-                    k,
-                    n,
-                );
-                let shape = IxDyn(&[panel_count(n), k, PANEL_COLS]);
-                let t = Tensor::F32(ArrayD::from_shape_vec(shape, data).expect("panel length"));
-                let name = format!("{}/packed", g.node(w.node).name);
-                let wp = g.add_const(&name, t);
-                packed.insert(w, (wp, n));
-                (wp, n)
+                inputs[1] = Some(pack(g, &mut packed, inputs[1], As::Panels, (k, n)));
+                Op::PackedLinear { n }
             }
+            Some(op @ Op::FastFeedForward { depth: 0, .. }) => {
+                let op = op.clone();
+                let (Some((trees, d_in)), Some((trees_out, d_out))) = (
+                    inputs[1].and_then(|w| f32_matrix(g, w)),
+                    inputs[3].and_then(|w| f32_matrix(g, w)),
+                ) else {
+                    continue;
+                };
+                if trees != trees_out || trees % PANEL_COLS != 0 || d_out % PANEL_COLS != 0 {
+                    continue;
+                }
+                let (w_in, w_out) = (inputs[1], inputs[3]);
+                inputs[1] = Some(pack(
+                    g,
+                    &mut packed,
+                    w_in,
+                    As::TransposedPanels,
+                    (trees, d_in),
+                ));
+                inputs[3] = Some(pack(g, &mut packed, w_out, As::Panels, (trees, d_out)));
+                op
+            }
+            _ => continue,
         };
-        inputs[1] = Some(wp);
         let name = g.node(node).name.clone();
-        let new = g.add_op(&name, Op::PackedLinear { n }, &inputs, 1);
+        let new = g.add_op(&name, op, &inputs, 1);
         let out = OutletId::new(node, 0);
         g.g[new].outputs[0] = g.fact(out).clone();
         g.replace_uses(out, OutletId::new(new, 0));
@@ -72,6 +93,49 @@ pub fn run(g: &mut Graph) -> Result<bool> {
         crate::passes::dead_code::run(g)?;
     }
     Ok(changed)
+}
+
+/// The shape of `w` if it is a float32 constant matrix.
+fn f32_matrix(g: &Graph, w: OutletId) -> Option<(usize, usize)> {
+    match g.const_value(w).map(Arc::as_ref) {
+        Some(Tensor::F32(t)) => match *t.shape() {
+            [r, c] => Some((r, c)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The packed constant for matrix `w` (`rows x cols`, a float32 constant), made on first use.
+fn pack(
+    g: &mut Graph,
+    done: &mut HashMap<(OutletId, As), OutletId>,
+    w: Option<OutletId>,
+    how: As,
+    (rows, cols): (usize, usize),
+) -> OutletId {
+    let w = w.expect("checked by the caller");
+    if let Some(&p) = done.get(&(w, how)) {
+        return p;
+    }
+    let Some(Tensor::F32(t)) = g.const_value(w).map(Arc::as_ref) else {
+        unreachable!("checked by the caller")
+    };
+    let values: Vec<f32> = match how {
+        As::Panels => t.iter().copied().collect(),
+        As::TransposedPanels => t.t().iter().copied().collect(),
+    };
+    let (k, n) = match how {
+        As::Panels => (rows, cols),
+        As::TransposedPanels => (cols, rows),
+    };
+    let data = pack_panels(&values, k, n);
+    let shape = IxDyn(&[panel_count(n), k, PANEL_COLS]);
+    let packed = Tensor::F32(ArrayD::from_shape_vec(shape, data).expect("panel length"));
+    let name = format!("{}/panels", g.node(w.node).name);
+    let p = g.add_const(&name, packed);
+    done.insert((w, how), p);
+    p
 }
 
 /// At least one whole panel, and padding of at most 1/8 of the columns.

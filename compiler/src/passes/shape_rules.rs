@@ -460,9 +460,12 @@ pub fn infer(op: &Op, ins: Facts, n_outputs: usize) -> Result<Vec<Fact>, String>
             vec![fact(dt0, shape)]
         }
         Op::FastFeedForward { .. } => {
-            let d_out = shape_of(ins, 3)
-                .and_then(|s| s.get(1).cloned())
-                .unwrap_or(Dim::Unknown);
+            // W_out is [nodes, d_out], or at depth 0 possibly panels [d_out / 64, nodes, 64].
+            let d_out = match shape_of(ins, 3).as_deref() {
+                Some([_, d]) => d.clone(),
+                Some([Dim::Known(p), _, Dim::Known(c)]) => Dim::Known(p * c),
+                _ => Dim::Unknown,
+            };
             let shape = s0.map(|mut s| {
                 if let Some(last) = s.last_mut() {
                     *last = d_out;

@@ -3,7 +3,7 @@
 
 use fff_ops::activation::Activation;
 use fff_ops::attention::{AttentionShape, Mask, Strided};
-use fff_ops::fff::{fff_forward, Branch, FffLayer, FffShape, FffWeights};
+use fff_ops::fff::{fff_dense_panels, fff_forward, Branch, FffLayer, FffShape, FffWeights};
 use fff_ops::fff_bf16::{bf16_bits, fff_forward_bf16, FffLayerBf16, FffWeightsBf16};
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
 use fff_ops::panels::{gemm_panels, panel_count, Panels, PANEL_COLS};
@@ -522,13 +522,23 @@ pub fn fast_feed_forward(
     branch: FffBranch,
 ) -> Result<Tensor> {
     let x = x.f32()?;
-    if x.ndim() == 0 || w_in.rank() != 2 || w_out.rank() != 2 || depth >= 40 {
+    // Rank 3: the column panels the compiler packs depth 0's weights into (see Op::FastFeedForward).
+    let panels = w_in.rank() == 3 && w_out.rank() == 3;
+    if x.ndim() == 0
+        || !(panels || (w_in.rank() == 2 && w_out.rank() == 2))
+        || (panels && depth != 0)
+        || depth >= 40
+    {
         return Err(Error::invalid(
-            "FastFeedForward needs X [..., d_in], W_in and W_out 2-D, depth < 40",
+            "FastFeedForward needs X [..., d_in], W_in and W_out 2-D (or as panels at depth 0), depth < 40",
         ));
     }
     let d_in = x.shape()[x.ndim() - 1];
-    let d_out = w_out.shape()[1];
+    let d_out = match *w_out.shape() {
+        [p, _, c] if panels => p * c,
+        [_, d] => d,
+        _ => unreachable!("ranks checked above"),
+    };
     let shape = FffShape {
         d_in,
         d_out,
@@ -536,9 +546,18 @@ pub fn fast_feed_forward(
         trees,
     };
     let total = shape.total_nodes();
-    if w_in.shape() != [total, d_in] || w_out.shape()[0] != total {
+    let (want_in, want_out) = if panels {
+        let c = PANEL_COLS;
+        (vec![total / c, d_in, c], vec![d_out / c, total, c])
+    } else {
+        (vec![total, d_in], vec![total, d_out])
+    };
+    if (panels && total % PANEL_COLS != 0)
+        || w_in.shape() != want_in.as_slice()
+        || w_out.shape() != want_out.as_slice()
+    {
         return Err(Error::invalid(format!(
-            "FastFeedForward with {trees} trees of depth {depth} wants W_in [{total}, {d_in}] and W_out [{total}, _], got {:?} and {:?}",
+            "FastFeedForward with {trees} trees of depth {depth} wants W_in {want_in:?} and W_out {want_out:?}, got {:?} and {:?}",
             w_in.shape(),
             w_out.shape()
         )));
@@ -590,7 +609,16 @@ pub fn fast_feed_forward(
                 branch: br,
                 w,
             };
-            fff_forward(&layer, x, rows, out_rows);
+            if panels {
+                fff_dense_panels(&layer, x, rows, out_rows);
+            } else {
+                fff_forward(&layer, x, rows, out_rows);
+            }
+        }
+        (TensorView::BF16(_), TensorView::BF16(_)) if panels => {
+            return Err(Error::invalid(
+                "FastFeedForward weights as panels are float32 only",
+            ))
         }
         (TensorView::BF16(w_in), TensorView::BF16(w_out)) => {
             let (wi, wo) = (w_in.as_standard_layout(), w_out.as_standard_layout());
