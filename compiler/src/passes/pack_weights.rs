@@ -66,7 +66,10 @@ pub fn run(g: &mut Graph) -> Result<bool> {
                 ) else {
                     continue;
                 };
-                if trees != trees_out || trees % PANEL_COLS != 0 || d_out % PANEL_COLS != 0 {
+                if trees != trees_out
+                    || !trees.is_multiple_of(PANEL_COLS)
+                    || !d_out.is_multiple_of(PANEL_COLS)
+                {
                     continue;
                 }
                 let (w_in, w_out) = (inputs[1], inputs[3]);

@@ -552,7 +552,7 @@ pub fn fast_feed_forward(
     } else {
         (vec![total, d_in], vec![total, d_out])
     };
-    if (panels && total % PANEL_COLS != 0)
+    if (panels && !total.is_multiple_of(PANEL_COLS))
         || w_in.shape() != want_in.as_slice()
         || w_out.shape() != want_out.as_slice()
     {
