@@ -1,4 +1,4 @@
-//! Bias fusion.
+//! Projections by constant weights as `Linear`, with their bias fused.
 //!
 //! Guarantees: every
 //!
@@ -10,7 +10,19 @@
 //! ```
 //!
 //! is one `Linear(X, W, B)` node, so the bias is written with the product instead of in a second pass
-//! over the output. The result is the same tensor: the shapes of `X W` and `X W + B` are equal.
+//! over the output; every
+//!
+//! ```text
+//! Gemm { alpha: 1, beta, trans_a: false, trans_b }(X, W, C?)
+//!   X: of rank 2
+//!   W: float constant [k, n] ([n, k] with trans_b)
+//!   C: absent, or a float constant [n] or [1, n]
+//! ```
+//!
+//! (as older exporters write `nn.Linear`) is `Linear(X, W', beta * C)` with W' the constant `[k, n]`;
+//! and every remaining `MatMul(X, W)` with W a float constant `[k, n]` is `Linear(X, W)`. Each result
+//! is the same tensor, so that later passes (residual fusion, weight packing) see one form of
+//! projection.
 
 use fff_runtime::op::{BinaryOp, Op};
 use fff_runtime::{DType, Tensor};
@@ -18,6 +30,8 @@ use fff_runtime::{DType, Tensor};
 use super::pattern::binary_operands;
 use crate::error::Result;
 use crate::ir::{Graph, OutletId};
+use ndarray::{ArrayD, IxDyn};
+use petgraph::stable_graph::NodeIndex;
 
 pub fn run(g: &mut Graph) -> Result<bool> {
     let mut changed = false;
@@ -34,7 +48,70 @@ pub fn run(g: &mut Graph) -> Result<bool> {
         g.replace_uses(OutletId::new(add, 0), OutletId::new(node, 0));
         changed = true;
     }
+    for node in g.topo_order() {
+        // A node no longer read (a MatMul just fused above) is left to dead-code elimination.
+        let out = OutletId::new(node, 0);
+        if g.consumers(out).is_empty() && !g.is_output(out) {
+            continue;
+        }
+        let Some(inputs) = bare_projection(g, node) else {
+            continue;
+        };
+        let name = format!("{}/linear", g.node(node).name);
+        let linear = g.add_op(&name, Op::Linear, &inputs, 1);
+        g.g[linear].outputs[0] = g.fact(out).clone();
+        g.replace_uses(out, OutletId::new(linear, 0));
+        changed = true;
+    }
     Ok(changed)
+}
+
+/// The inputs of the `Linear` that `node` is, when it is a `Gemm` or `MatMul` of the forms above.
+fn bare_projection(g: &mut Graph, node: NodeIndex) -> Option<Vec<Option<OutletId>>> {
+    let ins = g.inputs_of(node);
+    let (x, w) = (ins.first().copied().flatten()?, ins.get(1).copied().flatten()?);
+    let wt = g.const_value(w)?.clone();
+    if wt.dtype() != DType::F32 || wt.shape().len() != 2 || g.const_value(x).is_some() {
+        return None;
+    }
+    match g.op(node)?.clone() {
+        Op::MatMul => Some(vec![Some(x), Some(w)]),
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a: false,
+            trans_b,
+        } if alpha == 1.0 && g.fact(x).rank() == Some(2) => {
+            let n = wt.shape()[usize::from(!trans_b)];
+            let bias = match ins.get(2).copied().flatten() {
+                None => None,
+                Some(c) => {
+                    let ct = g.const_value(c)?.clone();
+                    let cv = ct.view();
+                    let cv = cv.f32().ok()?;
+                    if !matches!(cv.shape(), [m] | [1, m] if *m == n) {
+                        return None;
+                    }
+                    let scaled: Vec<f32> = cv.iter().map(|&v| beta * v).collect();
+                    let t = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[n]), scaled).ok()?);
+                    let name = format!("{}/bias", g.node(node).name);
+                    Some(g.add_const(&name, t))
+                }
+            };
+            let w = if trans_b {
+                let Tensor::F32(a) = wt.as_ref() else {
+                    return None;
+                };
+                let t = Tensor::F32(a.t().as_standard_layout().into_owned());
+                let name = format!("{}/transposed", g.node(w.node).name);
+                g.add_const(&name, t)
+            } else {
+                w
+            };
+            Some(vec![Some(x), Some(w), bias])
+        }
+        _ => None,
+    }
 }
 
 /// `(X, W, bias as [n])` when `product` is a MatMul of X by a constant W [k, n] read only here and
