@@ -1,7 +1,8 @@
 //! Weights packed into column panels at compile time (`pack-weights`): projections whose width is not a
 //! multiple of the panel (the last panel padded) and dense feedforward layers whose sizes are, at row
 //! counts below and above the GEMM's row block, agree with tract on the original graph; layers that do
-//! not qualify keep their weights as they are and still agree.
+//! not qualify keep their weights as they are and still agree. Projections written as `Gemm` or as a
+//! `MatMul` without bias are packed too.
 
 mod common;
 
@@ -30,7 +31,10 @@ fn packing_of(g: &Graph) -> (Vec<usize>, Vec<usize>) {
 }
 
 fn agrees_with_tract(name: &str, config: &EncoderConfig, want: (Vec<usize>, Vec<usize>)) {
-    let bytes = encoder_model(config);
+    model_agrees_with_tract(name, encoder_model(config), want);
+}
+
+fn model_agrees_with_tract(name: &str, bytes: Vec<u8>, want: (Vec<usize>, Vec<usize>)) {
     let g = fff_compiler::compile_bytes(&bytes).unwrap();
     assert_eq!(packing_of(&g), want, "{name}");
     let dir = std::env::temp_dir().join(format!("fff-packed-{name}-{}", std::process::id()));
@@ -82,4 +86,30 @@ fn dense_feedforward_in_panels_agrees_with_tract() {
     };
     // The dense layer's weights become panels (rank 3); the FFF layer's stay node-major.
     agrees_with_tract("hidden-192", &config, (vec![3, 2], vec![192; 8]));
+}
+
+/// `Tanh(Gemm(X, W, C))` with W transposed and beta 0.5 on a bias `[1, n]` (a pooler as older
+/// exporters write it), and `X + MatMul(X, V)` without bias: both become packed projections.
+#[test]
+fn gemm_and_bias_free_projections_agree_with_tract() {
+    use fff_models::onnx::{Attr, Elem, OnnxBuilder, D};
+    use fff_models::rng::Rng;
+    let (d, n) = (128i64, 500i64);
+    let mut rng = Rng::new(13);
+    let mut b = OnnxBuilder::new(13);
+    let x = b.input("x", Elem::Float, &[D::S("batch"), D::N(d)]);
+    let v = b.weight("v", &[d, d], rng.vec((d * d) as usize, 0.2));
+    let p = b.node("MatMul", &[&x, &v], vec![]);
+    let r = b.node("Add", &[&x, &p], vec![]);
+    let w = b.weight("w", &[n, d], rng.vec((n * d) as usize, 0.2));
+    let c = b.weight("c", &[1, n], rng.vec(n as usize, 0.5));
+    let y = b.node(
+        "Gemm",
+        &[&r, &w, &c],
+        vec![("transB", Attr::Int(1)), ("beta", Attr::Float(0.5))],
+    );
+    let y = b.node("Tanh", &[&y], vec![]);
+    b.rename(&y, "y");
+    b.output("y", Elem::Float, &[D::S("batch"), D::N(n)]);
+    model_agrees_with_tract("gemm-pooler", b.to_bytes(), (vec![], vec![128, 500]));
 }

@@ -69,7 +69,10 @@ pub fn run(g: &mut Graph) -> Result<bool> {
 /// The inputs of the `Linear` that `node` is, when it is a `Gemm` or `MatMul` of the forms above.
 fn bare_projection(g: &mut Graph, node: NodeIndex) -> Option<Vec<Option<OutletId>>> {
     let ins = g.inputs_of(node);
-    let (x, w) = (ins.first().copied().flatten()?, ins.get(1).copied().flatten()?);
+    let (x, w) = (
+        ins.first().copied().flatten()?,
+        ins.get(1).copied().flatten()?,
+    );
     let wt = g.const_value(w)?.clone();
     if wt.dtype() != DType::F32 || wt.shape().len() != 2 || g.const_value(x).is_some() {
         return None;
