@@ -1,9 +1,14 @@
-//! GEMM throughput on the shapes of a BERT-base encoder at sequence 128 (and 1024 rows), on 1 and 2
-//! threads, in GFLOP/s. `cargo bench -p fff-ops --bench gemm [-- MxKxN,..]`.
+//! GEMM on the shapes of a BERT-base encoder at sequence 128 (and 1, 16 and 1024 rows), on 1 and 2
+//! threads: `X [m, k] . W [k, n]` with W row-major (the `gemm` crate packs it on every call) against W
+//! packed into panels at compile time (`fff_ops::panels`, read in place), in the same run, variants
+//! alternating. "warm" multiplies by one W, which then stays in cache; "cold" by one of as many
+//! copies as fill 160 MiB, in turn, so that W comes from memory as a model's weights do.
+//! `cargo bench -p fff-ops --bench gemm [-- MxKxN,..]`.
 
 use std::time::Instant;
 
 use fff_ops::matmul::{gemm, MatRef};
+use fff_ops::panels::{gemm_panels, pack_panels, Panels};
 
 fn main() {
     let shapes: Vec<(usize, usize, usize)> =
@@ -19,45 +24,62 @@ fn main() {
                 (128, 768, 768),
                 (128, 768, 3072),
                 (128, 3072, 768),
+                (1, 768, 768),
+                (16, 768, 768),
                 (1024, 768, 3072),
-                (128, 64, 128),
-                (128, 128, 64),
             ],
         };
-    println!("| m x k x n | threads | ms | GFLOP/s |");
-    println!("| --- | --- | --- | --- |");
+    println!("| m x k x n | threads | weights | row-major ms | GFLOP/s | panels ms | GFLOP/s | panels speed-up |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for &(m, k, n) in &shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+        let copies = ((160 << 20) / (k * n * 4)).max(2);
+        let rows: Vec<Vec<f32>> = (0..copies)
+            .map(|c| (0..k * n).map(|i| ((i + c) % 7) as f32 * 0.1).collect())
+            .collect();
+        let panels: Vec<Vec<f32>> = rows.iter().map(|w| pack_panels(w, k, n)).collect();
         let mut out = vec![0.0f32; m * n];
+        let flops = 2.0 * (m * n * k) as f64;
         for threads in [1, 2] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .expect("pool");
-            let flops = 2.0 * (m * n * k) as f64;
-            let runs = ((2e10 / flops) as usize).clamp(5, 2000);
-            let mut times = Vec::with_capacity(runs);
-            pool.install(|| {
-                for _ in 0..runs + 2 {
-                    let t = Instant::now();
-                    gemm(
-                        MatRef::row_major(&a, m, k),
-                        MatRef::row_major(&b, k, n),
-                        &mut out,
-                        1.0,
-                        0.0,
-                    );
-                    times.push(t.elapsed().as_secs_f64());
-                }
-            });
-            times.sort_by(f64::total_cmp);
-            let med = times[times.len() / 2];
-            println!(
-                "| {m}x{k}x{n} | {threads} | {:.3} | {:.1} |",
-                med * 1e3,
-                flops / med / 1e9
-            );
+            for cold in [false, true] {
+                let runs = ((1e10 / flops) as usize).clamp(2 * copies.min(50), 2000);
+                let mut times = [Vec::with_capacity(runs), Vec::with_capacity(runs)];
+                pool.install(|| {
+                    for r in 0..runs + 2 {
+                        let c = if cold { r % copies } else { 0 };
+                        let t = Instant::now();
+                        gemm(
+                            MatRef::row_major(&x, m, k),
+                            MatRef::row_major(&rows[c], k, n),
+                            &mut out,
+                            1.0,
+                            0.0,
+                        );
+                        times[0].push(t.elapsed().as_secs_f64());
+                        let w = Panels::new(&panels[c], k, n).expect("packed");
+                        let t = Instant::now();
+                        gemm_panels(&x, m, w, &mut out, 0.0);
+                        times[1].push(t.elapsed().as_secs_f64());
+                    }
+                });
+                let [a, b] = times.map(|mut t| {
+                    t.sort_by(f64::total_cmp);
+                    t[t.len() / 2]
+                });
+                println!(
+                    "| {m}x{k}x{n} | {threads} | {} | {:.3} | {:.1} | {:.3} | {:.1} | {:.2}x |",
+                    if cold { "cold" } else { "warm" },
+                    a * 1e3,
+                    flops / a / 1e9,
+                    b * 1e3,
+                    flops / b / 1e9,
+                    a / b
+                );
+            }
         }
     }
 }

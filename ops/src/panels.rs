@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use crate::simd::on_best_isa;
+
 /// Columns per panel: a multiple of the GEMM crate's micro-kernel height (64 rows of its transposed
 /// problem with AVX-512, 16 with AVX2).
 pub const PANEL_COLS: usize = 64;
@@ -99,6 +101,12 @@ pub fn gemm_panels(x: &[f32], rows: usize, w: Panels, out: &mut [f32], beta: f32
     let task = |t: usize| {
         let (p, s) = (t / splits, t % splits);
         let (panel, width) = w.panel(p);
+        if rows == 1 {
+            // SAFETY: as below, for row 0 of this panel's columns (`width` of them, within `n`).
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(p * PANEL_COLS), width) };
+            return one_row(x, panel, out, beta);
+        }
         let first_row = s * run_rows;
         let end_row = rows.min(first_row + run_rows);
         for r in (first_row..end_row).step_by(ROW_BLOCK) {
@@ -138,6 +146,26 @@ pub fn gemm_panels(x: &[f32], rows: usize, w: Panels, out: &mut [f32], beta: f32
         (0..tasks).into_par_iter().for_each(task);
     } else {
         (0..tasks).for_each(task);
+    }
+}
+
+on_best_isa!(
+    /// `out = x panel + beta * out` for one row `x` (`k` values) and the real columns of one panel:
+    /// the panel's rows stream in order into 64 sums held in registers. One row is a matrix-vector
+    /// product, which the GEMM crate would run as one call per panel at several µs of set-up each.
+    fn one_row(x: &[f32], panel: &[f32], out: &mut [f32], beta: f32) => one_row_generic
+);
+
+#[inline(always)]
+fn one_row_generic(x: &[f32], panel: &[f32], out: &mut [f32], beta: f32) {
+    let mut acc = [0.0f32; PANEL_COLS];
+    for (&v, row) in x.iter().zip(panel.chunks_exact(PANEL_COLS)) {
+        for (a, &w) in acc.iter_mut().zip(row) {
+            *a += v * w;
+        }
+    }
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = if beta == 0.0 { a } else { beta * *o + a };
     }
 }
 
