@@ -296,3 +296,48 @@ fn bfloat16_operands_get_errors_not_panics() {
     let picked = run(Op::Where, &[Some(&cond), Some(&b), Some(&b)], 1).remove(0);
     assert_eq!(picked, b);
 }
+
+/// PackedLinear on weights written out as panels by hand: `[[1, 2], [3, 4]]` as one panel of 64
+/// columns (two real, the rest zero), with bias and residual; then weights that do not match, and
+/// empty weights that ask for an absurd output width: errors, never a panic or an abort.
+#[test]
+fn packed_linear_reads_panels_and_refuses_bad_ones() {
+    let mut panel = vec![0.0f32; 2 * 64];
+    panel[..2].copy_from_slice(&[1.0, 2.0]);
+    panel[64..66].copy_from_slice(&[3.0, 4.0]);
+    let w = f32s(&[1, 2, 64], &panel);
+    let x = f32s(&[1, 2], &[1.0, 1.0]);
+    let b = f32s(&[2], &[0.5, -0.5]);
+    let r = f32s(&[1, 2], &[10.0, 20.0]);
+    let out = run(
+        Op::PackedLinear { n: 2 },
+        &[Some(&x), Some(&w), Some(&b), Some(&r)],
+        1,
+    );
+    assert_eq!(out[0], f32s(&[1, 2], &[14.5, 25.5]));
+    // Too many panels for n, and panels of the wrong width.
+    let err = run_err(Op::PackedLinear { n: 65 }, &[Some(&x), Some(&w)]);
+    assert!(err.contains("PackedLinear"), "{err}");
+    let narrow = f32s(&[1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+    let err = run_err(Op::PackedLinear { n: 2 }, &[Some(&x), Some(&narrow)]);
+    assert!(err.contains("PackedLinear"), "{err}");
+    // No weights at all (k = 0), yet 2^60 outputs asked for.
+    let n = 1usize << 60;
+    let empty_x = f32s(&[1, 0], &[]);
+    let empty_w = Tensor::F32(ArrayD::zeros(IxDyn(&[n / 64, 0, 64])));
+    let err = run_err(Op::PackedLinear { n }, &[Some(&empty_x), Some(&empty_w)]);
+    assert!(err.contains("too large"), "{err}");
+    // The same through a dense FastFeedForward with panel weights.
+    let ff = Op::FastFeedForward {
+        depth: 0,
+        trees: 0,
+        activation: fff_runtime::op::FffActivation::Gelu,
+        branch: fff_runtime::op::FffBranch::Gt,
+    };
+    let w_in = Tensor::F32(ArrayD::zeros(IxDyn(&[0, 0, 64])));
+    let err = run_err(
+        ff,
+        &[Some(&empty_x), Some(&w_in), None, Some(&empty_w), None],
+    );
+    assert!(err.contains("too large"), "{err}");
+}

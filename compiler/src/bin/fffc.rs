@@ -181,7 +181,7 @@ fn inspect(path: &Path, as_json: bool) -> Result<()> {
                     // W_out at depth 0 may be panels [d_out / 64, nodes, 64].
                     "d_out": w_out.as_ref().and_then(|s| match s.as_slice() {
                         [_, d] => Some(*d),
-                        [p, _, c] => Some(p * c),
+                        [p, _, c] => p.checked_mul(*c),
                         _ => None,
                     }),
                     "activation": format!("{activation:?}"),

@@ -463,7 +463,9 @@ pub fn infer(op: &Op, ins: Facts, n_outputs: usize) -> Result<Vec<Fact>, String>
             // W_out is [nodes, d_out], or at depth 0 possibly panels [d_out / 64, nodes, 64].
             let d_out = match shape_of(ins, 3).as_deref() {
                 Some([_, d]) => d.clone(),
-                Some([Dim::Known(p), _, Dim::Known(c)]) => Dim::Known(p * c),
+                Some([Dim::Known(p), _, Dim::Known(c)]) => {
+                    p.checked_mul(*c).map_or(Dim::Unknown, Dim::Known)
+                }
                 _ => Dim::Unknown,
             };
             let shape = s0.map(|mut s| {

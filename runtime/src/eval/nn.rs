@@ -233,6 +233,10 @@ fn linear_shape(x: &TensorView, w: LinearWeights) -> Result<Vec<usize>> {
         (Some(&k), Some((wk, n))) if wk == k => {
             let mut shape = x.shape().to_vec();
             *shape.last_mut().expect("rank checked") = n;
+            if k == 0 {
+                // Empty weights do not bound `n`: the plan may ask for any output width.
+                super::check_alloc(&shape, crate::DType::F32)?;
+            }
             Ok(shape)
         }
         _ => Err(Error::invalid(match w {
@@ -535,7 +539,12 @@ pub fn fast_feed_forward(
     }
     let d_in = x.shape()[x.ndim() - 1];
     let d_out = match *w_out.shape() {
-        [p, _, c] if panels => p * c,
+        [p, _, c] if panels => p.checked_mul(c).ok_or_else(|| {
+            Error::invalid(format!(
+                "FastFeedForward W_out {:?} is too large",
+                w_out.shape()
+            ))
+        })?,
         [_, d] => d,
         _ => unreachable!("ranks checked above"),
     };
@@ -574,6 +583,10 @@ pub fn fast_feed_forward(
     let xc = contiguous(x);
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().expect("rank checked above") = d_out;
+    if total == 0 {
+        // Empty weights do not bound `d_out`: the plan may ask for any output width.
+        super::check_alloc(&out_shape, crate::DType::F32)?;
+    }
     let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
     // Every kernel writes every output element.
     let mut out = buffers::line_aligned_for_overwrite(&out_shape);
