@@ -3,8 +3,8 @@
 //! A `[k, n]` weight matrix is stored as `ceil(n / 64)` panels of `[k, 64]`, each row-major and
 //! contiguous, the last one zero-padded. The GEMM crate then reads each panel in place as a
 //! contiguous stream instead of gathering 64-column strips from rows `4 n` bytes apart into its
-//! packing buffer on every call. With weights that come from memory, as a model's do, that is
-//! 12–19% faster at 128 rows and up to twice as fast at 1–16 rows (PERFORMANCE.md).
+//! packing buffer on every call: 5–20% faster at 128 rows and 1.2–2.7x at 1–16 rows
+//! (`cargo bench -p fff-ops --bench gemm`, docs/PERFORMANCE.md).
 
 use rayon::prelude::*;
 
@@ -53,14 +53,6 @@ impl<'a> Panels<'a> {
         (data.len() == len).then_some(Panels { data, k, n })
     }
 
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
     /// Panel `p` and the number of its columns that are real.
     fn panel(&self, p: usize) -> (&'a [f32], usize) {
         let size = self.k * PANEL_COLS;
@@ -102,7 +94,9 @@ pub fn gemm_panels(x: &[f32], rows: usize, w: Panels, out: &mut [f32], beta: f32
         let (p, s) = (t / splits, t % splits);
         let (panel, width) = w.panel(p);
         if rows == 1 {
-            // SAFETY: as below, for row 0 of this panel's columns (`width` of them, within `n`).
+            // SAFETY: with one row `out` holds `n` values; this task alone writes its panel's
+            // columns `p * PANEL_COLS..p * PANEL_COLS + width`, which lie within `n`, while `out`
+            // stays borrowed mutably for the whole call.
             let out =
                 unsafe { std::slice::from_raw_parts_mut(base.get().add(p * PANEL_COLS), width) };
             return one_row(x, panel, out, beta);
@@ -152,7 +146,8 @@ pub fn gemm_panels(x: &[f32], rows: usize, w: Panels, out: &mut [f32], beta: f32
 on_best_isa!(
     /// `out = x panel + beta * out` for one row `x` (`k` values) and the real columns of one panel:
     /// the panel's rows stream in order into 64 sums held in registers. One row is a matrix-vector
-    /// product, which the GEMM crate would run as one call per panel at several µs of set-up each.
+    /// product, for which the GEMM crate's set-up of one call per panel (about a µs each) costs more
+    /// than the arithmetic.
     fn one_row(x: &[f32], panel: &[f32], out: &mut [f32], beta: f32) => one_row_generic
 );
 
