@@ -4,7 +4,7 @@
 //! and how often an input or output row is streamed. The kernel therefore works in two halves per tree:
 //!
 //! * **Routing** computes only the logits: for each row its path (the node it ends at) and the
-//!   activation of every node on that path. Rows are grouped by node, so rows that reach the same node
+//!   logit of every node on that path, turned into activations afterwards in one vectorised pass. Rows are grouped by node, so rows that reach the same node
 //!   share one load of its `w_in` row, and each group is split by branch into its grandchildren, depth
 //!   first (an in-place partition of a list of row indices, with an explicit stack). A group is
 //!   routed two levels at a time: one pass over its inputs computes the node and both children
@@ -638,6 +638,7 @@ impl<W: Weight> Body for Tile<'_, '_, W> {
             0,
             next,
         );
+        crate::activation::bias_act_rows(job.act, up, None);
     }
 }
 
@@ -707,6 +708,7 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             plan.lone,
             &[],
         );
+        crate::activation::bias_act_rows(job.act, &mut s.acts[..count * levels], None);
         // Emit in leaf order, a block of columns at a time.
         let base = tree * job.shape.nodes_per_tree();
         let terms = depth + 1;
@@ -788,8 +790,10 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
     }
 }
 
-/// Where routing records activations: local row `i`'s activation at level `k` goes to
-/// `acts[i * stride + k - first]`; routing stops before level `stop`.
+/// Where routing records logits: local row `i`'s logit at level `k` goes to
+/// `acts[i * stride + k - first]`; routing stops before level `stop`. The caller turns them into
+/// activations afterwards, in one vectorised pass: the branch needs only the logit's sign, and a
+/// scalar GELU per node cost 2–3% of the kernel.
 struct Levels<'a> {
     acts: &'a mut [f32],
     stride: usize,
@@ -894,14 +898,14 @@ fn route<W: Weight, V: Vector>(
             let mut record = |i: u32, dot: [f32; 3]| {
                 let i = i as usize;
                 let logit = dot[0] + bias[0];
-                acts[i * stride + level - first] = job.act.apply(logit);
+                acts[i * stride + level - first] = logit;
                 let right = job.branch.goes_right(logit);
                 let logit = if right {
                     dot[2] + bias[2]
                 } else {
                     dot[1] + bias[1]
                 };
-                acts[i * stride + level + 1 - first] = job.act.apply(logit);
+                acts[i * stride + level + 1 - first] = logit;
                 code[i] = (right as u8) << 1 | job.branch.goes_right(logit) as u8;
             };
             let mut groups = set[a..b].chunks_exact(4);
@@ -930,7 +934,7 @@ fn route<W: Weight, V: Vector>(
             let (wi, bi) = (w_in(node), bias(node));
             let mut record = |i: u32, dot: f32| {
                 let logit = dot + bi;
-                acts[i as usize * stride + level - first] = job.act.apply(logit);
+                acts[i as usize * stride + level - first] = logit;
                 code[i as usize] = job.branch.goes_right(logit) as u8;
             };
             let mut groups = set[a..b].chunks_exact(4);
@@ -981,7 +985,7 @@ fn route<W: Weight, V: Vector>(
         for k in (0..live).rev() {
             let (i, node, level) = lanes[k];
             let logit = dots[k] + bias(node as usize);
-            acts[i as usize * stride + level as usize - first] = job.act.apply(logit);
+            acts[i as usize * stride + level as usize - first] = logit;
             let child = 2 * node + 1 + job.branch.goes_right(logit) as u32;
             if level as usize + 1 == stop {
                 ends[i as usize] = child;
