@@ -29,10 +29,11 @@ echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for rows in ${rows_list//,/ }; do
   x="$out/x-$rows.npy"
   $bin/fff-models npy --shape "1x${rows}x768" -o "$x"
-  # Many runs where one is short, so that medians of microsecond calls are stable; the dense layers
-  # take seconds at 16384 rows, so they get fewer.
+  # Many runs where one is short, so that medians of microsecond calls are stable (1000 runs of a
+  # 2 µs call are 2 ms, too short for the process to settle); the dense layers take seconds at 16384
+  # rows, so they get fewer.
   runs=$(( rows >= 16384 ? 3 : rows >= 2048 ? 5 : rows >= 128 ? 20 : 1000 ))
-  fff_runs=$(( rows >= 16384 ? 10 : rows >= 2048 ? 30 : rows >= 128 ? 200 : 1000 ))
+  fff_runs=$(( rows >= 16384 ? 10 : rows >= 2048 ? 30 : rows >= 128 ? 1000 : 20000 ))
   for threads in ${threads_list//,/ }; do
     # A moment for the previous process's memory to be returned, which otherwise overlaps the timing.
     sleep 1
