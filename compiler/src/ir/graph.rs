@@ -113,6 +113,21 @@ impl Graph {
         n
     }
 
+    /// Adds a one-output op that computes the value `old` computes and makes every reader of `old` read
+    /// it instead; the new output keeps `old`'s fact.
+    pub fn replace_with_op(
+        &mut self,
+        old: OutletId,
+        name: &str,
+        op: Op,
+        inputs: &[Option<OutletId>],
+    ) -> NodeIndex {
+        let n = self.add_op(name, op, inputs, 1);
+        self.g[n].outputs[0] = self.fact(old).clone();
+        self.replace_uses(old, OutletId::new(n, 0));
+        n
+    }
+
     pub fn node(&self, n: NodeIndex) -> &Node {
         &self.g[n]
     }

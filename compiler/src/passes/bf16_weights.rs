@@ -57,10 +57,7 @@ pub fn run(g: &mut Graph) -> Result<bool> {
         inputs[1] = Some(g.add_const(&format!("{name}/w_in_bf16"), Tensor::BF16(wi)));
         inputs[3] = Some(g.add_const(&format!("{name}/w_out_bf16"), Tensor::BF16(wo)));
         let op = g.op(node).expect("matched above").clone();
-        let narrowed = g.add_op(&name, op, &inputs, 1);
-        let out = OutletId::new(node, 0);
-        g.g[narrowed].outputs[0] = g.fact(out).clone();
-        g.replace_uses(out, OutletId::new(narrowed, 0));
+        g.replace_with_op(OutletId::new(node, 0), &name, op, &inputs);
         changed = true;
     }
     if changed {

@@ -30,9 +30,7 @@ pub fn run(g: &mut Graph) -> Result<bool> {
         }
         if let Some((x, root)) = match_at(g, erf) {
             let name = format!("{}/gelu", g.node(root.node).name);
-            let node = g.add_op(&name, Op::Unary(UnaryOp::Gelu), &[Some(x)], 1);
-            g.g[node].outputs[0] = g.fact(root).clone();
-            g.replace_uses(root, OutletId::new(node, 0));
+            g.replace_with_op(root, &name, Op::Unary(UnaryOp::Gelu), &[Some(x)]);
             changed = true;
         }
     }

@@ -43,9 +43,8 @@ pub fn run(g: &mut Graph) -> Result<bool> {
             continue;
         };
         let name = format!("{}/linear", g.node(add).name);
-        let node = g.add_op(&name, Op::Linear, &[Some(x), Some(w), Some(bias)], 1);
-        g.g[node].outputs[0] = g.fact(OutletId::new(add, 0)).clone();
-        g.replace_uses(OutletId::new(add, 0), OutletId::new(node, 0));
+        let inputs = [Some(x), Some(w), Some(bias)];
+        g.replace_with_op(OutletId::new(add, 0), &name, Op::Linear, &inputs);
         changed = true;
     }
     for node in g.topo_order() {
@@ -58,9 +57,7 @@ pub fn run(g: &mut Graph) -> Result<bool> {
             continue;
         };
         let name = format!("{}/linear", g.node(node).name);
-        let linear = g.add_op(&name, Op::Linear, &inputs, 1);
-        g.g[linear].outputs[0] = g.fact(out).clone();
-        g.replace_uses(out, OutletId::new(linear, 0));
+        g.replace_with_op(out, &name, Op::Linear, &inputs);
         changed = true;
     }
     Ok(changed)

@@ -86,10 +86,7 @@ pub fn run(g: &mut Graph) -> Result<bool> {
             _ => continue,
         };
         let name = g.node(node).name.clone();
-        let new = g.add_op(&name, op, &inputs, 1);
-        let out = OutletId::new(node, 0);
-        g.g[new].outputs[0] = g.fact(out).clone();
-        g.replace_uses(out, OutletId::new(new, 0));
+        g.replace_with_op(OutletId::new(node, 0), &name, op, &inputs);
         changed = true;
     }
     if changed {

@@ -34,9 +34,7 @@ pub fn run(g: &mut Graph) -> Result<bool> {
         operands.resize(3, None);
         operands.push(Some(residual));
         let name = format!("{}/residual", g.node(add).name);
-        let node = g.add_op(&name, Op::Linear, &operands, 1);
-        g.g[node].outputs[0] = g.fact(sum).clone();
-        g.replace_uses(sum, OutletId::new(node, 0));
+        g.replace_with_op(sum, &name, Op::Linear, &operands);
         changed = true;
     }
     Ok(changed)
