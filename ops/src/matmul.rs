@@ -164,15 +164,16 @@ pub fn gemm_into(a: MatRef, b: MatRef, out: MatMut, alpha: f32, beta: f32, threa
 /// Columns each thread needs at least for a GEMM to be split by columns.
 const MIN_COLUMNS_PER_THREAD: usize = 64;
 
-/// The output's base pointer, shared by the threads that write its disjoint column blocks.
-struct SharedPtr(*mut f32);
-// SAFETY: only used to let `gemm_into`'s column blocks, which write disjoint columns of an output
-// that `gemm_into` borrows mutably for the whole parallel section, run on several threads.
+/// An output's base pointer, shared by the threads that write its disjoint blocks.
+pub(crate) struct SharedPtr(pub(crate) *mut f32);
+// SAFETY: only used to let the tasks of one call (`gemm_into`'s column blocks, `gemm_panels`' panel
+// and row blocks), which write disjoint blocks of an output that the call borrows mutably for its
+// whole parallel section, run on several threads.
 unsafe impl Sync for SharedPtr {}
 
 impl SharedPtr {
     /// The pointer (a method, so that closures capture the `Sync` wrapper rather than the field).
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
     }
 }
@@ -207,21 +208,23 @@ pub fn gemm_reference(a: MatRef, b: MatRef, out: &mut [f32], alpha: f32, beta: f
     }
 }
 
+/// Seeded values in [-1, 1], for the tests of the GEMM paths.
+#[cfg(test)]
+pub(crate) fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     /// `alpha * a b + beta * out` on a two-thread pool into columns `at..at + n` of rows `stride`
     /// apart, with B read directly or transposed: agrees with the reference, and leaves the columns

@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 
+use crate::matmul::SharedPtr;
 use crate::simd::on_best_isa;
 
 /// Columns per panel: a multiple of the GEMM crate's micro-kernel height (64 rows of its transposed
@@ -89,7 +90,7 @@ pub fn gemm_panels(x: &[f32], rows: usize, w: Panels, out: &mut [f32], beta: f32
     };
     let run_rows = rows.div_ceil(splits).next_multiple_of(ROW_BLOCK);
     let splits = rows.div_ceil(run_rows);
-    let base = OutPtr(out.as_mut_ptr());
+    let base = SharedPtr(out.as_mut_ptr());
     let task = |t: usize| {
         let (p, s) = (t / splits, t % splits);
         let (panel, width) = w.panel(p);
@@ -164,35 +165,10 @@ fn one_row_generic(x: &[f32], panel: &[f32], out: &mut [f32], beta: f32) {
     }
 }
 
-/// The output's base pointer, shared by the tasks that write its disjoint blocks.
-struct OutPtr(*mut f32);
-// SAFETY: only used to let `gemm_panels`' tasks, which write disjoint blocks of an output that
-// `gemm_panels` borrows mutably for the whole parallel section, run on several threads.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so that closures capture the `Sync` wrapper rather than the field).
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::matmul::{gemm_reference, MatRef};
-
-    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::matmul::{gemm_reference, pseudo_random, MatRef};
 
     fn check(rows: usize, k: usize, n: usize, beta: f32, threads: usize) {
         let x = pseudo_random(rows * k, 1 + rows as u32);
