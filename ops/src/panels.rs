@@ -3,8 +3,9 @@
 //! A `[k, n]` weight matrix is stored as `ceil(n / 64)` panels of `[k, 64]`, each row-major and
 //! contiguous, the last one zero-padded. The GEMM crate then reads each panel in place as a
 //! contiguous stream instead of gathering 64-column strips from rows `4 n` bytes apart into its
-//! packing buffer on every call: 5–20% faster at 128 rows and 1.2–2.7x at 1–16 rows
-//! (`cargo bench -p fff-ops --bench gemm`, docs/PERFORMANCE.md).
+//! packing buffer on every call: 5–19% faster at 128 rows, 1.2–2.7x at one row, and up to 1.8x at 16
+//! rows when the weights come from memory (`cargo bench -p fff-ops --bench gemm`,
+//! docs/PERFORMANCE.md).
 
 use rayon::prelude::*;
 
