@@ -5,11 +5,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{bin, max_abs_diff, random_inputs, tract_run};
+use common::{bin, max_abs_diff_to, random_inputs, tract_run};
 use fff_compiler::Weights;
 use fff_models::builders::{ff_layer_model, Defects, Ff};
 use fff_models::onnx::round_initializers_to_bf16;
-use fff_runtime::{DType, Model, Tensor};
+use fff_runtime::{DType, Model};
 
 fn is_fff_weight(name: &str) -> bool {
     name.ends_with("linear_in.weight") || name.ends_with("linear_out.weight")
@@ -48,11 +48,7 @@ fn tree_layers_match_the_model_with_rounded_weights() {
             let inputs = random_inputs(&model, batch, seq, seed);
             let want = tract_run(&reference, &inputs);
             let got = model.run(inputs).unwrap();
-            let Tensor::F32(w) = &want[0] else {
-                unreachable!()
-            };
-            let wv: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-            let diff = max_abs_diff(&name, &got[0].1, w.shape(), &wv);
+            let diff = max_abs_diff_to(&name, &got[0].1, &want[0]);
             assert!(diff < 1e-4, "{name} at {batch}x{seq}: max abs diff {diff}");
         }
     }

@@ -7,12 +7,11 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{bin, compile, max_abs_diff, random_inputs, tract_run};
+use common::{bin, compile, max_abs_diff_to, random_inputs, tract_run};
 use fff_models::builders::{
     encoder_model, ff_layer_model, ff_layer_model_at, Defects, EncoderConfig, Ff,
 };
 use fff_models::fixtures;
-use fff_runtime::Tensor;
 
 /// Runs a command that must succeed.
 fn run_ok(cmd: &mut Command) -> std::process::Output {
@@ -118,11 +117,7 @@ fn check_model(name: &str, bytes: Vec<u8>, want_layers: &[(usize, usize)]) -> St
         let inputs = random_inputs(&model, batch, seq, seed);
         let want = tract_run(&path, &inputs);
         let out = model.run(inputs).unwrap();
-        let Tensor::F32(w) = &want[0] else {
-            unreachable!()
-        };
-        let wv: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-        let d = max_abs_diff(name, &out[0].1, w.shape(), &wv);
+        let d = max_abs_diff_to(name, &out[0].1, &want[0]);
         assert!(d < 1e-4, "{name} at {batch}x{seq}: max abs diff {d}");
     }
     let _ = std::fs::remove_dir_all(dir);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{compile, max_abs_diff, random_inputs, read_expected, tract_run};
+use common::{compile, max_abs_diff, max_abs_diff_to, random_inputs, read_expected, tract_run};
 use fff_models::fixtures;
 use fff_runtime::io::parse_inputs;
 use tract_onnx::prelude::Framework;
@@ -67,11 +67,7 @@ fn large_calls_through_recycled_aligned_buffers_match_tract() {
         let (inputs, want) = &sets[round % 2];
         let got = model.run(inputs.clone()).unwrap();
         for ((out_name, g), w) in got.iter().zip(want) {
-            let fff_runtime::Tensor::F32(wa) = w else {
-                unreachable!()
-            };
-            let wv: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
-            let d = max_abs_diff(&format!("{out_name}, run {round}"), g, wa.shape(), &wv);
+            let d = max_abs_diff_to(&format!("{out_name}, run {round}"), g, w);
             assert!(d < TOL, "{out_name}, run {round}: max abs diff {d}");
         }
         model.recycle(got);
@@ -94,16 +90,7 @@ fn fixtures_match_tract_at_other_shapes() {
             let want = tract_run(&oracle, &inputs);
             let got = model.run(inputs).unwrap();
             for ((out_name, g), w) in got.iter().zip(&want) {
-                let fff_runtime::Tensor::F32(wa) = w else {
-                    unreachable!()
-                };
-                let wv: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
-                let d = max_abs_diff(
-                    &format!("{name}/{out_name} at {batch}x{seq}"),
-                    g,
-                    wa.shape(),
-                    &wv,
-                );
+                let d = max_abs_diff_to(&format!("{name}/{out_name} at {batch}x{seq}"), g, w);
                 assert!(
                     d < TOL,
                     "{name}/{out_name} at {batch}x{seq}: max abs diff {d}"

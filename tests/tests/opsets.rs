@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{compile, max_abs_diff, random_inputs, tract_run};
+use common::{compile, max_abs_diff_to, random_inputs, tract_run};
 use fff_models::onnx::{Attr, Elem, OnnxBuilder, D};
-use fff_runtime::Tensor;
 
 /// Compiles the model with fff and compares it with tract on the same model at two shapes.
 fn check_against_tract(name: &str, bytes: Vec<u8>) {
@@ -21,9 +20,7 @@ fn check_against_tract(name: &str, bytes: Vec<u8>) {
         let got = model.run(inputs).unwrap();
         assert_eq!(got.len(), want.len(), "{name}: output count");
         for ((out, g), w) in got.iter().zip(&want) {
-            let Tensor::F32(wa) = w else { unreachable!() };
-            let wv: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
-            let d = max_abs_diff(&format!("{name}/{out}"), g, wa.shape(), &wv);
+            let d = max_abs_diff_to(&format!("{name}/{out}"), g, w);
             assert!(d < 1e-4, "{name}/{out} at {batch}x{seq}: max abs diff {d}");
         }
     }
@@ -188,11 +185,7 @@ fn gelu_op_of_opset_20_matches_its_decomposition() {
         let inputs = random_inputs(&m, 2, 5, 11);
         let want = tract_run(&ref_path, &inputs);
         let got = m.run(inputs).unwrap();
-        let Tensor::F32(wa) = &want[0] else {
-            unreachable!()
-        };
-        let wv: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
-        let d = max_abs_diff("gelu", &got[0].1, wa.shape(), &wv);
+        let d = max_abs_diff_to("gelu", &got[0].1, &want[0]);
         assert!(d < 1e-5, "Gelu approximate={approx}: max abs diff {d}");
     }
 }

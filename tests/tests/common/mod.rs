@@ -61,6 +61,15 @@ pub fn max_abs_diff(what: &str, got: &Tensor, want_shape: &[usize], want: &[f64]
         .fold(0.0, f64::max)
 }
 
+/// [`max_abs_diff`] against a float32 output of tract.
+pub fn max_abs_diff_to(what: &str, got: &Tensor, want: &Tensor) -> f64 {
+    let Tensor::F32(w) = want else {
+        panic!("{what}: expected a float32 reference, got {}", want.dtype())
+    };
+    let wv: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+    max_abs_diff(what, got, w.shape(), &wv)
+}
+
 /// Random inputs for a model at a given batch and sequence length. Token ids stay below `vocab`;
 /// attention masks have padding at the end of every second row; token types are 0 or 1.
 pub fn random_inputs(model: &Model, batch: usize, seq: usize, seed: u64) -> Vec<(String, Tensor)> {
