@@ -4,8 +4,10 @@
 //! The kernels widen each bf16 weight exactly to f32 (a 16-bit shift) and multiply it with the f32
 //! activations in f32, so the only difference from the f32 op is the rounding of the weights: a bf16
 //! layer computes exactly what [`fff_reference_bf16`] (the f32 reference on the widened weights)
-//! computes, up to summation order. (`vdpbf16ps` would also round the activations to bf16; it would buy
-//! arithmetic this memory-bound kernel does not lack.)
+//! computes, up to summation order. (`vdpbf16ps` would also need the inputs rounded to bf16. Routing
+//! with it on inputs rounded as they are loaded was measured: 4–8% faster at 16384 rows, at the price
+//! of twice the rows taking another path (0.8% against 0.4%) and a five times larger error in a whole
+//! encoder; not kept, see `docs/PERFORMANCE.md`.)
 
 use std::cell::RefCell;
 

@@ -514,11 +514,7 @@ mod x86 {
         ) {
             let k = combine_terms(y, init, alpha, &x, &cols);
             // SAFETY: as for `dot`; `combine_terms` checked that every access lies within the slices.
-            unsafe {
-                combine_avx512(y, init, alpha, x, cols, k, store, |p, m| {
-                    widen16_masked(p, m)
-                })
-            }
+            unsafe { combine_bf16_avx512(y, init, alpha, x, cols, k, store) }
         }
     }
 
@@ -930,6 +926,79 @@ mod x86 {
                 _mm512_storeu_ps(py.add(i + 16 * q), *a);
             }
         }
+    }
+
+    /// [`combine_avx512`] for bf16 rows, 128 columns at a time: a 512-bit load holds 32 bf16, whose
+    /// even elements a 16-bit shift widens and whose odd ones a mask does, so each weight costs a
+    /// third of the instructions of widening 16 at a time (a zero-extension is a cross-lane shuffle).
+    /// Even and odd columns are summed apart and interleaved once, before the store; each column's sum
+    /// is the same sequence of fused adds as [`combine_avx512`]'s.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn combine_bf16_avx512(
+        y: &mut [f32],
+        init: Init,
+        alpha: &[f32],
+        x: Picked<u16>,
+        cols: Range<usize>,
+        k: usize,
+        store: Store,
+    ) {
+        let py = y.as_mut_ptr();
+        // Output lane m of 16 from (even, odd) lane m / 2 (+ 8 for the upper half), and back.
+        let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi_idx =
+            _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd_idx = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let high_half = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let mut i = cols.start;
+        while i + 128 <= cols.end {
+            let mut even = [_mm512_setzero_ps(); 4];
+            let mut odd = [_mm512_setzero_ps(); 4];
+            let from = match init {
+                Init::Zero => None,
+                Init::Keep => Some(py as *const f32),
+                Init::From(b) => Some(b.as_ptr()),
+            };
+            if let Some(b) = from {
+                for q in 0..4 {
+                    let lo = _mm512_loadu_ps(b.add(i + 32 * q));
+                    let hi = _mm512_loadu_ps(b.add(i + 32 * q + 16));
+                    even[q] = _mm512_permutex2var_ps(lo, even_idx, hi);
+                    odd[q] = _mm512_permutex2var_ps(lo, odd_idx, hi);
+                }
+            }
+            for j in 0..k {
+                let va = _mm512_set1_ps(*alpha.get_unchecked(j));
+                let px = picked_row(&x, j).add(i);
+                for q in 0..4 {
+                    let v = _mm512_loadu_si512(px.add(32 * q).cast());
+                    let e = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                    let o = _mm512_castsi512_ps(_mm512_and_si512(v, high_half));
+                    even[q] = _mm512_fmadd_ps(va, e, even[q]);
+                    odd[q] = _mm512_fmadd_ps(va, o, odd[q]);
+                }
+            }
+            let stream = store == Store::Streaming && (py.add(i) as usize).is_multiple_of(64);
+            for q in 0..4 {
+                let lo = _mm512_permutex2var_ps(even[q], lo_idx, odd[q]);
+                let hi = _mm512_permutex2var_ps(even[q], hi_idx, odd[q]);
+                let p = py.add(i + 32 * q);
+                if stream {
+                    _mm512_stream_ps(p, lo);
+                    _mm512_stream_ps(p.add(16), hi);
+                } else {
+                    _mm512_storeu_ps(p, lo);
+                    _mm512_storeu_ps(p.add(16), hi);
+                }
+            }
+            i += 128;
+        }
+        combine_avx512(y, init, alpha, x, i..cols.end, k, store, |p, m| {
+            widen16_masked(p, m)
+        })
     }
 
     /// Eight bf16 at `p` widened to f32 (a zero-extension and a 16-bit shift).
