@@ -34,6 +34,12 @@
 //! Tiles, then buckets, run in parallel on the current rayon pool; there are at least four buckets
 //! per thread where rows allow, so work stealing balances them. Scratch space is per thread (and per
 //! calling thread for the call-wide arrays) and reused, so steady-state calls allocate nothing.
+//!
+//! Results do not depend on the thread count. The thread count changes the tiles, the buckets and
+//! which rows walk alone, so every dot product that routes a row sums in the same order wherever the
+//! row is: in groups, in four lanes, or in padded lanes when fewer than four rows are left. Only the
+//! sole row of a one-row call uses [`Vector::dot`]'s several running sums, which hide the latency of
+//! its multiply-adds (with one running sum a one-row call takes about 20% longer).
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -637,6 +643,7 @@ impl<W: Weight> Body for Tile<'_, '_, W> {
             0,
             0,
             next,
+            false,
         );
         crate::activation::bias_act_rows(job.act, up, None);
     }
@@ -707,6 +714,7 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             split,
             plan.lone,
             &[],
+            rows.is_none() && count == 1,
         );
         crate::activation::bias_act_rows(job.act, &mut s.acts[..count * levels], None);
         // Emit in leaf order, a block of columns at a time.
@@ -834,6 +842,7 @@ fn route<W: Weight, V: Vector>(
     level: usize,
     lone: usize,
     ahead: &[f32],
+    single: bool,
 ) {
     let d_in = job.shape.d_in;
     let mut ahead = ahead.chunks(d_in.max(16));
@@ -945,8 +954,16 @@ fn route<W: Weight, V: Vector>(
                     record(g[k], dots[k]);
                 }
             }
-            for &i in groups.remainder() {
-                record(i, W::dot::<V>(xrow(i), wi));
+            // The last few rows in padded lanes: the sums of a group, whatever the set's size.
+            let rest = groups.remainder();
+            if let Some(&first) = rest.first() {
+                let dots = W::dot4::<V>(
+                    std::array::from_fn(|k| xrow(*rest.get(k).unwrap_or(&first))),
+                    [wi; 4],
+                );
+                for (k, &i) in rest.iter().enumerate() {
+                    record(i, dots[k]);
+                }
             }
             let m = a + partition(&mut set[a..b], code, 1);
             let (node, next) = (node as u32, level as u32 + 1);
@@ -972,15 +989,17 @@ fn route<W: Weight, V: Vector>(
             break;
         }
         let mut dots = [0.0f32; 4];
-        if live == 4 {
-            dots = W::dot4::<V>(
-                std::array::from_fn(|k| xrow(lanes[k].0)),
-                std::array::from_fn(|k| w_in(lanes[k].1 as usize)),
-            );
+        if single {
+            // The call's only row: several running sums hide the multiply-adds' latency.
+            dots[0] = W::dot::<V>(xrow(lanes[0].0), w_in(lanes[0].1 as usize));
         } else {
-            for k in 0..live {
-                dots[k] = W::dot::<V>(xrow(lanes[k].0), w_in(lanes[k].1 as usize));
-            }
+            // Fewer than four lanes left are padded with the first: each row gets the sums it would
+            // get beside others, so its result does not depend on the rows it walks with.
+            let lane = |k: usize| lanes[if k < live { k } else { 0 }];
+            dots = W::dot4::<V>(
+                std::array::from_fn(|k| xrow(lane(k).0)),
+                std::array::from_fn(|k| w_in(lane(k).1 as usize)),
+            );
         }
         for k in (0..live).rev() {
             let (i, node, level) = lanes[k];
@@ -1265,17 +1284,22 @@ mod tests {
         assert_eq!(Plan::new(16384, shallow, 2).split, 2);
     }
 
+    /// The same bits on one thread and on three, with f32 and bf16 weights, on every instruction set:
+    /// a row's logits must not depend on which rows a call routes with it (the thread count changes
+    /// the tiles, the buckets and which rows walk alone). The width has whole 64-element blocks and a
+    /// tail, which the dot products sum in separate running sums.
     #[test]
     fn parallel_tiles_agree_with_one_thread() {
         let mut rng = Lcg(5);
+        let (d_in, d_out) = (100, 40);
         let shape = FffShape {
-            d_in: 48,
-            d_out: 40,
+            d_in,
+            d_out,
             depth: 6,
             trees: 2,
         };
         let total = shape.total_nodes();
-        let (w_in, w_out) = (rng.vec(total * 48), rng.vec(total * 40));
+        let (w_in, w_out) = (rng.vec(total * d_in), rng.vec(total * d_out));
         let w = FffWeights {
             w_in: &w_in,
             b_in: None,
@@ -1283,21 +1307,46 @@ mod tests {
             b_out: None,
         };
         let rows = 1000;
-        let x = rng.vec(rows * 48);
+        let x = rng.vec(rows * d_in);
         let layer = FffLayer {
             shape,
             act: Activation::Relu,
             branch: Branch::GreaterOrEqual,
             w,
         };
-        let mut one = vec![0.0; rows * 40];
-        fff_tree_with(Isa::best(), &layer, &x, rows, &mut one);
+        let (in16, out16) = (
+            f32_to_bf16_round_nearest_even(&w_in),
+            f32_to_bf16_round_nearest_even(&w_out),
+        );
+        let layer16 = FffLayerBf16 {
+            shape,
+            act: layer.act,
+            branch: layer.branch,
+            w: FffWeightsBf16 {
+                w_in: &in16,
+                b_in: None,
+                w_out: &out16,
+                b_out: None,
+            },
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
-        let mut many = vec![0.0; rows * 40];
-        pool.install(|| fff_tree(&layer, &x, rows, &mut many));
-        assert_eq!(one, many);
+        for isa in Isa::available() {
+            let (mut one, mut many) = (vec![0.0; rows * d_out], vec![0.0; rows * d_out]);
+            run(isa, &Job::of(&layer), &x, rows, &mut one, 1, None);
+            pool.install(|| run(isa, &Job::of(&layer), &x, rows, &mut many, 3, None));
+            assert!(
+                one == many,
+                "{isa:?}: f32 results depend on the thread count"
+            );
+            run(isa, &Job::of_bf16(&layer16), &x, rows, &mut one, 1, None);
+            pool.install(|| run(isa, &Job::of_bf16(&layer16), &x, rows, &mut many, 3, None));
+            assert!(
+                one == many,
+                "{isa:?}: bf16 results depend on the thread count"
+            );
+        }
     }
 }

@@ -173,7 +173,8 @@ fn combine_terms<T>(
 /// are generic over this trait and `#[inline(always)]`, and are instantiated inside functions compiled
 /// with the matching target features.
 pub trait Vector {
-    /// `a . b`.
+    /// `a . b`, free to sum in several running sums (for a row with no others to interleave with);
+    /// [`Vector::dot4`] and [`Vector::dots`] sum each product in the same order as each other.
     fn dot(a: &[f32], b: &[f32]) -> f32;
     /// `y += alpha * x`.
     fn axpy(alpha: f32, x: &[f32], y: &mut [f32]);
@@ -449,7 +450,7 @@ mod x86 {
         #[inline(always)]
         fn dot4(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 4] {
             // SAFETY: as for `dot`; each pair is read up to the shortest length of the eight slices.
-            unsafe { dot4_avx512(a, b) }
+            unsafe { dot4_avx512(a, b, |p, i, m| _mm512_maskz_loadu_ps(m, p.add(i))) }
         }
 
         #[inline(always)]
@@ -494,13 +495,13 @@ mod x86 {
         #[inline(always)]
         fn dot_bf16(a: &[f32], w: &[u16]) -> f32 {
             // SAFETY: as for `dot`; reads stay within `n = min(len)` elements.
-            unsafe { dot4_bf16_avx512::<1>([a; 4], [w; 4])[0] }
+            unsafe { dot_bf16_avx512(a, w) }
         }
 
         #[inline(always)]
         fn dot4_bf16(a: [&[f32]; 4], w: [&[u16]; 4]) -> [f32; 4] {
             // SAFETY: as for `dot`; each pair is read up to the shortest length of the eight slices.
-            unsafe { dot4_bf16_avx512::<4>(a, w) }
+            unsafe { dot4_avx512(a, w, |p, i, m| widen16_masked(p.add(i), m)) }
         }
 
         #[inline(always)]
@@ -644,10 +645,23 @@ mod x86 {
         }
     }
 
+    /// Four independent dot products `a[k] . b[k]`, interleaved, with `load(row, i, mask)` reading 16
+    /// lanes of a `b` row as f32. One running sum per product, 16 elements a step: the sums
+    /// [`dots_avx512`] makes, so that a row routed in a group, or walking alone beside others, gets the
+    /// same logits.
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
-    unsafe fn dot4_avx512(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 4] {
-        let n = a.iter().chain(&b).map(|s| s.len()).min().unwrap_or(0);
+    unsafe fn dot4_avx512<T>(
+        a: [&[f32]; 4],
+        b: [&[T]; 4],
+        load: impl Fn(*const T, usize, __mmask16) -> __m512,
+    ) -> [f32; 4] {
+        let n = a
+            .iter()
+            .map(|s| s.len())
+            .chain(b.iter().map(|s| s.len()))
+            .min()
+            .unwrap_or(0);
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
         while i < n {
@@ -660,7 +674,7 @@ mod x86 {
             for k in 0..4 {
                 acc[k] = _mm512_fmadd_ps(
                     _mm512_maskz_loadu_ps(m, a[k].as_ptr().add(i)),
-                    _mm512_maskz_loadu_ps(m, b[k].as_ptr().add(i)),
+                    load(b[k].as_ptr(), i, m),
                     acc[k],
                 );
             }
@@ -1069,32 +1083,22 @@ mod x86 {
         total
     }
 
-    /// `L` (1 or 4) interleaved dot products of f32 rows with bf16 rows.
+    /// One dot product of an f32 row with a bf16 row, in two running sums (32 elements a step) to hide
+    /// the multiply-add latency: for a call of a single row, the only row it routes.
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
-    unsafe fn dot4_bf16_avx512<const L: usize>(a: [&[f32]; 4], w: [&[u16]; 4]) -> [f32; 4] {
-        let n = a[..L]
-            .iter()
-            .map(|s| s.len())
-            .chain(w[..L].iter().map(|s| s.len()))
-            .min()
-            .unwrap_or(0);
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut acc2 = [_mm512_setzero_ps(); 4];
+    unsafe fn dot_bf16_avx512(a: &[f32], w: &[u16]) -> f32 {
+        let n = a.len().min(w.len());
+        let (pa, pw) = (a.as_ptr(), w.as_ptr());
+        let (mut acc, mut acc2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut i = 0;
         while i + 32 <= n {
-            for k in 0..L {
-                acc[k] = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(a[k].as_ptr().add(i)),
-                    widen16(w[k].as_ptr().add(i)),
-                    acc[k],
-                );
-                acc2[k] = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(a[k].as_ptr().add(i + 16)),
-                    widen16(w[k].as_ptr().add(i + 16)),
-                    acc2[k],
-                );
-            }
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), widen16(pw.add(i)), acc);
+            acc2 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i + 16)),
+                widen16(pw.add(i + 16)),
+                acc2,
+            );
             i += 32;
         }
         while i < n {
@@ -1104,22 +1108,14 @@ mod x86 {
             } else {
                 (1u16 << left) - 1
             };
-            for k in 0..L {
-                let wv = if left == 16 {
-                    widen16(w[k].as_ptr().add(i))
-                } else {
-                    widen16_tail(w[k].as_ptr().add(i), left)
-                };
-                acc[k] =
-                    _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a[k].as_ptr().add(i)), wv, acc[k]);
-            }
+            acc = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+                widen16_masked(pw.add(i), m),
+                acc,
+            );
             i += left;
         }
-        let mut out = [0.0f32; 4];
-        for k in 0..L {
-            out[k] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k], acc2[k]));
-        }
-        out
+        _mm512_reduce_add_ps(_mm512_add_ps(acc, acc2))
     }
 }
 
