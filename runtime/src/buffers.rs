@@ -7,7 +7,6 @@
 //! asks for would only grow the spares, and starve the allocator that serves the other ops.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ndarray::{s, Array1, ArrayD, IxDyn};
@@ -18,10 +17,11 @@ use crate::tensor::Tensor;
 /// Spare bytes a model keeps at most; past this the spares are dropped (shapes keep changing).
 const LIMIT_BYTES: usize = 1 << 30;
 
-/// Spare f32 buffers, by length.
+/// Spare f32 buffers, by length: a short list searched in order (a model's values have a few distinct
+/// lengths, and a one-row call is over in microseconds, so hashing would cost more than the search).
 #[derive(Debug, Default)]
 pub struct Recycler {
-    free: HashMap<usize, Vec<Vec<f32>>>,
+    free: Vec<(usize, Vec<Vec<f32>>)>,
     bytes: usize,
 }
 
@@ -36,11 +36,15 @@ impl Recycler {
             self.bytes = 0;
         }
         self.bytes += bytes;
-        self.free.entry(v.len()).or_default().push(v);
+        match self.free.iter_mut().find(|(len, _)| *len == v.len()) {
+            Some((_, spares)) => spares.push(v),
+            None => self.free.push((v.len(), vec![v])),
+        }
     }
 
     fn take(&mut self, len: usize) -> Option<Vec<f32>> {
-        let v = self.free.get_mut(&len)?.pop()?;
+        let (_, spares) = self.free.iter_mut().find(|(l, _)| *l == len)?;
+        let v = spares.pop()?;
         self.bytes -= v.capacity() * std::mem::size_of::<f32>();
         Some(v)
     }

@@ -555,15 +555,15 @@ pub fn fast_feed_forward(
         trees,
     };
     let total = shape.total_nodes();
-    let (want_in, want_out) = if panels {
-        let c = PANEL_COLS;
-        (vec![total / c, d_in, c], vec![d_out / c, total, c])
+    let c = PANEL_COLS;
+    let (want_in, want_out): (&[usize], &[usize]) = if panels {
+        (&[total / c, d_in, c], &[d_out / c, total, c])
     } else {
-        (vec![total, d_in], vec![total, d_out])
+        (&[total, d_in], &[total, d_out])
     };
     if (panels && !total.is_multiple_of(PANEL_COLS))
-        || w_in.shape() != want_in.as_slice()
-        || w_out.shape() != want_out.as_slice()
+        || w_in.shape() != want_in
+        || w_out.shape() != want_out
     {
         return Err(Error::invalid(format!(
             "FastFeedForward with {trees} trees of depth {depth} wants W_in {want_in:?} and W_out {want_out:?}, got {:?} and {:?}",
