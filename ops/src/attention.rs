@@ -316,18 +316,7 @@ pub fn attention_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::matmul::pseudo_random;
 
     #[test]
     fn agrees_with_reference_on_odd_shapes_masks_and_threads() {
@@ -346,15 +335,15 @@ mod tests {
                 d_qk,
                 d_v,
             };
-            let q = values(batch * q_len * heads * d_qk, 1);
-            let k = values(batch * kv_len * heads * d_qk, 2);
-            let v = values(batch * kv_len * heads * d_v, 3);
+            let q = pseudo_random(batch * q_len * heads * d_qk, 1);
+            let k = pseudo_random(batch * kv_len * heads * d_qk, 2);
+            let v = pseudo_random(batch * kv_len * heads * d_v, 3);
             // A [batch, 1, 1, kv_len] padding mask with the last key masked out, and a full one.
             let mut pad = vec![0.0f32; batch * kv_len];
             if kv_len > 1 {
                 pad[kv_len - 1] = f32::NEG_INFINITY;
             }
-            let full = values(batch * heads * q_len * kv_len, 4);
+            let full = pseudo_random(batch * heads * q_len * kv_len, 4);
             let masks = [
                 None,
                 Some(Mask {
@@ -412,7 +401,11 @@ mod tests {
             data: &ninf,
             strides: [0, 0, 0, 1],
         });
-        let (q, k, v) = (values(4, 1), values(6, 2), values(6, 3));
+        let (q, k, v) = (
+            pseudo_random(4, 1),
+            pseudo_random(6, 2),
+            pseudo_random(6, 3),
+        );
         let dense = |data| Strided {
             data,
             strides: [0, 0, 2, 1],
