@@ -1026,6 +1026,32 @@ mod tests {
         bf16_to_f32_vec, f32_to_bf16_round_nearest_even, fff_reference_bf16, FffWeightsBf16,
     };
 
+    /// `layer`'s weights rounded to bf16 (`w_in`, `w_out`), for [`with_bf16`].
+    fn rounded(layer: &FffLayer) -> (Vec<u16>, Vec<u16>) {
+        (
+            f32_to_bf16_round_nearest_even(layer.w.w_in),
+            f32_to_bf16_round_nearest_even(layer.w.w_out),
+        )
+    }
+
+    /// `layer` with the rounded weights `(w_in, w_out)` of [`rounded`]; biases and the rest the same.
+    fn with_bf16<'a>(
+        layer: &FffLayer<'a>,
+        (w_in, w_out): &'a (Vec<u16>, Vec<u16>),
+    ) -> FffLayerBf16<'a> {
+        FffLayerBf16 {
+            shape: layer.shape,
+            act: layer.act,
+            branch: layer.branch,
+            w: FffWeightsBf16 {
+                w_in,
+                b_in: layer.w.b_in,
+                w_out,
+                b_out: layer.w.b_out,
+            },
+        }
+    }
+
     struct Lcg(u32);
     impl Lcg {
         fn next(&mut self) -> f32 {
@@ -1184,24 +1210,12 @@ mod tests {
                 .map(|r| near_boundary(shape, &w, &x[r * d_in..(r + 1) * d_in]))
                 .collect();
             // The same weights rounded to bf16, against the reference on their widened values.
-            let (in16, out16) = (
-                f32_to_bf16_round_nearest_even(&w_in),
-                f32_to_bf16_round_nearest_even(&w_out),
-            );
-            let layer16 = FffLayerBf16 {
-                shape,
-                act: layer.act,
-                branch: layer.branch,
-                w: FffWeightsBf16 {
-                    w_in: &in16,
-                    b_in: w.b_in,
-                    w_out: &out16,
-                    b_out: w.b_out,
-                },
-            };
+            let weights16 = rounded(&layer);
+            let layer16 = with_bf16(&layer, &weights16);
             let mut want16 = vec![0.0; rows * d_out];
             fff_reference_bf16(&layer16, &x, rows, &mut want16);
-            let (wide_in, wide_out) = (bf16_to_f32_vec(&in16), bf16_to_f32_vec(&out16));
+            let (wide_in, wide_out) =
+                (bf16_to_f32_vec(&weights16.0), bf16_to_f32_vec(&weights16.1));
             let wide = FffWeights {
                 w_in: &wide_in,
                 w_out: &wide_out,
@@ -1314,21 +1328,8 @@ mod tests {
             branch: Branch::GreaterOrEqual,
             w,
         };
-        let (in16, out16) = (
-            f32_to_bf16_round_nearest_even(&w_in),
-            f32_to_bf16_round_nearest_even(&w_out),
-        );
-        let layer16 = FffLayerBf16 {
-            shape,
-            act: layer.act,
-            branch: layer.branch,
-            w: FffWeightsBf16 {
-                w_in: &in16,
-                b_in: None,
-                w_out: &out16,
-                b_out: None,
-            },
-        };
+        let weights16 = rounded(&layer);
+        let layer16 = with_bf16(&layer, &weights16);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
