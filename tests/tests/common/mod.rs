@@ -70,6 +70,23 @@ pub fn max_abs_diff_to(what: &str, got: &Tensor, want: &Tensor) -> f64 {
     max_abs_diff(what, got, w.shape(), &wv)
 }
 
+/// Runs `model` and tract on the ONNX file `onnx` on random inputs at each `(batch, seq, seed)`, and
+/// asserts that the first outputs agree within 1e-4.
+pub fn first_output_agrees_with_tract(
+    name: &str,
+    model: &Model,
+    onnx: &Path,
+    cases: &[(usize, usize, u64)],
+) {
+    for &(batch, seq, seed) in cases {
+        let inputs = random_inputs(model, batch, seq, seed);
+        let want = tract_run(onnx, &inputs);
+        let out = model.run(inputs).unwrap();
+        let d = max_abs_diff_to(name, &out[0].1, &want[0]);
+        assert!(d < 1e-4, "{name} at {batch}x{seq}: max abs diff {d}");
+    }
+}
+
 /// Random inputs for a model at a given batch and sequence length. Token ids stay below `vocab`;
 /// attention masks have padding at the end of every second row; token types are 0 or 1.
 pub fn random_inputs(model: &Model, batch: usize, seq: usize, seed: u64) -> Vec<(String, Tensor)> {
