@@ -697,6 +697,12 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             Some(r) => s.ids.extend_from_slice(r),
             None => s.ids.extend(0..count as u32),
         }
+        // The rows' activations above the split, read when they are emitted: a call's rows lie
+        // anywhere in `up`, which the inputs streamed meanwhile push out of L2, so each read would
+        // wait on L3 (11% of the kernel at 16384 rows).
+        for &r in s.ids.iter().filter(|_| split > 0) {
+            crate::simd::prefetch_l2(&up[r as usize * split..(r as usize + 1) * split]);
+        }
         s.acts.resize(count * levels, 0.0);
         s.ends.resize(count, 0);
         route::<W, V>(
