@@ -94,6 +94,8 @@ pub struct Model {
     short_below: AtomicUsize,
     /// Buffers of freed values, for later ops and runs (see [`crate::buffers`]).
     recycler: Arc<Mutex<Recycler>>,
+    /// Value slots of finished runs, all empty, for the next runs (one per run in flight at most).
+    spare_slots: Mutex<Vec<Vec<Option<Tensor>>>>,
     /// For each value, whether its buffer goes back to the recycler when it is freed.
     recyclable: Vec<bool>,
 }
@@ -173,6 +175,7 @@ impl Model {
             pool,
             short_below: AtomicUsize::new(0),
             recycler: Arc::default(),
+            spare_slots: Mutex::default(),
         })
     }
 
@@ -235,9 +238,7 @@ impl Model {
                 return Err(Error::input(format!("input '{name}' is given twice")));
             }
         }
-        // Each symbol's size, and the input that set it.
-        let mut symbols: Vec<(&str, usize, &str)> = Vec::new();
-        let mut ordered = Vec::with_capacity(self.graph.inputs.len());
+        let mut ordered: Vec<Tensor> = Vec::with_capacity(self.graph.inputs.len());
         for spec in &self.graph.inputs {
             let at = given.iter().position(|(name, _)| *name == spec.name);
             let t = at.map(|i| given.swap_remove(i).1).ok_or_else(|| {
@@ -275,15 +276,14 @@ impl Model {
                             shape_text(&spec.shape)
                         )))
                     }
-                    Dim::Sym(s) => match symbols.iter().find(|(name, _, _)| name == s) {
-                        Some(&(_, bound, by)) if bound != *d => {
+                    Dim::Sym(s) => match self.bound_before(s, &ordered, spec, &dims[..axis]) {
+                        Some((bound, by)) if bound != *d => {
                             return Err(Error::input(format!(
                                 "input '{}' axis {axis} ({s}) is {d}, but input '{by}' set {s} = {bound}",
                                 spec.name
                             )))
                         }
-                        Some(_) => {}
-                        None => symbols.push((s, *d, &spec.name)),
+                        _ => {}
                     },
                     _ => {}
                 }
@@ -297,6 +297,29 @@ impl Model {
             )));
         }
         Ok(ordered)
+    }
+
+    /// The size that symbol `s` was first given, and by which input: among the inputs bound so far
+    /// (`bound`, in the plan's order), then among the axes `earlier` of the input `spec` being bound.
+    /// Searched rather than recorded, so that binding allocates nothing.
+    fn bound_before<'a>(
+        &'a self,
+        s: &str,
+        bound: &[Tensor],
+        spec: &'a PlanInput,
+        earlier: &[usize],
+    ) -> Option<(usize, &'a str)> {
+        let sym_axis = |shape: &[Dim]| {
+            shape
+                .iter()
+                .position(|d| matches!(d, Dim::Sym(n) if n == s))
+        };
+        for (done, t) in self.graph.inputs.iter().zip(bound) {
+            if let Some(axis) = sym_axis(&done.shape) {
+                return Some((t.shape()[axis], &done.name));
+            }
+        }
+        sym_axis(&spec.shape[..earlier.len()]).map(|axis| (earlier[axis], spec.name.as_str()))
     }
 
     /// Runs the model. Inputs are given by name; outputs come back in the plan's order.
@@ -362,7 +385,12 @@ impl Model {
         mut observe: Option<&mut Observer>,
     ) -> Result<Vec<(String, Tensor)>> {
         let ordered = self.bind_inputs(inputs)?;
-        let mut slots: Vec<Option<Tensor>> = vec![None; self.graph.num_values];
+        let spare = self
+            .spare_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let mut slots = spare.unwrap_or_else(|| vec![None; self.graph.num_values]);
         for (spec, t) in self.graph.inputs.iter().zip(ordered) {
             slots[spec.value] = Some(t);
         }
@@ -425,6 +453,13 @@ impl Model {
             };
             outputs.push((o.name.clone(), t));
         }
+        // Values that no node read and no output named are dropped here, as they would be with
+        // the slots; the emptied slots serve the next run.
+        slots.iter_mut().for_each(|s| *s = None);
+        self.spare_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slots);
         Ok(outputs)
     }
 
