@@ -22,7 +22,9 @@ sync
 ort=../shared/peers/ort.py
 have_ort=0
 if [ -f "$ort" ] && python3 -c "import onnxruntime" 2>/dev/null; then have_ort=1; fi
-median() { python3 -c "import json,sys; print('%.4f' % json.load(sys.stdin)['median_ms'])"; }
+# Four significant digits: a one-row call takes about 0.001 ms, whose ratios would lose 5% to four
+# decimals.
+median() { python3 -c "import json,sys; print('%.4g' % json.load(sys.stdin)['median_ms'])"; }
 ratio() { python3 -c "print('%.1fx' % ($1 / $2))"; }
 echo "| rows | threads | fff FFF 1x11 ms | fff dense 4095 ms | ORT dense 4095 ms | ORT FFF (masking) ms | vs fff dense | vs ORT dense | fff FFF bf16 ms | bf16 vs ORT dense |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
