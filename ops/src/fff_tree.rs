@@ -23,7 +23,9 @@
 //! however deep it sits, and a bucket's inputs (about [`BUCKET_ROWS`] rows) stay in L2 while its
 //! subtree is walked. Sets that shrink to a single row stop sharing: such rows walk the rest of their
 //! path alone, four at a time in interleaved lanes (`Vector::dot4`), so four weight fetches overlap.
-//! Small calls (one or a few rows) are a single bucket.
+//! Small calls (one or a few rows) are a single bucket. Trees go one after another, each over all the
+//! call's rows; a forest of at least [`FOREST_CHUNK_TREES`] trees takes a large call a chunk of rows at
+//! a time instead, so that each tree finds the chunk's inputs and outputs in L3.
 //!
 //! A tile or bucket fetches the inputs of the one after it into L2 while it works (tiles while they
 //! route, buckets while they emit, which reads no inputs). The hardware prefetchers follow streams
