@@ -24,7 +24,7 @@
 //! subtree is walked. Sets that shrink to a single row stop sharing: such rows walk the rest of their
 //! path alone, four at a time in interleaved lanes (`Vector::dot4`), so four weight fetches overlap.
 //! Small calls (one or a few rows) are a single bucket. Trees go one after another, each over all the
-//! call's rows; a forest of at least [`FOREST_CHUNK_TREES`] trees takes a large call a chunk of rows at
+//! call's rows; a forest of at least four trees takes a large call a chunk of rows at
 //! a time instead, so that each tree finds the chunk's inputs and outputs in L3.
 //!
 //! A tile or bucket fetches the inputs of the one after it into L2 while it works (tiles while they
@@ -854,8 +854,7 @@ fn partition(set: &mut [u32], code: &[u8], bit: u8) -> usize {
     let mut i = 0;
     for j in 0..set.len() {
         let row = set[j];
-        set[j] = set[i];
-        set[i] = row;
+        set.swap(i, j);
         i += usize::from(code[row as usize] & bit == 0);
     }
     i
