@@ -728,8 +728,10 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
         // The rows' activations above the split, read when they are emitted: a call's rows lie
         // anywhere in `up`, which the inputs streamed meanwhile push out of L2, so each read would
         // wait on L3 (11% of the kernel at 16384 rows).
-        for &r in s.ids.iter().filter(|_| split > 0) {
-            crate::simd::prefetch_l2(&up[r as usize * split..(r as usize + 1) * split]);
+        if split > 0 {
+            for &r in &s.ids {
+                crate::simd::prefetch_l2(&up[r as usize * split..(r as usize + 1) * split]);
+            }
         }
         s.acts.resize(count * levels, 0.0);
         s.ends.resize(count, 0);
@@ -1111,6 +1113,16 @@ mod tests {
             self.0 = self.0.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (self.0 >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         }
+        /// Seeded `(w_in, b_in, w_out, b_out)` for `shape`, drawn in that order.
+        fn weights(&mut self, shape: FffShape) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+            let total = shape.total_nodes();
+            (
+                self.vec(total * shape.d_in),
+                self.vec(total),
+                self.vec(total * shape.d_out),
+                self.vec(shape.d_out),
+            )
+        }
         fn vec(&mut self, n: usize) -> Vec<f32> {
             (0..n).map(|_| self.next()).collect()
         }
@@ -1153,13 +1165,7 @@ mod tests {
                 depth,
                 trees,
             };
-            let total = shape.total_nodes();
-            let (w_in, b_in, w_out, b_out) = (
-                rng.vec(total * d_in),
-                rng.vec(total),
-                rng.vec(total * d_out),
-                rng.vec(d_out),
-            );
+            let (w_in, b_in, w_out, b_out) = rng.weights(shape);
             let x: Vec<f32> = rng.vec(rows * d_in).iter().map(|v| v * 4.0).collect();
             for biased in [true, false] {
                 let w = FffWeights {
@@ -1236,13 +1242,7 @@ mod tests {
                 depth,
                 trees,
             };
-            let total = shape.total_nodes();
-            let (w_in, b_in, w_out, b_out) = (
-                rng.vec(total * d_in),
-                rng.vec(total),
-                rng.vec(total * d_out),
-                rng.vec(d_out),
-            );
+            let (w_in, b_in, w_out, b_out) = rng.weights(shape);
             let x: Vec<f32> = rng.vec(rows * d_in).iter().map(|v| v * 4.0).collect();
             let biased = case % 2 == 0;
             let w = FffWeights {
@@ -1342,13 +1342,7 @@ mod tests {
             trees: 5,
         };
         assert!(forest_chunk(shape, rows).is_some_and(|c| c < rows && rows < 2 * c));
-        let total = shape.total_nodes();
-        let (w_in, b_in, w_out, b_out) = (
-            rng.vec(total * d_in),
-            rng.vec(total),
-            rng.vec(total * d_out),
-            rng.vec(d_out),
-        );
+        let (w_in, b_in, w_out, b_out) = rng.weights(shape);
         let x = rng.vec(rows * d_in);
         let w = FffWeights {
             w_in: &w_in,
