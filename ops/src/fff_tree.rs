@@ -23,7 +23,10 @@
 //! however deep it sits, and a bucket's inputs (about [`BUCKET_ROWS`] rows) stay in L2 while its
 //! subtree is walked. Sets that shrink to a single row stop sharing: such rows walk the rest of their
 //! path alone, four at a time in interleaved lanes (`Vector::dot4`), so four weight fetches overlap.
-//! Small calls (one or a few rows) are a single bucket. Trees go one after another, each over all the
+//! Small calls (a few rows) are a single bucket. A one-row call shares nothing, so it neither routes
+//! nor emits as a set: its row walks each tree level by level, each level's dot product fused with
+//! the emission of the level above (`Lone`, [`Vector::dot_axpy`]), so that the output weights
+//! stream in while routing waits on its own loads. Trees go one after another, each over all the
 //! call's rows; a forest of at least four trees takes a large call a chunk of rows at
 //! a time instead, so that each tree finds the chunk's inputs and outputs in L3.
 //!
@@ -41,7 +44,7 @@
 //! which rows walk alone, so every dot product that routes a row sums in the same order wherever the
 //! row is: in groups, in four lanes, or in padded lanes when fewer than four rows are left. Only the
 //! sole row of a one-row call uses [`Vector::dot`]'s several running sums, which hide the latency of
-//! its multiply-adds (with one running sum a one-row call takes about 20% longer).
+//! its multiply-adds (with one running sum a one-row call took about 20% longer).
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -114,6 +117,15 @@ pub(crate) trait Weight: Copy + Send + Sync {
         cols: Range<usize>,
         store: Store,
     );
+    /// `x . w` (the sums of `dot`) while `y += alpha * v`, `v` the one row picked: see
+    /// [`Vector::dot_axpy`].
+    fn dot_axpy<V: Vector>(
+        x: &[f32],
+        w: &[Self],
+        alpha: f32,
+        v: Picked<Self>,
+        y: &mut [f32],
+    ) -> f32;
 }
 
 impl Weight for f32 {
@@ -144,6 +156,11 @@ impl Weight for f32 {
     ) {
         V::combine(y, init, alpha, w, cols, store)
     }
+
+    #[inline(always)]
+    fn dot_axpy<V: Vector>(x: &[f32], w: &[f32], alpha: f32, v: Picked<f32>, y: &mut [f32]) -> f32 {
+        V::dot_axpy(x, w, alpha, v.row(0), y)
+    }
 }
 
 impl Weight for u16 {
@@ -172,6 +189,10 @@ impl Weight for u16 {
         store: Store,
     ) {
         V::combine_bf16(y, init, alpha, w, cols, store)
+    }
+    #[inline(always)]
+    fn dot_axpy<V: Vector>(x: &[f32], w: &[u16], alpha: f32, v: Picked<u16>, y: &mut [f32]) -> f32 {
+        V::dot_axpy_bf16(x, w, alpha, v.row(0), y)
     }
 }
 
@@ -428,6 +449,21 @@ fn run<W: Weight>(
         }
         return;
     }
+    if rows == 1 {
+        // A lone row shares no weights with other rows: it walks each tree on its own.
+        for t in 0..job.shape.trees {
+            on_isa(
+                isa,
+                Lone {
+                    job,
+                    tree: t,
+                    x,
+                    y: &mut *out,
+                },
+            );
+        }
+        return;
+    }
     let plan = plan.unwrap_or_else(|| Plan::new(rows, job.shape, threads));
     assert!(plan.split <= job.shape.depth && plan.tile > 0);
     let out = OutRows::new(out, job.shape.d_out);
@@ -627,6 +663,61 @@ unsafe fn on_avx2<B: Body>(body: B) {
     body.run::<crate::simd::Avx2>()
 }
 
+/// A call's only row through one tree. Each level's dot product runs fused with the emission of the
+/// level above ([`Weight::dot_axpy`]): the output row stays in L1 and takes each output weight row
+/// while the routing waits on its own loads (the next level's weights depend on this level's
+/// result), instead of routing the whole path first and then summing its output rows, each from L2
+/// again. The sums are those of routing a lone row with [`Vector::dot`] and emitting its path.
+struct Lone<'a, W> {
+    job: &'a Job<'a, W>,
+    tree: usize,
+    x: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl<W: Weight> Body for Lone<'_, W> {
+    #[inline(always)]
+    fn run<V: Vector>(self) {
+        let Lone { job, tree, x, y } = self;
+        let FffShape {
+            d_in, d_out, depth, ..
+        } = job.shape;
+        let base = tree * job.shape.nodes_per_tree();
+        match (tree, job.b_out) {
+            (0, None) => y.fill(0.0),
+            (0, Some(b)) => y.copy_from_slice(b),
+            _ => {}
+        }
+        let w_in = |node: usize| &job.w_in[node * d_in..(node + 1) * d_in];
+        fn picked<'a, W>(matrix: &'a [W], width: usize, node: &'a u32) -> Picked<'a, W> {
+            Picked {
+                matrix,
+                width,
+                idx: std::slice::from_ref(node),
+            }
+        }
+        // The node routed last, as an index into the weights, and its activation, not yet emitted.
+        let mut last: Option<(u32, f32)> = None;
+        let mut node = 0;
+        for _ in 0..=depth {
+            let at = base + node;
+            let dot = match &last {
+                None => W::dot::<V>(x, w_in(at)),
+                Some((n, act)) => {
+                    W::dot_axpy::<V>(x, w_in(at), *act, picked(job.w_out, d_out, n), y)
+                }
+            };
+            let logit = dot + job.b_in.map_or(0.0, |b| b[at]);
+            last = Some((at as u32, job.act.apply(logit)));
+            node = 2 * node + 1 + job.branch.goes_right(logit) as usize;
+        }
+        if let Some((n, act)) = last {
+            let w = picked(job.w_out, d_out, &n);
+            W::combine::<V>(y, Init::Keep, &[act], w, 0..d_out, Store::Cached);
+        }
+    }
+}
+
 /// The levels above the split for one tile of rows.
 struct Tile<'a, 'b, W> {
     job: &'a Job<'a, W>,
@@ -673,7 +764,6 @@ impl<W: Weight> Body for Tile<'_, '_, W> {
             0,
             0,
             next,
-            false,
         );
         crate::activation::bias_act_rows(job.act, up, None);
     }
@@ -752,7 +842,6 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             split,
             plan.lone,
             &[],
-            rows.is_none() && count == 1,
         );
         crate::activation::bias_act_rows(job.act, &mut s.acts[..count * levels], None);
         // Emit in leaf order, a block of columns at a time.
@@ -881,7 +970,6 @@ fn route<W: Weight, V: Vector>(
     level: usize,
     lone: usize,
     ahead: &[f32],
-    single: bool,
 ) {
     let d_in = job.shape.d_in;
     let mut ahead = ahead.chunks(d_in.max(16));
@@ -1027,19 +1115,13 @@ fn route<W: Weight, V: Vector>(
         if live == 0 {
             break;
         }
-        let mut dots = [0.0f32; 4];
-        if single {
-            // The call's only row: several running sums hide the multiply-adds' latency.
-            dots[0] = W::dot::<V>(xrow(lanes[0].0), w_in(lanes[0].1 as usize));
-        } else {
-            // Fewer than four lanes left are padded with the first: each row gets the sums it would
-            // get beside others, so its result does not depend on the rows it walks with.
-            let lane = |k: usize| lanes[if k < live { k } else { 0 }];
-            dots = W::dot4::<V>(
-                std::array::from_fn(|k| xrow(lane(k).0)),
-                std::array::from_fn(|k| w_in(lane(k).1 as usize)),
-            );
-        }
+        // Fewer than four lanes left are padded with the first: each row gets the sums it would get
+        // beside others, so its result does not depend on the rows it walks with.
+        let lane = |k: usize| lanes[if k < live { k } else { 0 }];
+        let dots = W::dot4::<V>(
+            std::array::from_fn(|k| xrow(lane(k).0)),
+            std::array::from_fn(|k| w_in(lane(k).1 as usize)),
+        );
         for k in (0..live).rev() {
             let (i, node, level) = lanes[k];
             let logit = dots[k] + bias(node as usize);
@@ -1230,6 +1312,10 @@ mod tests {
             // Wider than a column pass: several passes, with and without a masked tail.
             (600, 40, 320, 5, 2),
             (300, 24, 300, 4, 1),
+            // One row, whose levels fuse routing with emission: the dot product longer than the
+            // output row, and shorter.
+            (1, 331, 200, 6, 2),
+            (1, 130, 300, 4, 3),
         ];
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)

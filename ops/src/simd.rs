@@ -179,6 +179,24 @@ pub trait Vector {
     /// `y += alpha * x`.
     fn axpy(alpha: f32, x: &[f32], y: &mut [f32]);
 
+    /// `a . w`, summed as [`Vector::dot`] sums it, while `y += alpha * v`: a lone row routes one level
+    /// of its tree while it emits the level above, so that the output weights stream in during the
+    /// waits of the dot product, whose next row of weights depends on its result.
+    #[inline(always)]
+    fn dot_axpy(a: &[f32], w: &[f32], alpha: f32, v: &[f32], y: &mut [f32]) -> f32 {
+        Self::axpy(alpha, v, y);
+        Self::dot(a, w)
+    }
+
+    /// [`Vector::dot_axpy`] with `w` and `v` in bf16 (bit patterns).
+    #[inline(always)]
+    fn dot_axpy_bf16(a: &[f32], w: &[u16], alpha: f32, v: &[u16], y: &mut [f32]) -> f32 {
+        for (yv, &x) in y.iter_mut().zip(v) {
+            *yv += alpha * bf16_to_f32(x);
+        }
+        Self::dot_bf16(a, w)
+    }
+
     /// Four independent dot products `a[k] . b[k]`, interleaved so their loads overlap.
     #[inline(always)]
     fn dot4(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 4] {
@@ -448,6 +466,13 @@ mod x86 {
         }
 
         #[inline(always)]
+        fn dot_axpy(a: &[f32], w: &[f32], alpha: f32, v: &[f32], y: &mut [f32]) -> f32 {
+            // SAFETY: as for `dot`; the dot product reads `min(len)` elements of `a` and `w`, the
+            // update `min(len)` of `v` and `y`.
+            unsafe { dot_axpy_avx512(a, w, alpha, v, y) }
+        }
+
+        #[inline(always)]
         fn dot4(a: [&[f32]; 4], b: [&[f32]; 4]) -> [f32; 4] {
             // SAFETY: as for `dot`; each pair is read up to the shortest length of the eight slices.
             unsafe { dot4_avx512(a, b, |p, i, m| _mm512_maskz_loadu_ps(m, p.add(i))) }
@@ -502,6 +527,12 @@ mod x86 {
         fn dot4_bf16(a: [&[f32]; 4], w: [&[u16]; 4]) -> [f32; 4] {
             // SAFETY: as for `dot`; each pair is read up to the shortest length of the eight slices.
             unsafe { dot4_avx512(a, w, |p, i, m| widen16_masked(p.add(i), m)) }
+        }
+
+        #[inline(always)]
+        fn dot_axpy_bf16(a: &[f32], w: &[u16], alpha: f32, v: &[u16], y: &mut [f32]) -> f32 {
+            // SAFETY: as for `dot_axpy`.
+            unsafe { dot_axpy_bf16_avx512(a, w, alpha, v, y) }
         }
 
         #[inline(always)]
@@ -643,6 +674,60 @@ mod x86 {
             _mm512_mask_storeu_ps(py.add(i), m, v);
             i += left;
         }
+    }
+
+    /// [`dot_avx512`] interleaved with [`axpy_avx512`]: each 64-element step of the dot product is
+    /// followed by one of the update while both have steps left; the sums are those of the two apart.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn dot_axpy_avx512(a: &[f32], w: &[f32], alpha: f32, v: &[f32], y: &mut [f32]) -> f32 {
+        let (n, m) = (a.len().min(w.len()), v.len().min(y.len()));
+        let (pa, pw, pv, py) = (a.as_ptr(), w.as_ptr(), v.as_ptr(), y.as_mut_ptr());
+        let va = _mm512_set1_ps(alpha);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let (mut i, mut j) = (0, 0);
+        while i + 64 <= n {
+            for (k, s) in acc.iter_mut().enumerate() {
+                *s = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 16 * k)),
+                    _mm512_loadu_ps(pw.add(i + 16 * k)),
+                    *s,
+                );
+            }
+            i += 64;
+            if j + 64 <= m {
+                for q in 0..4 {
+                    let at = py.add(j + 16 * q);
+                    let u = _mm512_fmadd_ps(
+                        va,
+                        _mm512_loadu_ps(pv.add(j + 16 * q)),
+                        _mm512_loadu_ps(at),
+                    );
+                    _mm512_storeu_ps(at, u);
+                }
+                j += 64;
+            }
+        }
+        axpy_avx512(alpha, &v[j..m], &mut y[j..m]);
+        // The dot product's last elements, as `dot_avx512` takes them.
+        while i < n {
+            let left = (n - i).min(16);
+            let mask: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(mask, pa.add(i)),
+                _mm512_maskz_loadu_ps(mask, pw.add(i)),
+                acc[0],
+            );
+            i += left;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
     }
 
     /// Four independent dot products `a[k] . b[k]`, interleaved, with `load(row, i, mask)` reading 16
@@ -1111,6 +1196,74 @@ mod x86 {
             acc = _mm512_fmadd_ps(
                 _mm512_maskz_loadu_ps(m, pa.add(i)),
                 widen16_masked(pw.add(i), m),
+                acc,
+            );
+            i += left;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc, acc2))
+    }
+
+    /// [`dot_bf16_avx512`] interleaved with `y += alpha * v` (`v` in bf16), 32 elements of each a
+    /// step while both have steps left; the sums are those of the dot product and of
+    /// [`combine_bf16_avx512`] apart.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn dot_axpy_bf16_avx512(
+        a: &[f32],
+        w: &[u16],
+        alpha: f32,
+        v: &[u16],
+        y: &mut [f32],
+    ) -> f32 {
+        let (n, m) = (a.len().min(w.len()), v.len().min(y.len()));
+        let (pa, pw, pv, py) = (a.as_ptr(), w.as_ptr(), v.as_ptr(), y.as_mut_ptr());
+        let va = _mm512_set1_ps(alpha);
+        let (mut acc, mut acc2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let (mut i, mut j) = (0, 0);
+        while i + 32 <= n {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), widen16(pw.add(i)), acc);
+            acc2 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i + 16)),
+                widen16(pw.add(i + 16)),
+                acc2,
+            );
+            i += 32;
+            if j + 32 <= m {
+                for q in [0, 16] {
+                    let at = py.add(j + q);
+                    let u = _mm512_fmadd_ps(va, widen16(pv.add(j + q)), _mm512_loadu_ps(at));
+                    _mm512_storeu_ps(at, u);
+                }
+                j += 32;
+            }
+        }
+        while j < m {
+            let left = (m - j).min(16);
+            let mask: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            let at = py.add(j);
+            let u = _mm512_fmadd_ps(
+                va,
+                widen16_masked(pv.add(j), mask),
+                _mm512_maskz_loadu_ps(mask, at),
+            );
+            _mm512_mask_storeu_ps(at, mask, u);
+            j += left;
+        }
+        // The dot product's last elements, as `dot_bf16_avx512` takes them.
+        while i < n {
+            let left = (n - i).min(16);
+            let mask: __mmask16 = if left == 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            acc = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(mask, pa.add(i)),
+                widen16_masked(pw.add(i), mask),
                 acc,
             );
             i += left;
