@@ -35,6 +35,9 @@ impl PlanBytes {
     }
 }
 
+/// A node's input views, on the stack for the ops of a transformer (at most six inputs).
+type NodeViews<'a> = smallvec::SmallVec<[Option<TensorView<'a>>; 6]>;
+
 /// Where a value comes from when a node reads it.
 #[derive(Clone, Debug)]
 enum Source {
@@ -229,17 +232,20 @@ impl Model {
     }
 
     /// Checks the inputs against the model's declared names, dtypes and shapes (binding each symbolic
-    /// dimension to one size across all inputs) and orders them as the plan lists them.
+    /// dimension to one size across all inputs) and puts each in its value's slot.
     ///
     /// Models have a few inputs, so lists searched in order beat hashing here (this runs on every call).
-    fn bind_inputs(&self, mut given: Vec<(String, Tensor)>) -> Result<Vec<Tensor>> {
+    fn bind_inputs(
+        &self,
+        mut given: Vec<(String, Tensor)>,
+        slots: &mut [Option<Tensor>],
+    ) -> Result<()> {
         for (i, (name, _)) in given.iter().enumerate() {
             if given[..i].iter().any(|(earlier, _)| earlier == name) {
                 return Err(Error::input(format!("input '{name}' is given twice")));
             }
         }
-        let mut ordered: Vec<Tensor> = Vec::with_capacity(self.graph.inputs.len());
-        for spec in &self.graph.inputs {
+        for (k, spec) in self.graph.inputs.iter().enumerate() {
             let at = given.iter().position(|(name, _)| *name == spec.name);
             let t = at.map(|i| given.swap_remove(i).1).ok_or_else(|| {
                 Error::input(format!(
@@ -276,7 +282,7 @@ impl Model {
                             shape_text(&spec.shape)
                         )))
                     }
-                    Dim::Sym(s) => match self.bound_before(s, &ordered, spec, &dims[..axis]) {
+                    Dim::Sym(s) => match self.bound_before(s, k, slots, &dims[..axis]) {
                         Some((bound, by)) if bound != *d => {
                             return Err(Error::input(format!(
                                 "input '{}' axis {axis} ({s}) is {d}, but input '{by}' set {s} = {bound}",
@@ -288,7 +294,7 @@ impl Model {
                     _ => {}
                 }
             }
-            ordered.push(t);
+            slots[spec.value] = Some(t);
         }
         if let Some((extra, _)) = given.first() {
             let known: Vec<&str> = self.graph.inputs.iter().map(|i| i.name.as_str()).collect();
@@ -296,29 +302,30 @@ impl Model {
                 "unknown input '{extra}'; the model's inputs are {known:?}"
             )));
         }
-        Ok(ordered)
+        Ok(())
     }
 
-    /// The size that symbol `s` was first given, and by which input: among the inputs bound so far
-    /// (`bound`, in the plan's order), then among the axes `earlier` of the input `spec` being bound.
+    /// The size that symbol `s` was first given, and by which input: among the plan's inputs before
+    /// input `k` (already in their `slots`), then among the axes `earlier` of input `k`, being bound.
     /// Searched rather than recorded, so that binding allocates nothing.
-    fn bound_before<'a>(
-        &'a self,
+    fn bound_before(
+        &self,
         s: &str,
-        bound: &[Tensor],
-        spec: &'a PlanInput,
+        k: usize,
+        slots: &[Option<Tensor>],
         earlier: &[usize],
-    ) -> Option<(usize, &'a str)> {
+    ) -> Option<(usize, &str)> {
         let sym_axis = |shape: &[Dim]| {
             shape
                 .iter()
                 .position(|d| matches!(d, Dim::Sym(n) if n == s))
         };
-        for (done, t) in self.graph.inputs.iter().zip(bound) {
-            if let Some(axis) = sym_axis(&done.shape) {
+        for done in &self.graph.inputs[..k] {
+            if let (Some(axis), Some(t)) = (sym_axis(&done.shape), &slots[done.value]) {
                 return Some((t.shape()[axis], &done.name));
             }
         }
+        let spec = &self.graph.inputs[k];
         sym_axis(&spec.shape[..earlier.len()]).map(|axis| (earlier[axis], spec.name.as_str()))
     }
 
@@ -384,16 +391,14 @@ impl Model {
         mut profile: Option<&mut [Duration]>,
         mut observe: Option<&mut Observer>,
     ) -> Result<Vec<(String, Tensor)>> {
-        let ordered = self.bind_inputs(inputs)?;
         let spare = self
             .spare_slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop();
         let mut slots = spare.unwrap_or_else(|| vec![None; self.graph.num_values]);
-        for (spec, t) in self.graph.inputs.iter().zip(ordered) {
-            slots[spec.value] = Some(t);
-        }
+        // On bad inputs the slots, holding those bound so far, are dropped (the next run makes new).
+        self.bind_inputs(inputs, &mut slots)?;
         for (i, (node, frees)) in self.graph.nodes.iter().zip(&self.frees).enumerate() {
             if let Some(observe) = observe.as_deref_mut() {
                 let views = self.node_views(node, &slots)?;
@@ -402,7 +407,7 @@ impl Model {
             let start = profile.is_some().then(Instant::now);
             let reused = self.try_in_place(node, &self.handover[i], &mut slots)?;
             let outs = if let Some(t) = reused {
-                vec![t]
+                smallvec::smallvec![t]
             } else {
                 let views = self.node_views(node, &slots)?;
                 eval(&node.op, &views, node.outputs.len()).map_err(|e| Error::Node {
@@ -476,21 +481,23 @@ impl Model {
             let Some(owned) = slots[v].take() else {
                 continue;
             };
-            let views: Vec<Option<TensorView>> = node
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(j, i)| match i {
-                    Some(w) if j != index => self.value_view(*w, slots).map(Some),
-                    _ => Ok(None),
-                })
-                .collect::<Result<_>>()?;
-            let result =
-                in_place::eval(&node.op, index, owned, &views).map_err(|e| Error::Node {
-                    node: node.name.clone(),
-                    op: node.op.name(),
-                    cause: Box::new(e),
-                })?;
+            let result = {
+                let views: NodeViews = node
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, i)| match i {
+                        Some(w) if j != index => self.value_view(*w, slots).map(Some),
+                        _ => Ok(None),
+                    })
+                    .collect::<Result<_>>()?;
+                in_place::eval(&node.op, index, owned, &views)
+            }
+            .map_err(|e| Error::Node {
+                node: node.name.clone(),
+                op: node.op.name(),
+                cause: Box::new(e),
+            })?;
             match result {
                 InPlace::Done(t) => return Ok(Some(t)),
                 InPlace::Declined(t) => slots[v] = Some(t),
@@ -499,14 +506,14 @@ impl Model {
         Ok(None)
     }
 
-    /// Views of a node's inputs (`None` for absent optional inputs), in a vector sized up front: this
-    /// runs for every node of every call.
+    /// Views of a node's inputs (`None` for absent optional inputs): this runs for every node of every
+    /// call.
     fn node_views<'a>(
         &'a self,
         node: &PlanNode,
         slots: &'a [Option<Tensor>],
-    ) -> Result<Vec<Option<TensorView<'a>>>> {
-        let mut views = Vec::with_capacity(node.inputs.len());
+    ) -> Result<NodeViews<'a>> {
+        let mut views = NodeViews::new();
         for i in &node.inputs {
             views.push(i.map(|v| self.value_view(v, slots)).transpose()?);
         }

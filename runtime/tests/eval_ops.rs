@@ -16,7 +16,7 @@ fn i64s(shape: &[usize], v: &[i64]) -> Tensor {
 
 fn run(op: Op, inputs: &[Option<&Tensor>], n_out: usize) -> Vec<Tensor> {
     let views: Vec<Option<TensorView>> = inputs.iter().map(|t| t.map(Tensor::view)).collect();
-    eval(&op, &views, n_out).unwrap()
+    eval(&op, &views, n_out).unwrap().into_vec()
 }
 
 fn run_err(op: Op, inputs: &[Option<&Tensor>]) -> String {

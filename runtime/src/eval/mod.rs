@@ -11,6 +11,8 @@ mod layout;
 mod nn;
 mod reduce;
 
+use smallvec::{smallvec, SmallVec};
+
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::tensor::{DType, Tensor, TensorView};
@@ -39,9 +41,12 @@ pub fn with_element_limit<R>(limit: usize, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// What an op produces: most ops one tensor, held without a heap allocation.
+pub type OpOutputs = SmallVec<[Tensor; 1]>;
+
 /// Evaluates `op` on `inputs` (`None` for an absent optional input), producing `n_outputs` tensors.
-pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<Vec<Tensor>> {
-    let one = |t: Result<Tensor>| t.map(|t| vec![t]);
+pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<OpOutputs> {
+    let one = |t: Result<Tensor>| t.map(|t| smallvec![t]);
     match op {
         Op::Identity => one(Ok(input(inputs, 0)?.to_owned())),
         Op::Unary(u) => one(elementwise::unary(*u, input(inputs, 0)?)),
@@ -84,7 +89,7 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
             } else {
                 *num_outputs
             };
-            layout::split(input(inputs, 0)?, optional(inputs, 1), *axis, n)
+            layout::split(input(inputs, 0)?, optional(inputs, 1), *axis, n).map(SmallVec::from_vec)
         }
         Op::Slice => one(layout::slice(
             input(inputs, 0)?,
@@ -310,7 +315,7 @@ mod tests {
         )
     }
 
-    fn constant_of_shape(dims: &[i64]) -> Result<Vec<Tensor>> {
+    fn constant_of_shape(dims: &[i64]) -> Result<OpOutputs> {
         let shape = shape_of(dims);
         eval(
             &Op::ConstantOfShape {

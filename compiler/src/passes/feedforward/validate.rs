@@ -23,7 +23,7 @@ fn probe_eval(
     op: &Op,
     inputs: &[Option<TensorView>],
     n_outputs: usize,
-) -> fff_runtime::Result<Vec<Tensor>> {
+) -> fff_runtime::Result<fff_runtime::eval::OpOutputs> {
     fff_runtime::eval::with_element_limit(PROBE_MAX_ELEMENTS, || eval(op, inputs, n_outputs))
 }
 
