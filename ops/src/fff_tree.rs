@@ -106,10 +106,11 @@ const MAX_DEPTH: usize = 30;
 /// A weight element type the kernel can read: `f32`, or bf16 bit patterns in a `u16`.
 pub(crate) trait Weight: Copy + Send + Sync {
     fn dot<V: Vector>(x: &[f32], w: &[Self]) -> f32;
-    fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[Self]; 4]) -> [f32; 4];
+    fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[Self]; 4], ahead: bool) -> [f32; 4];
     fn dots<V: Vector, const R: usize, const N: usize>(
         x: [&[f32]; R],
         w: [&[Self]; N],
+        ahead: bool,
     ) -> [[f32; N]; R];
     fn combine<V: Vector>(
         y: &mut [f32],
@@ -136,15 +137,16 @@ impl Weight for f32 {
         V::dot(x, w)
     }
     #[inline(always)]
-    fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[f32]; 4]) -> [f32; 4] {
-        V::dot4(x, w)
+    fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[f32]; 4], ahead: bool) -> [f32; 4] {
+        V::dot4(x, w, ahead)
     }
     #[inline(always)]
     fn dots<V: Vector, const R: usize, const N: usize>(
         x: [&[f32]; R],
         w: [&[f32]; N],
+        ahead: bool,
     ) -> [[f32; N]; R] {
-        V::dots(x, w)
+        V::dots(x, w, ahead)
     }
 
     #[inline(always)]
@@ -171,15 +173,16 @@ impl Weight for u16 {
         V::dot_bf16(x, w)
     }
     #[inline(always)]
-    fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[u16]; 4]) -> [f32; 4] {
-        V::dot4_bf16(x, w)
+    fn dot4<V: Vector>(x: [&[f32]; 4], w: [&[u16]; 4], ahead: bool) -> [f32; 4] {
+        V::dot4_bf16(x, w, ahead)
     }
     #[inline(always)]
     fn dots<V: Vector, const R: usize, const N: usize>(
         x: [&[f32]; R],
         w: [&[u16]; N],
+        ahead: bool,
     ) -> [[f32; N]; R] {
-        V::dots_bf16(x, w)
+        V::dots_bf16(x, w, ahead)
     }
     #[inline(always)]
     fn combine<V: Vector>(
@@ -766,6 +769,7 @@ impl<W: Weight> Body for Tile<'_, '_, W> {
             0,
             0,
             next,
+            true,
         );
         crate::activation::bias_act_rows(job.act, up, None);
     }
@@ -844,6 +848,7 @@ impl<W: Weight> Body for Bucket<'_, '_, W> {
             split,
             plan.lone,
             &[],
+            plan.split > 0,
         );
         crate::activation::bias_act_rows(job.act, &mut s.acts[..count * levels], None);
         // Emit in leaf order, a block of columns at a time.
@@ -957,7 +962,8 @@ fn partition(set: &mut [u32], code: &[u8], bit: u8) -> usize {
 /// to level `lv.stop`: records each activation in `lv`, and in `ends[i]` the node each row reaches at
 /// level `lv.stop`. Leaves `walk.set` holding the local rows in the order of those nodes. Sets of at
 /// most `lone` rows walk on alone, four at a time. Meanwhile `ahead` (the inputs of work to come) is
-/// fetched into L2, one row's worth per group of rows dotted.
+/// fetched into L2, one row's worth per group of rows dotted. In a `large` call (one split at a level)
+/// the dot products also fetch their input rows into L1 a few lines ahead.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn route<W: Weight, V: Vector>(
@@ -972,6 +978,7 @@ fn route<W: Weight, V: Vector>(
     level: usize,
     lone: usize,
     ahead: &[f32],
+    large: bool,
 ) {
     let d_in = job.shape.d_in;
     let mut ahead = ahead.chunks(d_in.max(16));
@@ -1048,14 +1055,14 @@ fn route<W: Weight, V: Vector>(
             };
             let mut groups = set[a..b].chunks_exact(4);
             for g in &mut groups {
-                let dots = W::dots::<V, 4, 3>(std::array::from_fn(|k| xrow(g[k])), w);
+                let dots = W::dots::<V, 4, 3>(std::array::from_fn(|k| xrow(g[k])), w, large);
                 fetch_ahead();
                 for k in 0..4 {
                     record(g[k], dots[k]);
                 }
             }
             for &i in groups.remainder() {
-                record(i, W::dots::<V, 1, 3>([xrow(i)], w)[0]);
+                record(i, W::dots::<V, 1, 3>([xrow(i)], w, large)[0]);
             }
             // Grandchildren left to right: split by the first branch, then each half by the second.
             let m = a + partition(&mut set[a..b], code, 2);
@@ -1077,7 +1084,7 @@ fn route<W: Weight, V: Vector>(
             };
             let mut groups = set[a..b].chunks_exact(4);
             for g in &mut groups {
-                let dots = W::dot4::<V>(std::array::from_fn(|k| xrow(g[k])), [wi; 4]);
+                let dots = W::dot4::<V>(std::array::from_fn(|k| xrow(g[k])), [wi; 4], large);
                 fetch_ahead();
                 for k in 0..4 {
                     record(g[k], dots[k]);
@@ -1089,6 +1096,7 @@ fn route<W: Weight, V: Vector>(
                 let dots = W::dot4::<V>(
                     std::array::from_fn(|k| xrow(*rest.get(k).unwrap_or(&first))),
                     [wi; 4],
+                    large,
                 );
                 for (k, &i) in rest.iter().enumerate() {
                     record(i, dots[k]);
@@ -1123,6 +1131,7 @@ fn route<W: Weight, V: Vector>(
         let dots = W::dot4::<V>(
             std::array::from_fn(|k| xrow(lane(k).0)),
             std::array::from_fn(|k| w_in(lane(k).1 as usize)),
+            large,
         );
         for k in (0..live).rev() {
             let (i, node, level) = lanes[k];
