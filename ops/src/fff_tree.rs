@@ -1061,8 +1061,22 @@ fn route<W: Weight, V: Vector>(
                     record(g[k], dots[k]);
                 }
             }
-            for &i in groups.remainder() {
-                record(i, W::dots::<V, 1, 3>([xrow(i)], w, large)[0]);
+            // The last one to three rows together: one running sum per row and weight row is a chain
+            // of dependent adds, so a row alone waits on their latency (the sums are the same).
+            match *groups.remainder() {
+                [a] => record(a, W::dots::<V, 1, 3>([xrow(a)], w, large)[0]),
+                [a, b] => {
+                    let d = W::dots::<V, 2, 3>([xrow(a), xrow(b)], w, large);
+                    record(a, d[0]);
+                    record(b, d[1]);
+                }
+                [a, b, c] => {
+                    let d = W::dots::<V, 3, 3>([xrow(a), xrow(b), xrow(c)], w, large);
+                    record(a, d[0]);
+                    record(b, d[1]);
+                    record(c, d[2]);
+                }
+                _ => {}
             }
             // Grandchildren left to right: split by the first branch, then each half by the second.
             let m = a + partition(&mut set[a..b], code, 2);
