@@ -63,11 +63,12 @@ use crate::simd::{Init, Isa, Picked, Portable, PortableFma, Store, Vector};
 /// rows on a Zen 5 core.)
 pub const TILE_ROWS: usize = 128;
 
-/// Rows per bucket the split level aims at: a bucket's inputs (768 KiB at width 768) stay in a 1 MiB
-/// L2 while its subtree is walked. (On a Zen 5 core at 16384 rows, 256-row buckets, split level 6,
-/// took 12.6 against 13.4 ms with f32 weights and 11.3 against 12.5 ms with bf16, next to 128-row
-/// ones at level 7; 512-row buckets were slower again.)
-pub const BUCKET_ROWS: usize = 256;
+/// Rows per bucket the split level aims at, before it is rounded down to an even level (so up to twice
+/// this many): a bucket's inputs (384–768 KiB at width 768) stay in a 1 MiB L2 while its subtree is
+/// walked. (On a Zen 5 core at 16384 rows, split level 6 took 12.6 against 13.4 ms at level 7 with
+/// f32 weights and 11.3 against 12.5 ms with bf16; at 512 rows level 2 took 0.45 against 0.55 ms at
+/// level 1.)
+pub const BUCKET_ROWS: usize = 128;
 
 /// Output columns emitted per pass over a bucket's rows, where its rows share few weight rows: this
 /// many columns of each (about 40 KiB for a 1x11 bucket at split level 7) then stay near the core,
@@ -277,6 +278,10 @@ impl Plan {
         while split < depth && rows >> split > BUCKET_ROWS {
             split += 1;
         }
+        // Routing takes two levels per pass over a set's inputs; an odd split leaves tiles a pass of
+        // one level over every row (and, with an even number of levels, buckets another), so buckets
+        // take up to twice as many rows instead.
+        split -= split % 2;
         if threads > 1 {
             while split < depth && 1 << split < 4 * threads && rows >> split >= 16 {
                 split += 1;
@@ -1501,7 +1506,10 @@ mod tests {
         };
         assert_eq!(Plan::new(1, shape, 1).split, 0);
         assert_eq!(Plan::new(128, shape, 1).split, 0);
+        // Even split levels: routing takes two levels a pass.
         assert_eq!(Plan::new(16384, shape, 1).split, 6);
+        assert_eq!(Plan::new(4096, shape, 1).split, 4);
+        assert_eq!(Plan::new(512, shape, 1).split, 2);
         // Outputs far larger than the caches are streamed.
         assert_eq!(Plan::new(2048, shape, 1).store, Store::Cached);
         assert_eq!(Plan::new(16384, shape, 1).store, Store::Streaming);
