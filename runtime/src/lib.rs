@@ -20,5 +20,6 @@ pub use tensor::{DType, Tensor, TensorView};
 pub mod model;
 pub mod npy;
 pub mod plan;
+pub mod pool_choice;
 
 pub use model::Model;

@@ -3,7 +3,6 @@
 
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::eval::eval;
 use crate::eval::in_place::{self, InPlace};
 use crate::plan::{self, Dim, PlanGraph, PlanInput, PlanNode};
+use crate::pool_choice::PoolChoice;
 use crate::tensor::{Bf16, DType, Tensor, TensorView};
 
 /// The bytes of a plan file: mapped from disk, or owned (8-byte aligned) when built from memory.
@@ -51,12 +51,6 @@ enum Source {
     Decoded(Tensor),
 }
 
-/// Calls that take less than this gain nothing from a pool: handing one to the pool and waking its
-/// threads costs about 10 µs (a one-row FFF layer takes 2 µs on the caller's thread, 14 µs through a
-/// two-thread pool). A model with several threads runs the next calls with no more input elements
-/// than such a call on the caller's thread.
-pub const SHORT_CALL: Duration = Duration::from_micros(50);
-
 /// The elements of all inputs of a call.
 fn input_elements(inputs: &[(String, Tensor)]) -> usize {
     inputs.iter().map(|(_, t)| t.len()).sum()
@@ -71,8 +65,8 @@ pub type Outputs = Vec<(String, Tensor)>;
 /// How a model runs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
-    /// Threads the kernels use; 0 means one per core. With more than one, a model still runs short
-    /// calls (see [`SHORT_CALL`]) on the caller's thread alone.
+    /// Threads the kernels use; 0 means one per core. With more than one, a model still runs calls
+    /// that its pool does not speed up on the caller's thread alone (see [`crate::pool_choice`]).
     pub threads: usize,
 }
 
@@ -91,10 +85,8 @@ pub struct Model {
     /// The threads every run's kernels share; none when there is one thread, and calls run on the
     /// caller's thread instead of being handed to a pool (which costs ~15 µs a call).
     pool: Option<rayon::ThreadPool>,
-    /// Calls with fewer input elements than this run on the caller's thread even when there is a pool:
-    /// one more than the largest input of a call that took less than [`SHORT_CALL`] (0: none yet), and
-    /// lowered again when such a call turns out long.
-    short_below: AtomicUsize,
+    /// Which calls run on the caller's thread even when there is a pool, learnt from earlier calls.
+    pool_choice: PoolChoice,
     /// Buffers of freed values, for later ops and runs (see [`crate::buffers`]).
     recycler: Arc<Mutex<Recycler>>,
     /// Value slots of finished runs, all empty, for the next runs (one per run in flight at most).
@@ -176,7 +168,7 @@ impl Model {
             recyclable,
             handover,
             pool,
-            short_below: AtomicUsize::new(0),
+            pool_choice: PoolChoice::default(),
             recycler: Arc::default(),
             spare_slots: Mutex::default(),
         })
@@ -190,7 +182,8 @@ impl Model {
     }
 
     /// Runs a call `f` on `elements` input elements with the model's threads: on its pool, or serially
-    /// on this thread when the model has one thread or the call is short (see [`SHORT_CALL`]).
+    /// on this thread when the model has one thread or the pool does not speed such calls up (see
+    /// [`crate::pool_choice`]).
     fn on_threads<T: Send>(
         &self,
         elements: usize,
@@ -200,7 +193,7 @@ impl Model {
         let Some(pool) = &self.pool else {
             return fff_ops::threads::serial(f);
         };
-        let serial = elements < self.short_below.load(Ordering::Relaxed);
+        let serial = self.pool_choice.serial(elements);
         let start = Instant::now();
         let result = if serial {
             fff_ops::threads::serial(f)
@@ -209,11 +202,7 @@ impl Model {
         };
         // Failed calls (bad inputs, say) end early and say nothing about the work of a call.
         if result.is_ok() {
-            if start.elapsed() < SHORT_CALL {
-                self.short_below.fetch_max(elements + 1, Ordering::Relaxed);
-            } else if serial {
-                self.short_below.fetch_min(elements, Ordering::Relaxed);
-            }
+            self.pool_choice.record(elements, serial, start.elapsed());
         }
         result
     }

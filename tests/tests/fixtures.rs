@@ -263,7 +263,8 @@ fn one_thread_models_run_on_the_callers_thread() {
     let got = outer.install(|| single.run(inputs[1].clone()).unwrap());
     close(&got, &want[1]);
     // The pooled model runs short calls on the caller's thread once it has seen one (see
-    // `model::SHORT_CALL`) and longer ones on its pool: alternating sizes, every call still agrees.
+    // `fff_runtime::pool_choice`) and longer ones on its pool: alternating sizes, every call still
+    // agrees.
     let long = random_inputs(&pooled, 8, 64, 9);
     let long_want = single.run(long.clone()).unwrap();
     for round in 0..3 {
