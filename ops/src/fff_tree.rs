@@ -122,15 +122,8 @@ pub(crate) trait Weight: Copy + Send + Sync {
         cols: Range<usize>,
         store: Store,
     );
-    /// `x . w` (the sums of `dot`) while `y += alpha * v`, `v` the one row picked: see
-    /// [`Vector::dot_axpy`].
-    fn dot_axpy<V: Vector>(
-        x: &[f32],
-        w: &[Self],
-        alpha: f32,
-        v: Picked<Self>,
-        y: &mut [f32],
-    ) -> f32;
+    /// `x . w` (the sums of `dot`) while `y += alpha * v`: see [`Vector::dot_axpy`].
+    fn dot_axpy<V: Vector>(x: &[f32], w: &[Self], alpha: f32, v: &[Self], y: &mut [f32]) -> f32;
 }
 
 impl Weight for f32 {
@@ -164,8 +157,8 @@ impl Weight for f32 {
     }
 
     #[inline(always)]
-    fn dot_axpy<V: Vector>(x: &[f32], w: &[f32], alpha: f32, v: Picked<f32>, y: &mut [f32]) -> f32 {
-        V::dot_axpy(x, w, alpha, v.row(0), y)
+    fn dot_axpy<V: Vector>(x: &[f32], w: &[f32], alpha: f32, v: &[f32], y: &mut [f32]) -> f32 {
+        V::dot_axpy(x, w, alpha, v, y)
     }
 }
 
@@ -198,8 +191,8 @@ impl Weight for u16 {
         V::combine_bf16(y, init, alpha, w, cols, store)
     }
     #[inline(always)]
-    fn dot_axpy<V: Vector>(x: &[f32], w: &[u16], alpha: f32, v: Picked<u16>, y: &mut [f32]) -> f32 {
-        V::dot_axpy_bf16(x, w, alpha, v.row(0), y)
+    fn dot_axpy<V: Vector>(x: &[f32], w: &[u16], alpha: f32, v: &[u16], y: &mut [f32]) -> f32 {
+        V::dot_axpy_bf16(x, w, alpha, v, y)
     }
 }
 
@@ -700,30 +693,26 @@ impl<W: Weight> Body for Lone<'_, W> {
             _ => {}
         }
         let w_in = |node: usize| &job.w_in[node * d_in..(node + 1) * d_in];
-        fn picked<'a, W>(matrix: &'a [W], width: usize, node: &'a u32) -> Picked<'a, W> {
-            Picked {
-                matrix,
-                width,
-                idx: std::slice::from_ref(node),
-            }
-        }
+        let w_out = |node: usize| &job.w_out[node * d_out..(node + 1) * d_out];
         // The node routed last, as an index into the weights, and its activation, not yet emitted.
-        let mut last: Option<(u32, f32)> = None;
+        let mut last: Option<(usize, f32)> = None;
         let mut node = 0;
         for _ in 0..=depth {
             let at = base + node;
-            let dot = match &last {
+            let dot = match last {
                 None => W::dot::<V>(x, w_in(at)),
-                Some((n, act)) => {
-                    W::dot_axpy::<V>(x, w_in(at), *act, picked(job.w_out, d_out, n), y)
-                }
+                Some((n, act)) => W::dot_axpy::<V>(x, w_in(at), act, w_out(n), y),
             };
             let logit = dot + job.b_in.map_or(0.0, |b| b[at]);
-            last = Some((at as u32, job.act.apply(logit)));
+            last = Some((at, job.act.apply(logit)));
             node = 2 * node + 1 + job.branch.goes_right(logit) as usize;
         }
         if let Some((n, act)) = last {
-            let w = picked(job.w_out, d_out, &n);
+            let w = Picked {
+                matrix: job.w_out,
+                width: d_out,
+                idx: &[n as u32],
+            };
             W::combine::<V>(y, Init::Keep, &[act], w, 0..d_out, Store::Cached);
         }
     }

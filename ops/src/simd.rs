@@ -638,6 +638,14 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
     unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        dot_stepped_avx512(a, b, || {})
+    }
+
+    /// [`dot_avx512`], calling `between` after each of its 64-element steps: other work interleaved
+    /// with the dot product's loads, its sums unchanged.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn dot_stepped_avx512(a: &[f32], b: &[f32], mut between: impl FnMut()) -> f32 {
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 4];
@@ -651,6 +659,7 @@ mod x86 {
                 );
             }
             i += 64;
+            between();
         }
         while i < n {
             let left = (n - i).min(16);
@@ -712,20 +721,11 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
     unsafe fn dot_axpy_avx512(a: &[f32], w: &[f32], alpha: f32, v: &[f32], y: &mut [f32]) -> f32 {
-        let (n, m) = (a.len().min(w.len()), v.len().min(y.len()));
-        let (pa, pw, pv, py) = (a.as_ptr(), w.as_ptr(), v.as_ptr(), y.as_mut_ptr());
+        let m = v.len().min(y.len());
+        let (pv, py) = (v.as_ptr(), y.as_mut_ptr());
         let va = _mm512_set1_ps(alpha);
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let (mut i, mut j) = (0, 0);
-        while i + 64 <= n {
-            for (k, s) in acc.iter_mut().enumerate() {
-                *s = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(pa.add(i + 16 * k)),
-                    _mm512_loadu_ps(pw.add(i + 16 * k)),
-                    *s,
-                );
-            }
-            i += 64;
+        let mut j = 0;
+        let dot = dot_stepped_avx512(a, w, || {
             if j + 64 <= m {
                 for q in 0..4 {
                     let at = py.add(j + 16 * q);
@@ -738,27 +738,9 @@ mod x86 {
                 }
                 j += 64;
             }
-        }
+        });
         axpy_avx512(alpha, &v[j..m], &mut y[j..m]);
-        // The dot product's last elements, as `dot_avx512` takes them.
-        while i < n {
-            let left = (n - i).min(16);
-            let mask: __mmask16 = if left == 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            };
-            acc[0] = _mm512_fmadd_ps(
-                _mm512_maskz_loadu_ps(mask, pa.add(i)),
-                _mm512_maskz_loadu_ps(mask, pw.add(i)),
-                acc[0],
-            );
-            i += left;
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ))
+        dot
     }
 
     /// Four independent dot products `a[k] . b[k]`, interleaved, with `load(row, i, mask)` reading 16
@@ -1212,6 +1194,14 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
     unsafe fn dot_bf16_avx512(a: &[f32], w: &[u16]) -> f32 {
+        dot_bf16_stepped_avx512(a, w, || {})
+    }
+
+    /// [`dot_bf16_avx512`], calling `between` after each of its 32-element steps (see
+    /// [`dot_stepped_avx512`]).
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn dot_bf16_stepped_avx512(a: &[f32], w: &[u16], mut between: impl FnMut()) -> f32 {
         let n = a.len().min(w.len());
         let (pa, pw) = (a.as_ptr(), w.as_ptr());
         let (mut acc, mut acc2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
@@ -1224,6 +1214,7 @@ mod x86 {
                 acc2,
             );
             i += 32;
+            between();
         }
         while i < n {
             let left = (n - i).min(16);
@@ -1242,9 +1233,8 @@ mod x86 {
         _mm512_reduce_add_ps(_mm512_add_ps(acc, acc2))
     }
 
-    /// [`dot_bf16_avx512`] interleaved with `y += alpha * v` (`v` in bf16), 32 elements of each a
-    /// step while both have steps left; the sums are those of the dot product and of
-    /// [`combine_bf16_avx512`] apart.
+    /// [`dot_bf16_avx512`] interleaved with [`axpy_bf16_avx512`], 32 elements of each a step while
+    /// both have steps left; the sums are those of the two apart.
     #[inline]
     #[target_feature(enable = "avx512f,fma")]
     unsafe fn dot_axpy_bf16_avx512(
@@ -1254,19 +1244,11 @@ mod x86 {
         v: &[u16],
         y: &mut [f32],
     ) -> f32 {
-        let (n, m) = (a.len().min(w.len()), v.len().min(y.len()));
-        let (pa, pw, pv, py) = (a.as_ptr(), w.as_ptr(), v.as_ptr(), y.as_mut_ptr());
+        let m = v.len().min(y.len());
+        let (pv, py) = (v.as_ptr(), y.as_mut_ptr());
         let va = _mm512_set1_ps(alpha);
-        let (mut acc, mut acc2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let (mut i, mut j) = (0, 0);
-        while i + 32 <= n {
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), widen16(pw.add(i)), acc);
-            acc2 = _mm512_fmadd_ps(
-                _mm512_loadu_ps(pa.add(i + 16)),
-                widen16(pw.add(i + 16)),
-                acc2,
-            );
-            i += 32;
+        let mut j = 0;
+        let dot = dot_bf16_stepped_avx512(a, w, || {
             if j + 32 <= m {
                 for q in [0, 16] {
                     let at = py.add(j + q);
@@ -1275,7 +1257,20 @@ mod x86 {
                 }
                 j += 32;
             }
-        }
+        });
+        axpy_bf16_avx512(alpha, &v[j..m], &mut y[j..m]);
+        dot
+    }
+
+    /// `y += alpha * v` with `v` in bf16, 16 lanes a step: per element the fused add of
+    /// [`combine_bf16_avx512`] with one term.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn axpy_bf16_avx512(alpha: f32, v: &[u16], y: &mut [f32]) {
+        let m = v.len().min(y.len());
+        let (pv, py) = (v.as_ptr(), y.as_mut_ptr());
+        let va = _mm512_set1_ps(alpha);
+        let mut j = 0;
         while j < m {
             let left = (m - j).min(16);
             let mask: __mmask16 = if left == 16 {
@@ -1292,22 +1287,6 @@ mod x86 {
             _mm512_mask_storeu_ps(at, mask, u);
             j += left;
         }
-        // The dot product's last elements, as `dot_bf16_avx512` takes them.
-        while i < n {
-            let left = (n - i).min(16);
-            let mask: __mmask16 = if left == 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            };
-            acc = _mm512_fmadd_ps(
-                _mm512_maskz_loadu_ps(mask, pa.add(i)),
-                widen16_masked(pw.add(i), mask),
-                acc,
-            );
-            i += left;
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc, acc2))
     }
 }
 
