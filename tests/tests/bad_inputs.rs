@@ -4,7 +4,7 @@
 //! (exit code 1, `error: ...` on stderr), and never a panic.
 //!
 //! The CLI tests run the binaries from `target/<profile>/`, so build them first:
-//! `cargo build --workspace --bins && cargo test -p fff-tests --test bad_inputs`.
+//! `cargo build --workspace --bins --tests && cargo test -p fff-tests --test bad_inputs`.
 
 mod common;
 

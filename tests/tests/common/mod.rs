@@ -189,7 +189,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
-        "{} does not exist: run `cargo build --workspace --bins` first (the README's test command does this)",
+        "{} does not exist: run `cargo build --workspace --bins --tests` first (the README's test command does this)",
         path.display()
     );
     path
