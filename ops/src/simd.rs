@@ -440,6 +440,38 @@ mod x86 {
         }
 
         #[inline(always)]
+        fn dot4(a: [&[f32]; 4], b: [&[f32]; 4], ahead: bool) -> [f32; 4] {
+            // SAFETY: as for `dot`; reads stay within the shortest slice.
+            unsafe { dot4_avx2(a, b, ahead, |p| _mm256_loadu_ps(p), |p| *p) }
+        }
+
+        #[inline(always)]
+        fn dot4_bf16(a: [&[f32]; 4], w: [&[u16]; 4], ahead: bool) -> [f32; 4] {
+            // SAFETY: as for `dot4`.
+            unsafe { dot4_avx2(a, w, ahead, |p| widen8(p), |p| bf16_to_f32(*p)) }
+        }
+
+        #[inline(always)]
+        fn dots<const R: usize, const N: usize>(
+            a: [&[f32]; R],
+            b: [&[f32]; N],
+            ahead: bool,
+        ) -> [[f32; N]; R] {
+            // SAFETY: as for `dot4`.
+            unsafe { dots_avx2(a, b, ahead, |p| _mm256_loadu_ps(p), |p| *p) }
+        }
+
+        #[inline(always)]
+        fn dots_bf16<const R: usize, const N: usize>(
+            a: [&[f32]; R],
+            b: [&[u16]; N],
+            ahead: bool,
+        ) -> [[f32; N]; R] {
+            // SAFETY: as for `dot4`.
+            unsafe { dots_avx2(a, b, ahead, |p| widen8(p), |p| bf16_to_f32(*p)) }
+        }
+
+        #[inline(always)]
         fn combine_bf16(
             y: &mut [f32],
             init: Init,
@@ -613,6 +645,94 @@ mod x86 {
             i += 1;
         }
         total
+    }
+
+    /// The length every row of a set of dot products reaches.
+    #[inline(always)]
+    fn common_len<T>(a: &[&[f32]], b: &[&[T]]) -> usize {
+        let a = a.iter().map(|s| s.len());
+        a.chain(b.iter().map(|s| s.len())).min().unwrap_or(0)
+    }
+
+    /// The last `i..n` elements of `a . b` added one at a time to `total`, the lanes' sum.
+    #[inline(always)]
+    unsafe fn tail_avx2<T>(
+        total: f32,
+        a: *const f32,
+        b: *const T,
+        i: usize,
+        n: usize,
+        get: &impl Fn(*const T) -> f32,
+    ) -> f32 {
+        (i..n).fold(total, |t, e| (*a.add(e)).mul_add(get(b.add(e)), t))
+    }
+
+    /// Four independent dot products `a[k] . b[k]`, interleaved, with `load(p)` reading eight lanes of
+    /// a `b` row at `p` as f32 and `get(p)` one. One running sum per product, eight elements a step,
+    /// then the tail one element at a time: the sums [`dots_avx2`] makes, so that a row routed in a
+    /// group, or walking alone beside others, gets the same logits.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot4_avx2<T>(
+        a: [&[f32]; 4],
+        b: [&[T]; 4],
+        ahead: bool,
+        load: impl Fn(*const T) -> __m256,
+        get: impl Fn(*const T) -> f32,
+    ) -> [f32; 4] {
+        let n = common_len(&a, &b);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 8 <= n {
+            for k in 0..4 {
+                if ahead && i % 16 == 0 {
+                    prefetch_ahead(a[k].as_ptr(), i);
+                }
+                acc[k] = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a[k].as_ptr().add(i)),
+                    load(b[k].as_ptr().add(i)),
+                    acc[k],
+                );
+            }
+            i += 8;
+        }
+        std::array::from_fn(|k| {
+            tail_avx2(hsum256(acc[k]), a[k].as_ptr(), b[k].as_ptr(), i, n, &get)
+        })
+    }
+
+    /// The body of [`Vector::dots`] for AVX2: each `b` row's eight lanes are loaded once a step for
+    /// all `R` rows. `load` and `get` as for [`dot4_avx2`], whose sums these are.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots_avx2<const R: usize, const N: usize, T>(
+        a: [&[f32]; R],
+        b: [&[T]; N],
+        ahead: bool,
+        load: impl Fn(*const T) -> __m256,
+        get: impl Fn(*const T) -> f32,
+    ) -> [[f32; N]; R] {
+        let n = common_len(&a, &b);
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        let mut i = 0;
+        while i + 8 <= n {
+            let w: [__m256; N] = std::array::from_fn(|j| load(b[j].as_ptr().add(i)));
+            for r in 0..R {
+                if ahead && i % 16 == 0 {
+                    prefetch_ahead(a[r].as_ptr(), i);
+                }
+                let x = _mm256_loadu_ps(a[r].as_ptr().add(i));
+                for j in 0..N {
+                    acc[r][j] = _mm256_fmadd_ps(x, w[j], acc[r][j]);
+                }
+            }
+            i += 8;
+        }
+        std::array::from_fn(|r| {
+            std::array::from_fn(|j| {
+                tail_avx2(hsum256(acc[r][j]), a[r].as_ptr(), b[j].as_ptr(), i, n, &get)
+            })
+        })
     }
 
     #[inline]
