@@ -875,12 +875,7 @@ mod x86 {
         ahead: bool,
         load: impl Fn(*const T, usize, __mmask16) -> __m512,
     ) -> [f32; 4] {
-        let n = a
-            .iter()
-            .map(|s| s.len())
-            .chain(b.iter().map(|s| s.len()))
-            .min()
-            .unwrap_or(0);
+        let n = common_len(&a, &b);
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
         while i < n {
@@ -920,12 +915,7 @@ mod x86 {
         ahead: bool,
         load: impl Fn(*const T, usize, __mmask16) -> __m512,
     ) -> [[f32; N]; R] {
-        let n = a
-            .iter()
-            .map(|s| s.len())
-            .chain(b.iter().map(|s| s.len()))
-            .min()
-            .unwrap_or(0);
+        let n = common_len(&a, &b);
         let mut acc = [[_mm512_setzero_ps(); N]; R];
         let mut i = 0;
         while i < n {
