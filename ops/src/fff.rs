@@ -201,22 +201,26 @@ pub fn fff_dense(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
     })
 }
 
-/// Depth 0 with both weight matrices stored as column panels ([`crate::panels`], as the compiler packs
-/// them): `layer.w.w_in` holds the panels of `W_in^T` (`[d_in, trees]`) and `layer.w.w_out` those of
-/// `W_out` (`[trees, d_out]`); `trees` and `d_out` are multiples of [`PANEL_COLS`], so neither is
-/// padded. The hidden activations are row-major here: both GEMMs read their weights in place.
-///
-/// [`PANEL_COLS`]: crate::panels::PANEL_COLS
-pub fn fff_dense_panels(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
+/// Depth 0 with both weight matrices stored as column panels `cols` wide ([`crate::panels`], as the
+/// compiler packs them, or repacked at load): `layer.w.w_in` holds the panels of `W_in^T`
+/// (`[d_in, trees]`) and `layer.w.w_out` those of `W_out` (`[trees, d_out]`); `trees` and `d_out` are
+/// multiples of `cols`, so neither is padded. The hidden activations are row-major here: both GEMMs
+/// read their weights in place.
+pub fn fff_dense_panels(layer: &FffLayer, cols: usize, x: &[f32], rows: usize, out: &mut [f32]) {
     use crate::panels::{gemm_panels, Panels};
     use rayon::prelude::*;
     let FffShape {
         d_in, d_out, trees, ..
     } = dense_shape(layer, x, rows, out);
     let FffLayer { act, w, .. } = *layer;
-    let w_in = Panels::new(w.w_in, d_in, trees).expect("W_in holds the panels of [d_in, trees]");
+    assert!(
+        trees.is_multiple_of(cols) && d_out.is_multiple_of(cols),
+        "panels {cols} wide hold whole layers"
+    );
+    let w_in =
+        Panels::new(w.w_in, d_in, trees, cols).expect("W_in holds the panels of [d_in, trees]");
     let w_out =
-        Panels::new(w.w_out, trees, d_out).expect("W_out holds the panels of [trees, d_out]");
+        Panels::new(w.w_out, trees, d_out, cols).expect("W_out holds the panels of [trees, d_out]");
     with_scratch(rows * trees, 0, |hidden, _| {
         gemm_panels(x, rows, w_in, hidden, 0.0);
         // The activation shares the threads too: at 128 rows of 3072 neurons it is 0.16 ms.
@@ -447,7 +451,7 @@ mod tests {
     /// biases, on one and two threads.
     #[test]
     fn dense_panels_agree_with_reference() {
-        use crate::panels::pack_panels;
+        use crate::panels::pack_panels_of;
         let mut s = 11u32;
         let mut next = move || {
             s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -467,6 +471,16 @@ mod tests {
                 let w_out: Vec<f32> = (0..trees * d_out).map(|_| next()).collect();
                 let b_out: Vec<f32> = (0..d_out).map(|_| next()).collect();
                 let x: Vec<f32> = (0..rows * d_in).map(|_| 4.0 * next()).collect();
+                // W_in^T [d_in, trees], then packed 64 and 16 columns wide.
+                let w_in_t: Vec<f32> = (0..d_in * trees)
+                    .map(|i| w_in[(i % trees) * d_in + i / trees])
+                    .collect();
+                let packs = [64, 16].map(|cols| {
+                    (
+                        pack_panels_of(&w_in_t, d_in, trees, cols),
+                        pack_panels_of(&w_out, trees, d_out, cols),
+                    )
+                });
                 let layer = |w_in, w_out| FffLayer {
                     shape,
                     act: Activation::GeluTanh,
@@ -480,25 +494,19 @@ mod tests {
                 };
                 let mut want = vec![0.0f32; rows * d_out];
                 fff_reference(&layer(&w_in, &w_out), &x, rows, &mut want);
-                // W_in^T [d_in, trees], then packed.
-                let w_in_t: Vec<f32> = (0..d_in * trees)
-                    .map(|i| w_in[(i % trees) * d_in + i / trees])
-                    .collect();
-                let (pi, po) = (
-                    pack_panels(&w_in_t, d_in, trees),
-                    pack_panels(&w_out, trees, d_out),
-                );
-                for threads in [1, 2] {
+                for (cols, threads) in [(64, 1), (64, 2), (16, 1), (16, 2)] {
+                    let (pi, po) = &packs[(cols == 16) as usize];
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .build()
                         .unwrap();
                     let mut got = vec![f32::NAN; rows * d_out];
-                    pool.install(|| fff_dense_panels(&layer(&pi, &po), &x, rows, &mut got));
+                    let packed = layer(pi, po);
+                    pool.install(|| fff_dense_panels(&packed, cols, &x, rows, &mut got));
                     for (g, r) in got.iter().zip(&want) {
                         assert!(
                             (g - r).abs() < 1e-5,
-                            "{rows}x{d_in}->{trees}->{d_out}, biases {biases}, {threads} threads: {g} vs {r}"
+                            "{rows}x{d_in}->{trees}->{d_out}, biases {biases}, {cols}-column panels, {threads} threads: {g} vs {r}"
                         );
                     }
                 }

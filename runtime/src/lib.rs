@@ -13,6 +13,7 @@ pub mod eval;
 pub mod fff_stats;
 pub mod io;
 pub mod op;
+pub mod panel_width;
 pub mod tensor;
 
 pub use error::{Error, Result};

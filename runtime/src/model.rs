@@ -47,7 +47,8 @@ enum Source {
     /// dynamic-rank view costs about 50 ns, on every read of a constant otherwise). The view borrows
     /// the model's `bytes`; see [`mapped_view`].
     Mapped(TensorView<'static>),
-    /// Decoded at load (bool constants, whose bytes must be checked to be 0 or 1).
+    /// Decoded at load: bool constants, whose bytes must be checked to be 0 or 1, and weight panels
+    /// repacked to another width ([`crate::panel_width`]).
     Decoded(Tensor),
 }
 
@@ -68,6 +69,10 @@ pub struct Options {
     /// Threads the kernels use; 0 means one per core. With more than one, a model still runs calls
     /// that its pool does not speed up on the caller's thread alone (see [`crate::pool_choice`]).
     pub threads: usize,
+    /// Columns per weight panel the dense products read; 0 means the width this CPU's GEMM reads best
+    /// ([`fff_ops::panels::best_cols`]). Plans store 64; other widths (divisors of 64) are repacked
+    /// at load ([`crate::panel_width`]).
+    pub panel_cols: usize,
 }
 
 pub struct Model {
@@ -149,6 +154,15 @@ impl Model {
                 Source::Mapped(mapped_view(&bytes, c.dtype, &c.shape, range))
             };
         }
+        let cols = crate::panel_width::resolve(options.panel_cols)?;
+        let constant = |v: usize| match &sources[v] {
+            Source::Runtime => None,
+            Source::Mapped(t) => Some(t.reborrow()),
+            Source::Decoded(t) => Some(t.view()),
+        };
+        for (v, t) in crate::panel_width::repacked(&graph, constant, cols) {
+            sources[v] = Source::Decoded(t);
+        }
         let frees = free_schedule(&graph);
         let handover = handover_schedule(&graph, &frees, &sources);
         let recyclable = recyclable_values(&graph);
@@ -210,6 +224,16 @@ impl Model {
     /// The plan's graph: inputs, outputs, nodes.
     pub fn graph(&self) -> &PlanGraph {
         &self.graph
+    }
+
+    /// The constant `value` as the model's ops read it (weight panels at the width they were
+    /// repacked to); `None` for values computed at run time.
+    pub fn constant(&self, value: usize) -> Option<TensorView<'_>> {
+        match self.sources.get(value)? {
+            Source::Runtime => None,
+            Source::Mapped(t) => Some(t.reborrow()),
+            Source::Decoded(t) => Some(t.view()),
+        }
     }
 
     pub fn inputs(&self) -> &[PlanInput] {

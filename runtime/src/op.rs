@@ -224,7 +224,9 @@ pub enum Op {
     Linear,
     /// `X [..., k], W [ceil(n / 64), k, 64], B? [n], R? -> Y`: [`Op::Linear`] with its `[k, n]` weights
     /// stored as column panels (`fff_ops::panels`: 64 columns each, row-major, the last zero-padded),
-    /// which the GEMM reads in place. Written by the compiler's `pack-weights` lowering.
+    /// which the GEMM reads in place. Written by the compiler's `pack-weights` lowering. The op takes
+    /// panels `c` wide by W's shape (`[ceil(n / c), k, c]`), as the runtime repacks them at load for
+    /// CPUs whose GEMM reads another width best ([`crate::panel_width`]).
     PackedLinear { n: usize },
     /// Q, K, V, Mask? -> Y [b, sq, h, dv] = softmax(scale * Q K' + Mask) V per batch and head, where
     /// the operands read as `[b, h, s, d]` are `Transpose(Q, q_perm)`, `Transpose(K, k_perm)` and
@@ -239,7 +241,8 @@ pub enum Op {
     },
     /// X, W_in, B_in?, W_out, B_out? -> Y; see docs/FFF.md. At depth 0 the compiler may store the
     /// weights as column panels (`fff_ops::panels`): W_in `[trees / 64, d_in, 64]` (the panels of
-    /// W_in's transpose) and W_out `[d_out / 64, trees, 64]`, told apart from `[nodes, d]` by rank.
+    /// W_in's transpose) and W_out `[d_out / 64, trees, 64]`, told apart from `[nodes, d]` by rank (or
+    /// `c` instead of 64, as repacked at load; see [`crate::panel_width`]).
     FastFeedForward {
         depth: usize,
         trees: usize,

@@ -315,11 +315,18 @@ fn packed_linear_reads_panels_and_refuses_bad_ones() {
         1,
     );
     assert_eq!(out[0], f32s(&[1, 2], &[14.5, 25.5]));
-    // Too many panels for n, and panels of the wrong width.
+    // Narrower panels, as the runtime repacks them at load, are read by their width.
+    let narrow = f32s(&[1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
+    let out = run(Op::PackedLinear { n: 2 }, &[Some(&x), Some(&narrow)], 1);
+    assert_eq!(out[0], f32s(&[1, 2], &[4.0, 6.0]));
+    // Too few panels for n, too many, and panels wider than the kernels take.
     let err = run_err(Op::PackedLinear { n: 65 }, &[Some(&x), Some(&w)]);
     assert!(err.contains("PackedLinear"), "{err}");
-    let narrow = f32s(&[1, 2, 2], &[1.0, 2.0, 3.0, 4.0]);
-    let err = run_err(Op::PackedLinear { n: 2 }, &[Some(&x), Some(&narrow)]);
+    let two = f32s(&[2, 2, 2], &[0.0; 8]);
+    let err = run_err(Op::PackedLinear { n: 2 }, &[Some(&x), Some(&two)]);
+    assert!(err.contains("PackedLinear"), "{err}");
+    let wide = f32s(&[1, 2, 65], &[0.0; 130]);
+    let err = run_err(Op::PackedLinear { n: 2 }, &[Some(&x), Some(&wide)]);
     assert!(err.contains("PackedLinear"), "{err}");
     // No weights at all (k = 0), yet 2^60 outputs asked for.
     let n = 1usize << 60;

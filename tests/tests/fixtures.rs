@@ -46,6 +46,63 @@ fn every_fixture_matches_its_expected_outputs() {
     }
 }
 
+/// The dense products read their weight panels at every width the runtime repacks them to: 16 (CPUs
+/// without AVX-512), 32, 64 (as plans store them) and 1; each model reads its panels at the width
+/// asked for and matches the reference outputs. A width that does not divide 64 is refused.
+#[test]
+fn every_panel_width_matches_the_expected_outputs() {
+    use fff_runtime::model::Options;
+    use fff_runtime::op::Op;
+    for name in ["bert-tiny", "dense-encoder-tiny"] {
+        let f = fixtures::get(name);
+        let plan = fff_compiler::compile_to_plan_bytes(&std::fs::read(&f.onnx).unwrap()).unwrap();
+        let expected = read_expected(&f.expected);
+        let text = std::fs::read_to_string(&f.input).unwrap();
+        for cols in [16, 32, 64, 1] {
+            let options = Options {
+                threads: 1,
+                panel_cols: cols,
+            };
+            let model = fff_runtime::Model::from_bytes_with(&plan, options).unwrap();
+            let mut panels = 0;
+            for node in &model.graph().nodes {
+                let at: &[usize] = match node.op {
+                    Op::PackedLinear { .. } => &[1],
+                    Op::FastFeedForward { depth: 0, .. } => &[1, 3],
+                    _ => &[],
+                };
+                for &i in at {
+                    let w = model.constant(node.inputs[i].unwrap()).unwrap();
+                    if w.shape().len() == 3 {
+                        assert_eq!(w.shape()[2], cols, "{name}: {} input {i}", node.name);
+                        panels += 1;
+                    }
+                }
+            }
+            assert!(panels > 0, "{name}: no weight panels");
+            let (inputs, _) = parse_inputs(&text, model.inputs()).unwrap();
+            let outputs = model.run(inputs).unwrap();
+            for (out_name, shape, want) in &expected {
+                let got = &outputs.iter().find(|(n, _)| n == out_name).unwrap().1;
+                let d = max_abs_diff(&format!("{name}/{out_name}"), got, shape, want);
+                assert!(
+                    d < TOL,
+                    "{name}/{out_name}, {cols}-column panels: max abs diff {d}"
+                );
+            }
+        }
+        let refused = fff_runtime::Model::from_bytes_with(
+            &plan,
+            Options {
+                threads: 1,
+                panel_cols: 24,
+            },
+        );
+        let message = refused.err().expect("width 24 refused").to_string();
+        assert!(message.contains("panel width 24"), "{message}");
+    }
+}
+
 /// Calls large enough that FastFeedForward's output takes a cache-line-aligned buffer (from 4 MiB: an
 /// array that starts a few elements into its allocation), which later ops write in place and the
 /// recycler takes back. Two input sets alternate over three runs, the outputs handed back in between,
@@ -227,8 +284,22 @@ fn one_thread_models_run_on_the_callers_thread() {
     use fff_runtime::model::Options;
     let f = fixtures::get("fff-encoder-tiny");
     let plan = fff_compiler::compile_to_plan_bytes(&std::fs::read(&f.onnx).unwrap()).unwrap();
-    let pooled = fff_runtime::Model::from_bytes_with(&plan, Options { threads: 2 }).unwrap();
-    let single = fff_runtime::Model::from_bytes_with(&plan, Options { threads: 1 }).unwrap();
+    let pooled = fff_runtime::Model::from_bytes_with(
+        &plan,
+        Options {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let single = fff_runtime::Model::from_bytes_with(
+        &plan,
+        Options {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!((pooled.threads(), single.threads()), (2, 1));
     let inputs: Vec<_> = (0..3)
         .map(|i| random_inputs(&pooled, 1 + i % 2, 4 + 3 * i, i as u64))

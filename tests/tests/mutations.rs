@@ -389,8 +389,14 @@ fn empty_and_single_token_inputs_give_outputs_or_errors() {
     for &name in fixtures::ALL {
         let (plan, _) = compiled_fixture(name);
         for threads in [1, 2] {
-            let model =
-                Model::from_bytes_with(&plan, fff_runtime::model::Options { threads }).unwrap();
+            let model = Model::from_bytes_with(
+                &plan,
+                fff_runtime::model::Options {
+                    threads,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             for (batch, seq) in [(0, 4), (2, 0), (0, 0), (1, 1)] {
                 let inputs = common::random_inputs(&model, batch, seq, 7);
                 let outcome = catch_unwind(AssertUnwindSafe(|| model.run(inputs)));

@@ -48,6 +48,11 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     threads: Option<usize>,
 
+    /// Columns per weight panel of the dense products: 64 as plans store them, or 16, 32, ... (any
+    /// divisor of 64), repacked at load [default: the width this CPU's GEMM reads best].
+    #[arg(long, value_name = "C", value_parser = at_least_one)]
+    panel_cols: Option<usize>,
+
     /// Time the model instead of printing its outputs: one warm-up run, then --runs timed runs, then one
     /// JSON line {"load_ms", "median_ms", "min_ms", "runs", "threads"}.
     #[arg(long)]
@@ -105,7 +110,11 @@ fn run(args: &Args) -> Result<()> {
     // 0 asks the runtime for one thread per core.
     let threads = args.threads.unwrap_or(0);
     let start = Instant::now();
-    let model = Model::load_with(&args.model, Options { threads })
+    let options = Options {
+        threads,
+        panel_cols: args.panel_cols.unwrap_or(0),
+    };
+    let model = Model::load_with(&args.model, options)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let (inputs, style) = read_inputs(&args.input, &model)?;

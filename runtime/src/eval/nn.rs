@@ -6,7 +6,7 @@ use fff_ops::attention::{AttentionShape, Mask, Strided};
 use fff_ops::fff::{fff_dense_panels, fff_forward, Branch, FffLayer, FffShape, FffWeights};
 use fff_ops::fff_bf16::{bf16_bits, fff_forward_bf16, FffLayerBf16, FffWeightsBf16};
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
-use fff_ops::panels::{gemm_panels, panel_count, Panels, PANEL_COLS};
+use fff_ops::panels::{gemm_panels, panel_count_of, Panels, MAX_PANEL_COLS, PANEL_COLS};
 use std::borrow::Cow;
 
 use ndarray::{ArrayD, ArrayViewD, CowArray, Dimension, IxDyn};
@@ -181,9 +181,19 @@ impl<'v, 'a> LinearWeights<'v, 'a> {
                 _ => None,
             },
             LinearWeights::Panels { w, n } => match w.shape() {
-                &[p, k, PANEL_COLS] if p == panel_count(n) => Some((k, n)),
+                &[p, k, c] if (1..=MAX_PANEL_COLS).contains(&c) && p == panel_count_of(n, c) => {
+                    Some((k, n))
+                }
                 _ => None,
             },
+        }
+    }
+
+    /// Columns per panel (panels as plans store them, or as the model repacked them at load).
+    fn panel_cols(&self) -> usize {
+        match self {
+            LinearWeights::Rows(_) => 0,
+            LinearWeights::Panels { w, .. } => w.shape().last().copied().unwrap_or(0),
         }
     }
 
@@ -258,10 +268,10 @@ fn linear_shape(x: &TensorView, w: LinearWeights) -> Result<Vec<usize>> {
                 w.shape()
             ),
             LinearWeights::Panels { n, .. } => format!(
-                "PackedLinear of {:?} and {:?}: wants X [..., k] and W [{}, k, {PANEL_COLS}] for {n} outputs",
+                "PackedLinear of {:?} and {:?}: wants X [..., k] and W [{}, k, {PANEL_COLS}] (or panels of 1 to {MAX_PANEL_COLS} columns) for {n} outputs",
                 x.shape(),
                 w.shape(),
-                panel_count(n)
+                panel_count_of(n, PANEL_COLS)
             ),
         })),
     }
@@ -277,6 +287,7 @@ fn linear_accumulate(
     out: &mut [f32],
 ) -> Result<()> {
     let (k, n) = w.dims().expect("checked by linear_shape");
+    let cols = w.panel_cols();
     let x = contiguous(x.f32()?);
     let rows = x.len() / k.max(1);
     if let Some(b) = bias {
@@ -320,7 +331,7 @@ fn linear_accumulate(
         }
         LinearWeights::Panels { w, .. } => {
             let w = contiguous(w.f32()?);
-            let panels = Panels::new(w.as_slice().expect("contiguous"), k, n)
+            let panels = Panels::new(w.as_slice().expect("contiguous"), k, n, cols)
                 .expect("shape checked by linear_shape");
             gemm_panels(x, rows, panels, out, beta);
         }
@@ -567,16 +578,15 @@ pub fn fast_feed_forward(
         trees,
     };
     let total = shape.total_nodes();
-    let c = PANEL_COLS;
+    // Panels as the plan stores them, or as the model repacked them at load.
+    let c = if panels { w_in.shape()[2] } else { 0 };
     let (want_in, want_out): (&[usize], &[usize]) = if panels {
-        (&[total / c, d_in, c], &[d_out / c, total, c])
+        (&[total / c.max(1), d_in, c], &[d_out / c.max(1), total, c])
     } else {
         (&[total, d_in], &[total, d_out])
     };
-    if (panels && !total.is_multiple_of(PANEL_COLS))
-        || w_in.shape() != want_in
-        || w_out.shape() != want_out
-    {
+    let whole_panels = (1..=MAX_PANEL_COLS).contains(&c) && total.is_multiple_of(c);
+    if (panels && !whole_panels) || w_in.shape() != want_in || w_out.shape() != want_out {
         return Err(Error::invalid(format!(
             "FastFeedForward with {trees} trees of depth {depth} wants W_in {want_in:?} and W_out {want_out:?}, got {:?} and {:?}",
             w_in.shape(),
@@ -629,7 +639,7 @@ pub fn fast_feed_forward(
                 w,
             };
             if panels {
-                fff_dense_panels(&layer, x, rows, out_rows);
+                fff_dense_panels(&layer, c, x, rows, out_rows);
             } else {
                 fff_forward(&layer, x, rows, out_rows);
             }

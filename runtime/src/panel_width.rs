@@ -1,0 +1,175 @@
+//! Repacking a plan's weight panels, at load, to the width this CPU's GEMM reads best.
+//!
+//! Plans store the constant weights of `PackedLinear` and of depth-0 `FastFeedForward` as column
+//! panels 64 wide (`fff_ops::panels::PANEL_COLS`), the height of the GEMM crate's AVX-512
+//! micro-kernel. Its AVX2 and NEON micro-kernels are 16 columns tall and read 64-column panels at
+//! 0.81–1.08x the speed of row-major weights, against 0.98–1.26x for 16-column panels
+//! (docs/PERFORMANCE.md), so a CPU without AVX-512 gets its panels repacked once at load: the plan's
+//! bytes stay mapped, and the repacked copy lives on the heap for the life of the model.
+//!
+//! What this guarantees: only constants every reader of which reads them as panels (and that no model
+//! output names) are repacked; each becomes the same matrix at the new width, shape `[ceil(n / c), k,
+//! c]`, which the ops take by their shape.
+
+use fff_ops::panels::{repack_panels, MAX_PANEL_COLS, PANEL_COLS};
+
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::plan::PlanGraph;
+use crate::tensor::{Tensor, TensorView};
+
+/// The width asked for, or the CPU's best for 0. Widths must divide the plans' 64, so that depth-0
+/// layers, whole 64-column panels, stay whole panels.
+pub fn resolve(asked: usize) -> Result<usize> {
+    match asked {
+        0 => Ok(fff_ops::panels::best_cols()),
+        c if PANEL_COLS.is_multiple_of(c) => Ok(c),
+        c => Err(Error::invalid(format!(
+            "panel width {c}: it must divide {PANEL_COLS} (0 for this CPU's best)"
+        ))),
+    }
+}
+
+/// The constants to repack to `cols` columns a panel and their repacked tensors; `constant(v)` is the
+/// view of value `v` when it is a constant.
+pub fn repacked<'a>(
+    graph: &PlanGraph,
+    constant: impl Fn(usize) -> Option<TensorView<'a>>,
+    cols: usize,
+) -> Vec<(usize, Tensor)> {
+    // For each value: the matrix `(k, n)` its panel readers see, or `None` once any reader (or an
+    // output) takes it otherwise.
+    let mut seen: Vec<Option<Option<(usize, usize)>>> = vec![None; graph.num_values];
+    let mut mark = |v: usize, as_panels: Option<(usize, usize)>| {
+        let slot = &mut seen[v];
+        *slot = match (*slot, as_panels) {
+            (None, p) => Some(p),
+            (Some(Some(a)), Some(b)) if a == b => Some(Some(a)),
+            _ => Some(None),
+        };
+    };
+    for node in &graph.nodes {
+        let panel_inputs: Vec<(usize, usize)> = match &node.op {
+            Op::PackedLinear { n } => vec![(1, *n)],
+            Op::FastFeedForward { depth: 0, .. } => vec![(1, 0), (3, 0)],
+            _ => vec![],
+        };
+        for (i, input) in node.inputs.iter().enumerate() {
+            let Some(v) = *input else { continue };
+            let matrix = panel_inputs
+                .iter()
+                .find(|(at, _)| *at == i)
+                .and_then(|&(_, n)| panel_matrix(constant(v)?.shape(), n));
+            mark(v, matrix);
+        }
+    }
+    for o in &graph.outputs {
+        mark(o.value, None);
+    }
+    let mut out = Vec::new();
+    for (v, matrix) in seen.into_iter().enumerate() {
+        let (Some(Some((k, n))), Some(TensorView::F32(w))) = (matrix, constant(v)) else {
+            continue;
+        };
+        let from = w.shape()[2];
+        if from == cols {
+            continue;
+        }
+        let Some(data) = w
+            .as_slice()
+            .and_then(|s| repack_panels(s, k, n, from, cols))
+        else {
+            continue;
+        };
+        let shape = [n.div_ceil(cols), k, cols];
+        out.push((
+            v,
+            Tensor::F32(crate::tensor::from_vec(ndarray::IxDyn(&shape), data)),
+        ));
+    }
+    out
+}
+
+/// `(k, n)` of panels shaped `[p, k, c]`: `n` as given (`PackedLinear`), or all `p * c` columns (0,
+/// depth-0 `FastFeedForward`, whose widths are whole panels). `None` for any other shape, which the
+/// op will reject when it runs.
+fn panel_matrix(shape: &[usize], n: usize) -> Option<(usize, usize)> {
+    let &[p, k, c] = shape else { return None };
+    let n = if n == 0 { p.checked_mul(c)? } else { n };
+    ((1..=MAX_PANEL_COLS).contains(&c) && p == n.div_ceil(c)).then_some((k, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use fff_ops::panels::{pack_panels, pack_panels_of};
+    use ndarray::{ArrayViewD, IxDyn};
+
+    use super::*;
+    use crate::op::BinaryOp;
+    use crate::plan::{PlanNode, PlanOutput};
+
+    fn node(op: Op, inputs: &[usize], output: usize) -> PlanNode {
+        PlanNode {
+            name: format!("n{output}"),
+            op,
+            inputs: inputs.iter().map(|&v| Some(v)).collect(),
+            outputs: vec![output],
+        }
+    }
+
+    /// Value 0 is the input; 1, 2 and 3 are the same panels of a `[3, 100]` matrix, 1 read only as
+    /// panels, 2 also by an Add, 3 also named as an output.
+    #[test]
+    fn repacks_only_constants_that_every_reader_reads_as_panels() {
+        let (k, n) = (3, 100);
+        let rows: Vec<f32> = (0..k * n).map(|v| v as f32).collect();
+        let packed = pack_panels(&rows, k, n);
+        let linear = || Op::PackedLinear { n };
+        let graph = PlanGraph {
+            producer: String::new(),
+            num_values: 8,
+            inputs: vec![],
+            outputs: vec![PlanOutput {
+                name: "w".into(),
+                value: 3,
+            }],
+            constants: vec![],
+            nodes: vec![
+                node(linear(), &[0, 1], 4),
+                node(linear(), &[0, 1], 5),
+                node(linear(), &[0, 2], 6),
+                node(Op::Binary(BinaryOp::Add), &[2, 6], 7),
+                node(linear(), &[0, 3], 7),
+            ],
+        };
+        let constant = |v: usize| {
+            (1..=3).contains(&v).then(|| {
+                TensorView::F32(
+                    ArrayViewD::from_shape(IxDyn(&[2, k, PANEL_COLS]), &packed[..]).unwrap(),
+                )
+            })
+        };
+        let got = repacked(&graph, constant, 16);
+        assert_eq!(got.len(), 1);
+        let (v, Tensor::F32(t)) = &got[0] else {
+            panic!("f32 panels")
+        };
+        assert_eq!(*v, 1);
+        assert_eq!(t.shape(), &[7, k, 16]);
+        assert_eq!(t.as_slice().unwrap(), &pack_panels_of(&rows, k, n, 16)[..]);
+        assert!(repacked(&graph, constant, PANEL_COLS).is_empty());
+    }
+
+    #[test]
+    fn widths_must_divide_the_plans_width() {
+        assert_eq!(resolve(16).unwrap(), 16);
+        assert_eq!(resolve(1).unwrap(), 1);
+        assert!([16, 64].contains(&resolve(0).unwrap()));
+        for bad in [24, 65, 128] {
+            assert!(resolve(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("panel width"));
+        }
+    }
+}
