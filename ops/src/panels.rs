@@ -76,11 +76,38 @@ pub fn pack_panels_of(w: &[f32], k: usize, n: usize, cols: usize) -> Vec<f32> {
 /// The panels `from` columns wide of a `[k, n]` matrix as panels `to` wide, without going through the
 /// row-major matrix; `None` unless `data` holds exactly the `from`-wide panels.
 pub fn repack_panels(data: &[f32], k: usize, n: usize, from: usize, to: usize) -> Option<Vec<f32>> {
-    let source = Panels::new(data, k, n, from)?;
+    let mut out = vec![
+        0.0;
+        panel_count_of(n, to.max(1))
+            .checked_mul(k)?
+            .checked_mul(to)?
+    ];
+    repack_panels_into(data, k, n, from, to, &mut out).then_some(out)
+}
+
+/// [`repack_panels`] into `out`, which must hold `panel_count_of(n, to) * k * to` zeros (the padding
+/// is left as found); `false`, with `out` untouched, unless `data` holds exactly the `from`-wide
+/// panels, `to` is a width [`Panels`] takes and `out` has that length.
+pub fn repack_panels_into(
+    data: &[f32],
+    k: usize,
+    n: usize,
+    from: usize,
+    to: usize,
+    out: &mut [f32],
+) -> bool {
+    let Some(source) = Panels::new(data, k, n, from) else {
+        return false;
+    };
     if to == 0 || to > MAX_PANEL_COLS {
-        return None;
+        return false;
     }
-    let mut out = vec![0.0; panel_count_of(n, to).checked_mul(k)?.checked_mul(to)?];
+    let len = panel_count_of(n, to)
+        .checked_mul(k)
+        .and_then(|v| v.checked_mul(to));
+    if len != Some(out.len()) {
+        return false;
+    }
     for (q, panel) in out.chunks_exact_mut((k * to).max(1)).enumerate() {
         let first = q * to;
         let end = n.min(first + to);
@@ -96,7 +123,7 @@ pub fn repack_panels(data: &[f32], k: usize, n: usize, from: usize, to: usize) -
             }
         }
     }
-    Some(out)
+    true
 }
 
 /// A `[k, n]` matrix stored as panels `cols` wide.

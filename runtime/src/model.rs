@@ -23,6 +23,27 @@ enum PlanBytes {
 }
 
 impl PlanBytes {
+    /// Gives the whole pages inside `range` back to the system when they are mapped from the file:
+    /// for bytes no view will read again (panels repacked at load), which would otherwise stay
+    /// resident beside their copy. A hint; failures change nothing.
+    fn release(&self, range: Range<usize>) {
+        #[cfg(unix)]
+        if let PlanBytes::Mapped(m) = self {
+            const PAGE: usize = 4096;
+            let (start, end) = (range.start.next_multiple_of(PAGE), range.end / PAGE * PAGE);
+            if end > start && end <= m.len() {
+                // SAFETY: the map is read-only and private, of a file we rely on not changing (see
+                // `Model::load_with`), so dropping its pages loses nothing: a later read faults the
+                // same bytes back in from the file. The range lies inside the map.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+
     fn as_slice(&self) -> &[u8] {
         match self {
             PlanBytes::Mapped(m) => m,
@@ -160,7 +181,20 @@ impl Model {
             Source::Mapped(t) => Some(t.reborrow()),
             Source::Decoded(t) => Some(t.view()),
         };
-        for (v, t) in crate::panel_width::repacked(&graph, constant, cols) {
+        let ranges: Vec<(usize, Range<usize>)> = graph
+            .constants
+            .iter()
+            .map(|c| {
+                let start = sections.weights.start + c.offset;
+                (c.value, start..start + c.len)
+            })
+            .collect();
+        let release = |v: usize| {
+            if let Some((_, range)) = ranges.iter().find(|(value, _)| *value == v) {
+                bytes.release(range.clone());
+            }
+        };
+        for (v, t) in crate::panel_width::repacked(&graph, constant, cols, release) {
             sources[v] = Source::Decoded(t);
         }
         let frees = free_schedule(&graph);

@@ -4,14 +4,15 @@
 //! panels 64 wide (`fff_ops::panels::PANEL_COLS`), the height of the GEMM crate's AVX-512
 //! micro-kernel. Its AVX2 and NEON micro-kernels are 16 columns tall and read 64-column panels at
 //! 0.81–1.08x the speed of row-major weights, against 0.98–1.26x for 16-column panels
-//! (docs/PERFORMANCE.md), so a CPU without AVX-512 gets its panels repacked once at load: the plan's
-//! bytes stay mapped, and the repacked copy lives on the heap for the life of the model.
+//! (docs/PERFORMANCE.md), so a CPU without AVX-512 gets its panels repacked once at load: the
+//! repacked copy lives on the heap for the life of the model, and the mapped pages of the original
+//! are given back to the system as soon as each is copied (they are never read again).
 //!
 //! What this guarantees: only constants every reader of which reads them as panels (and that no model
 //! output names) are repacked; each becomes the same matrix at the new width, shape `[ceil(n / c), k,
 //! c]`, which the ops take by their shape.
 
-use fff_ops::panels::{repack_panels, MAX_PANEL_COLS, PANEL_COLS};
+use fff_ops::panels::{repack_panels_into, MAX_PANEL_COLS, PANEL_COLS};
 
 use crate::error::{Error, Result};
 use crate::op::Op;
@@ -31,11 +32,13 @@ pub fn resolve(asked: usize) -> Result<usize> {
 }
 
 /// The constants to repack to `cols` columns a panel and their repacked tensors; `constant(v)` is the
-/// view of value `v` when it is a constant.
+/// view of value `v` when it is a constant, and `done(v)` is told as soon as `v`'s panels are copied,
+/// so that the caller can release the originals' memory before the next copy.
 pub fn repacked<'a>(
     graph: &PlanGraph,
     constant: impl Fn(usize) -> Option<TensorView<'a>>,
     cols: usize,
+    mut done: impl FnMut(usize),
 ) -> Vec<(usize, Tensor)> {
     // For each value: the matrix `(k, n)` its panel readers see, or `None` once any reader (or an
     // output) takes it otherwise.
@@ -75,12 +78,16 @@ pub fn repacked<'a>(
         if from == cols {
             continue;
         }
-        let Some(data) = w
-            .as_slice()
-            .and_then(|s| repack_panels(s, k, n, from, cols))
-        else {
+        let Some(source) = w.as_slice() else {
             continue;
         };
+        // A fresh buffer: large ones get huge pages, a few hundred faults instead of tens of
+        // thousands for a model's weights.
+        let mut data = crate::buffers::fresh(n.div_ceil(cols) * k * cols);
+        if !repack_panels_into(source, k, n, from, cols, &mut data) {
+            continue;
+        }
+        done(v);
         let shape = [n.div_ceil(cols), k, cols];
         out.push((
             v,
@@ -149,7 +156,9 @@ mod tests {
                 )
             })
         };
-        let got = repacked(&graph, constant, 16);
+        let mut released = vec![];
+        let got = repacked(&graph, constant, 16, |v| released.push(v));
+        assert_eq!(released, [1]);
         assert_eq!(got.len(), 1);
         let (v, Tensor::F32(t)) = &got[0] else {
             panic!("f32 panels")
@@ -157,7 +166,7 @@ mod tests {
         assert_eq!(*v, 1);
         assert_eq!(t.shape(), &[7, k, 16]);
         assert_eq!(t.as_slice().unwrap(), &pack_panels_of(&rows, k, n, 16)[..]);
-        assert!(repacked(&graph, constant, PANEL_COLS).is_empty());
+        assert!(repacked(&graph, constant, PANEL_COLS, |_| {}).is_empty());
     }
 
     #[test]

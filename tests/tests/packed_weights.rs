@@ -2,13 +2,15 @@
 //! multiple of the panel (the last panel padded) and dense feedforward layers whose sizes are, at row
 //! counts below and above the GEMM's row block, agree with tract on the original graph; layers that do
 //! not qualify keep their weights as they are and still agree. Projections written as `Gemm` or as a
-//! `MatMul` without bias are packed too.
+//! `MatMul` without bias are packed too. Each model also runs with its panels repacked at load to 16
+//! columns and to one.
 
 mod common;
 
 use common::first_output_agrees_with_tract;
 use fff_compiler::ir::Graph;
 use fff_models::builders::{encoder_model, EncoderConfig, Ff};
+use fff_runtime::model::Options;
 use fff_runtime::op::Op;
 use fff_runtime::Model;
 
@@ -41,9 +43,22 @@ fn model_agrees_with_tract(name: &str, bytes: Vec<u8>, want: (Vec<usize>, Vec<us
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.onnx"));
     std::fs::write(&path, &bytes).unwrap();
-    let model = Model::from_bytes(&fff_compiler::compile_to_plan_bytes(&bytes).unwrap()).unwrap();
+    let plan = fff_compiler::compile_to_plan_bytes(&bytes).unwrap();
+    let model = Model::from_bytes(&plan).unwrap();
     // 3 rows, and 99: two whole row blocks of 48 and a partial one.
     first_output_agrees_with_tract(name, &model, &path, &[(1, 3, 31), (3, 33, 32)]);
+    // Loaded from a file, the panels repacked at load (and their mapped pages released) to the width
+    // of CPUs without AVX-512, and to the narrowest.
+    let plan_path = dir.join(format!("{name}.fff"));
+    std::fs::write(&plan_path, &plan).unwrap();
+    for panel_cols in [16, 1] {
+        let options = Options {
+            threads: 1,
+            panel_cols,
+        };
+        let model = Model::load_with(&plan_path, options).unwrap();
+        first_output_agrees_with_tract(name, &model, &path, &[(1, 3, 31), (3, 33, 32)]);
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
