@@ -31,8 +31,8 @@ pub const MAX_PANEL_COLS: usize = 64;
 /// The panel width the GEMM crate reads best on this CPU: the height of its micro-kernel, 64 columns
 /// with AVX-512 and 16 with AVX2+FMA or NEON. The kernel reads a strip of that many columns of a
 /// panel row per step; in a wider panel its strips lie a panel row apart, so its loads use a fraction
-/// of L1's sets and evict the packed inputs it reuses (with the AVX2 kernel, 64-column panels ran at
-/// 0.81–1.08x the row-major weights, 16-column ones at 0.98–1.26x; docs/PERFORMANCE.md).
+/// of L1's sets and evict the packed inputs it reuses (with the AVX2 kernel at 128 rows, 64-column
+/// panels ran at 0.84–1.00x the row-major weights, 16-column ones at 1.03–1.23x; docs/PERFORMANCE.md).
 pub fn best_cols() -> usize {
     // The GEMM crate's test, made where its AVX-512 kernels are built in.
     #[cfg(all(target_arch = "x86_64", feature = "avx512-gemm"))]

@@ -2,15 +2,15 @@
 //!
 //! Plans store the constant weights of `PackedLinear` and of depth-0 `FastFeedForward` as column
 //! panels 64 wide (`fff_ops::panels::PANEL_COLS`), the height of the GEMM crate's AVX-512
-//! micro-kernel. Its AVX2 and NEON micro-kernels are 16 columns tall and read 64-column panels at
-//! 0.81–1.08x the speed of row-major weights, against 0.98–1.26x for 16-column panels
-//! (docs/PERFORMANCE.md), so a CPU without AVX-512 gets its panels repacked once at load: the
+//! micro-kernel. Its AVX2 and NEON micro-kernels are 16 columns tall; at 128 rows the AVX2 one read
+//! 64-column panels at 0.84–1.00x the speed of row-major weights, against 1.03–1.23x for 16-column
+//! panels (docs/PERFORMANCE.md), so a CPU without AVX-512 gets its panels repacked once at load: the
 //! repacked copy lives on the heap for the life of the model, and the mapped pages of the original
 //! are given back to the system as soon as each is copied (they are never read again).
 //!
 //! What this guarantees: only constants every reader of which reads them as panels (and that no model
-//! output names) are repacked; each becomes the same matrix at the new width, shape `[ceil(n / c), k,
-//! c]`, which the ops take by their shape.
+//! output names) are repacked, a depth-0 `FastFeedForward`'s two weights both or neither; each becomes
+//! the same matrix at the new width, shape `[ceil(n / c), k, c]`, which the ops take by their shape.
 
 use fff_ops::panels::{repack_panels_into, MAX_PANEL_COLS, PANEL_COLS};
 
@@ -68,6 +68,23 @@ pub fn repacked<'a>(
     }
     for o in &graph.outputs {
         mark(o.value, None);
+    }
+    // A depth-0 FastFeedForward reads both weights at one width: one that stays keeps the other.
+    let mut kept = true;
+    while kept {
+        kept = false;
+        for node in &graph.nodes {
+            let Op::FastFeedForward { depth: 0, .. } = node.op else {
+                continue;
+            };
+            let pair = [node.inputs.get(1), node.inputs.get(3)].map(|i| i.copied().flatten());
+            let [Some(a), Some(b)] = pair else { continue };
+            if seen[a].flatten().is_some() != seen[b].flatten().is_some() {
+                seen[a] = Some(None);
+                seen[b] = Some(None);
+                kept = true;
+            }
+        }
     }
     let mut out = Vec::new();
     for (v, matrix) in seen.into_iter().enumerate() {
@@ -167,6 +184,51 @@ mod tests {
         assert_eq!(t.shape(), &[7, k, 16]);
         assert_eq!(t.as_slice().unwrap(), &pack_panels_of(&rows, k, n, 16)[..]);
         assert!(repacked(&graph, constant, PANEL_COLS, |_| {}).is_empty());
+    }
+
+    /// Two dense FastFeedForward nodes, 64 neurons from width 2 to 64: the first's W_out (value 4) is
+    /// also read by an Add, so its W_in (value 3) stays too; the second's weights (5, 6) are repacked.
+    #[test]
+    fn a_dense_feedforward_keeps_both_weights_when_one_must_stay() {
+        let ff = || Op::FastFeedForward {
+            depth: 0,
+            trees: 64,
+            activation: crate::op::FffActivation::Gelu,
+            branch: crate::op::FffBranch::Gt,
+        };
+        let ff_node = |w_in: usize, w_out: usize, output: usize| PlanNode {
+            name: format!("n{output}"),
+            op: ff(),
+            inputs: vec![Some(0), Some(w_in), None, Some(w_out), None],
+            outputs: vec![output],
+        };
+        let graph = PlanGraph {
+            producer: String::new(),
+            num_values: 10,
+            inputs: vec![],
+            outputs: vec![],
+            constants: vec![],
+            nodes: vec![
+                ff_node(3, 4, 7),
+                node(Op::Binary(BinaryOp::Add), &[4, 7], 8),
+                ff_node(5, 6, 9),
+            ],
+        };
+        let (w_in, w_out) = (vec![0.5f32; 2 * 64], vec![0.25f32; 64 * 64]);
+        let constant = |v: usize| match v {
+            3 | 5 => Some(TensorView::F32(
+                ArrayViewD::from_shape(IxDyn(&[1, 2, 64]), &w_in[..]).unwrap(),
+            )),
+            4 | 6 => Some(TensorView::F32(
+                ArrayViewD::from_shape(IxDyn(&[1, 64, 64]), &w_out[..]).unwrap(),
+            )),
+            _ => None,
+        };
+        let got: Vec<(usize, Vec<usize>)> = repacked(&graph, constant, 16, |_| {})
+            .into_iter()
+            .map(|(v, t)| (v, t.shape().to_vec()))
+            .collect();
+        assert_eq!(got, [(5, vec![4, 2, 16]), (6, vec![4, 64, 16])]);
     }
 
     #[test]
