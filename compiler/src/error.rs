@@ -32,6 +32,9 @@ pub enum CompileError {
     /// Evaluating or checking a node at compile time failed.
     #[error("node '{node}': {msg}")]
     Pass { node: String, msg: String },
+    /// A compile option the compiler cannot take.
+    #[error("invalid option: {0}")]
+    Option(String),
 }
 
 pub type Result<T, E = CompileError> = std::result::Result<T, E>;

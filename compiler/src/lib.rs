@@ -39,6 +39,15 @@ pub fn set_weights(g: &mut Graph, weights: Weights) -> Result<()> {
     }
 }
 
+/// Stores the weight panels of a compiled graph `cols` columns wide (a divisor of 64; 64 leaves them as
+/// the lowering packed them): see [`passes::panel_width`].
+pub fn set_panel_cols(g: &mut Graph, cols: usize) -> Result<()> {
+    if cols == fff_ops::panels::PANEL_COLS {
+        return Ok(());
+    }
+    passes::panel_width::run(g, cols).map(|_| ())
+}
+
 /// Imports ONNX bytes and runs the whole pipeline.
 pub fn compile_bytes(bytes: &[u8]) -> Result<Graph> {
     let proto = import::parse(bytes)?;

@@ -10,3 +10,13 @@ fn compiled_graphs_of_fixtures() {
         insta::assert_snapshot!(name, fff_compiler::dump::dump(&g));
     }
 }
+
+/// A dense encoder compiled with `--panel-cols 16`: every packed weight of the snapshot above, as
+/// panels 16 columns wide.
+#[test]
+fn compiled_graph_with_16_column_panels() {
+    let name = "dense-encoder-tiny";
+    let mut g = fff_compiler::compile_path(&fixtures::get(name).onnx, None).unwrap();
+    fff_compiler::set_panel_cols(&mut g, 16).unwrap();
+    insta::assert_snapshot!("dense-encoder-tiny-panels-16", fff_compiler::dump::dump(&g));
+}

@@ -47,18 +47,37 @@ fn every_fixture_matches_its_expected_outputs() {
 }
 
 /// The dense products read their weight panels at every width the runtime repacks them to: 16 (CPUs
-/// without AVX-512), 32, 64 (as plans store them) and 1; each model reads its panels at the width
-/// asked for and matches the reference outputs. A width that does not divide 64 is refused.
+/// without AVX-512), 32, 64 (as plans store them by default) and 1, from plans compiled with 64- and
+/// with 16-column panels (`fffc compile --panel-cols 16`); each model reads its panels at the width
+/// asked for and matches the reference outputs. A width that does not divide 64 is refused, by the
+/// runtime and by the compiler.
 #[test]
 fn every_panel_width_matches_the_expected_outputs() {
     use fff_runtime::model::Options;
     use fff_runtime::op::Op;
     for name in ["bert-tiny", "dense-encoder-tiny"] {
         let f = fixtures::get(name);
-        let plan = fff_compiler::compile_to_plan_bytes(&std::fs::read(&f.onnx).unwrap()).unwrap();
+        let onnx = std::fs::read(&f.onnx).unwrap();
         let expected = read_expected(&f.expected);
         let text = std::fs::read_to_string(&f.input).unwrap();
-        for cols in [16, 32, 64, 1] {
+        let plan_of = |plan_cols: usize| {
+            let mut g = fff_compiler::compile_bytes(&onnx).unwrap();
+            fff_compiler::set_panel_cols(&mut g, plan_cols).unwrap();
+            let (graph, weights) = fff_compiler::plan_writer::to_plan(&g).unwrap();
+            fff_runtime::plan::encode(&graph, &weights)
+        };
+        let mut g = fff_compiler::compile_bytes(&onnx).unwrap();
+        let refused = fff_compiler::set_panel_cols(&mut g, 24)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("panel width 24"), "{refused}");
+        let plan = plan_of(64);
+        for (plan_cols, cols) in [(64, 16), (64, 32), (64, 64), (64, 1), (16, 16), (16, 64)] {
+            let plan = if plan_cols == 64 {
+                plan.clone()
+            } else {
+                plan_of(plan_cols)
+            };
             let options = Options {
                 threads: 1,
                 panel_cols: cols,
@@ -74,7 +93,12 @@ fn every_panel_width_matches_the_expected_outputs() {
                 for &i in at {
                     let w = model.constant(node.inputs[i].unwrap()).unwrap();
                     if w.shape().len() == 3 {
-                        assert_eq!(w.shape()[2], cols, "{name}: {} input {i}", node.name);
+                        assert_eq!(
+                            w.shape()[2],
+                            cols,
+                            "{name}, plan of {plan_cols}: {} input {i}",
+                            node.name
+                        );
                         panels += 1;
                     }
                 }
@@ -87,7 +111,7 @@ fn every_panel_width_matches_the_expected_outputs() {
                 let d = max_abs_diff(&format!("{name}/{out_name}"), got, shape, want);
                 assert!(
                     d < TOL,
-                    "{name}/{out_name}, {cols}-column panels: max abs diff {d}"
+                    "{name}/{out_name}, plan of {plan_cols}, {cols}-column panels: max abs diff {d}"
                 );
             }
         }

@@ -1,6 +1,6 @@
 //! `fffc`: compiles ONNX models into fff plans and describes plans.
 //!
-//!   fffc compile IN.onnx -o OUT.fff [--dump] [--stop-after PASS] [--weights f32|bf16]
+//!   fffc compile IN.onnx -o OUT.fff [--dump] [--stop-after PASS] [--weights f32|bf16] [--panel-cols C]
 //!   fffc inspect OUT.fff [--json]
 
 use std::collections::BTreeMap;
@@ -48,6 +48,11 @@ enum Command {
         /// significant digits (docs/PERFORMANCE.md states the accuracy cost).
         #[arg(long, value_enum, default_value = "f32")]
         weights: WeightsArg,
+        /// Columns per weight panel of the dense products: 64 suits CPUs with AVX-512; 16 suits AVX2
+        /// and NEON, which would otherwise repack 64-column panels when the plan loads. Any divisor
+        /// of 64.
+        #[arg(long, value_name = "C", default_value_t = 64)]
+        panel_cols: usize,
     },
     /// Describes a plan: inputs, outputs, op counts, weight bytes.
     Inspect {
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
             stop_after,
             explain,
             weights,
+            panel_cols,
         } => compile(
             &input,
             output.as_deref(),
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
                 WeightsArg::F32 => Weights::F32,
                 WeightsArg::Bf16 => Weights::Bf16,
             },
+            panel_cols,
         ),
         Command::Inspect { plan, json } => inspect(&plan, json),
     };
@@ -117,10 +124,12 @@ fn compile(
     stop_after: Option<&str>,
     explain: bool,
     weights: Weights,
+    panel_cols: usize,
 ) -> Result<()> {
     let mut g = fff_compiler::compile_path(input, stop_after)
         .with_context(|| format!("cannot compile {}", input.display()))?;
     fff_compiler::set_weights(&mut g, weights)?;
+    fff_compiler::set_panel_cols(&mut g, panel_cols)?;
     for (i, r) in g.report.rewritten.iter().enumerate() {
         eprintln!("ff {i}: {r}");
     }

@@ -12,6 +12,7 @@ pub mod identity_elimination;
 pub mod layer_norm;
 pub mod linear;
 pub mod pack_weights;
+pub mod panel_width;
 pub mod pattern;
 pub mod residual;
 pub mod shape_inference;
