@@ -73,6 +73,18 @@ enum Source {
     Decoded(Tensor),
 }
 
+impl Source {
+    /// The view of a constant; `None` for a value computed at run time. A mapped view is
+    /// reborrowed: the view handed out lives no longer than the model, which owns the bytes.
+    fn constant(&self) -> Option<TensorView<'_>> {
+        match self {
+            Source::Runtime => None,
+            Source::Mapped(t) => Some(t.reborrow()),
+            Source::Decoded(t) => Some(t.view()),
+        }
+    }
+}
+
 /// The elements of all inputs of a call.
 fn input_elements(inputs: &[(String, Tensor)]) -> usize {
     inputs.iter().map(|(_, t)| t.len()).sum()
@@ -176,22 +188,11 @@ impl Model {
             };
         }
         let cols = crate::panel_width::resolve(options.panel_cols)?;
-        let constant = |v: usize| match &sources[v] {
-            Source::Runtime => None,
-            Source::Mapped(t) => Some(t.reborrow()),
-            Source::Decoded(t) => Some(t.view()),
-        };
-        let ranges: Vec<(usize, Range<usize>)> = graph
-            .constants
-            .iter()
-            .map(|c| {
-                let start = sections.weights.start + c.offset;
-                (c.value, start..start + c.len)
-            })
-            .collect();
+        let constant = |v: usize| sources[v].constant();
         let release = |v: usize| {
-            if let Some((_, range)) = ranges.iter().find(|(value, _)| *value == v) {
-                bytes.release(range.clone());
+            if let Some(c) = graph.constants.iter().find(|c| c.value == v) {
+                let start = sections.weights.start + c.offset;
+                bytes.release(start..start + c.len);
             }
         };
         for (v, t) in crate::panel_width::repacked(&graph, constant, cols, release) {
@@ -263,11 +264,7 @@ impl Model {
     /// The constant `value` as the model's ops read it (weight panels at the width they were
     /// repacked to); `None` for values computed at run time.
     pub fn constant(&self, value: usize) -> Option<TensorView<'_>> {
-        match self.sources.get(value)? {
-            Source::Runtime => None,
-            Source::Mapped(t) => Some(t.reborrow()),
-            Source::Decoded(t) => Some(t.view()),
-        }
+        self.sources.get(value)?.constant()
     }
 
     pub fn inputs(&self) -> &[PlanInput] {
@@ -568,14 +565,12 @@ impl Model {
     }
 
     fn value_view<'a>(&'a self, v: usize, slots: &'a [Option<Tensor>]) -> Result<TensorView<'a>> {
-        match &self.sources[v] {
-            Source::Runtime => slots[v]
+        match self.sources[v].constant() {
+            Some(t) => Ok(t),
+            None => slots[v]
                 .as_ref()
                 .map(Tensor::view)
                 .ok_or_else(|| Error::invalid(format!("value {v} was read after it was freed"))),
-            // Reborrowed: the view handed out lives no longer than `self`, which owns the bytes.
-            Source::Mapped(t) => Ok(t.reborrow()),
-            Source::Decoded(t) => Ok(t.view()),
         }
     }
 }

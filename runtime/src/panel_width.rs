@@ -52,17 +52,12 @@ pub fn repacked<'a>(
         };
     };
     for node in &graph.nodes {
-        let panel_inputs: Vec<(usize, usize)> = match &node.op {
-            Op::PackedLinear { n } => vec![(1, *n)],
-            Op::FastFeedForward { depth: 0, .. } => vec![(1, 0), (3, 0)],
-            _ => vec![],
-        };
         for (i, input) in node.inputs.iter().enumerate() {
             let Some(v) = *input else { continue };
-            let matrix = panel_inputs
-                .iter()
-                .find(|(at, _)| *at == i)
-                .and_then(|&(_, n)| panel_matrix(constant(v)?.shape(), n));
+            let matrix = panel_inputs(&node.op)
+                .contains(&i)
+                .then(|| panel_matrix(&node.op, constant(v)?.shape()))
+                .flatten();
             mark(v, matrix);
         }
     }
@@ -114,12 +109,25 @@ pub fn repacked<'a>(
     out
 }
 
-/// `(k, n)` of panels shaped `[p, k, c]`: `n` as given (`PackedLinear`), or all `p * c` columns (0,
-/// depth-0 `FastFeedForward`, whose widths are whole panels). `None` for any other shape, which the
-/// op will reject when it runs.
-fn panel_matrix(shape: &[usize], n: usize) -> Option<(usize, usize)> {
+/// The inputs `op` may read as weight panels: W of `PackedLinear`, W_in and W_out of a depth-0
+/// `FastFeedForward`.
+pub fn panel_inputs(op: &Op) -> &'static [usize] {
+    match op {
+        Op::PackedLinear { .. } => &[1],
+        Op::FastFeedForward { depth: 0, .. } => &[1, 3],
+        _ => &[],
+    }
+}
+
+/// `(k, n)` of the matrix that panels shaped `[p, k, c]` hold as `op` reads them: `n` columns for
+/// `PackedLinear { n }`, all `p * c` for a depth-0 `FastFeedForward` (whose widths are whole panels).
+/// `None` for any other shape, which the op will reject when it runs.
+pub fn panel_matrix(op: &Op, shape: &[usize]) -> Option<(usize, usize)> {
     let &[p, k, c] = shape else { return None };
-    let n = if n == 0 { p.checked_mul(c)? } else { n };
+    let n = match op {
+        Op::PackedLinear { n } => *n,
+        _ => p.checked_mul(c)?,
+    };
     ((1..=MAX_PANEL_COLS).contains(&c) && p == n.div_ceil(c)).then_some((k, n))
 }
 

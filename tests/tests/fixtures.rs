@@ -308,22 +308,14 @@ fn one_thread_models_run_on_the_callers_thread() {
     use fff_runtime::model::Options;
     let f = fixtures::get("fff-encoder-tiny");
     let plan = fff_compiler::compile_to_plan_bytes(&std::fs::read(&f.onnx).unwrap()).unwrap();
-    let pooled = fff_runtime::Model::from_bytes_with(
-        &plan,
-        Options {
-            threads: 2,
+    let on_threads = |threads| {
+        let options = Options {
+            threads,
             ..Default::default()
-        },
-    )
-    .unwrap();
-    let single = fff_runtime::Model::from_bytes_with(
-        &plan,
-        Options {
-            threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+        };
+        fff_runtime::Model::from_bytes_with(&plan, options).unwrap()
+    };
+    let (pooled, single) = (on_threads(2), on_threads(1));
     assert_eq!((pooled.threads(), single.threads()), (2, 1));
     let inputs: Vec<_> = (0..3)
         .map(|i| random_inputs(&pooled, 1 + i % 2, 4 + 3 * i, i as u64))

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use fff_ops::panels::{panel_count_of, repack_panels, PANEL_COLS};
 use fff_runtime::op::Op;
+use fff_runtime::panel_width::{panel_inputs, panel_matrix};
 use fff_runtime::Tensor;
 use ndarray::{ArrayD, IxDyn};
 
@@ -33,31 +34,31 @@ pub fn run(g: &mut Graph, cols: usize) -> Result<bool> {
     let mut done: HashMap<OutletId, OutletId> = HashMap::new();
     let mut changed = false;
     for node in g.topo_order() {
-        let mut inputs = g.inputs_of(node);
-        // The panel inputs and the width `n` of each one's matrix (0: whole panels, `p * 64`).
-        let panel_inputs: &[(usize, usize)] = match g.op(node) {
-            Some(Op::PackedLinear { n }) => &[(1, *n)],
-            Some(Op::FastFeedForward { depth: 0, .. }) => &[(1, 0), (3, 0)],
-            _ => continue,
+        let Some(op) = g.op(node).cloned() else {
+            continue;
         };
+        let panels = panel_inputs(&op);
+        if panels.is_empty() {
+            continue;
+        }
+        let mut inputs = g.inputs_of(node);
         let mut repacked = Vec::new();
-        for &(i, n) in panel_inputs {
+        for &i in panels {
             let Some(w) = inputs.get(i).copied().flatten() else {
                 break;
             };
-            match repacked_const(g, &mut done, w, n, cols) {
+            match repacked_const(g, &mut done, &op, w, cols) {
                 Some(p) => repacked.push((i, p)),
                 None => break,
             }
         }
         // A dense FastFeedForward reads both weights at one width: all of a node's panels or none.
-        if repacked.len() != panel_inputs.len() {
+        if repacked.len() != panels.len() {
             continue;
         }
         for (i, p) in repacked {
             inputs[i] = Some(p);
         }
-        let op = g.op(node).cloned().expect("an op node");
         let name = g.node(node).name.clone();
         g.replace_with_op(OutletId::new(node, 0), &name, op, &inputs);
         changed = true;
@@ -69,13 +70,13 @@ pub fn run(g: &mut Graph, cols: usize) -> Result<bool> {
     Ok(changed)
 }
 
-/// The constant `w`, float32 panels 64 wide of a matrix `n` columns wide (0: `p * 64`), as panels
-/// `cols` wide, made on first use; `None` if `w` is no such constant.
+/// The constant `w`, float32 panels 64 wide as `op` reads them, as panels `cols` wide, made on first
+/// use; `None` if `w` is no such constant.
 fn repacked_const(
     g: &mut Graph,
     done: &mut HashMap<OutletId, OutletId>,
+    op: &Op,
     w: OutletId,
-    n: usize,
     cols: usize,
 ) -> Option<OutletId> {
     if let Some(&p) = done.get(&w) {
@@ -84,10 +85,7 @@ fn repacked_const(
     let Some(Tensor::F32(t)) = g.const_value(w).map(Arc::as_ref) else {
         return None;
     };
-    let &[p, k, PANEL_COLS] = t.shape() else {
-        return None;
-    };
-    let n = if n == 0 { p * PANEL_COLS } else { n };
+    let (k, n) = panel_matrix(op, t.shape()).filter(|_| t.shape()[2] == PANEL_COLS)?;
     let data = repack_panels(t.as_slice()?, k, n, PANEL_COLS, cols)?;
     let shape = IxDyn(&[panel_count_of(n, cols), k, cols]);
     let packed = Tensor::F32(ArrayD::from_shape_vec(shape, data).expect("panel length"));

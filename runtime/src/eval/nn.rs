@@ -189,14 +189,6 @@ impl<'v, 'a> LinearWeights<'v, 'a> {
         }
     }
 
-    /// Columns per panel (panels as plans store them, or as the model repacked them at load).
-    fn panel_cols(&self) -> usize {
-        match self {
-            LinearWeights::Rows(_) => 0,
-            LinearWeights::Panels { w, .. } => w.shape().last().copied().unwrap_or(0),
-        }
-    }
-
     fn shape(&self) -> &[usize] {
         match self {
             LinearWeights::Rows(w) | LinearWeights::Panels { w, .. } => w.shape(),
@@ -287,7 +279,6 @@ fn linear_accumulate(
     out: &mut [f32],
 ) -> Result<()> {
     let (k, n) = w.dims().expect("checked by linear_shape");
-    let cols = w.panel_cols();
     let x = contiguous(x.f32()?);
     let rows = x.len() / k.max(1);
     if let Some(b) = bias {
@@ -330,6 +321,8 @@ fn linear_accumulate(
             );
         }
         LinearWeights::Panels { w, .. } => {
+            // Panels as the plan stores them, or as the model repacked them at load.
+            let cols = w.shape()[2];
             let w = contiguous(w.f32()?);
             let panels = Panels::new(w.as_slice().expect("contiguous"), k, n, cols)
                 .expect("shape checked by linear_shape");
