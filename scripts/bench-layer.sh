@@ -35,7 +35,7 @@ for rows in ${rows_list//,/ }; do
   # 2 µs call are 2 ms, too short for the process to settle); the dense layers take seconds at 16384
   # rows, so they get fewer.
   runs=$(( rows >= 16384 ? 3 : rows >= 2048 ? 5 : rows >= 128 ? 20 : 1000 ))
-  fff_runs=$(( rows >= 16384 ? 10 : rows >= 2048 ? 30 : rows >= 128 ? 1000 : 20000 ))
+  fff_runs=$(( rows >= 16384 ? 30 : rows >= 2048 ? 30 : rows >= 128 ? 1000 : 20000 ))
   for threads in ${threads_list//,/ }; do
     # A moment for the previous process's memory to be returned, which otherwise overlaps the timing.
     sleep 1

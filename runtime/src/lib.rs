@@ -11,6 +11,7 @@ pub mod buffers;
 pub mod error;
 pub mod eval;
 pub mod fff_stats;
+mod inputs;
 pub mod io;
 pub mod op;
 pub mod panel_width;

@@ -12,6 +12,7 @@ use crate::buffers::{recycle_into, with_recycler, Recycler};
 use crate::error::{Error, Result};
 use crate::eval::eval;
 use crate::eval::in_place::{self, InPlace};
+use crate::inputs::{self, RunInputs};
 use crate::plan::{self, Dim, PlanGraph, PlanInput, PlanNode};
 use crate::pool_choice::PoolChoice;
 use crate::tensor::{Bf16, DType, Tensor, TensorView};
@@ -83,11 +84,6 @@ impl Source {
             Source::Decoded(t) => Some(t.view()),
         }
     }
-}
-
-/// The elements of all inputs of a call.
-fn input_elements(inputs: &[(String, Tensor)]) -> usize {
-    inputs.iter().map(|(_, t)| t.len()).sum()
 }
 
 /// A callback [`Model::run_observed`] shows every node with its inputs, just before the node runs.
@@ -275,113 +271,31 @@ impl Model {
         self.graph.outputs.iter().map(|o| o.name.as_str()).collect()
     }
 
-    /// Checks the inputs against the model's declared names, dtypes and shapes (binding each symbolic
-    /// dimension to one size across all inputs) and puts each in its value's slot.
-    ///
-    /// Models have a few inputs, so lists searched in order beat hashing here (this runs on every call).
-    fn bind_inputs(
-        &self,
-        mut given: Vec<(String, Tensor)>,
-        slots: &mut [Option<Tensor>],
-    ) -> Result<()> {
-        for (i, (name, _)) in given.iter().enumerate() {
-            if given[..i].iter().any(|(earlier, _)| earlier == name) {
-                return Err(Error::input(format!("input '{name}' is given twice")));
-            }
-        }
-        for (k, spec) in self.graph.inputs.iter().enumerate() {
-            let at = given.iter().position(|(name, _)| *name == spec.name);
-            let t = at.map(|i| given.swap_remove(i).1).ok_or_else(|| {
-                Error::input(format!(
-                    "missing input '{}' ({} {})",
-                    spec.name,
-                    spec.dtype,
-                    shape_text(&spec.shape)
-                ))
-            })?;
-            if t.dtype() != spec.dtype {
-                return Err(Error::input(format!(
-                    "input '{}' is {}, the model expects {}",
-                    spec.name,
-                    t.dtype(),
-                    spec.dtype
-                )));
-            }
-            let dims = t.shape();
-            if dims.len() != spec.shape.len() {
-                return Err(Error::input(format!(
-                    "input '{}' has rank {} (shape {dims:?}), the model expects rank {} {}",
-                    spec.name,
-                    dims.len(),
-                    spec.shape.len(),
-                    shape_text(&spec.shape)
-                )));
-            }
-            for (axis, (d, want)) in dims.iter().zip(&spec.shape).enumerate() {
-                match want {
-                    Dim::Fixed(w) if w != d => {
-                        return Err(Error::input(format!(
-                            "input '{}' axis {axis} is {d}, the model expects {w} {}",
-                            spec.name,
-                            shape_text(&spec.shape)
-                        )))
-                    }
-                    Dim::Sym(s) => match self.bound_before(s, k, slots, &dims[..axis]) {
-                        Some((bound, by)) if bound != *d => {
-                            return Err(Error::input(format!(
-                                "input '{}' axis {axis} ({s}) is {d}, but input '{by}' set {s} = {bound}",
-                                spec.name
-                            )))
-                        }
-                        _ => {}
-                    },
-                    _ => {}
-                }
-            }
-            slots[spec.value] = Some(t);
-        }
-        if let Some((extra, _)) = given.first() {
-            let known: Vec<&str> = self.graph.inputs.iter().map(|i| i.name.as_str()).collect();
-            return Err(Error::input(format!(
-                "unknown input '{extra}'; the model's inputs are {known:?}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The size that symbol `s` was first given, and by which input: among the plan's inputs before
-    /// input `k` (already in their `slots`), then among the axes `earlier` of input `k`, being bound.
-    /// Searched rather than recorded, so that binding allocates nothing.
-    fn bound_before(
-        &self,
-        s: &str,
-        k: usize,
-        slots: &[Option<Tensor>],
-        earlier: &[usize],
-    ) -> Option<(usize, &str)> {
-        let sym_axis = |shape: &[Dim]| {
-            shape
-                .iter()
-                .position(|d| matches!(d, Dim::Sym(n) if n == s))
-        };
-        for done in &self.graph.inputs[..k] {
-            if let (Some(axis), Some(t)) = (sym_axis(&done.shape), &slots[done.value]) {
-                return Some((t.shape()[axis], &done.name));
-            }
-        }
-        let spec = &self.graph.inputs[k];
-        sym_axis(&spec.shape[..earlier.len()]).map(|axis| (earlier[axis], spec.name.as_str()))
-    }
-
     /// Runs the model. Inputs are given by name; outputs come back in the plan's order.
     pub fn run(
         &self,
         inputs: impl IntoIterator<Item = (String, Tensor)>,
     ) -> Result<Vec<(String, Tensor)>> {
-        let inputs: Vec<_> = inputs.into_iter().collect();
         // The kernels' parallel loops run on this model's pool, sized by `Options::threads`.
-        self.on_threads(input_elements(&inputs), || {
-            self.run_inner(inputs, None, None)
+        self.run_on_threads(RunInputs::Owned(inputs.into_iter().collect()), None, None)
+    }
+
+    /// Runs the model on inputs it only borrows, as [`Model::run`] does otherwise: nothing is copied,
+    /// so a caller that keeps its inputs (a serving loop, a binding over another language's arrays,
+    /// a benchmark) runs them as often as it likes. An op that could have computed into an owned
+    /// input's buffer writes a new one instead.
+    pub fn run_borrowed(&self, inputs: &[(&str, TensorView<'_>)]) -> Result<Outputs> {
+        self.run_on_threads(RunInputs::Borrowed(inputs), None, None)
+    }
+
+    fn run_on_threads(
+        &self,
+        inputs: RunInputs<'_, '_>,
+        profile: Option<&mut [Duration]>,
+        observe: Option<&mut Observer>,
+    ) -> Result<Outputs> {
+        self.on_threads(inputs.elements(), || {
+            self.run_inner(inputs, profile, observe)
         })
     }
 
@@ -401,17 +315,15 @@ impl Model {
         }
     }
 
-    /// Runs the model like [`Model::run`] and also times every node: `profile[i]` is the wall time of
-    /// node `i` (in the order of [`PlanGraph::nodes`]).
+    /// Runs the model like [`Model::run_borrowed`] and also times every node: `profile[i]` is the wall
+    /// time of node `i` (in the order of [`PlanGraph::nodes`]).
     pub fn run_profiled(
         &self,
-        inputs: impl IntoIterator<Item = (String, Tensor)>,
+        inputs: &[(&str, TensorView<'_>)],
     ) -> Result<(Outputs, Vec<Duration>)> {
         let mut profile = vec![Duration::ZERO; self.graph.nodes.len()];
-        let inputs: Vec<_> = inputs.into_iter().collect();
-        let outputs = self.on_threads(input_elements(&inputs), || {
-            self.run_inner(inputs, Some(&mut profile), None)
-        })?;
+        let inputs = RunInputs::Borrowed(inputs);
+        let outputs = self.run_on_threads(inputs, Some(&mut profile), None)?;
         Ok((outputs, profile))
     }
 
@@ -423,15 +335,13 @@ impl Model {
         inputs: impl IntoIterator<Item = (String, Tensor)>,
         observe: &mut Observer,
     ) -> Result<Outputs> {
-        let inputs: Vec<_> = inputs.into_iter().collect();
-        self.on_threads(input_elements(&inputs), || {
-            self.run_inner(inputs, None, Some(observe))
-        })
+        let inputs = RunInputs::Owned(inputs.into_iter().collect());
+        self.run_on_threads(inputs, None, Some(observe))
     }
 
     fn run_inner(
         &self,
-        inputs: Vec<(String, Tensor)>,
+        inputs: RunInputs<'_, '_>,
         mut profile: Option<&mut [Duration]>,
         mut observe: Option<&mut Observer>,
     ) -> Result<Vec<(String, Tensor)>> {
@@ -442,18 +352,18 @@ impl Model {
             .pop();
         let mut slots = spare.unwrap_or_else(|| vec![None; self.graph.num_values]);
         // On bad inputs the slots, holding those bound so far, are dropped (the next run makes new).
-        self.bind_inputs(inputs, &mut slots)?;
+        let borrowed = inputs::bind(&self.graph.inputs, inputs, &mut slots)?;
         for (i, (node, frees)) in self.graph.nodes.iter().zip(&self.frees).enumerate() {
             if let Some(observe) = observe.as_deref_mut() {
-                let views = self.node_views(node, &slots)?;
+                let views = self.node_views(node, &slots, &borrowed)?;
                 observe(node, &views);
             }
             let start = profile.is_some().then(Instant::now);
-            let reused = self.try_in_place(node, &self.handover[i], &mut slots)?;
+            let reused = self.try_in_place(node, &self.handover[i], &mut slots, &borrowed)?;
             let outs = if let Some(t) = reused {
                 smallvec::smallvec![t]
             } else {
-                let views = self.node_views(node, &slots)?;
+                let views = self.node_views(node, &slots, &borrowed)?;
                 eval(&node.op, &views, node.outputs.len()).map_err(|e| Error::Node {
                     node: node.name.clone(),
                     op: node.op.name(),
@@ -498,7 +408,7 @@ impl Model {
                     copy
                 }
                 Some(t) => t,
-                None => self.value_view(o.value, &slots)?.to_owned(),
+                None => self.value_view(o.value, &slots, &borrowed)?.to_owned(),
             };
             outputs.push((o.name.clone(), t));
         }
@@ -519,6 +429,7 @@ impl Model {
         node: &PlanNode,
         candidates: &[usize],
         slots: &mut [Option<Tensor>],
+        borrowed: &[(usize, TensorView)],
     ) -> Result<Option<Tensor>> {
         for &index in candidates {
             let v = node.inputs[index].expect("handover inputs are present");
@@ -531,7 +442,7 @@ impl Model {
                     .iter()
                     .enumerate()
                     .map(|(j, i)| match i {
-                        Some(w) if j != index => self.value_view(*w, slots).map(Some),
+                        Some(w) if j != index => self.value_view(*w, slots, borrowed).map(Some),
                         _ => Ok(None),
                     })
                     .collect::<Result<_>>()?;
@@ -556,22 +467,33 @@ impl Model {
         &'a self,
         node: &PlanNode,
         slots: &'a [Option<Tensor>],
+        borrowed: &'a [(usize, TensorView)],
     ) -> Result<NodeViews<'a>> {
         let mut views = NodeViews::new();
         for i in &node.inputs {
-            views.push(i.map(|v| self.value_view(v, slots)).transpose()?);
+            views.push(i.map(|v| self.value_view(v, slots, borrowed)).transpose()?);
         }
         Ok(views)
     }
 
-    fn value_view<'a>(&'a self, v: usize, slots: &'a [Option<Tensor>]) -> Result<TensorView<'a>> {
-        match self.sources[v].constant() {
-            Some(t) => Ok(t),
-            None => slots[v]
-                .as_ref()
-                .map(Tensor::view)
-                .ok_or_else(|| Error::invalid(format!("value {v} was read after it was freed"))),
+    /// The view of value `v`: a constant, a value the run holds, or an input it borrows.
+    fn value_view<'a>(
+        &'a self,
+        v: usize,
+        slots: &'a [Option<Tensor>],
+        borrowed: &'a [(usize, TensorView)],
+    ) -> Result<TensorView<'a>> {
+        if let Some(t) = self.sources[v].constant() {
+            return Ok(t);
         }
+        if let Some(t) = &slots[v] {
+            return Ok(t.view());
+        }
+        borrowed
+            .iter()
+            .find(|(b, _)| *b == v)
+            .map(|(_, t)| t.reborrow())
+            .ok_or_else(|| Error::invalid(format!("value {v} was read after it was freed")))
     }
 }
 

@@ -212,14 +212,22 @@ fn zero_json(inputs: Shapes) -> String {
     Value::Object(map).to_string()
 }
 
-/// Runs a plan on `tensors` through the library, which must fail with `Error::Input`; returns
-/// the message.
+/// Runs a plan on `tensors` through the library, given owned and given borrowed, which must both fail
+/// with the same `Error::Input`; returns the message.
 fn run_input_error(plan: &[u8], tensors: Vec<(String, Tensor)>) -> String {
     let model = Model::from_bytes(plan).expect("the small plan loads");
-    match expect_err(model.run(tensors)) {
+    let message = |result| match expect_err(result) {
         e @ Error::Input(_) => e.to_string(),
         other => panic!("expected Error::Input, got {other:?}"),
-    }
+    };
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.view()))
+        .collect();
+    let borrowed = message(model.run_borrowed(&views));
+    let owned = message(model.run(tensors.clone()));
+    assert_eq!(owned, borrowed, "the same inputs, owned and borrowed");
+    owned
 }
 
 /// Runs `small_plan` on zero inputs of `inputs` through the library and `fffrun`; both must fail.
