@@ -1418,6 +1418,16 @@ mod tests {
                     }
                 }
             }
+            // The masked GEMM on the same cases, its walks split between the pool's two threads.
+            let mut masked = vec![f32::NAN; rows * d_out];
+            pool.install(|| fff_masked_gemm(&layer, &x, rows, &mut masked));
+            agree(
+                &masked,
+                &want,
+                d_out,
+                &skip,
+                &format!("masked GEMM {shape:?}"),
+            );
         }
     }
 
