@@ -26,9 +26,11 @@
 //! Small calls (a few rows) are a single bucket. A one-row call shares nothing, so it neither routes
 //! nor emits as a set: its row walks each tree level by level, each level's dot product fused with
 //! the emission of the level above (`Lone`, [`Vector::dot_axpy`]), so that the output weights
-//! stream in while routing waits on its own loads. Trees go one after another, each over all the
-//! call's rows; a forest of at least four trees takes a large call a chunk of rows at
-//! a time instead, so that each tree finds the chunk's inputs and outputs in L3.
+//! stream in while routing waits on its own loads; a forest of at least four trees walks four trees
+//! at once instead, their dot products interleaved (`LoneForest`). In calls of more rows, trees go
+//! one after another, each over all the call's rows; a forest of at least four trees takes a large
+//! call a chunk of rows at a time instead, so that each tree finds the chunk's inputs and outputs in
+//! L3.
 //!
 //! A tile or bucket fetches the inputs of the one after it into L2 while it works (tiles while they
 //! route, buckets while they emit, which reads no inputs). The hardware prefetchers follow streams
@@ -44,7 +46,7 @@
 //! Results do not depend on the thread count. The thread count changes the tiles, the buckets and
 //! which rows walk alone, so every dot product that routes a row sums in the same order wherever the
 //! row is: in groups, in four lanes, or in padded lanes when fewer than four rows are left. Only the
-//! sole row of a one-row call uses [`Vector::dot`]'s several running sums, which hide the latency of
+//! sole row of a one-row call through fewer than four trees uses [`Vector::dot`]'s several running sums, which hide the latency of
 //! its multiply-adds (with one running sum a one-row call took about 20% longer).
 
 use std::cell::RefCell;
@@ -453,6 +455,21 @@ fn run<W: Weight>(
         }
         return;
     }
+    if rows == 1 && job.shape.trees >= LONE_FOREST_TREES {
+        // Many trees: their walks are independent, so four go at once.
+        with_scratch(|s| {
+            on_isa(
+                isa,
+                LoneForest {
+                    job,
+                    x,
+                    y: &mut *out,
+                    s,
+                },
+            )
+        });
+        return;
+    }
     if rows == 1 {
         // A lone row shares no weights with other rows: it walks each tree on its own.
         for t in 0..job.shape.trees {
@@ -714,6 +731,74 @@ impl<W: Weight> Body for Lone<'_, W> {
                 idx: &[n as u32],
             };
             W::combine::<V>(y, Init::Keep, &[act], w, 0..d_out, Store::Cached);
+        }
+    }
+}
+
+/// A one-row call of a forest of at least this many trees walks four trees at once ([`LoneForest`]).
+const LONE_FOREST_TREES: usize = 4;
+
+/// Output rows a one-row forest call sums per pass over its output.
+const LONE_FOREST_TERMS: usize = 32;
+
+/// One row through a forest: the trees walked four at a time, level by level, each level's four dot
+/// products interleaved ([`Vector::dot4`]) so that their weight fetches overlap instead of waiting on
+/// one another as one tree's levels must; then every logit activated in one vectorised pass, and the
+/// output summed over every neuron on the paths, [`LONE_FOREST_TERMS`] weight rows per pass.
+struct LoneForest<'a, 'b, W> {
+    job: &'a Job<'a, W>,
+    x: &'a [f32],
+    y: &'a mut [f32],
+    s: &'b mut Scratch,
+}
+
+impl<W: Weight> Body for LoneForest<'_, '_, W> {
+    #[inline(always)]
+    fn run<V: Vector>(self) {
+        let LoneForest { job, x, y, s } = self;
+        let FffShape {
+            d_in,
+            d_out,
+            depth,
+            trees,
+        } = job.shape;
+        let n = job.shape.nodes_per_tree();
+        let w_in = |node: usize| &job.w_in[node * d_in..(node + 1) * d_in];
+        let (path, alpha) = (&mut s.path, &mut s.alpha);
+        path.clear();
+        alpha.clear();
+        for first in (0..trees).step_by(4) {
+            // A group of fewer than four trees repeats its last, whose repeats are not recorded.
+            let group = (trees - first).min(4);
+            let tree = |k: usize| first + k.min(group - 1);
+            let mut node = [0usize; 4];
+            for _ in 0..=depth {
+                let at: [usize; 4] = std::array::from_fn(|k| tree(k) * n + node[k]);
+                let dots = W::dot4::<V>([x; 4], at.map(w_in), false);
+                for k in 0..group {
+                    let logit = dots[k] + job.b_in.map_or(0.0, |b| b[at[k]]);
+                    path.push(at[k] as u32);
+                    alpha.push(logit);
+                    node[k] = 2 * node[k] + 1 + job.branch.goes_right(logit) as usize;
+                }
+            }
+        }
+        crate::activation::bias_act_rows(job.act, alpha, None);
+        let mut init = match job.b_out {
+            Some(b) => Init::From(b),
+            None => Init::Zero,
+        };
+        for (idx, alpha) in path
+            .chunks(LONE_FOREST_TERMS)
+            .zip(alpha.chunks(LONE_FOREST_TERMS))
+        {
+            let w = Picked {
+                matrix: job.w_out,
+                width: d_out,
+                idx,
+            };
+            W::combine::<V>(y, init, alpha, w, 0..d_out, Store::Cached);
+            init = Init::Keep;
         }
     }
 }
@@ -1336,6 +1421,13 @@ mod tests {
             // output row, and shorter.
             (1, 331, 200, 6, 2),
             (1, 130, 300, 4, 3),
+            // One row of a forest, its trees walked four at a time: whole groups, and a last group
+            // of one, two and three trees; more output rows than one pass sums, and fewer.
+            (1, 768, 768, 1, 8),
+            (1, 40, 33, 2, 5),
+            (1, 19, 21, 3, 7),
+            (1, 64, 17, 0, 6),
+            (1, 33, 65, 4, 18),
         ];
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
