@@ -124,10 +124,12 @@ fn check(specs: &[PlanInput], given: &[Given]) -> Result<SmallVec<[usize; 4]>> {
                     )))
                 }
                 Dim::Sym(s) => match bound_before(s, specs, &at, given, k, &dims[..axis]) {
-                    Some((bound, by)) if bound != *d => return Err(Error::input(format!(
+                    Some((bound, by)) if bound != *d => {
+                        return Err(Error::input(format!(
                         "input '{}' axis {axis} ({s}) is {d}, but input '{by}' set {s} = {bound}",
                         spec.name
-                    ))),
+                    )))
+                    }
                     _ => {}
                 },
                 _ => {}
