@@ -123,8 +123,8 @@ pub fn uses_tree_kernel(shape: FffShape, rows: usize) -> bool {
 /// Forests that use at least 1/this of their neurons per row (wide and shallow: 1536x1, 512x2, 256x3
 /// at width 768) run as GEMMs over all neurons with the unvisited ones masked out: dense arithmetic
 /// wastes less there than walking thousands of short paths one neuron at a time. 128x4 (1/6.2) walks
-/// its trees: on a Zen 5 core at 16384 rows 901 against 1134 ms as a masked GEMM, and 364 against
-/// 643 ms on two threads.
+/// its trees: on a Zen 5 core at 16384 rows, medians of three alternated rounds, 1040 against 1166 ms
+/// as a masked GEMM, and 382 against 735 ms on two threads (docs/PERFORMANCE.md).
 pub const MASKED_GEMM_FRACTION: usize = 5;
 
 /// Below this many rows a GEMM only streams weights it mostly does not need: walk the trees instead.
@@ -278,8 +278,7 @@ pub fn fff_masked_gemm(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]
                 }
             })
         };
-        // The walks share the threads as the GEMMs do: at 128 rows of 1536x1 they are a fifth of the
-        // call.
+        // The walks share the threads as the GEMMs do, rather than leave all but one idle meanwhile.
         let chunk = k.max(1) * MASK_CHUNK_ROWS;
         if crate::threads::available() > 1 && hidden.len() > chunk {
             use rayon::prelude::*;

@@ -46,8 +46,9 @@
 //! Results do not depend on the thread count. The thread count changes the tiles, the buckets and
 //! which rows walk alone, so every dot product that routes a row sums in the same order wherever the
 //! row is: in groups, in four lanes, or in padded lanes when fewer than four rows are left. Only the
-//! sole row of a one-row call through fewer than four trees uses [`Vector::dot`]'s several running sums, which hide the latency of
-//! its multiply-adds (with one running sum a one-row call took about 20% longer).
+//! sole row of a one-row call through fewer than four trees uses [`Vector::dot`]'s several running
+//! sums, which hide the latency of its multiply-adds (with one running sum a one-row call took about
+//! 20% longer).
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
