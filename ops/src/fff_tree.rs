@@ -36,8 +36,9 @@
 //! route, buckets while they emit, which reads no inputs). The hardware prefetchers follow streams
 //! within a page and cover little of this: a bucket's rows lie anywhere in the call's inputs, and a
 //! tile's first pass reads four rows at once. Whole-row emission likewise fetches the first lines of
-//! the weight rows that the path two rows ahead adds. In calls that split, routing's dot products also ask for each
-//! input row eight lines ahead of their loads into L1 (`ahead`), which four streams from L2 outrun.
+//! the weight rows that the path two rows ahead adds. In calls that split, routing's dot products
+//! also ask for each input row eight lines ahead of their loads into L1 (`ahead`), which four
+//! streams from L2 outrun.
 //!
 //! Tiles, then buckets, run in parallel on the current rayon pool; there are at least four buckets
 //! per thread where rows allow, so work stealing balances them. Scratch space is per thread (and per

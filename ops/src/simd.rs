@@ -1239,8 +1239,8 @@ mod x86 {
     }
 
     /// Eight bf16 at `p` widened to f32: the 16 bytes loaded into both halves of the register, then
-    /// one byte shuffle puts each value in the upper half of its lane and zeros below. (A
-    /// zero-extension and a shift took two operations on the ports the multiply-adds use.)
+    /// one byte shuffle puts each value in the upper half of its lane and zeros below: one vector
+    /// operation where a zero-extension and a shift took two.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn widen8(p: *const u16) -> __m256 {
