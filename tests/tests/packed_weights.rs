@@ -1,5 +1,6 @@
 //! Weights packed into column panels at compile time (`pack-weights`): projections whose width is not a
-//! multiple of the panel (the last panel padded) and dense feedforward layers whose sizes are, at row
+//! multiple of the panel (the last panel padded) and dense feedforward layers whose sizes are (or whose
+//! neurons are padded to a multiple of the panel with zero neurons), at row
 //! counts below and above the GEMM's row block, agree with tract on the original graph; layers that do
 //! not qualify keep their weights as they are and still agree. Projections written as `Gemm` or as a
 //! `MatMul` without bias are packed too. Each model also runs with its panels repacked at load to 16
@@ -91,6 +92,31 @@ fn dense_feedforward_in_panels_agrees_with_tract() {
     };
     // The dense layer's weights become panels (rank 3); the FFF layer's stay node-major.
     agrees_with_tract("hidden-192", &config, (vec![3, 2], vec![192; 8]));
+}
+
+#[test]
+fn dense_feedforward_padded_to_whole_panels_agrees_with_tract() {
+    // 300 neurons: padded with 20 zero neurons to 5 panels of 64, their bias padded too; 100 neurons
+    // would need 28 (more than 1/8), so that layer keeps its weights as rows.
+    let config = EncoderConfig {
+        vocab: 100,
+        max_positions: 40,
+        hidden: 192,
+        heads: 3,
+        layers: vec![Ff::Dense { width: 300 }, Ff::Dense { width: 100 }],
+        seed: 14,
+    };
+    let g = fff_compiler::compile_bytes(&encoder_model(&config)).unwrap();
+    let trees: Vec<usize> = g
+        .topo_order()
+        .into_iter()
+        .filter_map(|n| match g.op(n) {
+            Some(Op::FastFeedForward { trees, .. }) => Some(*trees),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(trees, [320, 100]);
+    agrees_with_tract("dense-300", &config, (vec![3, 2], vec![192; 8]));
 }
 
 /// `Tanh(Gemm(X, W, C))` with W transposed and beta 0.5 on a bias `[1, n]` (a pooler as older

@@ -14,13 +14,17 @@
 //! ```text
 //! FastFeedForward { depth: 0, trees }(X, W_in, B_in?, W_out, B_out?)
 //!   W_in: float32 constant [trees, d_in], W_out: float32 constant [trees, d_out]
-//!   trees and d_out multiples of 64
+//!   B_in: absent or a float32 constant [trees]
+//!   d_out a multiple of 64; trees at least 64, padded to a multiple of 64 by at most 1/8
 //! ```
 //!
-//! reads W_in as the panels of its transpose, `[trees / 64, d_in, 64]`, and W_out as its panels,
-//! `[d_out / 64, trees, 64]` (no padding, so the shapes say the sizes). Results are the same tensors,
-//! up to the order in which the GEMM sums. A weight read by several nodes is packed once. Narrower
-//! weights stay as they are: padding them to a whole panel would cost more bytes than packing saves.
+//! is `FastFeedForward { depth: 0, trees: t }`, `t` being `trees` rounded up to a multiple of 64: the
+//! `t - trees` neurons added have zero input weights, bias and output weights, so they add exact
+//! zeros. It reads W_in as the panels of its transpose, `[t / 64, d_in, 64]`, and W_out as its
+//! panels, `[d_out / 64, t, 64]` (whole panels, so the shapes say the sizes). Results are the same
+//! tensors, up to the order in which the GEMM sums. A weight read by several nodes is packed once.
+//! Narrower weights stay as they are: padding them to a whole panel would cost more bytes than
+//! packing saves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +42,8 @@ use crate::ir::{Graph, OutletId};
 enum As {
     /// `[k, n]` as its panels.
     Panels,
+    /// `[k, n]` with zero rows added up to this many rows, as its panels.
+    PanelsOfRows(usize),
     /// `[n, k]` as the panels of its transpose.
     TransposedPanels,
 }
@@ -58,21 +64,38 @@ pub fn run(g: &mut Graph) -> Result<bool> {
                 inputs[1] = Some(pack(g, &mut packed, inputs[1], As::Panels, (k, n)));
                 Op::PackedLinear { n }
             }
-            Some(op @ Op::FastFeedForward { depth: 0, .. }) => {
-                let op = op.clone();
-                let (Some((trees, d_in)), Some((trees_out, d_out))) = (
+            Some(Op::FastFeedForward {
+                depth: 0,
+                trees,
+                activation,
+                branch,
+            }) => {
+                let (trees, activation, branch) = (*trees, *activation, *branch);
+                let (Some((rows_in, d_in)), Some((rows_out, d_out))) = (
                     inputs[1].and_then(|w| f32_matrix(g, w)),
                     inputs[3].and_then(|w| f32_matrix(g, w)),
                 ) else {
                     continue;
                 };
-                if trees != trees_out
-                    || !trees.is_multiple_of(PANEL_COLS)
+                if rows_in != trees
+                    || rows_out != trees
+                    || !worth_packing(trees)
                     || !d_out.is_multiple_of(PANEL_COLS)
                 {
                     continue;
                 }
+                let padded = panel_count(trees) * PANEL_COLS;
+                if padded != trees {
+                    match inputs[2] {
+                        None => {}
+                        Some(b) => match padded_vector(g, b, trees, padded) {
+                            Some(b) => inputs[2] = Some(b),
+                            None => continue,
+                        },
+                    }
+                }
                 let (w_in, w_out) = (inputs[1], inputs[3]);
+                // The transpose's last panel holds the added neurons' zero columns.
                 inputs[1] = Some(pack(
                     g,
                     &mut packed,
@@ -80,8 +103,14 @@ pub fn run(g: &mut Graph) -> Result<bool> {
                     As::TransposedPanels,
                     (trees, d_in),
                 ));
-                inputs[3] = Some(pack(g, &mut packed, w_out, As::Panels, (trees, d_out)));
-                op
+                let rows = As::PanelsOfRows(padded);
+                inputs[3] = Some(pack(g, &mut packed, w_out, rows, (trees, d_out)));
+                Op::FastFeedForward {
+                    depth: 0,
+                    trees: padded,
+                    activation,
+                    branch,
+                }
             }
             _ => continue,
         };
@@ -121,12 +150,16 @@ fn pack(
     let Some(Tensor::F32(t)) = g.const_value(w).map(Arc::as_ref) else {
         unreachable!("checked by the caller")
     };
-    let values: Vec<f32> = match how {
-        As::Panels => t.iter().copied().collect(),
+    let mut values: Vec<f32> = match how {
+        As::Panels | As::PanelsOfRows(_) => t.iter().copied().collect(),
         As::TransposedPanels => t.t().iter().copied().collect(),
     };
     let (k, n) = match how {
         As::Panels => (rows, cols),
+        As::PanelsOfRows(k) => {
+            values.resize(k * cols, 0.0);
+            (k, cols)
+        }
         As::TransposedPanels => (cols, rows),
     };
     let data = pack_panels(&values, k, n);
@@ -136,6 +169,22 @@ fn pack(
     let p = g.add_const(&name, packed);
     done.insert((w, how), p);
     p
+}
+
+/// The float32 constant vector `b` of length `len` with zeros added up to `padded`; `None` if `b` is
+/// anything else.
+fn padded_vector(g: &mut Graph, b: OutletId, len: usize, padded: usize) -> Option<OutletId> {
+    let Some(Tensor::F32(t)) = g.const_value(b).map(Arc::as_ref) else {
+        return None;
+    };
+    if t.shape() != [len] {
+        return None;
+    }
+    let mut values: Vec<f32> = t.iter().copied().collect();
+    values.resize(padded, 0.0);
+    let padded = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[padded]), values).expect("length"));
+    let name = format!("{}/padded", g.node(b.node).name);
+    Some(g.add_const(&name, padded))
 }
 
 /// At least one whole panel, and padding of at most 1/8 of the columns.
