@@ -884,8 +884,8 @@ mod x86 {
     ) -> [f32; 4] {
         let n = common_len(&a, &b);
         let mut acc = [_mm512_setzero_ps(); 4];
-        // Whole steps with constant masks (plain loads), then the tail's one masked step: the sums of
-        // a masked step every time, for fewer instructions a step.
+        // Whole steps with a constant mask (plain loads), then one masked step for the tail: the sums
+        // of masking every step, for fewer instructions a step.
         let mut step = |i: usize, m: __mmask16| {
             for k in 0..4 {
                 if ahead {
