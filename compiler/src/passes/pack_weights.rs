@@ -14,15 +14,17 @@
 //! ```text
 //! FastFeedForward { depth: 0, trees }(X, W_in, B_in?, W_out, B_out?)
 //!   W_in: float32 constant [trees, d_in], W_out: float32 constant [trees, d_out]
-//!   B_in: absent or a float32 constant [trees]
-//!   d_out a multiple of 64; trees at least 64, padded to a multiple of 64 by at most 1/8
+//!   B_in: absent or a float32 constant [trees]; B_out: absent or a float32 constant [d_out]
+//!   trees and d_out at least 64, each padded to a multiple of 64 by at most 1/8
 //! ```
 //!
 //! is `FastFeedForward { depth: 0, trees: t }`, `t` being `trees` rounded up to a multiple of 64: the
 //! `t - trees` neurons added have zero input weights, bias and output weights, so they add exact
 //! zeros. It reads W_in as the panels of its transpose, `[t / 64, d_in, 64]`, and W_out as its
-//! panels, `[d_out / 64, t, 64]` (whole panels, so the shapes say the sizes). Results are the same
-//! tensors, up to the order in which the GEMM sums. A weight read by several nodes is packed once.
+//! panels, `[o / 64, t, 64]`, `o` being `d_out` rounded up likewise (whole panels, so the shapes say
+//! the sizes). Where `o > d_out` the op writes `o` columns, the last ones zeros (zero weights and
+//! bias), and `Slice(_, [0], [d_out], [-1])` gives the `d_out` the graph expects. Results are the
+//! same tensors, up to the order in which the GEMM sums. A weight read by several nodes is packed once.
 //! Narrower weights stay as they are: padding them to a whole panel would cost more bytes than
 //! packing saves.
 
@@ -35,7 +37,7 @@ use fff_runtime::Tensor;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::Result;
-use crate::ir::{Graph, OutletId};
+use crate::ir::{Dim, Graph, OutletId};
 
 /// Which way a constant is packed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,11 +82,21 @@ pub fn run(g: &mut Graph) -> Result<bool> {
                 if rows_in != trees
                     || rows_out != trees
                     || !worth_packing(trees)
-                    || !d_out.is_multiple_of(PANEL_COLS)
+                    || !worth_packing(d_out)
                 {
                     continue;
                 }
                 let padded = panel_count(trees) * PANEL_COLS;
+                let wide = panel_count(d_out) * PANEL_COLS;
+                if wide != d_out {
+                    match inputs[4] {
+                        None => {}
+                        Some(b) => match padded_vector(g, b, d_out, wide) {
+                            Some(b) => inputs[4] = Some(b),
+                            None => continue,
+                        },
+                    }
+                }
                 if padded != trees {
                     match inputs[2] {
                         None => {}
@@ -103,14 +115,21 @@ pub fn run(g: &mut Graph) -> Result<bool> {
                     As::TransposedPanels,
                     (trees, d_in),
                 ));
+                // The last panel holds the added output columns' zeros.
                 let rows = As::PanelsOfRows(padded);
                 inputs[3] = Some(pack(g, &mut packed, w_out, rows, (trees, d_out)));
-                Op::FastFeedForward {
+                let op = Op::FastFeedForward {
                     depth: 0,
                     trees: padded,
                     activation,
                     branch,
+                };
+                if wide != d_out {
+                    narrowed(g, node, op, &inputs, d_out, wide);
+                    changed = true;
+                    continue;
                 }
+                op
             }
             _ => continue,
         };
@@ -169,6 +188,45 @@ fn pack(
     let p = g.add_const(&name, packed);
     done.insert((w, how), p);
     p
+}
+
+/// Replaces `node` by `op` on `inputs`, whose output is `wide` columns wide, followed by the slice of
+/// its first `d_out` columns, which takes `node`'s place.
+fn narrowed(
+    g: &mut Graph,
+    node: petgraph::stable_graph::NodeIndex,
+    op: Op,
+    inputs: &[Option<OutletId>],
+    d_out: usize,
+    wide: usize,
+) {
+    let old = OutletId::new(node, 0);
+    let name = g.node(node).name.clone();
+    let fact = g.fact(old).clone();
+    let mut wide_fact = fact.clone();
+    if let Some(last) = wide_fact.shape.as_mut().and_then(|s| s.last_mut()) {
+        *last = Dim::Known(wide as i64);
+    }
+    let ff = g.add_op(&name, op, inputs, 1);
+    g.g[ff].outputs[0] = wide_fact;
+    let int = |g: &mut Graph, what: &str, v: i64| {
+        let t = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[1]), vec![v]).expect("one value"));
+        g.add_const(&format!("{name}/{what}"), t)
+    };
+    let (start, end, axis) = (
+        int(g, "start", 0),
+        int(g, "end", d_out as i64),
+        int(g, "axis", -1),
+    );
+    let slice_inputs = [
+        Some(OutletId::new(ff, 0)),
+        Some(start),
+        Some(end),
+        Some(axis),
+    ];
+    let slice = g.add_op(&format!("{name}/columns"), Op::Slice, &slice_inputs, 1);
+    g.g[slice].outputs[0] = fact;
+    g.replace_uses(old, OutletId::new(slice, 0));
 }
 
 /// The float32 constant vector `b` of length `len` with zeros added up to `padded`; `None` if `b` is
