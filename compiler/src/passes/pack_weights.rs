@@ -88,24 +88,16 @@ pub fn run(g: &mut Graph) -> Result<bool> {
                 }
                 let padded = panel_count(trees) * PANEL_COLS;
                 let wide = panel_count(d_out) * PANEL_COLS;
-                if wide != d_out {
-                    match inputs[4] {
-                        None => {}
-                        Some(b) => match padded_vector(g, b, d_out, wide) {
-                            Some(b) => inputs[4] = Some(b),
-                            None => continue,
-                        },
-                    }
+                // Both biases are checked before either is padded, so nothing is added for a node
+                // left as it is.
+                let paddable = |b: Option<OutletId>, len: usize, to: usize| {
+                    len == to || b.is_none_or(|b| f32_vector_len(g, b) == Some(len))
+                };
+                if !paddable(inputs[2], trees, padded) || !paddable(inputs[4], d_out, wide) {
+                    continue;
                 }
-                if padded != trees {
-                    match inputs[2] {
-                        None => {}
-                        Some(b) => match padded_vector(g, b, trees, padded) {
-                            Some(b) => inputs[2] = Some(b),
-                            None => continue,
-                        },
-                    }
-                }
+                inputs[2] = padded_vector(g, inputs[2], trees, padded);
+                inputs[4] = padded_vector(g, inputs[4], d_out, wide);
                 let (w_in, w_out) = (inputs[1], inputs[3]);
                 // The transpose's last panel holds the added neurons' zero columns.
                 inputs[1] = Some(pack(
@@ -229,15 +221,32 @@ fn narrowed(
     g.replace_uses(old, OutletId::new(slice, 0));
 }
 
-/// The float32 constant vector `b` of length `len` with zeros added up to `padded`; `None` if `b` is
-/// anything else.
-fn padded_vector(g: &mut Graph, b: OutletId, len: usize, padded: usize) -> Option<OutletId> {
-    let Some(Tensor::F32(t)) = g.const_value(b).map(Arc::as_ref) else {
-        return None;
-    };
-    if t.shape() != [len] {
-        return None;
+/// The length of `b` if it is a float32 constant vector.
+fn f32_vector_len(g: &Graph, b: OutletId) -> Option<usize> {
+    match g.const_value(b).map(Arc::as_ref) {
+        Some(Tensor::F32(t)) => match *t.shape() {
+            [n] => Some(n),
+            _ => None,
+        },
+        _ => None,
     }
+}
+
+/// The bias `b` (absent, or a float32 constant vector of length `len`) with zeros added up to
+/// `padded`: a new constant where that adds any.
+fn padded_vector(
+    g: &mut Graph,
+    b: Option<OutletId>,
+    len: usize,
+    padded: usize,
+) -> Option<OutletId> {
+    let b = b?;
+    if len == padded {
+        return Some(b);
+    }
+    let Some(Tensor::F32(t)) = g.const_value(b).map(Arc::as_ref) else {
+        unreachable!("checked by the caller")
+    };
     let mut values: Vec<f32> = t.iter().copied().collect();
     values.resize(padded, 0.0);
     let padded = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[padded]), values).expect("length"));
