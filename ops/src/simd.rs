@@ -52,17 +52,17 @@ impl Isa {
 /// arguments, compiled for the instruction set [`Isa::best`] picked: plain loops in the body are then
 /// vectorised for that set. For kernels written without the [`Vector`] trait.
 macro_rules! on_best_isa {
-    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
         $(#[$attr])*
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,fma")]
-                unsafe fn avx512($($arg: $ty),*) {
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
                 match $crate::simd::Isa::best() {
@@ -1415,6 +1415,32 @@ mod x86 {
     }
 }
 
+on_best_isa!(
+    /// The sum of rows `rows` of `matrix` (rows of `width` elements), each read once in full at the
+    /// widest vector width: the cost of fetching weight rows alone, without the arithmetic the tree
+    /// kernel does on them (the `weight_rows` benchmark's probe of the memory floor).
+    pub fn sum_rows(matrix: &[f32], width: usize, rows: &[u32]) -> f32 => sum_rows_generic
+);
+
+#[inline(always)]
+fn sum_rows_generic(matrix: &[f32], width: usize, rows: &[u32]) -> f32 {
+    // Independent lanes, so that the loop vectorises without reassociating a sum.
+    let mut acc = [0f32; 64];
+    for &r in rows {
+        let row = &matrix[r as usize * width..][..width];
+        let mut chunks = row.chunks_exact(64);
+        for c in &mut chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += v;
+            }
+        }
+        for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+            *a += v;
+        }
+    }
+    acc.iter().sum()
+}
+
 /// Asks the CPU to start loading `s` into its caches: a hint that never faults.
 #[inline(always)]
 pub fn prefetch<T>(s: &[T]) {
@@ -1449,5 +1475,25 @@ fn prefetch_lines<const HINT: i32, T>(s: &[T]) {
         // pointer, which is only computed with wrapping arithmetic); SSE is part of the x86-64 baseline.
         unsafe { _mm_prefetch::<HINT>(line.wrapping_add(off)) };
         off += 64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_rows;
+
+    #[test]
+    fn sum_rows_adds_every_element_of_the_picked_rows_once() {
+        // Width 70: one whole 64-lane step and a remainder; row 1 picked twice, row 2 never.
+        let width = 70;
+        let matrix: Vec<f32> = (0..4 * width).map(|i| (i % 7) as f32 - 3.0).collect();
+        let rows = [3, 1, 0, 1];
+        let want: f32 = rows
+            .iter()
+            .map(|&r| matrix[r * width..(r + 1) * width].iter().sum::<f32>())
+            .sum();
+        let rows: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        assert_eq!(sum_rows(&matrix, width, &rows), want);
+        assert_eq!(sum_rows(&matrix, width, &[]), 0.0);
     }
 }
