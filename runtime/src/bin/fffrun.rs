@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -53,8 +53,8 @@ struct Args {
     #[arg(long, value_name = "C", value_parser = at_least_one)]
     panel_cols: Option<usize>,
 
-    /// Time the model instead of printing its outputs: one warm-up run, then --runs timed runs, then one
-    /// JSON line {"load_ms", "median_ms", "min_ms", "runs", "threads"}.
+    /// Time the model instead of printing its outputs: warm-up runs (at least one, for at least 0.1 s),
+    /// then --runs timed runs, then one JSON line {"load_ms", "median_ms", "min_ms", "runs", "threads"}.
     #[arg(long)]
     bench: bool,
 
@@ -62,8 +62,8 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = at_least_one)]
     runs: usize,
 
-    /// Time every op instead of printing the outputs: one warm-up run, then --runs profiled runs, then a
-    /// table of the median time per op kind and of the slowest nodes.
+    /// Time every op instead of printing the outputs: warm-up runs as for --bench, then --runs profiled
+    /// runs, then a table of the median time per op kind and of the slowest nodes.
     #[arg(long, conflicts_with = "bench")]
     profile: bool,
 
@@ -189,13 +189,30 @@ fn views(inputs: &[(String, Tensor)]) -> Vec<(&str, TensorView<'_>)> {
     inputs.iter().map(|(n, t)| (n.as_str(), t.view())).collect()
 }
 
+/// Warm-up lasts at least this long, and at least one run: a pool's threads, and on a virtual machine
+/// the cores under them, take some milliseconds of calls after an idle spell to reach their speed (a
+/// 2048-row FFF layer on two threads, after a second's sleep, took 2.0-2.2 ms a call for its first ten
+/// calls, then 1.1-1.2 ms).
+const WARM_UP: Duration = Duration::from_millis(100);
+
+/// Runs the model on `inputs` until [`WARM_UP`] has passed, at least once.
+fn warm_up(model: &Model, inputs: &[(&str, TensorView)]) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        model.recycle(model.run_borrowed(inputs)?);
+        if start.elapsed() >= WARM_UP {
+            return Ok(());
+        }
+    }
+}
+
 /// Times `runs` calls after a warm-up. The calls borrow the same inputs, as ONNX Runtime's runs do
 /// (a copy per call would leave the caches full of its dirty lines, which the call would then write
 /// back); each call's outputs are handed back to the model, as a serving loop would, so that
 /// steady-state calls reuse their buffers.
 fn bench(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<Vec<f64>> {
     let inputs = views(inputs);
-    model.recycle(model.run_borrowed(&inputs)?);
+    warm_up(model, &inputs)?;
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
@@ -207,11 +224,11 @@ fn bench(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<Vec<
     Ok(times)
 }
 
-/// One warm-up run, then `runs` profiled runs; a text table of the median time per op kind (largest
+/// Warm-up runs, then `runs` profiled runs; a text table of the median time per op kind (largest
 /// first) and of the ten slowest nodes.
 fn profile(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<String> {
     let inputs = views(inputs);
-    model.recycle(model.run_borrowed(&inputs)?);
+    warm_up(model, &inputs)?;
     let nodes = &model.graph().nodes;
     let mut per_node: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); nodes.len()];
     let mut totals = Vec::with_capacity(runs);
