@@ -38,7 +38,7 @@ fn main() {
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut sink = 0.0;
     for &rows in &rows_list {
-        let mut random = Vec::with_capacity(RUNS);
+        let mut kernel_order = Vec::with_capacity(RUNS);
         let mut l2 = Vec::with_capacity(RUNS);
         let mut ordered = Vec::with_capacity(RUNS);
         let mut fetched = 0;
@@ -57,24 +57,24 @@ fn main() {
                 .copied()
                 .chain(w_in.iter().map(|&n| n + NODES as u32))
                 .collect();
-            fetched = w_in.len();
+            fetched += w_in.len();
             // 128 rows (384 KiB) over and over: the same count of rows, all from L2 after the first.
             let small: Vec<u32> = (0..both.len() as u32).map(|k| k % 128).collect();
             let mut sorted = both.clone();
             sorted.sort_unstable();
-            // Every other row of the matrix, in a random order: what a call left cached is evicted
-            // (the rows not read stay in the caches no longer than the rows read after them).
+            // Every row of the matrix in a random order, read before each timing: what the previous
+            // read left cached is evicted.
             let mut evict: Vec<u32> = (0..2 * NODES as u32).collect();
             for i in (1..evict.len()).rev() {
                 evict.swap(i, next() as usize % (i + 1));
             }
-            for (times, picked) in [
-                (&mut random, &both),
-                (&mut l2, &small),
-                (&mut ordered, &sorted),
+            for (times, picked, warm) in [
+                (&mut kernel_order, &both, false),
+                (&mut l2, &small, true),
+                (&mut ordered, &sorted, false),
             ] {
                 sink += sum_rows(&w, D, &evict);
-                if std::ptr::eq(picked, &small) {
+                if warm {
                     sink += sum_rows(&w, D, &small[..small.len().min(128)]);
                 }
                 let start = Instant::now();
@@ -82,6 +82,8 @@ fn main() {
                 times.push(start.elapsed().as_secs_f64() * 1e3);
             }
         }
+        // Nodes fetched, on average over the runs.
+        let fetched = fetched.div_ceil(RUNS);
         let mib = 2.0 * fetched as f64 * (D * 4) as f64 / (1 << 20) as f64;
         let cell = |t: &mut Vec<f64>| {
             t.sort_by(f64::total_cmp);
@@ -93,7 +95,7 @@ fn main() {
         };
         println!(
             "| {rows} | {fetched} of {NODES} | {mib:.2} | {} | {} | {} |",
-            cell(&mut random),
+            cell(&mut kernel_order),
             cell(&mut l2),
             cell(&mut ordered)
         );
