@@ -12,6 +12,16 @@ pub const ALL: &[&str] = &[
     "fff-encoder-2trees",
     "fff-layer-gather",
     "fff-layer-customop",
+    "hf-bert-op11",
+    "hf-bert-gelu-tanh",
+    "hf-bert-gelu-tanh-dynamo",
+    "hf-bert-relu-cls",
+    "hf-bert-odd-mlm",
+    "hf-roberta",
+    "hf-distilbert",
+    "hf-albert",
+    "hf-deberta-v2",
+    "hf-mpnet",
 ];
 
 /// The folder that holds the fixtures.
@@ -41,6 +51,7 @@ pub fn torchscript_twin(name: &str) -> Option<&'static str> {
     match name {
         "bert-tiny-dynamo" => Some("bert-tiny"),
         "fff-encoder-tiny-dynamo" => Some("fff-encoder-tiny"),
+        "hf-bert-gelu-tanh-dynamo" => Some("hf-bert-gelu-tanh"),
         _ => None,
     }
 }

@@ -73,6 +73,7 @@ fn fff_layers_of(onnx: &std::path::Path, dir: &std::path::Path) -> Vec<Layer> {
 fn fixtures_rewrite_exactly_their_feedforward_blocks() {
     let dir = scratch("fixtures");
     let dense = vec![(256, 0, 64, 64); 2];
+    let small = vec![(128, 0, 32, 32); 2];
     let expected: &[(&str, Vec<Layer>)] = &[
         ("bert-tiny", dense.clone()),
         ("bert-tiny-dynamo", dense.clone()),
@@ -82,6 +83,16 @@ fn fixtures_rewrite_exactly_their_feedforward_blocks() {
         ("fff-encoder-2trees", vec![(2, 2, 64, 64); 2]),
         ("fff-layer-gather", vec![(1, 4, 64, 64)]),
         ("fff-layer-customop", vec![(2, 3, 64, 64)]),
+        ("hf-bert-op11", small.clone()),
+        ("hf-bert-gelu-tanh", small.clone()),
+        ("hf-bert-gelu-tanh-dynamo", small.clone()),
+        ("hf-bert-relu-cls", small.clone()),
+        ("hf-bert-odd-mlm", vec![(100, 0, 36, 36); 2]),
+        ("hf-roberta", small.clone()),
+        ("hf-distilbert", small.clone()),
+        ("hf-albert", small.clone()),
+        ("hf-deberta-v2", small.clone()),
+        ("hf-mpnet", small),
     ];
     assert_eq!(expected.len(), fixtures::ALL.len());
     for (name, want) in expected {
