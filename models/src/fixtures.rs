@@ -15,6 +15,7 @@ pub const ALL: &[&str] = &[
     "hf-bert-op11",
     "hf-bert-gelu-tanh",
     "hf-bert-gelu-tanh-dynamo",
+    "hf-bert-sdpa",
     "hf-bert-relu-cls",
     "hf-bert-odd-mlm",
     "hf-roberta",

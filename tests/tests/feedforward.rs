@@ -86,6 +86,7 @@ fn fixtures_rewrite_exactly_their_feedforward_blocks() {
         ("hf-bert-op11", small.clone()),
         ("hf-bert-gelu-tanh", small.clone()),
         ("hf-bert-gelu-tanh-dynamo", small.clone()),
+        ("hf-bert-sdpa", small.clone()),
         ("hf-bert-relu-cls", small.clone()),
         ("hf-bert-odd-mlm", vec![(100, 0, 36, 36); 2]),
         ("hf-roberta", small.clone()),
