@@ -12,6 +12,7 @@ pub mod fff_tree;
 pub mod matmul;
 pub mod norm;
 pub mod panels;
+pub mod permute;
 pub mod simd;
 pub mod softmax;
 pub mod threads;

@@ -196,9 +196,25 @@ pub fn transpose(x: &TensorView, perm: Option<&[i64]>) -> Result<Tensor> {
             "{perm:?} is not a permutation of {rank} axes"
         )));
     }
-    Ok(
-        map_tensor!(x, TensorView, a => a.clone().permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()),
-    )
+    Ok(map_tensor!(x, TensorView, a => permuted(a, &perm)))
+}
+
+/// `a` with its axes permuted, in standard layout: row-major inputs go through the run-copying kernel.
+fn permuted<T: Copy>(a: &ArrayViewD<T>, perm: &[usize]) -> ArrayD<T> {
+    let out_shape: Vec<usize> = perm.iter().map(|&p| a.shape()[p]).collect();
+    match a.as_slice() {
+        Some(src) => {
+            let mut out = Vec::new();
+            fff_ops::permute::permute(src, a.shape(), perm, &mut out);
+            ArrayD::from_shape_vec(IxDyn(&out_shape), out)
+                .expect("a permutation keeps the element count")
+        }
+        None => a
+            .clone()
+            .permuted_axes(IxDyn(perm))
+            .as_standard_layout()
+            .into_owned(),
+    }
 }
 
 pub fn concat(inputs: &[&TensorView], axis: i64) -> Result<Tensor> {
