@@ -13,6 +13,7 @@ pub mod eval;
 pub mod fff_stats;
 mod inputs;
 pub mod io;
+pub mod keep_warm;
 pub mod op;
 pub mod panel_width;
 pub mod tensor;

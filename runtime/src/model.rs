@@ -243,7 +243,10 @@ impl Model {
         let result = if serial {
             fff_ops::threads::serial(f)
         } else {
-            pool.install(f)
+            pool.install(|| {
+                let _warm = crate::keep_warm::Warm::start();
+                f()
+            })
         };
         // Failed calls (bad inputs, say) end early and say nothing about the work of a call.
         if result.is_ok() {
@@ -358,6 +361,7 @@ impl Model {
                 let views = self.node_views(node, &slots, &borrowed)?;
                 observe(node, &views);
             }
+            crate::keep_warm::rearm();
             let start = profile.is_some().then(Instant::now);
             let reused = self.try_in_place(node, &self.handover[i], &mut slots, &borrowed)?;
             let outs = if let Some(t) = reused {
