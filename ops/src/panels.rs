@@ -22,8 +22,15 @@ pub const PANEL_COLS: usize = 64;
 
 /// Rows per GEMM call. The GEMM crate packs its left operand, which for a row-major output is the
 /// panel, when a call has more than 48 rows (8 times its 6-wide micro-kernel on x86); panels are
-/// already laid out as it would pack them, so calls stay at this size.
+/// already laid out as it would pack them, so calls stay at this size...
 pub const ROW_BLOCK: usize = 48;
+
+/// ...unless a task's rows are this few: then one call takes them all, the panel packed once, since
+/// each call costs more to set up than that packing. At 128 rows on an Intel core a 768x768 product
+/// took 0.74-0.75 ms in one call per panel against 0.79-0.84 ms in three, and 128x3072x768 3.05-3.12
+/// against 3.39-3.50 ms (`cargo bench -p fff-ops --bench gemm`); at 1024 rows, 128-row calls were
+/// 4-9% slower than 48-row ones.
+pub const ONE_CALL_ROWS: usize = 128;
 
 /// The widest panel [`Panels`] takes (the one-row kernel keeps a panel row of sums in registers).
 pub const MAX_PANEL_COLS: usize = 64;
@@ -200,8 +207,13 @@ pub fn gemm_panels(x: &[f32], rows: usize, w: Panels, out: &mut [f32], beta: f32
         }
         let first_row = s * run_rows;
         let end_row = rows.min(first_row + run_rows);
-        for r in (first_row..end_row).step_by(ROW_BLOCK) {
-            let m = ROW_BLOCK.min(end_row - r);
+        let block = if end_row - first_row <= ONE_CALL_ROWS {
+            end_row - first_row
+        } else {
+            ROW_BLOCK
+        };
+        for r in (first_row..end_row).step_by(block.max(1)) {
+            let m = block.min(end_row - r);
             // SAFETY: `x` holds `rows * k` values and `out` `rows * n` (asserted above); this call
             // reads rows `r..r + m` of `x` and all `k` rows of the panel (`k * cols` values,
             // of which columns `0..width`), and writes rows `r..r + m`, columns
