@@ -351,7 +351,8 @@ mod tests {
 
     #[test]
     fn agrees_with_the_reference_on_odd_shapes_and_threads() {
-        // Rows around the row block, columns around the panel width, tiny and zero sizes.
+        // Rows around the row block and the one-call limit, columns around the panel width, tiny and
+        // zero sizes.
         for &(rows, k, n) in &[
             (1, 1, 1),
             (1, 768, 768),
@@ -359,6 +360,8 @@ mod tests {
             (47, 33, 64),
             (48, 17, 65),
             (49, 64, 129),
+            (128, 40, 96),
+            (129, 24, 64),
             (130, 70, 200),
             (200, 300, 40),
             (5, 0, 9),
