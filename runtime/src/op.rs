@@ -185,6 +185,8 @@ pub enum Op {
         axis: i64,
         reduction: ScatterReduction,
     },
+    /// data, indices, updates -> output
+    ScatterNd { reduction: ScatterReduction },
     /// shape -> output filled with `value`
     ConstantOfShape { value: Scalar },
     /// start, limit, delta -> output

@@ -138,6 +138,61 @@ fn scatter_elements_follows_the_spec_example() {
 }
 
 #[test]
+fn scatter_nd_follows_the_spec_examples() {
+    // Elements: data [1..8], indices [[4],[3],[1],[7]], updates [9,10,11,12] -> [1,11,3,10,9,6,7,12].
+    let data = f32s(&[8], &[1., 2., 3., 4., 5., 6., 7., 8.]);
+    let (idx, upd) = (
+        i64s(&[4, 1], &[4, 3, 1, 7]),
+        f32s(&[4], &[9., 10., 11., 12.]),
+    );
+    let none = Op::ScatterNd {
+        reduction: ScatterReduction::None,
+    };
+    let out = run(none.clone(), &[Some(&data), Some(&idx), Some(&upd)], 1);
+    assert_eq!(out[0], f32s(&[8], &[1., 11., 3., 10., 9., 6., 7., 12.]));
+    // Slices: rows 0 and 2 of a [4, 2] matrix replaced, row -1 (the last) too.
+    let data = f32s(&[4, 2], &[0., 0., 1., 1., 2., 2., 3., 3.]);
+    let idx = i64s(&[3, 1], &[0, 2, -1]);
+    let upd = f32s(&[3, 2], &[5., 6., 7., 8., 9., 10.]);
+    let out = run(none.clone(), &[Some(&data), Some(&idx), Some(&upd)], 1);
+    assert_eq!(out[0], f32s(&[4, 2], &[5., 6., 1., 1., 7., 8., 9., 10.]));
+    // Element pairs of a matrix, the way PyTorch exports `x[:, i] = v`; a repeated index adds up.
+    let data = f32s(&[2, 3], &[0.; 6]);
+    let idx = i64s(&[3, 2], &[0, 1, 1, 1, 0, 1]);
+    let upd = f32s(&[3], &[1., 2., 4.]);
+    let add = Op::ScatterNd {
+        reduction: ScatterReduction::Add,
+    };
+    let out = run(add, &[Some(&data), Some(&idx), Some(&upd)], 1);
+    assert_eq!(out[0], f32s(&[2, 3], &[0., 5., 0., 0., 2., 0.]));
+    // An empty index addresses the whole tensor.
+    let data = f32s(&[2], &[1., 2.]);
+    let (idx, upd) = (i64s(&[0], &[]), f32s(&[2], &[3., 4.]));
+    let out = run(none.clone(), &[Some(&data), Some(&idx), Some(&upd)], 1);
+    assert_eq!(out[0], f32s(&[2], &[3., 4.]));
+    // Updates of the wrong shape and indices out of range are errors.
+    let data = f32s(&[4, 2], &[0.; 8]);
+    let err = run_err(
+        none.clone(),
+        &[
+            Some(&data),
+            Some(&i64s(&[1, 1], &[0])),
+            Some(&f32s(&[1, 3], &[0.; 3])),
+        ],
+    );
+    assert!(err.contains("ScatterND"), "{err}");
+    let err = run_err(
+        none,
+        &[
+            Some(&data),
+            Some(&i64s(&[1, 1], &[4])),
+            Some(&f32s(&[1, 2], &[0.; 2])),
+        ],
+    );
+    assert!(err.contains("out of range"), "{err}");
+}
+
+#[test]
 fn softmax_before_opset_13_spans_all_trailing_axes() {
     let x = f32s(&[1, 2, 2], &[0., 0., 0., 0.]);
     let out = run(

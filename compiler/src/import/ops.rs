@@ -306,7 +306,7 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
             },
             &[Some(req(0)?), Some(req(1)?)],
         ),
-        "ScatterElements" | "Scatter" => {
+        "ScatterElements" | "Scatter" | "ScatterND" => {
             let reduction = match cx.string("reduction")?.as_deref().unwrap_or("none") {
                 "none" => ScatterReduction::None,
                 "add" => ScatterReduction::Add,
@@ -315,14 +315,15 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
                 "min" => ScatterReduction::Min,
                 other => return Err(cx.err(format!("unknown reduction '{other}'"))),
             };
-            single(
-                g,
+            let op = if op_type == "ScatterND" {
+                Op::ScatterNd { reduction }
+            } else {
                 Op::ScatterElements {
                     axis: cx.int_or("axis", 0)?,
                     reduction,
-                },
-                &[Some(req(0)?), Some(req(1)?), Some(req(2)?)],
-            )
+                }
+            };
+            single(g, op, &[Some(req(0)?), Some(req(1)?), Some(req(2)?)])
         }
         "ConstantOfShape" => {
             let value = match cx.tensor("value")? {

@@ -358,7 +358,7 @@ pub fn infer(op: &Op, ins: Facts, n_outputs: usize) -> Result<Vec<Fact>, String>
             };
             vec![fact(dt0, shape)]
         }
-        Op::ScatterElements { .. } => same(),
+        Op::ScatterElements { .. } | Op::ScatterNd { .. } => same(),
         Op::ConstantOfShape { value } => {
             let shape = value_of(ins, 0).or_else(|| {
                 get(ins, 0)

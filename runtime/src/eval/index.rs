@@ -1,4 +1,5 @@
-//! Ops that address elements by index: Gather, GatherElements, GatherND, ScatterElements, CumSum, ArgMax.
+//! Ops that address elements by index: Gather, GatherElements, GatherND, ScatterElements, ScatterND,
+//! CumSum, ArgMax.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 
@@ -136,6 +137,125 @@ pub fn gather_nd(data: &TensorView, indices: &TensorView, batch_dims: i64) -> Re
         from_vec(IxDyn(out), v)
     }
     Ok(map_tensor!(data, TensorView, a => go(a, &offsets, inner, &out_shape)))
+}
+
+/// ScatterND: a copy of `data` with the slices that `indices` address (its last axis, `k` long, indexes
+/// `data`'s first `k` axes) replaced by, or reduced with, the matching slices of `updates`
+/// (`indices.shape[..-1] ++ data.shape[k..]`). Slices are written in index order, so with no reduction
+/// a slice addressed twice ends with the later update.
+pub fn scatter_nd(
+    data: &TensorView,
+    indices: &TensorView,
+    updates: &TensorView,
+    reduction: ScatterReduction,
+) -> Result<Tensor> {
+    let dims = data.shape().to_vec();
+    let ish = indices.shape().to_vec();
+    let k = ish.last().copied().unwrap_or(0);
+    let mut want = ish[..ish.len().saturating_sub(1)].to_vec();
+    if let Some(rest) = dims.get(k..) {
+        want.extend_from_slice(rest);
+    }
+    if ish.is_empty() || dims.is_empty() || k > dims.len() || updates.shape() != want.as_slice() {
+        return Err(Error::invalid(format!(
+            "ScatterND of {dims:?} with indices {ish:?} and updates {:?}",
+            updates.shape()
+        )));
+    }
+    if data.dtype() != updates.dtype() {
+        return Err(Error::invalid("ScatterND updates differ in type from data"));
+    }
+    let idx = indices.ints()?;
+    let inner: usize = dims[k..].iter().product();
+    let strides: Vec<usize> = (0..dims.len())
+        .map(|d| dims[d + 1..].iter().product())
+        .collect();
+    // An empty index (k = 0) addresses the whole of `data`, once per tuple.
+    let offsets: Vec<usize> = if k == 0 {
+        vec![0; ish[..ish.len() - 1].iter().product()]
+    } else {
+        idx.chunks(k)
+            .map(|t| {
+                t.iter().enumerate().try_fold(0, |off, (j, &i)| {
+                    Ok(off + resolve(i, dims[j])? * strides[j])
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    fn go<T: Clone>(
+        a: &ArrayViewD<T>,
+        u: &ArrayViewD<T>,
+        offsets: &[usize],
+        inner: usize,
+        reduce: impl Fn(&T, &T) -> T,
+    ) -> ArrayD<T> {
+        let mut out = a.as_standard_layout().into_owned();
+        let flat = out.as_slice_mut().expect("standard layout is contiguous");
+        let u = u.as_standard_layout();
+        let upd = u.as_slice().expect("standard layout is contiguous");
+        for (t, &o) in offsets.iter().enumerate() {
+            for (x, y) in flat[o..o + inner]
+                .iter_mut()
+                .zip(&upd[t * inner..(t + 1) * inner])
+            {
+                *x = reduce(x, y);
+            }
+        }
+        out
+    }
+    macro_rules! scatter {
+        ($a:expr, $u:expr, $variant:ident, $add:expr, $mul:expr, $max:expr, $min:expr) => {
+            Tensor::$variant(match reduction {
+                ScatterReduction::None => go($a, $u, &offsets, inner, |_, y| y.clone()),
+                ScatterReduction::Add => go($a, $u, &offsets, inner, $add),
+                ScatterReduction::Mul => go($a, $u, &offsets, inner, $mul),
+                ScatterReduction::Max => go($a, $u, &offsets, inner, $max),
+                ScatterReduction::Min => go($a, $u, &offsets, inner, $min),
+            })
+        };
+    }
+    Ok(match (data, updates) {
+        (TensorView::F32(a), TensorView::F32(u)) => scatter!(
+            a,
+            u,
+            F32,
+            |x: &f32, y: &f32| x + y,
+            |x: &f32, y: &f32| x * y,
+            |x: &f32, y: &f32| x.max(*y),
+            |x: &f32, y: &f32| x.min(*y)
+        ),
+        (TensorView::I64(a), TensorView::I64(u)) => scatter!(
+            a,
+            u,
+            I64,
+            |x: &i64, y: &i64| x.wrapping_add(*y),
+            |x: &i64, y: &i64| x.wrapping_mul(*y),
+            |x: &i64, y: &i64| *x.max(y),
+            |x: &i64, y: &i64| *x.min(y)
+        ),
+        (TensorView::I32(a), TensorView::I32(u)) => scatter!(
+            a,
+            u,
+            I32,
+            |x: &i32, y: &i32| x.wrapping_add(*y),
+            |x: &i32, y: &i32| x.wrapping_mul(*y),
+            |x: &i32, y: &i32| *x.max(y),
+            |x: &i32, y: &i32| *x.min(y)
+        ),
+        (TensorView::Bool(a), TensorView::Bool(u)) => scatter!(
+            a,
+            u,
+            Bool,
+            |x: &bool, y: &bool| *x || *y,
+            |x: &bool, y: &bool| *x && *y,
+            |x: &bool, y: &bool| *x || *y,
+            |x: &bool, y: &bool| *x && *y
+        ),
+        (TensorView::BF16(_), TensorView::BF16(_)) => {
+            return Err(Error::invalid("ScatterND does not take bfloat16"))
+        }
+        _ => unreachable!("dtypes checked equal above"),
+    })
 }
 
 pub fn scatter_elements(

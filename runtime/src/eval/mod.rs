@@ -117,6 +117,12 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
             input(inputs, 1)?,
             *batch_dims,
         )),
+        Op::ScatterNd { reduction } => one(index::scatter_nd(
+            input(inputs, 0)?,
+            input(inputs, 1)?,
+            input(inputs, 2)?,
+            *reduction,
+        )),
         Op::ScatterElements { axis, reduction } => one(index::scatter_elements(
             input(inputs, 0)?,
             input(inputs, 1)?,
