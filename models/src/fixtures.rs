@@ -23,6 +23,8 @@ pub const ALL: &[&str] = &[
     "hf-albert",
     "hf-deberta-v2",
     "hf-mpnet",
+    "ufb-layer-levels",
+    "ufb-layer-levels-dynamo",
 ];
 
 /// The folder that holds the fixtures.
@@ -53,6 +55,7 @@ pub fn torchscript_twin(name: &str) -> Option<&'static str> {
         "bert-tiny-dynamo" => Some("bert-tiny"),
         "fff-encoder-tiny-dynamo" => Some("fff-encoder-tiny"),
         "hf-bert-gelu-tanh-dynamo" => Some("hf-bert-gelu-tanh"),
+        "ufb-layer-levels-dynamo" => Some("ufb-layer-levels"),
         _ => None,
     }
 }

@@ -94,6 +94,8 @@ fn fixtures_rewrite_exactly_their_feedforward_blocks() {
         ("hf-albert", small.clone()),
         ("hf-deberta-v2", small.clone()),
         ("hf-mpnet", small),
+        ("ufb-layer-levels", vec![(1, 4, 64, 64)]),
+        ("ufb-layer-levels-dynamo", vec![(1, 4, 64, 64)]),
     ];
     assert_eq!(expected.len(), fixtures::ALL.len());
     for (name, want) in expected {
