@@ -187,6 +187,8 @@ pub enum Op {
     },
     /// data, indices, updates -> output
     ScatterNd { reduction: ScatterReduction },
+    /// operands... -> output (float; see `eval::einsum`)
+    Einsum { equation: String },
     /// shape -> output filled with `value`
     ConstantOfShape { value: Scalar },
     /// start, limit, delta -> output

@@ -227,6 +227,16 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
             },
             &[Some(req(0)?)],
         ),
+        "Einsum" => {
+            let equation = cx
+                .string("equation")?
+                .ok_or_else(|| cx.err("attribute 'equation' is required"))?;
+            let ins: Vec<Option<OutletId>> = inputs
+                .iter()
+                .map(|i| i.ok_or_else(|| cx.err("an input is empty")).map(Some))
+                .collect::<Result<_>>()?;
+            single(g, Op::Einsum { equation }, &ins)
+        }
         "Concat" => {
             let axis = cx
                 .int("axis")?

@@ -247,6 +247,31 @@ pub fn infer(op: &Op, ins: Facts, n_outputs: usize) -> Result<Vec<Fact>, String>
             });
             vec![fact(dt0, shape.transpose()?)]
         }
+        Op::Einsum { equation } => {
+            let shapes: Option<Vec<Vec<Dim>>> = (0..ins.len()).map(|i| shape_of(ins, i)).collect();
+            let shape = match shapes {
+                Some(ss) => {
+                    let ranks: Vec<usize> = ss.iter().map(Vec::len).collect();
+                    let p = fff_runtime::eval::einsum::parse(equation, &ranks)
+                        .map_err(|e| e.to_string())?;
+                    // Each output axis is its label's axes broadcast together.
+                    let dim = |l: &fff_runtime::eval::einsum::Label| {
+                        let mut d = Dim::Known(1);
+                        for (s, ls) in ss.iter().zip(&p.inputs) {
+                            for (x, m) in s.iter().zip(ls) {
+                                if m == l {
+                                    d = Dim::broadcast(&d, x)?;
+                                }
+                            }
+                        }
+                        Ok::<Dim, String>(d)
+                    };
+                    Some(p.output.iter().map(dim).collect::<Result<_, _>>()?)
+                }
+                None => None,
+            };
+            vec![fact(Some(DType::F32), shape)]
+        }
         Op::Concat { axis: a } => {
             let shapes: Option<Vec<Vec<Dim>>> = (0..ins.len()).map(|i| shape_of(ins, i)).collect();
             let shape = match shapes {

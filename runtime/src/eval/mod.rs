@@ -4,6 +4,7 @@
 //! Every function checks its inputs and returns an error rather than panicking on shapes, dtypes or
 //! indices that do not fit.
 
+pub mod einsum;
 mod elementwise;
 pub mod in_place;
 mod index;
@@ -77,6 +78,12 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
         Op::Squeeze => one(layout::squeeze(input(inputs, 0)?, optional(inputs, 1))),
         Op::Unsqueeze => one(layout::unsqueeze(input(inputs, 0)?, input(inputs, 1)?)),
         Op::Transpose { perm } => one(layout::transpose(input(inputs, 0)?, perm.as_deref())),
+        Op::Einsum { equation } => {
+            let all = (0..inputs.len())
+                .map(|i| input(inputs, i))
+                .collect::<Result<Vec<_>>>()?;
+            one(einsum::einsum(equation, &all))
+        }
         Op::Concat { axis } => {
             let all = (0..inputs.len())
                 .map(|i| input(inputs, i))
