@@ -25,6 +25,9 @@ pub const ALL: &[&str] = &[
     "hf-mpnet",
     "ufb-layer-levels",
     "ufb-layer-levels-dynamo",
+    "ufb-forest-einsum",
+    "ufb-forest-indexed",
+    "ufb-forest-indexed-dynamo",
 ];
 
 /// The folder that holds the fixtures.
@@ -56,6 +59,7 @@ pub fn torchscript_twin(name: &str) -> Option<&'static str> {
         "fff-encoder-tiny-dynamo" => Some("fff-encoder-tiny"),
         "hf-bert-gelu-tanh-dynamo" => Some("hf-bert-gelu-tanh"),
         "ufb-layer-levels-dynamo" => Some("ufb-layer-levels"),
+        "ufb-forest-indexed-dynamo" => Some("ufb-forest-indexed"),
         _ => None,
     }
 }

@@ -96,6 +96,9 @@ fn fixtures_rewrite_exactly_their_feedforward_blocks() {
         ("hf-mpnet", small),
         ("ufb-layer-levels", vec![(1, 4, 64, 64)]),
         ("ufb-layer-levels-dynamo", vec![(1, 4, 64, 64)]),
+        ("ufb-forest-einsum", vec![(4, 3, 64, 64)]),
+        ("ufb-forest-indexed", vec![(3, 2, 64, 64)]),
+        ("ufb-forest-indexed-dynamo", vec![(3, 2, 64, 64)]),
     ];
     assert_eq!(expected.len(), fixtures::ALL.len());
     for (name, want) in expected {

@@ -7,6 +7,7 @@ pub mod constant_folding;
 pub mod cse;
 pub mod dead_code;
 pub mod feedforward;
+pub mod gather_rows;
 pub mod gelu;
 pub mod identity_elimination;
 pub mod layer_norm;
@@ -29,6 +30,7 @@ pub const PIPELINE: &[Pass] = &[
     ("shape-inference", shape_inference::run),
     ("constant-folding", constant_folding::run),
     ("identity-elimination", identity_elimination::run),
+    ("gather-rows", gather_rows::run),
     ("cse", cse::run),
     ("dead-code", dead_code::run),
     ("layer-norm", layer_norm::run),
