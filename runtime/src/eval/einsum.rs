@@ -10,7 +10,7 @@
 use ndarray::{ArrayD, Axis, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::tensor::{Tensor, TensorView};
+use crate::tensor::{DType, Tensor, TensorView};
 
 /// One axis label: a letter of the equation, or the `k`-th axis from the right under `...`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -256,14 +256,22 @@ pub fn einsum(equation: &str, operands: &[&TensorView]) -> Result<Tensor> {
         let a_only: Vec<Label> = a.labels.iter().filter(|l| !in_both(l)).copied().collect();
         let b_only: Vec<Label> = b.labels.iter().filter(|l| !in_both(l)).copied().collect();
         let prod = |ls: &[Label]| ls.iter().map(|&l| size(l)).product::<usize>();
+        let out_shape: Vec<usize> = batch
+            .iter()
+            .chain(&a_only)
+            .chain(&b_only)
+            .map(|&l| size(l))
+            .collect();
+        super::check_alloc(&out_shape, DType::F32)?;
         let (nb, m, kk, n) = (prod(&batch), prod(&a_only), prod(&summed), prod(&b_only));
         // Broadcast each operand's batch and summed axes to their full sizes.
         let full = |t: &Term, order: &[Label]| -> Result<ArrayD<f32>> {
-            let arr = t.arranged(order);
             let shape: Vec<usize> = order
                 .iter()
                 .map(|&l| if t.size(l) == 1 { size(l) } else { t.size(l) })
                 .collect();
+            super::check_alloc(&shape, DType::F32)?;
+            let arr = t.arranged(order);
             Ok(arr
                 .broadcast(IxDyn(&shape))
                 .ok_or_else(|| {
@@ -320,6 +328,7 @@ pub fn einsum(equation: &str, operands: &[&TensorView]) -> Result<Tensor> {
     let arr = acc.arranged(&parsed.output);
     // Output axes broadcast from 1 where only a size-1 operand axis had them.
     let shape: Vec<usize> = parsed.output.iter().map(|&l| size(l)).collect();
+    super::check_alloc(&shape, DType::F32)?;
     let arr = if arr.shape() == shape.as_slice() {
         arr
     } else {
@@ -453,5 +462,11 @@ mod tests {
             einsum("ij,jk->ik", &[&v, &b.view()]).is_err(),
             "mismatched lengths"
         );
+        let ints = Tensor::I64(ArrayD::zeros(IxDyn(&[3, 4])));
+        assert!(einsum("ij->j", &[&ints.view()]).is_err(), "integers");
+        // An outer product too large to allocate is an error, not an abort.
+        let long = Tensor::F32(ArrayD::zeros(IxDyn(&[1 << 22])));
+        let lv = long.view();
+        assert!(einsum("i,j,k->ijk", &[&lv, &lv, &lv]).is_err(), "too large");
     }
 }
