@@ -231,20 +231,14 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
             let equation = cx
                 .string("equation")?
                 .ok_or_else(|| cx.err("attribute 'equation' is required"))?;
-            let ins: Vec<Option<OutletId>> = inputs
-                .iter()
-                .map(|i| i.ok_or_else(|| cx.err("an input is empty")).map(Some))
-                .collect::<Result<_>>()?;
+            let ins = all_present(inputs, cx)?;
             single(g, Op::Einsum { equation }, &ins)
         }
         "Concat" => {
             let axis = cx
                 .int("axis")?
                 .ok_or_else(|| cx.err("attribute 'axis' is required"))?;
-            let ins: Vec<Option<OutletId>> = inputs
-                .iter()
-                .map(|i| i.ok_or_else(|| cx.err("an input is empty")).map(Some))
-                .collect::<Result<_>>()?;
+            let ins = all_present(inputs, cx)?;
             single(g, Op::Concat { axis }, &ins)
         }
         "Split" => {
@@ -429,6 +423,14 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
         _ => return Err(unsupported(cx)),
     };
     Ok(out)
+}
+
+/// Every input of a variadic op, each required.
+fn all_present(inputs: &[Option<OutletId>], cx: &NodeCtx) -> Result<Vec<Option<OutletId>>> {
+    inputs
+        .iter()
+        .map(|i| i.ok_or_else(|| cx.err("an input is empty")).map(Some))
+        .collect()
 }
 
 fn unsupported(cx: &NodeCtx) -> CompileError {

@@ -58,16 +58,8 @@ pub fn parse(equation: &str, ranks: &[usize]) -> Result<Parsed> {
             }
         };
         broadcast_rank = broadcast_rank.max(hidden);
-        let mut out = Vec::with_capacity(rank);
-        for l in labels {
-            match l {
-                Some(c) => out.push(Label::Letter(c)),
-                None => out.extend((0..hidden).rev().map(Label::Broadcast)),
-            }
-        }
-        let mut seen = out.clone();
-        seen.sort();
-        if seen.windows(2).any(|w| w[0] == w[1]) {
+        let out = expanded(&labels, hidden);
+        if repeats(&out) {
             return Err(bad(
                 "a label repeated within one term (a diagonal) is not supported",
             ));
@@ -78,16 +70,8 @@ pub fn parse(equation: &str, ranks: &[usize]) -> Result<Parsed> {
         Some(r) => {
             let (labels, _) =
                 letters(r).ok_or_else(|| bad("the output is not letters and '...'"))?;
-            let mut out = Vec::new();
-            for l in labels {
-                match l {
-                    Some(c) => out.push(Label::Letter(c)),
-                    None => out.extend((0..broadcast_rank).rev().map(Label::Broadcast)),
-                }
-            }
-            let mut seen = out.clone();
-            seen.sort();
-            if seen.windows(2).any(|w| w[0] == w[1]) {
+            let out = expanded(&labels, broadcast_rank);
+            if repeats(&out) {
                 return Err(bad("an output label repeats"));
             }
             if let Some(l) = out.iter().find(|l| !inputs.iter().any(|t| t.contains(l))) {
@@ -113,6 +97,25 @@ pub fn parse(equation: &str, ranks: &[usize]) -> Result<Parsed> {
         }
     };
     Ok(Parsed { inputs, output })
+}
+
+/// A term's labels, its `...` (`None`) standing for `hidden` broadcast axes.
+fn expanded(letters: &[Option<char>], hidden: usize) -> Vec<Label> {
+    let mut out = Vec::with_capacity(letters.len() + hidden);
+    for l in letters {
+        match l {
+            Some(c) => out.push(Label::Letter(*c)),
+            None => out.extend((0..hidden).rev().map(Label::Broadcast)),
+        }
+    }
+    out
+}
+
+/// Whether a label occurs twice.
+fn repeats(labels: &[Label]) -> bool {
+    let mut seen = labels.to_vec();
+    seen.sort();
+    seen.windows(2).any(|w| w[0] == w[1])
 }
 
 /// A term's letters in order, `None` where `...` stands; `None` overall if it holds anything else or
