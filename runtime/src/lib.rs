@@ -6,23 +6,45 @@
 //! let outputs = model.run(vec![("x".to_string(), x)])?;
 //! # Ok::<(), fff_runtime::Error>(())
 //! ```
+//!
+//! Tensors convert from and to `ndarray` arrays (re-exported as [`ndarray`]) and `Vec`s:
+//!
+//! ```
+//! use fff_runtime::{ndarray::array, Tensor};
+//! let x: Tensor = array![[1.0f32, 2.0], [3.0, 4.0]].into();
+//! let back: fff_runtime::ndarray::ArrayD<f32> = x.try_into()?;
+//! let ids = Tensor::from_shape_vec(&[1, 3], vec![101i64, 2023, 102])?;
+//! let flat: Vec<i64> = ids.try_into()?;
+//! # assert_eq!(back.shape(), &[2, 2]);
+//! # assert_eq!(flat, [101, 2023, 102]);
+//! # Ok::<(), fff_runtime::Error>(())
+//! ```
+//!
+//! Features: `io` (JSON and NumPy inputs and outputs, [`io`] and [`npy`]) and `cli` (the `fffrun`
+//! binary), both on by default; `default-features = false` leaves the library alone.
 
 pub mod buffers;
+mod convert;
 pub mod error;
 pub mod eval;
 pub mod fff_stats;
 mod inputs;
+#[cfg(feature = "io")]
 pub mod io;
 pub mod keep_warm;
 pub mod op;
 pub mod panel_width;
 pub mod tensor;
 
+pub use convert::Element;
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor, TensorView};
 pub mod model;
+#[cfg(feature = "io")]
 pub mod npy;
 pub mod plan;
 pub mod pool_choice;
 
 pub use model::Model;
+/// The array crate the tensors are made of, so callers build and read them with the same version.
+pub use ndarray;
