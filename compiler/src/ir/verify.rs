@@ -1,0 +1,211 @@
+//! The graph verifier: the invariants every step of the pipeline must leave intact. The pipeline runs
+//! it after each step in debug builds and tests (`Options::verify`), so a pass that breaks the graph is
+//! named where it does, not by a confusing failure several passes later.
+//!
+//! Checked: every edge reads an existing output slot of a live node and feeds an existing input slot,
+//! each input slot at most once; the graph is acyclic (so every value is defined once, before its
+//! readers); a node has as many output slots as its op gives, an input or constant none as input and
+//! one as output; a constant's fact states its tensor's dtype and shape (and its value, where the fact
+//! holds one); the model inputs are exactly the input nodes, each listed once; every graph output
+//! names an existing output slot.
+
+use std::collections::HashSet;
+
+use petgraph::stable_graph::NodeIndex;
+use petgraph::visit::{EdgeRef, IntoEdgeReferences};
+
+use super::graph::const_fact;
+use super::{Graph, NodeKind, OutletId};
+
+/// The first violation found, described; `Ok` for a sound graph.
+pub fn verify(g: &Graph) -> Result<(), String> {
+    let graph = &g.g;
+    let name = |n: NodeIndex| format!("'{}'", graph[n].name);
+    let mut fed = HashSet::new();
+    for e in graph.edge_references() {
+        let (src, dst, w) = (e.source(), e.target(), e.weight());
+        if w.src_slot >= graph[src].outputs.len() {
+            return Err(format!(
+                "{} reads output {} of {}, which has {}",
+                name(dst),
+                w.src_slot,
+                name(src),
+                graph[src].outputs.len()
+            ));
+        }
+        if w.dst_slot >= graph[dst].n_inputs {
+            return Err(format!(
+                "{} is fed at input {}, but has {} inputs",
+                name(dst),
+                w.dst_slot,
+                graph[dst].n_inputs
+            ));
+        }
+        if !fed.insert((dst, w.dst_slot)) {
+            return Err(format!(
+                "input {} of {} is fed twice",
+                w.dst_slot,
+                name(dst)
+            ));
+        }
+    }
+    let order = g.topo_order();
+    if order.len() != graph.node_count() {
+        let placed: HashSet<_> = order.into_iter().collect();
+        let stuck = graph
+            .node_indices()
+            .find(|n| !placed.contains(n))
+            .map_or_else(String::new, |n| format!(" (through {})", name(n)));
+        return Err(format!("the graph has a cycle{stuck}"));
+    }
+    for n in graph.node_indices() {
+        let node = &graph[n];
+        let (inputs, outputs) = match &node.kind {
+            NodeKind::Input => (Some(0), Some(1)),
+            NodeKind::Const(t) => {
+                let want = const_fact(t);
+                let fact = &node.outputs.first();
+                let consistent = fact.is_some_and(|f| {
+                    f.dtype == want.dtype
+                        && f.shape == want.shape
+                        && (f.value.is_none() || f.value == want.value)
+                });
+                if !consistent && node.outputs.len() == 1 {
+                    return Err(format!(
+                        "constant {} is {} but its fact says {}",
+                        name(n),
+                        want,
+                        node.outputs[0]
+                    ));
+                }
+                (Some(0), Some(1))
+            }
+            NodeKind::Op(op) => (None, op.fixed_outputs()),
+        };
+        if inputs.is_some_and(|i| i != node.n_inputs) {
+            return Err(format!("{} has {} inputs", name(n), node.n_inputs));
+        }
+        if node.outputs.is_empty() || outputs.is_some_and(|o| o != node.outputs.len()) {
+            return Err(format!(
+                "{} has {} output slots, its {} gives {}",
+                name(n),
+                node.outputs.len(),
+                match &node.kind {
+                    NodeKind::Op(op) => op.name(),
+                    NodeKind::Input => "input".to_string(),
+                    NodeKind::Const(_) => "constant".to_string(),
+                },
+                outputs.map_or_else(|| "at least 1".to_string(), |o| o.to_string())
+            ));
+        }
+    }
+    let listed: HashSet<_> = g.inputs.iter().copied().collect();
+    if listed.len() != g.inputs.len() {
+        return Err("a model input is listed twice".to_string());
+    }
+    for &n in &g.inputs {
+        if !graph.contains_node(n) || !matches!(graph[n].kind, NodeKind::Input) {
+            return Err(format!("model input {n:?} is not an input node"));
+        }
+    }
+    if let Some(n) = graph
+        .node_indices()
+        .find(|n| matches!(graph[*n].kind, NodeKind::Input) && !listed.contains(n))
+    {
+        return Err(format!("input node {} is not a model input", name(n)));
+    }
+    for (out, o) in &g.outputs {
+        if !exists(g, *o) {
+            return Err(format!(
+                "graph output '{out}' reads output {} of {:?}, which does not exist",
+                o.slot, o.node
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn exists(g: &Graph, o: OutletId) -> bool {
+    g.g.contains_node(o.node) && o.slot < g.g[o.node].outputs.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use fff_runtime::op::{Op, UnaryOp};
+    use fff_runtime::DType;
+
+    use super::super::{Edge, Fact, Graph, OutletId};
+    use super::verify;
+
+    /// `x -> Relu -> y`.
+    fn sound() -> (Graph, OutletId, petgraph::stable_graph::NodeIndex) {
+        let mut g = Graph::default();
+        let x = g.add_input("x", Fact::new(DType::F32, vec![]));
+        let relu = g.add_op(
+            "relu",
+            Op::Unary(UnaryOp::Relu),
+            &[Some(OutletId::new(x, 0))],
+            1,
+        );
+        g.outputs.push(("y".to_string(), OutletId::new(relu, 0)));
+        (g, OutletId::new(x, 0), relu)
+    }
+
+    fn violation(g: &Graph) -> String {
+        verify(g).unwrap_err()
+    }
+
+    #[test]
+    fn a_sound_graph_passes() {
+        verify(&sound().0).unwrap();
+    }
+
+    #[test]
+    fn an_input_slot_fed_twice_is_caught() {
+        let (mut g, x, relu) = sound();
+        let edge = Edge {
+            src_slot: 0,
+            dst_slot: 0,
+        };
+        g.g.add_edge(x.node, relu, edge);
+        assert!(violation(&g).contains("fed twice"));
+    }
+
+    #[test]
+    fn a_missing_output_slot_is_caught() {
+        let (mut g, x, relu) = sound();
+        g.g.add_edge(
+            x.node,
+            relu,
+            Edge {
+                src_slot: 1,
+                dst_slot: 0,
+            },
+        );
+        assert!(violation(&g).contains("reads output 1"));
+        let (mut g, _, relu) = sound();
+        g.outputs.push(("z".to_string(), OutletId::new(relu, 3)));
+        assert!(violation(&g).contains("graph output 'z'"));
+    }
+
+    #[test]
+    fn a_removed_output_node_is_caught() {
+        let (mut g, _, relu) = sound();
+        g.remove_node(relu);
+        assert!(violation(&g).contains("graph output 'y'"));
+    }
+
+    #[test]
+    fn a_wrong_output_count_is_caught() {
+        let (mut g, x, _) = sound();
+        g.add_op("two", Op::Unary(UnaryOp::Relu), &[Some(x)], 2);
+        assert!(violation(&g).contains("has 2 output slots"));
+    }
+
+    #[test]
+    fn an_unlisted_input_is_caught() {
+        let (mut g, _, _) = sound();
+        g.inputs.clear();
+        assert!(violation(&g).contains("not a model input"));
+    }
+}
