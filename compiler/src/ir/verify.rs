@@ -6,7 +6,8 @@
 //! each input slot at most once; the graph is acyclic (so every value is defined once, before its
 //! readers); a node has as many output slots as its op gives, an input or constant none as input and
 //! one as output; a constant's fact states its tensor's dtype and shape (and its value, where the fact
-//! holds one); the model inputs are exactly the input nodes, each listed once; every graph output
+//! holds one); no op's output fact contradicts what its shape rule proves from its inputs' facts
+//! (a dtype, rank, known dimension or known element that differs); the model inputs are exactly the input nodes, each listed once; every graph output
 //! names an existing output slot.
 
 use std::collections::HashSet;
@@ -14,8 +15,11 @@ use std::collections::HashSet;
 use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 
+use fff_runtime::op::Op;
+
 use super::graph::const_fact;
-use super::{Graph, NodeKind, OutletId};
+use super::{Dim, Fact, Graph, NodeKind, OutletId};
+use crate::passes::shape_rules;
 
 /// The first violation found, described; `Ok` for a sound graph.
 pub fn verify(g: &Graph) -> Result<(), String> {
@@ -80,7 +84,17 @@ pub fn verify(g: &Graph) -> Result<(), String> {
                 }
                 (Some(0), Some(1))
             }
-            NodeKind::Op(op) => (None, op.fixed_outputs()),
+            NodeKind::Op(op) => {
+                if let Some(slot) = contradicted(g, n, op) {
+                    return Err(format!(
+                        "output {slot} of {} is said to be {}, but its inputs make it {}",
+                        name(n),
+                        node.outputs[slot],
+                        inferred(g, n, op).map_or_else(String::new, |f| f[slot].to_string())
+                    ));
+                }
+                (None, op.fixed_outputs())
+            }
         };
         if inputs.is_some_and(|i| i != node.n_inputs) {
             return Err(format!("{} has {} inputs", name(n), node.n_inputs));
@@ -125,6 +139,44 @@ pub fn verify(g: &Graph) -> Result<(), String> {
     Ok(())
 }
 
+/// What the op's shape rule proves of the node's outputs from its inputs' facts; `None` where the
+/// rule fails (the shape-inference step reports that, naming the node) or gives another count.
+fn inferred(g: &Graph, n: NodeIndex, op: &Op) -> Option<Vec<Fact>> {
+    let inputs = g.inputs_of(n);
+    let facts: Vec<Option<&Fact>> = inputs.iter().map(|i| i.map(|o| g.fact(o))).collect();
+    let n_out = g.g[n].outputs.len();
+    shape_rules::infer(op, &facts, n_out)
+        .ok()
+        .filter(|f| f.len() == n_out)
+}
+
+/// The first output slot whose fact contradicts what the shape rule proves. A fact may know more
+/// than the rule (a pass that replaces a node keeps what was known of its value), never otherwise.
+fn contradicted(g: &Graph, n: NodeIndex, op: &Op) -> Option<usize> {
+    let proved = inferred(g, n, op)?;
+    g.g[n]
+        .outputs
+        .iter()
+        .zip(&proved)
+        .position(|(said, proved)| !compatible(said, proved))
+}
+
+fn compatible(a: &Fact, b: &Fact) -> bool {
+    let dims = |x: &Option<Vec<Dim>>, y: &Option<Vec<Dim>>| match (x, y) {
+        (Some(x), Some(y)) => {
+            x.len() == y.len()
+                && x.iter().zip(y).all(|(x, y)| match (x, y) {
+                    (Dim::Known(x), Dim::Known(y)) => x == y,
+                    _ => true,
+                })
+        }
+        _ => true,
+    };
+    a.dtype.zip(b.dtype).is_none_or(|(x, y)| x == y)
+        && dims(&a.shape, &b.shape)
+        && dims(&a.value, &b.value)
+}
+
 fn exists(g: &Graph, o: OutletId) -> bool {
     g.g.contains_node(o.node) && o.slot < g.g[o.node].outputs.len()
 }
@@ -134,7 +186,7 @@ mod tests {
     use fff_runtime::op::{Op, UnaryOp};
     use fff_runtime::DType;
 
-    use super::super::{Edge, Fact, Graph, OutletId};
+    use super::super::{Dim, Edge, Fact, Graph, OutletId};
     use super::verify;
 
     /// `x -> Relu -> y`.
@@ -200,6 +252,18 @@ mod tests {
         let (mut g, x, _) = sound();
         g.add_op("two", Op::Unary(UnaryOp::Relu), &[Some(x)], 2);
         assert!(violation(&g).contains("has 2 output slots"));
+    }
+
+    #[test]
+    fn a_fact_its_op_contradicts_is_caught() {
+        let (mut g, _, relu) = sound();
+        let y = OutletId::new(relu, 0);
+        g.set_fact(y, Fact::new(DType::F32, vec![]));
+        verify(&g).unwrap();
+        g.set_fact(y, Fact::new(DType::I64, vec![]));
+        assert!(violation(&g).contains("its inputs make it float32[]"));
+        g.set_fact(y, Fact::new(DType::F32, vec![Dim::Known(2)]));
+        assert!(violation(&g).contains("said to be float32[2]"));
     }
 
     #[test]
