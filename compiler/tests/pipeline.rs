@@ -135,7 +135,7 @@ fn fffc_stops_after_and_dumps_every_step_by_name() {
 
 /// Makes the graph's first output read a new node that reads itself: a cycle.
 fn tangle(g: &mut Graph, _: &Options) -> fff_compiler::Result<bool> {
-    let o = g.outputs[0].1;
+    let o = g.outputs()[0].1;
     let n = g.add_op("tangle", Op::Unary(UnaryOp::Relu), &[Some(o)], 1);
     g.replace_uses(o, OutletId::new(n, 0));
     Ok(true)

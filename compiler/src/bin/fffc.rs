@@ -174,8 +174,8 @@ fn compile(
         "wrote {} ({} ops, {} inputs, {} outputs)",
         out.display(),
         g.op_count(),
-        g.inputs.len(),
-        g.outputs.len()
+        g.inputs().len(),
+        g.outputs().len()
     );
     Ok(())
 }

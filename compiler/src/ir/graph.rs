@@ -64,17 +64,17 @@ impl Node {
     }
 }
 
-/// The graph. Its petgraph storage is private: passes edit it through the methods below, which keep
-/// each input slot fed at most once and every node's id fresh; `ir::verify` checks the rest.
+/// The graph. Its storage is private: passes edit it through the methods below, which keep each input
+/// slot fed at most once and every node's id fresh; `ir::verify` checks the rest.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub(super) g: StableDiGraph<Node, Edge>,
     /// The id the next node gets.
     next_id: u64,
     /// Model inputs, in declaration order.
-    pub inputs: Vec<NodeIndex>,
+    pub(super) inputs: Vec<NodeIndex>,
     /// Named graph outputs.
-    pub outputs: Vec<(String, OutletId)>,
+    pub(super) outputs: Vec<(String, OutletId)>,
     /// What the passes found worth telling the user (feedforward rewrites and refusals).
     pub report: crate::report::Report,
 }
@@ -102,6 +102,21 @@ impl Graph {
         let n = self.add_node(name, NodeKind::Input, 0, vec![fact]);
         self.inputs.push(n);
         n
+    }
+
+    /// Names `o` as a graph output, after those named before.
+    pub fn add_output(&mut self, name: &str, o: OutletId) {
+        self.outputs.push((name.to_string(), o));
+    }
+
+    /// The model inputs, in declaration order.
+    pub fn inputs(&self) -> &[NodeIndex] {
+        &self.inputs
+    }
+
+    /// The named graph outputs, in declaration order.
+    pub fn outputs(&self) -> &[(String, OutletId)] {
+        &self.outputs
     }
 
     pub fn add_const(&mut self, name: &str, t: Tensor) -> OutletId {

@@ -199,7 +199,7 @@ mod tests {
             &[Some(OutletId::new(x, 0))],
             1,
         );
-        g.outputs.push(("y".to_string(), OutletId::new(relu, 0)));
+        g.add_output("y", OutletId::new(relu, 0));
         (g, OutletId::new(x, 0), relu)
     }
 
@@ -236,7 +236,7 @@ mod tests {
         );
         assert!(violation(&g).contains("reads output 1"));
         let (mut g, _, relu) = sound();
-        g.outputs.push(("z".to_string(), OutletId::new(relu, 3)));
+        g.add_output("z", OutletId::new(relu, 3));
         assert!(violation(&g).contains("graph output 'z'"));
     }
 

@@ -10,7 +10,7 @@ use crate::ir::{Graph, NodeKind};
 
 pub fn run(g: &mut Graph) -> Result<bool> {
     let mut live = HashSet::new();
-    let mut stack: Vec<_> = g.outputs.iter().map(|(_, o)| o.node).collect();
+    let mut stack: Vec<_> = g.outputs().iter().map(|(_, o)| o.node).collect();
     while let Some(n) = stack.pop() {
         if live.insert(n) {
             stack.extend(g.producers(n));
