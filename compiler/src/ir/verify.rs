@@ -64,53 +64,48 @@ pub fn verify(g: &Graph) -> Result<(), String> {
     }
     for n in graph.node_indices() {
         let node = &graph[n];
-        let (inputs, outputs) = match &node.kind {
-            NodeKind::Input => (Some(0), Some(1)),
-            NodeKind::Const(t) => {
-                let want = const_fact(t);
-                let fact = &node.outputs.first();
-                let consistent = fact.is_some_and(|f| {
-                    f.dtype == want.dtype
-                        && f.shape == want.shape
-                        && (f.value.is_none() || f.value == want.value)
-                });
-                if !consistent && node.outputs.len() == 1 {
-                    return Err(format!(
-                        "constant {} is {} but its fact says {}",
-                        name(n),
-                        want,
-                        node.outputs[0]
-                    ));
-                }
-                (Some(0), Some(1))
-            }
-            NodeKind::Op(op) => {
-                if let Some(slot) = contradicted(g, n, op) {
-                    return Err(format!(
-                        "output {slot} of {} is said to be {}, but its inputs make it {}",
-                        name(n),
-                        node.outputs[slot],
-                        inferred(g, n, op).map_or_else(String::new, |f| f[slot].to_string())
-                    ));
-                }
-                (None, op.fixed_outputs())
-            }
+        let (inputs, outputs, what) = match &node.kind {
+            NodeKind::Input => (Some(0), Some(1), "input".to_string()),
+            NodeKind::Const(_) => (Some(0), Some(1), "constant".to_string()),
+            NodeKind::Op(op) => (None, op.fixed_outputs(), op.name()),
         };
         if inputs.is_some_and(|i| i != node.n_inputs) {
             return Err(format!("{} has {} inputs", name(n), node.n_inputs));
         }
         if node.outputs.is_empty() || outputs.is_some_and(|o| o != node.outputs.len()) {
             return Err(format!(
-                "{} has {} output slots, its {} gives {}",
+                "{} has {} output slots, its {what} gives {}",
                 name(n),
                 node.outputs.len(),
-                match &node.kind {
-                    NodeKind::Op(op) => op.name(),
-                    NodeKind::Input => "input".to_string(),
-                    NodeKind::Const(_) => "constant".to_string(),
-                },
                 outputs.map_or_else(|| "at least 1".to_string(), |o| o.to_string())
             ));
+        }
+        match &node.kind {
+            NodeKind::Input => {}
+            NodeKind::Const(t) => {
+                let (want, said) = (const_fact(t), &node.outputs[0]);
+                if said.dtype != want.dtype
+                    || said.shape != want.shape
+                    || said
+                        .value
+                        .as_ref()
+                        .is_some_and(|_| said.value != want.value)
+                {
+                    return Err(format!(
+                        "constant {} is {want} but its fact says {said}",
+                        name(n)
+                    ));
+                }
+            }
+            NodeKind::Op(op) => {
+                if let Some((slot, proved)) = contradicted(g, n, op) {
+                    return Err(format!(
+                        "output {slot} of {} is said to be {}, but its inputs make it {proved}",
+                        name(n),
+                        node.outputs[slot]
+                    ));
+                }
+            }
         }
     }
     let listed: HashSet<_> = g.inputs.iter().copied().collect();
@@ -150,15 +145,17 @@ fn inferred(g: &Graph, n: NodeIndex, op: &Op) -> Option<Vec<Fact>> {
         .filter(|f| f.len() == n_out)
 }
 
-/// The first output slot whose fact contradicts what the shape rule proves. A fact may know more
-/// than the rule (a pass that replaces a node keeps what was known of its value), never otherwise.
-fn contradicted(g: &Graph, n: NodeIndex, op: &Op) -> Option<usize> {
+/// The first output slot whose fact contradicts what the shape rule proves, with what it proves. A
+/// fact may know more than the rule (a pass that replaces a node keeps what was known of its value),
+/// never otherwise.
+fn contradicted(g: &Graph, n: NodeIndex, op: &Op) -> Option<(usize, Fact)> {
     let proved = inferred(g, n, op)?;
-    g.g[n]
+    let slot = g.g[n]
         .outputs
         .iter()
         .zip(&proved)
-        .position(|(said, proved)| !compatible(said, proved))
+        .position(|(said, proved)| !compatible(said, proved))?;
+    Some((slot, proved[slot].clone()))
 }
 
 fn compatible(a: &Fact, b: &Fact) -> bool {
