@@ -20,7 +20,7 @@ pub fn dump(g: &Graph) -> String {
         names.insert(o, s.clone());
         s
     };
-    for &n in &g.inputs {
+    for &n in g.inputs() {
         let o = OutletId::new(n, 0);
         let v = fresh(&mut names, o);
         writeln!(out, "input {v} {}: {}", g.node(n).name, g.fact(o)).unwrap();
@@ -55,7 +55,7 @@ pub fn dump(g: &Graph) -> String {
             }
         }
     }
-    for (name, o) in &g.outputs {
+    for (name, o) in g.outputs() {
         writeln!(
             out,
             "output {name} = {}",

@@ -32,6 +32,10 @@ pub enum CompileError {
     /// Evaluating or checking a node at compile time failed.
     #[error("node '{node}': {msg}")]
     Pass { node: String, msg: String },
+    /// A step of the pipeline left the graph inconsistent (see `ir::verify`): a compiler bug, named by
+    /// the step that made it.
+    #[error("the graph is invalid after step '{step}': {violation}")]
+    Broken { step: String, violation: String },
     /// A compile option the compiler cannot take.
     #[error("invalid option: {0}")]
     Option(String),

@@ -24,41 +24,50 @@ pub enum Weights {
     Bf16,
 }
 
-/// Imports an ONNX file and runs the optimisation pipeline (up to `stop_after`, a pass name, if given).
-pub fn compile_path(path: &Path, stop_after: Option<&str>) -> Result<Graph> {
+/// What a compile produces, as `fffc compile`'s flags say it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The precision of tree-kernel FastFeedForward weights (`--weights`).
+    pub weights: Weights,
+    /// Columns per weight panel of the dense products, a divisor of 64 (`--panel-cols`): see
+    /// [`passes::panel_width`]. 64 leaves them as `pack-weights` packs them.
+    pub panel_cols: usize,
+    /// Stop after the step of [`passes::PIPELINE`] with this name (`--stop-after`); a rewrite step
+    /// stops after its first run.
+    pub stop_after: Option<String>,
+    /// Check the graph with [`ir::verify`] after every step: on by default in debug builds and tests.
+    pub verify: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            weights: Weights::F32,
+            panel_cols: fff_ops::panels::PANEL_COLS,
+            stop_after: None,
+            verify: cfg!(debug_assertions),
+        }
+    }
+}
+
+/// Imports an ONNX file and runs the pipeline.
+pub fn compile_path(path: &Path, options: &Options) -> Result<Graph> {
     let mut g = import::import_path(path)?;
-    passes::optimise(&mut g, stop_after)?;
+    passes::run(&mut g, options, &mut |_, _| {})?;
     Ok(g)
 }
 
-/// Stores the weights of a compiled graph at the given precision.
-pub fn set_weights(g: &mut Graph, weights: Weights) -> Result<()> {
-    match weights {
-        Weights::F32 => Ok(()),
-        Weights::Bf16 => passes::bf16_weights::run(g).map(|_| ()),
-    }
-}
-
-/// Stores the weight panels of a compiled graph `cols` columns wide (a divisor of 64; 64 leaves them as
-/// the lowering packed them): see [`passes::panel_width`].
-pub fn set_panel_cols(g: &mut Graph, cols: usize) -> Result<()> {
-    if cols == fff_ops::panels::PANEL_COLS {
-        return Ok(());
-    }
-    passes::panel_width::run(g, cols).map(|_| ())
-}
-
-/// Imports ONNX bytes and runs the whole pipeline.
-pub fn compile_bytes(bytes: &[u8]) -> Result<Graph> {
+/// Imports ONNX bytes and runs the pipeline.
+pub fn compile_bytes(bytes: &[u8], options: &Options) -> Result<Graph> {
     let proto = import::parse(bytes)?;
     let mut g = import::import_model(&proto, None)?;
-    passes::optimise(&mut g, None)?;
+    passes::run(&mut g, options, &mut |_, _| {})?;
     Ok(g)
 }
 
 /// Compiles ONNX bytes straight to the bytes of a plan file.
-pub fn compile_to_plan_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
-    let g = compile_bytes(bytes)?;
+pub fn compile_to_plan_bytes(bytes: &[u8], options: &Options) -> Result<Vec<u8>> {
+    let g = compile_bytes(bytes, options)?;
     let (graph, weights) = plan_writer::to_plan(&g)?;
     Ok(fff_runtime::plan::encode(&graph, &weights))
 }

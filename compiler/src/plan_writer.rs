@@ -16,7 +16,7 @@ pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
     let mut ids: HashMap<OutletId, usize> = HashMap::new();
     let mut next = 0usize;
     let mut inputs = Vec::new();
-    for &n in &g.inputs {
+    for &n in g.inputs() {
         let node = g.node(n);
         let fact = &node.outputs[0];
         let dtype = fact
@@ -82,7 +82,7 @@ pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
         });
     }
     let outputs = g
-        .outputs
+        .outputs()
         .iter()
         .map(|(name, o)| PlanOutput {
             name: name.clone(),

@@ -1,7 +1,10 @@
 //! What the compiler tells its user about feedforward blocks: each one rewritten into a
 //! `FastFeedForward` op, and each candidate left as it was, with the reason.
 
+use std::collections::HashSet;
 use std::fmt;
+
+use crate::ir::NodeId;
 
 /// A feedforward block that became one `FastFeedForward` op.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +71,19 @@ pub struct Refused {
 pub struct Report {
     pub rewritten: Vec<Rewritten>,
     pub refused: Vec<Refused>,
-    /// Candidates already judged (their anchor nodes), so later rounds of the pipeline skip them.
-    pub considered: std::collections::HashSet<petgraph::stable_graph::NodeIndex>,
+    /// Candidates already judged (their anchor nodes), so later rounds of the pipeline skip them. Keyed
+    /// on node ids, which are never reused: a node made later at a removed anchor's index is new.
+    considered: HashSet<NodeId>,
+}
+
+impl Report {
+    /// Records that the candidate anchored at node `id` has been judged.
+    pub fn consider(&mut self, id: NodeId) {
+        self.considered.insert(id);
+    }
+
+    /// Whether the candidate anchored at node `id` has been judged.
+    pub fn was_considered(&self, id: NodeId) -> bool {
+        self.considered.contains(&id)
+    }
 }

@@ -6,7 +6,11 @@ use fff_models::fixtures;
 #[test]
 fn compiled_graphs_of_fixtures() {
     for &name in fixtures::ALL {
-        let g = fff_compiler::compile_path(&fixtures::get(name).onnx, None).unwrap();
+        let g = fff_compiler::compile_path(
+            &fixtures::get(name).onnx,
+            &fff_compiler::Options::default(),
+        )
+        .unwrap();
         insta::assert_snapshot!(name, fff_compiler::dump::dump(&g));
     }
 }
@@ -16,7 +20,10 @@ fn compiled_graphs_of_fixtures() {
 #[test]
 fn compiled_graph_with_16_column_panels() {
     let name = "dense-encoder-tiny";
-    let mut g = fff_compiler::compile_path(&fixtures::get(name).onnx, None).unwrap();
-    fff_compiler::set_panel_cols(&mut g, 16).unwrap();
+    let options = fff_compiler::Options {
+        panel_cols: 16,
+        ..Default::default()
+    };
+    let g = fff_compiler::compile_path(&fixtures::get(name).onnx, &options).unwrap();
     insta::assert_snapshot!("dense-encoder-tiny-panels-16", fff_compiler::dump::dump(&g));
 }

@@ -120,7 +120,8 @@ fn fixture_plan() -> &'static [u8] {
     static PLAN: OnceLock<Vec<u8>> = OnceLock::new();
     PLAN.get_or_init(|| {
         let onnx = std::fs::read(fixtures::get("fff-layer-customop").onnx).expect("read fixture");
-        fff_compiler::compile_to_plan_bytes(&onnx).expect("the fixture compiles")
+        fff_compiler::compile_to_plan_bytes(&onnx, &fff_compiler::Options::default())
+            .expect("the fixture compiles")
     })
 }
 
@@ -150,7 +151,8 @@ fn assert_bad_plan(scratch: &Scratch, name: &str, plan: &[u8], parts: &[&str]) {
 /// Checks that ONNX bytes fail to compile through the library and `fffc compile`, each message
 /// mentioning `parts`; returns the library's error.
 fn assert_bad_onnx(scratch: &Scratch, onnx: &[u8], parts: &[&str]) -> CompileError {
-    let err = fff_compiler::compile_to_plan_bytes(onnx).unwrap_err();
+    let err =
+        fff_compiler::compile_to_plan_bytes(onnx, &fff_compiler::Options::default()).unwrap_err();
     assert_mentions(&err.to_string(), parts);
 
     let path = scratch.file("model.onnx", onnx);
@@ -183,7 +185,8 @@ fn small_plan() -> Vec<u8> {
     m.rename(&r, "r");
     m.output("sum", Elem::Float, &[D::S("batch"), D::S("seq")]);
     m.output("r", Elem::Float, &[D::S("batch"), D::N(4)]);
-    fff_compiler::compile_to_plan_bytes(&m.to_bytes()).expect("the small model compiles")
+    fff_compiler::compile_to_plan_bytes(&m.to_bytes(), &fff_compiler::Options::default())
+        .expect("the small model compiles")
 }
 
 /// Inputs by name and shape (each filled with float32 zeros).
@@ -588,7 +591,7 @@ fn nonexistent_paths_are_named() {
     let onnx = scratch.missing("nope.onnx");
     let plan = scratch.missing("nope.fff");
 
-    let err = fff_compiler::compile_path(&onnx, None).unwrap_err();
+    let err = fff_compiler::compile_path(&onnx, &fff_compiler::Options::default()).unwrap_err();
     assert!(matches!(err, CompileError::Read { .. }), "{err:?}");
     assert_mentions(
         &err.to_string(),
@@ -632,7 +635,9 @@ fn absurd_shapes_from_data_are_errors() {
         let y = m.node("Add", &[&s, x], vec![]);
         m.rename(&y, "y");
         m.output("y", Elem::Float, &[D::N(len as i64)]);
-        let plan = fff_compiler::compile_to_plan_bytes(&m.to_bytes()).expect("compiles unfolded");
+        let plan =
+            fff_compiler::compile_to_plan_bytes(&m.to_bytes(), &fff_compiler::Options::default())
+                .expect("compiles unfolded");
         let x = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[len])));
         let model = Model::from_bytes(&plan).unwrap();
         expect_err(model.run(vec![("x".into(), x)])).to_string()
@@ -677,7 +682,9 @@ fn erf_of_a_unary_op_compiles_and_runs() {
     let y = m.node("Mul", &[&a, &x], vec![]);
     m.rename(&y, "y");
     m.output("y", Elem::Float, &[D::S("batch"), D::N(4)]);
-    let plan = fff_compiler::compile_to_plan_bytes(&m.to_bytes()).unwrap();
+    let plan =
+        fff_compiler::compile_to_plan_bytes(&m.to_bytes(), &fff_compiler::Options::default())
+            .unwrap();
     let model = Model::from_bytes(&plan).unwrap();
     let x = Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[2, 4]), 0.5));
     let out = model.run(vec![("x".into(), x)]).unwrap();

@@ -17,8 +17,11 @@ fn is_fff_weight(name: &str) -> bool {
 
 /// Compiles ONNX bytes with bf16 weights and loads the plan.
 fn compile_bf16(bytes: &[u8]) -> Model {
-    let mut g = fff_compiler::compile_bytes(bytes).unwrap();
-    fff_compiler::set_weights(&mut g, Weights::Bf16).unwrap();
+    let options = fff_compiler::Options {
+        weights: Weights::Bf16,
+        ..Default::default()
+    };
+    let g = fff_compiler::compile_bytes(bytes, &options).unwrap();
     let (graph, weights) = fff_compiler::plan_writer::to_plan(&g).unwrap();
     Model::from_bytes(&fff_runtime::plan::encode(&graph, &weights)).unwrap()
 }

@@ -22,7 +22,9 @@ fn small_model() -> Model {
     for name in ["sum", "r", "same"] {
         m.output(name, Elem::Float, &[D::S("batch"), D::N(3)]);
     }
-    let plan = fff_compiler::compile_to_plan_bytes(&m.to_bytes()).expect("the model compiles");
+    let plan =
+        fff_compiler::compile_to_plan_bytes(&m.to_bytes(), &fff_compiler::Options::default())
+            .expect("the model compiles");
     Model::from_bytes(&plan).expect("the plan loads")
 }
 

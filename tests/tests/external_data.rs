@@ -90,7 +90,7 @@ fn weights_in_one_external_file_compile_and_match_the_references() {
         let onnx = scratch.0.join("model.onnx");
 
         // The library, from the path (external files resolve against the model's folder).
-        let g = fff_compiler::compile_path(&onnx, None).unwrap();
+        let g = fff_compiler::compile_path(&onnx, &fff_compiler::Options::default()).unwrap();
         let (graph, weights) = fff_compiler::plan_writer::to_plan(&g).unwrap();
         let plan = fff_runtime::plan::encode(&graph, &weights);
         check_outputs(name, &Model::from_bytes(&plan).unwrap());
@@ -124,7 +124,7 @@ fn bad_external_data_is_named() {
     externalise(&model, &scratch.0, "w.bin");
     let onnx = scratch.0.join("model.onnx");
     let compile_error = || {
-        fff_compiler::compile_path(&onnx, None)
+        fff_compiler::compile_path(&onnx, &fff_compiler::Options::default())
             .unwrap_err()
             .to_string()
     };

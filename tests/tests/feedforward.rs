@@ -117,7 +117,7 @@ fn check_model(name: &str, bytes: Vec<u8>, want_layers: &[(usize, usize)]) -> St
     let dir = scratch(name);
     let path = dir.join(format!("{name}.onnx"));
     std::fs::write(&path, &bytes).unwrap();
-    let g = fff_compiler::compile_bytes(&bytes).unwrap();
+    let g = fff_compiler::compile_bytes(&bytes, &fff_compiler::Options::default()).unwrap();
     let got: Vec<(usize, usize)> = g
         .report
         .rewritten

@@ -68,14 +68,14 @@ fn every_panel_width_matches_the_expected_outputs() {
         let onnx = std::fs::read(&f.onnx).unwrap();
         let expected = read_expected(&f.expected);
         let text = std::fs::read_to_string(&f.input).unwrap();
-        let plan_of = |plan_cols: usize| {
-            let mut g = fff_compiler::compile_bytes(&onnx).unwrap();
-            fff_compiler::set_panel_cols(&mut g, plan_cols).unwrap();
-            let (graph, weights) = fff_compiler::plan_writer::to_plan(&g).unwrap();
-            fff_runtime::plan::encode(&graph, &weights)
+        let with_cols = |panel_cols: usize| fff_compiler::Options {
+            panel_cols,
+            ..Default::default()
         };
-        let mut g = fff_compiler::compile_bytes(&onnx).unwrap();
-        let refused = fff_compiler::set_panel_cols(&mut g, 24)
+        let plan_of = |plan_cols: usize| {
+            fff_compiler::compile_to_plan_bytes(&onnx, &with_cols(plan_cols)).unwrap()
+        };
+        let refused = fff_compiler::compile_bytes(&onnx, &with_cols(24))
             .unwrap_err()
             .to_string();
         assert!(refused.contains("panel width 24"), "{refused}");
@@ -315,7 +315,11 @@ fn one_model_runs_on_several_threads_at_once() {
 fn one_thread_models_run_on_the_callers_thread() {
     use fff_runtime::model::Options;
     let f = fixtures::get("fff-encoder-tiny");
-    let plan = fff_compiler::compile_to_plan_bytes(&std::fs::read(&f.onnx).unwrap()).unwrap();
+    let plan = fff_compiler::compile_to_plan_bytes(
+        &std::fs::read(&f.onnx).unwrap(),
+        &fff_compiler::Options::default(),
+    )
+    .unwrap();
     let on_threads = |threads| {
         let options = Options {
             threads,

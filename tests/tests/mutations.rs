@@ -55,7 +55,8 @@ impl Rng {
 fn compiled_fixture(name: &'static str) -> (Vec<u8>, String) {
     let f = fixtures::get(name);
     let onnx = std::fs::read(&f.onnx).unwrap();
-    let plan = fff_compiler::compile_to_plan_bytes(&onnx).unwrap();
+    let plan =
+        fff_compiler::compile_to_plan_bytes(&onnx, &fff_compiler::Options::default()).unwrap();
     (plan, std::fs::read_to_string(&f.input).unwrap())
 }
 
@@ -134,7 +135,10 @@ fn damaged_onnx_gives_errors_not_panics() {
             let mut rng = Rng::for_seed(seed);
             let damaged = mutate(&onnx, &mut rng);
             let outcome = catch_unwind(AssertUnwindSafe(|| {
-                let _ = fff_compiler::compile_to_plan_bytes(&damaged);
+                let _ = fff_compiler::compile_to_plan_bytes(
+                    &damaged,
+                    &fff_compiler::Options::default(),
+                );
             }));
             assert!(
                 outcome.is_ok(),
@@ -370,7 +374,8 @@ fn onnx_models_with_altered_structure_give_errors_not_panics() {
             let mut rng = Rng::for_seed(seed);
             let damaged = mutate_model(&model, &mut rng).encode_to_vec();
             let outcome = catch_unwind(AssertUnwindSafe(|| {
-                fff_compiler::compile_to_plan_bytes(&damaged).ok()
+                fff_compiler::compile_to_plan_bytes(&damaged, &fff_compiler::Options::default())
+                    .ok()
             }));
             match outcome {
                 Ok(Some(plan)) => {

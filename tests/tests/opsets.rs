@@ -82,7 +82,7 @@ fn decomposed_layer_norm_with_attribute_axes() {
 
 /// The op names of the compiled graph, in order.
 fn op_names(onnx: &[u8]) -> Vec<String> {
-    let g = fff_compiler::compile_bytes(onnx).unwrap();
+    let g = fff_compiler::compile_bytes(onnx, &fff_compiler::Options::default()).unwrap();
     g.topo_order()
         .into_iter()
         .filter_map(|n| g.op(n).map(|op| op.name()))

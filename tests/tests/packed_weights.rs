@@ -38,13 +38,14 @@ fn agrees_with_tract(name: &str, config: &EncoderConfig, want: (Vec<usize>, Vec<
 }
 
 fn model_agrees_with_tract(name: &str, bytes: Vec<u8>, want: (Vec<usize>, Vec<usize>)) {
-    let g = fff_compiler::compile_bytes(&bytes).unwrap();
+    let g = fff_compiler::compile_bytes(&bytes, &fff_compiler::Options::default()).unwrap();
     assert_eq!(packing_of(&g), want, "{name}");
     let dir = std::env::temp_dir().join(format!("fff-packed-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.onnx"));
     std::fs::write(&path, &bytes).unwrap();
-    let plan = fff_compiler::compile_to_plan_bytes(&bytes).unwrap();
+    let plan =
+        fff_compiler::compile_to_plan_bytes(&bytes, &fff_compiler::Options::default()).unwrap();
     let model = Model::from_bytes(&plan).unwrap();
     // 3 rows, and 99: two whole row blocks of 48 and a partial one.
     first_output_agrees_with_tract(name, &model, &path, &[(1, 3, 31), (3, 33, 32)]);
@@ -106,7 +107,8 @@ fn dense_feedforward_padded_to_whole_panels_agrees_with_tract() {
         layers: vec![Ff::Dense { width: 300 }, Ff::Dense { width: 100 }],
         seed: 14,
     };
-    let g = fff_compiler::compile_bytes(&encoder_model(&config)).unwrap();
+    let g = fff_compiler::compile_bytes(&encoder_model(&config), &fff_compiler::Options::default())
+        .unwrap();
     let trees: Vec<usize> = g
         .topo_order()
         .into_iter()

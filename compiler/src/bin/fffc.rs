@@ -1,6 +1,7 @@
 //! `fffc`: compiles ONNX models into fff plans and describes plans.
 //!
-//!   fffc compile IN.onnx -o OUT.fff [--dump] [--stop-after PASS] [--weights f32|bf16] [--panel-cols C]
+//!   fffc compile IN.onnx -o OUT.fff [--dump[=STEP]]... [--stop-after STEP] [--weights f32|bf16]
+//!                [--panel-cols C]
 //!   fffc inspect OUT.fff [--json]
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use fff_compiler::Weights;
+use fff_compiler::{Options, Weights};
 use fff_runtime::op::Op;
 use fff_runtime::Model;
 use serde_json::json;
@@ -35,11 +36,19 @@ enum Command {
         /// The plan to write [default: IN with the extension .fff].
         #[arg(short, long, value_name = "OUT.fff")]
         output: Option<PathBuf>,
-        /// Print the optimised graph as text to stdout.
-        #[arg(long)]
-        dump: bool,
-        /// Stop the pipeline after this pass (implies nothing is written unless --output is given).
-        #[arg(long, value_name = "PASS", value_parser = pass_name)]
+        /// Print the graph as text to stdout: as compiled, or with =STEP after each run of that step
+        /// of the pipeline (repeatable).
+        #[arg(
+            long,
+            value_name = "STEP",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "",
+            value_parser = dump_point
+        )]
+        dump: Vec<String>,
+        /// Stop the pipeline after this step (implies nothing is written unless --output is given).
+        #[arg(long, value_name = "STEP", value_parser = step_name)]
         stop_after: Option<String>,
         /// Also say, for each feedforward candidate that was not rewritten, why not.
         #[arg(long)]
@@ -70,16 +79,21 @@ enum WeightsArg {
     Bf16,
 }
 
-fn pass_name(s: &str) -> Result<String, String> {
-    let names: Vec<&str> = fff_compiler::passes::PIPELINE
-        .iter()
-        .chain(fff_compiler::passes::LOWERING)
-        .map(|(n, _)| *n)
-        .collect();
-    if names.contains(&s) {
+fn step_name(s: &str) -> Result<String, String> {
+    if fff_compiler::passes::step_names().any(|n| n == s) {
         Ok(s.to_string())
     } else {
-        Err(format!("unknown pass; the passes are {}", names.join(", ")))
+        let names: Vec<&str> = fff_compiler::passes::step_names().collect();
+        Err(format!("unknown step; the steps are {}", names.join(", ")))
+    }
+}
+
+/// A step name, or "" (a bare `--dump`) for the compiled graph.
+fn dump_point(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Ok(String::new())
+    } else {
+        step_name(s)
     }
 }
 
@@ -97,14 +111,17 @@ fn main() -> ExitCode {
         } => compile(
             &input,
             output.as_deref(),
-            dump,
-            stop_after.as_deref(),
+            &dump,
             explain,
-            match weights {
-                WeightsArg::F32 => Weights::F32,
-                WeightsArg::Bf16 => Weights::Bf16,
+            &Options {
+                weights: match weights {
+                    WeightsArg::F32 => Weights::F32,
+                    WeightsArg::Bf16 => Weights::Bf16,
+                },
+                panel_cols,
+                stop_after,
+                ..Options::default()
             },
-            panel_cols,
         ),
         Command::Inspect { plan, json } => inspect(&plan, json),
     };
@@ -120,16 +137,22 @@ fn main() -> ExitCode {
 fn compile(
     input: &Path,
     output: Option<&Path>,
-    dump: bool,
-    stop_after: Option<&str>,
+    dump: &[String],
     explain: bool,
-    weights: Weights,
-    panel_cols: usize,
+    options: &Options,
 ) -> Result<()> {
-    let mut g = fff_compiler::compile_path(input, stop_after)
-        .with_context(|| format!("cannot compile {}", input.display()))?;
-    fff_compiler::set_weights(&mut g, weights)?;
-    fff_compiler::set_panel_cols(&mut g, panel_cols)?;
+    let cannot = || format!("cannot compile {}", input.display());
+    let mut g = fff_compiler::import::import_path(input).with_context(cannot)?;
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    let mut observe = |step: &str, g: &fff_compiler::Graph| {
+        if dump.iter().any(|d| d == step) {
+            let run = runs.entry(step.to_string()).or_default();
+            *run += 1;
+            println!("# after {step} (run {run})");
+            print!("{}", fff_compiler::dump::dump(g));
+        }
+    };
+    fff_compiler::passes::run(&mut g, options, &mut observe).with_context(cannot)?;
     for (i, r) in g.report.rewritten.iter().enumerate() {
         eprintln!("ff {i}: {r}");
     }
@@ -138,10 +161,10 @@ fn compile(
             eprintln!("not rewritten: '{}': {}", r.anchor, r.reason);
         }
     }
-    if dump {
+    if dump.iter().any(String::is_empty) {
         print!("{}", fff_compiler::dump::dump(&g));
     }
-    let out = match (output, stop_after) {
+    let out = match (output, &options.stop_after) {
         (Some(o), _) => o.to_path_buf(),
         (None, Some(_)) => return Ok(()),
         (None, None) => input.with_extension("fff"),
@@ -151,8 +174,8 @@ fn compile(
         "wrote {} ({} ops, {} inputs, {} outputs)",
         out.display(),
         g.op_count(),
-        g.inputs.len(),
-        g.outputs.len()
+        g.inputs().len(),
+        g.outputs().len()
     );
     Ok(())
 }

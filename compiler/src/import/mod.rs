@@ -163,9 +163,9 @@ pub fn import_model(proto: &ModelProto, model_dir: Option<&Path>) -> Result<Grap
                 None => format!("output '{}' is not computed by any node", out.name),
             })
         })?;
-        g.outputs.push((out.name.clone(), *o));
+        g.add_output(&out.name, *o);
     }
-    if g.outputs.is_empty() {
+    if g.outputs().is_empty() {
         return Err(CompileError::Graph("the model has no outputs".into()));
     }
     Ok(g)

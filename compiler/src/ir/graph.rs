@@ -10,6 +10,7 @@ use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use petgraph::Direction;
 
 use super::fact::Fact;
+use crate::error::{CompileError, Result};
 
 /// One output slot of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,6 +25,11 @@ impl OutletId {
     }
 }
 
+/// A node's identity for as long as the graph lives. Unlike its `NodeIndex`, which petgraph hands to a
+/// new node once the old one is removed, no two nodes of one graph ever share an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(u64);
+
 #[derive(Clone, Debug)]
 pub enum NodeKind {
     /// A model input, in the order the model declares them.
@@ -34,6 +40,8 @@ pub enum NodeKind {
 
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// Set by the graph when it adds the node; private so that only the graph makes nodes.
+    id: NodeId,
     /// The ONNX node name (or input name), for messages.
     pub name: String,
     pub kind: NodeKind,
@@ -50,37 +58,70 @@ pub struct Edge {
     pub dst_slot: usize,
 }
 
+impl Node {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+}
+
+/// The graph. Its storage is private: passes edit it through the methods below, which keep each input
+/// slot fed at most once and every node's id fresh; `ir::verify` checks the rest.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
-    pub g: StableDiGraph<Node, Edge>,
+    pub(super) g: StableDiGraph<Node, Edge>,
+    /// The id the next node gets.
+    next_id: u64,
     /// Model inputs, in declaration order.
-    pub inputs: Vec<NodeIndex>,
+    pub(super) inputs: Vec<NodeIndex>,
     /// Named graph outputs.
-    pub outputs: Vec<(String, OutletId)>,
+    pub(super) outputs: Vec<(String, OutletId)>,
     /// What the passes found worth telling the user (feedforward rewrites and refusals).
     pub report: crate::report::Report,
 }
 
 impl Graph {
-    pub fn add_input(&mut self, name: &str, fact: Fact) -> NodeIndex {
-        let n = self.g.add_node(Node {
+    fn add_node(
+        &mut self,
+        name: &str,
+        kind: NodeKind,
+        n_inputs: usize,
+        outputs: Vec<Fact>,
+    ) -> NodeIndex {
+        let id = NodeId(self.next_id);
+        self.next_id += 1;
+        self.g.add_node(Node {
+            id,
             name: name.to_string(),
-            kind: NodeKind::Input,
-            n_inputs: 0,
-            outputs: vec![fact],
-        });
+            kind,
+            n_inputs,
+            outputs,
+        })
+    }
+
+    pub fn add_input(&mut self, name: &str, fact: Fact) -> NodeIndex {
+        let n = self.add_node(name, NodeKind::Input, 0, vec![fact]);
         self.inputs.push(n);
         n
     }
 
+    /// Names `o` as a graph output, after those named before.
+    pub fn add_output(&mut self, name: &str, o: OutletId) {
+        self.outputs.push((name.to_string(), o));
+    }
+
+    /// The model inputs, in declaration order.
+    pub fn inputs(&self) -> &[NodeIndex] {
+        &self.inputs
+    }
+
+    /// The named graph outputs, in declaration order.
+    pub fn outputs(&self) -> &[(String, OutletId)] {
+        &self.outputs
+    }
+
     pub fn add_const(&mut self, name: &str, t: Tensor) -> OutletId {
         let fact = const_fact(&t);
-        let n = self.g.add_node(Node {
-            name: name.to_string(),
-            kind: NodeKind::Const(Arc::new(t)),
-            n_inputs: 0,
-            outputs: vec![fact],
-        });
+        let n = self.add_node(name, NodeKind::Const(Arc::new(t)), 0, vec![fact]);
         OutletId::new(n, 0)
     }
 
@@ -92,12 +133,8 @@ impl Graph {
         inputs: &[Option<OutletId>],
         n_outputs: usize,
     ) -> NodeIndex {
-        let n = self.g.add_node(Node {
-            name: name.to_string(),
-            kind: NodeKind::Op(op),
-            n_inputs: inputs.len(),
-            outputs: vec![Fact::unknown(); n_outputs],
-        });
+        let outputs = vec![Fact::unknown(); n_outputs];
+        let n = self.add_node(name, NodeKind::Op(op), inputs.len(), outputs);
         for (slot, i) in inputs.iter().enumerate() {
             if let Some(o) = i {
                 self.g.add_edge(
@@ -130,6 +167,52 @@ impl Graph {
 
     pub fn node(&self, n: NodeIndex) -> &Node {
         &self.g[n]
+    }
+
+    /// Whether `n` is a node of the graph (not removed).
+    pub fn contains_node(&self, n: NodeIndex) -> bool {
+        self.g.contains_node(n)
+    }
+
+    /// Every node, in index order.
+    pub fn node_indices(&self) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.g.node_indices()
+    }
+
+    /// The nodes `n` reads from, once per edge.
+    pub fn producers(&self, n: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.g.neighbors_directed(n, Direction::Incoming)
+    }
+
+    /// The nodes that read `n`, once per edge.
+    pub fn readers(&self, n: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.g.neighbors_directed(n, Direction::Outgoing)
+    }
+
+    /// Sets the fact of one output slot.
+    pub fn set_fact(&mut self, o: OutletId, fact: Fact) {
+        self.g[o.node].outputs[o.slot] = fact;
+    }
+
+    /// Sets the facts of all of a node's output slots, which must be as many as it has; returns
+    /// whether any changed.
+    pub fn set_facts(&mut self, n: NodeIndex, facts: Vec<Fact>) -> Result<bool> {
+        let node = &mut self.g[n];
+        if node.outputs.len() != facts.len() {
+            return Err(CompileError::Pass {
+                node: node.name.clone(),
+                msg: format!(
+                    "has {} outputs, its op gives {}",
+                    node.outputs.len(),
+                    facts.len()
+                ),
+            });
+        }
+        if node.outputs == facts {
+            return Ok(false);
+        }
+        node.outputs = facts;
+        Ok(true)
     }
 
     pub fn op(&self, n: NodeIndex) -> Option<&Op> {

@@ -4,6 +4,7 @@
 
 mod fact;
 mod graph;
+pub mod verify;
 
 pub use fact::{Dim, Fact};
-pub use graph::{Edge, Graph, Node, NodeKind, OutletId};
+pub use graph::{Edge, Graph, Node, NodeId, NodeKind, OutletId};

@@ -28,7 +28,7 @@ use crate::ir::{Graph, OutletId};
 pub fn run(g: &mut Graph) -> Result<bool> {
     let mut changed = false;
     for softmax in g.topo_order() {
-        if !g.g.contains_node(softmax) {
+        if !g.contains_node(softmax) {
             continue;
         }
         if let Some(m) = match_at(g, softmax) {

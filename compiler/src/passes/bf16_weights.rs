@@ -1,5 +1,5 @@
-//! Reduced-precision weights, run only when asked for (`fffc compile --weights bf16`), after the
-//! pipeline.
+//! Reduced-precision weights, a lowering run only when asked for (`fffc compile --weights bf16`),
+//! after `pack-weights`.
 //!
 //! Guarantees: every
 //!
@@ -23,8 +23,10 @@ use fff_runtime::Tensor;
 
 use crate::error::Result;
 use crate::ir::{Graph, OutletId};
+use crate::Options;
 
-pub fn run(g: &mut Graph) -> Result<bool> {
+/// Rounds the weights; the pipeline runs it only when `options.weights` is bf16.
+pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
     let mut changed = false;
     for node in g.topo_order() {
         let Some(&Op::FastFeedForward { depth, trees, .. }) = g.op(node) else {

@@ -5,23 +5,21 @@
 
 use std::collections::HashSet;
 
-use petgraph::Direction;
-
 use crate::error::Result;
 use crate::ir::{Graph, NodeKind};
 
 pub fn run(g: &mut Graph) -> Result<bool> {
     let mut live = HashSet::new();
-    let mut stack: Vec<_> = g.outputs.iter().map(|(_, o)| o.node).collect();
+    let mut stack: Vec<_> = g.outputs().iter().map(|(_, o)| o.node).collect();
     while let Some(n) = stack.pop() {
         if live.insert(n) {
-            stack.extend(g.g.neighbors_directed(n, Direction::Incoming));
+            stack.extend(g.producers(n));
         }
     }
-    let dead: Vec<_> =
-        g.g.node_indices()
-            .filter(|n| !live.contains(n) && !matches!(g.node(*n).kind, NodeKind::Input))
-            .collect();
+    let dead: Vec<_> = g
+        .node_indices()
+        .filter(|n| !live.contains(n) && !matches!(g.node(*n).kind, NodeKind::Input))
+        .collect();
     let changed = !dead.is_empty();
     for n in dead {
         g.remove_node(n);

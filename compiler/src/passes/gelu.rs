@@ -25,7 +25,7 @@ const TOLERANCE: f32 = 1e-4;
 pub fn run(g: &mut Graph) -> Result<bool> {
     let mut changed = false;
     for erf in g.topo_order() {
-        if !g.g.contains_node(erf) {
+        if !g.contains_node(erf) {
             continue;
         }
         if let Some((x, root)) = match_at(g, erf) {

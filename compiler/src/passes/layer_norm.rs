@@ -31,7 +31,7 @@ use crate::ir::{Graph, OutletId};
 pub fn run(g: &mut Graph) -> Result<bool> {
     let mut changed = false;
     for div in g.topo_order() {
-        if !g.g.contains_node(div) {
+        if !g.contains_node(div) {
             continue;
         }
         if let Some(m) = match_at(g, div) {
@@ -209,6 +209,6 @@ fn rewrite(g: &mut Graph, div: NodeIndex, m: Matched) {
         &[Some(m.x), Some(scale), bias],
         1,
     );
-    g.g[node].outputs[0] = g.fact(m.x).clone();
+    g.set_fact(OutletId::new(node, 0), g.fact(m.x).clone());
     g.replace_uses(m.out, OutletId::new(node, 0));
 }

@@ -1,4 +1,4 @@
-//! Weight packing, a lowering run once after the pipeline has settled.
+//! Weight packing, a lowering run once after the rewrites have settled.
 //!
 //! Guarantees: every
 //!
@@ -38,6 +38,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::error::Result;
 use crate::ir::{Dim, Graph, OutletId};
+use crate::Options;
 
 /// Which way a constant is packed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,7 +51,7 @@ enum As {
     TransposedPanels,
 }
 
-pub fn run(g: &mut Graph) -> Result<bool> {
+pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
     let mut packed: HashMap<(OutletId, As), OutletId> = HashMap::new();
     let mut changed = false;
     for node in g.topo_order() {
@@ -200,7 +201,7 @@ fn narrowed(
         *last = Dim::Known(wide as i64);
     }
     let ff = g.add_op(&name, op, inputs, 1);
-    g.g[ff].outputs[0] = wide_fact;
+    g.set_fact(OutletId::new(ff, 0), wide_fact);
     let int = |g: &mut Graph, what: &str, v: i64| {
         let t = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[1]), vec![v]).expect("one value"));
         g.add_const(&format!("{name}/{what}"), t)
@@ -217,7 +218,7 @@ fn narrowed(
         Some(axis),
     ];
     let slice = g.add_op(&format!("{name}/columns"), Op::Slice, &slice_inputs, 1);
-    g.g[slice].outputs[0] = fact;
+    g.set_fact(OutletId::new(slice, 0), fact);
     g.replace_uses(old, OutletId::new(slice, 0));
 }
 

@@ -1,4 +1,5 @@
-//! Narrower weight panels, run only when asked for (`fffc compile --panel-cols C`), after the lowering.
+//! Narrower weight panels, a lowering run only when asked for (`fffc compile --panel-cols C`), after
+//! `pack-weights`.
 //!
 //! Guarantees: every
 //!
@@ -24,8 +25,11 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{CompileError, Result};
 use crate::ir::{Graph, OutletId};
+use crate::Options;
 
-pub fn run(g: &mut Graph, cols: usize) -> Result<bool> {
+/// Repacks to `options.panel_cols` columns; the pipeline runs it only when that is not 64.
+pub fn run(g: &mut Graph, options: &Options) -> Result<bool> {
+    let cols = options.panel_cols;
     if cols == 0 || !PANEL_COLS.is_multiple_of(cols) {
         return Err(CompileError::Option(format!(
             "panel width {cols}: it must divide {PANEL_COLS}"

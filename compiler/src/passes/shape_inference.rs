@@ -22,17 +22,8 @@ pub fn run(g: &mut Graph) -> Result<bool> {
             node: g.node(n).name.clone(),
             msg,
         })?;
-        if out.len() != n_out {
-            return Err(CompileError::Pass {
-                node: g.node(n).name.clone(),
-                msg: format!("has {n_out} outputs, its op gives {}", out.len()),
-            });
-        }
-        let node = &mut g.g[n];
-        if node.outputs != out {
-            node.outputs = out;
-            changed = true;
-        }
+        // An error if the op gives another number of outputs than the node has.
+        changed |= g.set_facts(n, out)?;
     }
     Ok(changed)
 }

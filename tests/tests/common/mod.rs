@@ -14,7 +14,7 @@ use tract_onnx::prelude::*;
 /// Compiles an ONNX file through the library and loads the plan from memory.
 pub fn compile(onnx: &Path) -> Model {
     let bytes = std::fs::read(onnx).expect("fixture is readable");
-    let plan = fff_compiler::compile_to_plan_bytes(&bytes)
+    let plan = fff_compiler::compile_to_plan_bytes(&bytes, &fff_compiler::Options::default())
         .unwrap_or_else(|e| panic!("{}: {e}", onnx.display()));
     Model::from_bytes(&plan).expect("a freshly written plan loads")
 }

@@ -206,7 +206,7 @@ fn earliest_common_descendant(
         while let Some(n) = stack.pop() {
             if seen.insert(n) {
                 *reach.entry(n).or_default() += 1;
-                stack.extend(g.g.neighbors_directed(n, petgraph::Direction::Outgoing));
+                stack.extend(g.readers(n));
             }
         }
     }

@@ -33,11 +33,12 @@ pub fn run(g: &mut Graph) -> Result<bool> {
             order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let idom = dominators(g, &order);
         let next = anchors::find(g, &order, &pos).into_iter().find(|c| {
-            !g.report.considered.contains(&c.anchor)
+            !g.report.was_considered(g.node(c.anchor).id())
                 && !c.consumers.iter().any(|n| taken.contains(n))
         });
         let Some(c) = next else { return Ok(changed) };
-        g.report.considered.insert(c.anchor);
+        let id = g.node(c.anchor).id();
+        g.report.consider(id);
         let anchor = g.node(c.anchor).name.clone();
         match judge(g, &idom, &pos, &c) {
             Ok((region, proposal, agreement)) => {
@@ -54,14 +55,15 @@ pub fn run(g: &mut Graph) -> Result<bool> {
 /// An imported `FastFeedForward` node is reported as found in direct form.
 fn report_direct_ops(g: &mut Graph) {
     let direct: Vec<NodeIndex> = g
-        .g
         .node_indices()
-        .filter(|n| {
-            matches!(g.op(*n), Some(Op::FastFeedForward { .. })) && !g.report.considered.contains(n)
+        .filter(|&n| {
+            matches!(g.op(n), Some(Op::FastFeedForward { .. }))
+                && !g.report.was_considered(g.node(n).id())
         })
         .collect();
     for n in direct {
-        g.report.considered.insert(n);
+        let id = g.node(n).id();
+        g.report.consider(id);
         let Some(Op::FastFeedForward { depth, trees, .. }) = g.op(n).cloned() else {
             continue;
         };
@@ -345,7 +347,8 @@ fn apply(
         1,
     );
     g.replace_uses(region.y, OutletId::new(n, 0));
-    g.report.considered.insert(n);
+    let id = g.node(n).id();
+    g.report.consider(id);
     let form = if depth == 0 { "dense" } else { c.form };
     Rewritten {
         anchor: anchor.to_string(),

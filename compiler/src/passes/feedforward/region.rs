@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 
 use fff_runtime::op::Op;
 use petgraph::stable_graph::NodeIndex;
-use petgraph::Direction;
 
 use crate::ir::{Dim, Graph, NodeKind, OutletId};
 
@@ -108,10 +107,7 @@ pub fn dominators(g: &Graph, order: &[NodeIndex]) -> HashMap<NodeIndex, Option<N
         } else if g.op(n).is_some_and(reads_only_shape) {
             continue;
         } else {
-            let mut p: Vec<NodeIndex> =
-                g.g.neighbors_directed(n, Direction::Incoming)
-                    .filter(|p| idom.contains_key(p))
-                    .collect();
+            let mut p: Vec<NodeIndex> = g.producers(n).filter(|p| idom.contains_key(p)).collect();
             p.sort();
             p.dedup();
             if p.is_empty() {

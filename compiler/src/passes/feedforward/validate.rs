@@ -59,7 +59,7 @@ pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> 
     for sizes in [[1usize, 3], [2, 5], [3, 2]] {
         let mut symbols: Vec<String> = Vec::new();
         let mut feeds = HashMap::new();
-        for &n in &g.inputs {
+        for &n in g.inputs() {
             let fact = &g.node(n).outputs[0];
             let shape: Vec<usize> = fact
                 .shape
