@@ -9,14 +9,16 @@
 
 pub mod buffers;
 pub mod error;
-pub mod eval;
 pub mod fff_stats;
 mod inputs;
 pub mod io;
 pub mod keep_warm;
-pub mod op;
+pub mod opset;
 pub mod panel_width;
 pub mod tensor;
+
+/// The op set under the name the plan format and the compiler use for it.
+pub use opset as op;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor, TensorView};

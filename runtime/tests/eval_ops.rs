@@ -1,8 +1,8 @@
 //! Op evaluation on small cases whose results are written out by hand (the ONNX specification's own
 //! examples where it gives them).
 
-use fff_runtime::eval::eval;
 use fff_runtime::op::{BinaryOp, Op, ScatterReduction};
+use fff_runtime::opset::eval;
 use fff_runtime::{Tensor, TensorView};
 use ndarray::{ArrayD, IxDyn};
 

@@ -17,9 +17,7 @@ pub mod panel_width;
 pub mod pattern;
 pub mod residual;
 pub mod shape_inference;
-pub mod shape_rules;
-
-use crate::error::{CompileError, Result};
+pub use crate::error::{CompileError, Result};
 use crate::ir::Graph;
 
 /// A named pass over the graph; returns whether it changed anything.
