@@ -2,7 +2,8 @@
 //! into inputs (axes, split sizes, clip bounds) become constant inputs, so the IR has one form.
 
 use fff_runtime::op::{
-    BinaryOp, FffActivation, FffBranch, Op, ReduceOp, Scalar, ScatterReduction, UnaryOp,
+    BinaryOp, FastFeedForward, FffActivation, FffBranch, Op, ReduceOp, Scalar, ScatterReduction,
+    UnaryOp,
 };
 use fff_runtime::{DType, Tensor};
 
@@ -483,7 +484,8 @@ fn fast_feed_forward(cx: &NodeCtx) -> Result<Op> {
         .int("depth")?
         .ok_or_else(|| cx.err("attribute 'depth' is required"))?;
     let trees = cx.int_or("trees", 1)?;
-    if !(0..40).contains(&depth) || trees < 1 {
+    let deepest = FastFeedForward::MAX_DEPTH as i64;
+    if !(0..=deepest).contains(&depth) || trees < 1 {
         return Err(cx.err(format!("depth {depth} and trees {trees} are out of range")));
     }
     let activation = match cx.string("activation")?.as_deref().unwrap_or("gelu") {

@@ -31,6 +31,27 @@ pub enum FffBranch {
     Ge,
 }
 
+impl FffActivation {
+    /// The kernels' activation.
+    pub fn kernel(self) -> Activation {
+        match self {
+            FffActivation::Gelu => Activation::GeluErf,
+            FffActivation::GeluTanh => Activation::GeluTanh,
+            FffActivation::Relu => Activation::Relu,
+        }
+    }
+}
+
+impl FffBranch {
+    /// The kernels' branch rule.
+    pub fn kernel(self) -> Branch {
+        match self {
+            FffBranch::Gt => Branch::Greater,
+            FffBranch::Ge => Branch::GreaterOrEqual,
+        }
+    }
+}
+
 /// The input slots and limits of [`super::Op::FastFeedForward`].
 pub struct FastFeedForward;
 
@@ -59,6 +80,20 @@ impl FastFeedForward {
             [_, _, cols] => Some(WeightLayout::Panels { cols }),
             _ => None,
         }
+    }
+
+    /// `d_out` as a W_out of this shape holds it, in either layout; `None` if it has neither or
+    /// overflows.
+    pub fn d_out(w_out: &[usize]) -> Option<usize> {
+        match Self::weight_layout(w_out)? {
+            WeightLayout::NodeMajor => Some(w_out[1]),
+            WeightLayout::Panels { cols } => w_out[0].checked_mul(cols),
+        }
+    }
+
+    /// `d_in` as a W_in of this shape holds it, in either layout.
+    pub fn d_in(w_in: &[usize]) -> Option<usize> {
+        Self::weight_layout(w_in).map(|_| w_in[1])
     }
 
     /// The plan form's attribute limits.
@@ -197,15 +232,7 @@ pub fn fast_feed_forward(
     let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
     // Every kernel writes every output element.
     let mut out = buffers::line_aligned_for_overwrite(out_shape.slice());
-    let act = match activation {
-        FffActivation::Gelu => Activation::GeluErf,
-        FffActivation::GeluTanh => Activation::GeluTanh,
-        FffActivation::Relu => Activation::Relu,
-    };
-    let br = match branch {
-        FffBranch::Gt => Branch::Greater,
-        FffBranch::Ge => Branch::GreaterOrEqual,
-    };
+    let (act, br) = (activation.kernel(), branch.kernel());
     let (b_in, b_out) = (b_in.as_deref(), b_out.as_deref());
     let (x, out_rows) = (&x_rows[..], out.as_slice_mut().expect("fresh"));
     match (w_in, w_out) {
