@@ -310,7 +310,7 @@ fn bfloat16_operands_get_errors_not_panics() {
         (
             Op::LayerNorm {
                 axis: -1,
-                epsilon: 1e-5,
+                epsilon: 1e-5.into(),
             },
             vec![Some(&b), Some(&f), None],
         ),

@@ -396,8 +396,8 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
         "Gemm" => single(
             g,
             Op::Gemm {
-                alpha: cx.float_or("alpha", 1.0)?,
-                beta: cx.float_or("beta", 1.0)?,
+                alpha: cx.float_or("alpha", 1.0)?.into(),
+                beta: cx.float_or("beta", 1.0)?.into(),
                 trans_a: cx.int_or("transA", 0)? != 0,
                 trans_b: cx.int_or("transB", 0)? != 0,
             },
@@ -416,7 +416,7 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
         "LayerNormalization" => {
             let op = Op::LayerNorm {
                 axis: cx.int_or("axis", -1)?,
-                epsilon: cx.float_or("epsilon", 1e-5)?,
+                epsilon: cx.float_or("epsilon", 1e-5)?.into(),
             };
             single(g, op, &[Some(req(0)?), Some(req(1)?), opt(2)])
         }

@@ -55,7 +55,7 @@ pub fn eval(
         Op::Unary(u) => Ok(elementwise::unary_in_place(*u, a)),
         Op::Binary(b) => elementwise::binary_in_place(*b, index, a, inputs),
         Op::LayerNorm { axis, epsilon } if index == LayerNorm::X => {
-            layer_norm::in_place(a, inputs, *axis, *epsilon)
+            layer_norm::in_place(a, inputs, *axis, epsilon.0)
         }
         Op::Linear | Op::PackedLinear { .. } if index == Linear::R => {
             linear::in_place(op, a, inputs)
@@ -164,7 +164,7 @@ mod tests {
         let (x, scale, bias) = (t(&[2, 3, 8], 1.0), t(&[8], 2.0), t(&[8], 3.0));
         let op = Op::LayerNorm {
             axis: -1,
-            epsilon: 1e-5,
+            epsilon: 1e-5.into(),
         };
         let want = super::super::eval(
             &op,

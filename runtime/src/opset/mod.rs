@@ -47,7 +47,7 @@ use util::{input, optional};
 
 /// One op with its attributes. The comment on each variant lists its inputs (`?` marks optional ones)
 /// and outputs, as ONNX names them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
     /// X -> Y
     Identity,
@@ -122,8 +122,8 @@ pub enum Op {
     MatMul,
     /// A, B, C? -> Y = alpha * A' B' + beta * C
     Gemm {
-        alpha: f32,
-        beta: f32,
+        alpha: F32Attr,
+        beta: F32Attr,
         trans_a: bool,
         trans_b: bool,
     },
@@ -132,7 +132,7 @@ pub enum Op {
     /// input -> output
     LogSoftmax { axis: i64, coerce_2d: bool },
     /// X, Scale, B? -> Y, normalised over the axes from `axis` to the last
-    LayerNorm { axis: i64, epsilon: f32 },
+    LayerNorm { axis: i64, epsilon: F32Attr },
     /// `X [..., k], W [k, n], B? [n], R? -> Y = X W + B + R`: a projection with its bias added, and a
     /// residual R added with broadcasting exactly as `Add(X W + B, R)` would. When R has the result's
     /// shape, the product is accumulated onto it in one pass.
@@ -148,7 +148,7 @@ pub enum Op {
     /// `Transpose(V, v_perm)` (batch and head axes broadcast) and Mask broadcasts to `[b, h, sq, sk]`;
     /// with `nan_to_zero`, NaN probabilities (rows masked entirely with -inf) count as 0.
     Attention {
-        scale: f32,
+        scale: F32Attr,
         nan_to_zero: bool,
         q_perm: [usize; 4],
         k_perm: [usize; 4],
@@ -164,6 +164,38 @@ pub enum Op {
         activation: FffActivation,
         branch: FffBranch,
     },
+}
+
+/// An f32 attribute, compared and hashed by its bit pattern, so that ops are `Eq + Hash` and can key
+/// maps (as CSE does). Encoded in plans and printed exactly as the f32 is.
+#[derive(Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct F32Attr(pub f32);
+
+impl PartialEq for F32Attr {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for F32Attr {}
+
+impl std::hash::Hash for F32Attr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
+}
+
+impl std::fmt::Debug for F32Attr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl From<f32> for F32Attr {
+    fn from(v: f32) -> Self {
+        F32Attr(v)
+    }
 }
 
 /// What an op produces: most ops one tensor, held without a heap allocation.
@@ -469,8 +501,8 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
             input(inputs, 0)?,
             input(inputs, 1)?,
             optional(inputs, 2),
-            *alpha,
-            *beta,
+            alpha.0,
+            beta.0,
             *trans_a,
             *trans_b,
         )),
@@ -488,7 +520,7 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
             input(inputs, LayerNorm::SCALE)?,
             optional(inputs, LayerNorm::B),
             *axis,
-            *epsilon,
+            epsilon.0,
         )),
         Op::Linear | Op::PackedLinear { .. } => one(linear::linear(
             input(inputs, Linear::X)?,
@@ -509,7 +541,7 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
                 (input(inputs, Attention::V)?, v_perm),
             ],
             optional(inputs, Attention::MASK),
-            *scale,
+            scale.0,
             *nan_to_zero,
         )),
         Op::FastFeedForward {
