@@ -3,7 +3,7 @@
 //! ops that write large f32 results take their buffer from it. A run with the shapes of an earlier one
 //! then finds every buffer it needs already allocated and touched: no page faults, no allocator traffic.
 //! Buffers are matched by exact length, which is what repeated shapes produce. Only values made by ops
-//! that take their buffer here are given back ([`takes_buffers`]): a buffer kept for a length nobody
+//! that take their buffer here are given back ([`Op::takes_buffers`], each op module stating its own): a buffer kept for a length nobody
 //! asks for would only grow the spares, and starve the allocator that serves the other ops.
 
 use std::cell::RefCell;
@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use ndarray::{s, Array1, ArrayD, IxDyn};
 
-use crate::op::Op;
 use crate::tensor::Tensor;
 
 /// Spare bytes a model keeps at most; past this the spares are dropped (shapes keep changing).
@@ -79,21 +78,6 @@ fn take(len: usize) -> Option<Vec<f32>> {
         let mut r = current.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
         r.take(len)
     })
-}
-
-/// Whether `op` writes its result into a buffer from [`zeroed`] or [`for_overwrite`] (so that the
-/// buffer of a value it made is worth keeping for the next run).
-pub fn takes_buffers(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Linear
-            | Op::PackedLinear { .. }
-            | Op::FastFeedForward { .. }
-            | Op::Attention { .. }
-            | Op::LayerNorm { .. }
-            | Op::MatMul
-            | Op::Gemm { .. }
-    )
 }
 
 /// A buffer of `len` zeros: a spare one when the current run has one of that length.

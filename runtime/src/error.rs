@@ -14,7 +14,7 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// An op was asked, by data, for a tensor larger than it may allocate (see
-    /// [`crate::eval::with_element_limit`]).
+    /// [`crate::opset::with_element_limit`]).
     #[error("{0}")]
     TooLarge(String),
     /// An op failed; the message names the node and includes the cause (so it is not also a `source`).

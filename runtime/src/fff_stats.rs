@@ -3,12 +3,12 @@
 //! than its depth promises; `fffrun --fff-stats` prints these per node.
 
 use fff_ops::activation::Activation;
-use fff_ops::fff::{fff_leaves, Branch, FffLayer, FffShape, FffWeights};
+use fff_ops::fff::{fff_leaves, FffLayer, FffShape, FffWeights};
 use serde::Serialize;
 
 use crate::error::Result;
 use crate::model::{Model, Outputs};
-use crate::op::{FffBranch, Op};
+use crate::opset::{FastFeedForward, Op, WeightLayout};
 use crate::plan::PlanNode;
 use crate::tensor::{Tensor, TensorView};
 
@@ -105,17 +105,23 @@ fn count_leaves(node: &PlanNode, views: &[Option<TensorView>]) -> Option<FffUsag
     else {
         return None;
     };
-    if depth >= 32 || trees == 0 {
+    if depth > FastFeedForward::MAX_DEPTH || trees == 0 {
         return None;
     }
-    let x = views.first()?.as_ref()?.f32().ok()?;
+    let input = |slot: usize| views.get(slot).and_then(Option::as_ref);
+    let x = input(FastFeedForward::X)?.f32().ok()?;
     let d_in = *x.shape().last()?;
     let x: Vec<f32> = x.iter().copied().collect();
     let rows = x.len().checked_div(d_in).unwrap_or(0);
-    let w_in = floats(views.get(1)?.as_ref()?)?;
-    let b_in = match views.get(2) {
-        Some(Some(b)) => Some(floats(b)?),
-        _ => None,
+    let w_in = input(FastFeedForward::W_IN)?;
+    // Panels (depth 0 only) hold the same weights in another order; one leaf per tree needs none.
+    if depth > 0 && FastFeedForward::weight_layout(w_in.shape()) != Some(WeightLayout::NodeMajor) {
+        return None;
+    }
+    let w_in = floats(w_in)?;
+    let b_in = match input(FastFeedForward::B_IN) {
+        Some(b) => Some(floats(b)?),
+        None => None,
     };
     let shape = FffShape {
         d_in,
@@ -130,10 +136,7 @@ fn count_leaves(node: &PlanNode, views: &[Option<TensorView>]) -> Option<FffUsag
     let layer = FffLayer {
         shape,
         act: Activation::Relu,
-        branch: match branch {
-            FffBranch::Gt => Branch::Greater,
-            FffBranch::Ge => Branch::GreaterOrEqual,
-        },
+        branch: branch.kernel(),
         w: FffWeights {
             w_in: &w_in,
             b_in: b_in.as_deref(),

@@ -26,17 +26,19 @@
 pub mod buffers;
 mod convert;
 pub mod error;
-pub mod eval;
 pub mod fff_stats;
 mod inputs;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod keep_warm;
-pub mod op;
+pub mod opset;
 pub mod panel_width;
 pub mod tensor;
 
 pub use convert::Element;
+/// The op set under the name the plan format and the compiler use for it.
+pub use opset as op;
+
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor, TensorView};
 pub mod model;

@@ -10,9 +10,9 @@ use ndarray::{ArrayViewD, IxDyn};
 
 use crate::buffers::{recycle_into, with_recycler, Recycler};
 use crate::error::{Error, Result};
-use crate::eval::eval;
-use crate::eval::in_place::{self, InPlace};
 use crate::inputs::{self, RunInputs};
+use crate::opset::eval;
+use crate::opset::in_place::{self, InPlace};
 use crate::plan::{self, Dim, PlanGraph, PlanInput, PlanNode};
 use crate::pool_choice::PoolChoice;
 use crate::tensor::{Bf16, DType, Tensor, TensorView};
@@ -541,7 +541,7 @@ fn mapped_view(
 fn recyclable_values(graph: &PlanGraph) -> Vec<bool> {
     let mut recyclable = vec![false; graph.num_values];
     for node in &graph.nodes {
-        if crate::buffers::takes_buffers(&node.op) {
+        if node.op.takes_buffers() {
             for &v in &node.outputs {
                 recyclable[v] = true;
             }

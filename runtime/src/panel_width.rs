@@ -15,7 +15,7 @@
 use fff_ops::panels::{repack_panels_into, MAX_PANEL_COLS, PANEL_COLS};
 
 use crate::error::{Error, Result};
-use crate::op::Op;
+use crate::opset::{FastFeedForward, Linear, Op};
 use crate::plan::PlanGraph;
 use crate::tensor::{Tensor, TensorView};
 
@@ -72,7 +72,7 @@ pub fn repacked<'a>(
             let Op::FastFeedForward { depth: 0, .. } = node.op else {
                 continue;
             };
-            let pair = [node.inputs.get(1), node.inputs.get(3)].map(|i| i.copied().flatten());
+            let pair = FastFeedForward::WEIGHTS.map(|i| node.inputs.get(i).copied().flatten());
             let [Some(a), Some(b)] = pair else { continue };
             if seen[a].flatten().is_some() != seen[b].flatten().is_some() {
                 seen[a] = Some(None);
@@ -113,8 +113,8 @@ pub fn repacked<'a>(
 /// `FastFeedForward`.
 pub fn panel_inputs(op: &Op) -> &'static [usize] {
     match op {
-        Op::PackedLinear { .. } => &[1],
-        Op::FastFeedForward { depth: 0, .. } => &[1, 3],
+        Op::PackedLinear { .. } => &[Linear::W],
+        Op::FastFeedForward { depth: 0, .. } => &FastFeedForward::WEIGHTS,
         _ => &[],
     }
 }

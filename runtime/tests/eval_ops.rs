@@ -1,8 +1,8 @@
 //! Op evaluation on small cases whose results are written out by hand (the ONNX specification's own
 //! examples where it gives them).
 
-use fff_runtime::eval::eval;
 use fff_runtime::op::{BinaryOp, Op, ScatterReduction};
+use fff_runtime::opset::eval;
 use fff_runtime::{Tensor, TensorView};
 use ndarray::{ArrayD, IxDyn};
 
@@ -310,7 +310,7 @@ fn bfloat16_operands_get_errors_not_panics() {
         (
             Op::LayerNorm {
                 axis: -1,
-                epsilon: 1e-5,
+                epsilon: 1e-5.into(),
             },
             vec![Some(&b), Some(&f), None],
         ),

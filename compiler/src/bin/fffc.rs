@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use fff_compiler::{Options, Weights};
-use fff_runtime::op::Op;
+use fff_runtime::op::{FastFeedForward, Op};
 use fff_runtime::Model;
 use serde_json::json;
 
@@ -202,20 +202,14 @@ fn inspect(path: &Path, as_json: bool) -> Result<()> {
                 activation,
                 branch,
             } => {
-                let w_in = const_shape(n.inputs.get(1).copied().flatten());
-                let w_out = const_shape(n.inputs.get(3).copied().flatten());
+                let w_in = const_shape(n.inputs.get(FastFeedForward::W_IN).copied().flatten());
+                let w_out = const_shape(n.inputs.get(FastFeedForward::W_OUT).copied().flatten());
                 Some(json!({
                     "name": n.name,
                     "trees": trees,
                     "depth": depth,
-                    // W_in is [nodes, d_in], or at depth 0 possibly panels [nodes / 64, d_in, 64].
-                    "d_in": w_in.as_ref().and_then(|s| s.get(1)),
-                    // W_out at depth 0 may be panels [d_out / 64, nodes, 64].
-                    "d_out": w_out.as_ref().and_then(|s| match s.as_slice() {
-                        [_, d] => Some(*d),
-                        [p, _, c] => p.checked_mul(*c),
-                        _ => None,
-                    }),
+                    "d_in": w_in.as_deref().and_then(FastFeedForward::d_in),
+                    "d_out": w_out.as_deref().and_then(FastFeedForward::d_out),
                     "activation": format!("{activation:?}"),
                     "branch": format!("{branch:?}"),
                 }))

@@ -2,7 +2,8 @@
 //! into inputs (axes, split sizes, clip bounds) become constant inputs, so the IR has one form.
 
 use fff_runtime::op::{
-    BinaryOp, FffActivation, FffBranch, Op, ReduceOp, Scalar, ScatterReduction, UnaryOp,
+    BinaryOp, FastFeedForward, FffActivation, FffBranch, Op, ReduceOp, Scalar, ScatterReduction,
+    UnaryOp,
 };
 use fff_runtime::{DType, Tensor};
 
@@ -395,8 +396,8 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
         "Gemm" => single(
             g,
             Op::Gemm {
-                alpha: cx.float_or("alpha", 1.0)?,
-                beta: cx.float_or("beta", 1.0)?,
+                alpha: cx.float_or("alpha", 1.0)?.into(),
+                beta: cx.float_or("beta", 1.0)?.into(),
                 trans_a: cx.int_or("transA", 0)? != 0,
                 trans_b: cx.int_or("transB", 0)? != 0,
             },
@@ -415,7 +416,7 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
         "LayerNormalization" => {
             let op = Op::LayerNorm {
                 axis: cx.int_or("axis", -1)?,
-                epsilon: cx.float_or("epsilon", 1e-5)?,
+                epsilon: cx.float_or("epsilon", 1e-5)?.into(),
             };
             single(g, op, &[Some(req(0)?), Some(req(1)?), opt(2)])
         }
@@ -483,7 +484,8 @@ fn fast_feed_forward(cx: &NodeCtx) -> Result<Op> {
         .int("depth")?
         .ok_or_else(|| cx.err("attribute 'depth' is required"))?;
     let trees = cx.int_or("trees", 1)?;
-    if !(0..40).contains(&depth) || trees < 1 {
+    let deepest = FastFeedForward::MAX_DEPTH as i64;
+    if !(0..=deepest).contains(&depth) || trees < 1 {
         return Err(cx.err(format!("depth {depth} and trees {trees} are out of range")));
     }
     let activation = match cx.string("activation")?.as_deref().unwrap_or("gelu") {

@@ -19,7 +19,6 @@ use fff_runtime::op::Op;
 
 use super::graph::const_fact;
 use super::{Dim, Fact, Graph, NodeKind, OutletId};
-use crate::passes::shape_rules;
 
 /// The first violation found, described; `Ok` for a sound graph.
 pub fn verify(g: &Graph) -> Result<(), String> {
@@ -140,7 +139,7 @@ fn inferred(g: &Graph, n: NodeIndex, op: &Op) -> Option<Vec<Fact>> {
     let inputs = g.inputs_of(n);
     let facts: Vec<Option<&Fact>> = inputs.iter().map(|i| i.map(|o| g.fact(o))).collect();
     let n_out = g.g[n].outputs.len();
-    shape_rules::infer(op, &facts, n_out)
+    op.infer(&facts, n_out)
         .ok()
         .filter(|f| f.len() == n_out)
 }

@@ -230,7 +230,7 @@ fn nan_guard(g: &Graph, p: OutletId) -> Option<OutletId> {
 fn rewrite(g: &mut Graph, softmax: NodeIndex, m: Matched) {
     let name = format!("{}/attention", g.node(softmax).name);
     let op = Op::Attention {
-        scale: m.scale,
+        scale: m.scale.into(),
         nan_to_zero: m.nan_to_zero,
         q_perm: m.q_perm,
         k_perm: m.k_perm,

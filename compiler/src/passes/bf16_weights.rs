@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use fff_ops::fff::{uses_tree_kernel, FffShape};
-use fff_runtime::op::Op;
+use fff_runtime::op::{FastFeedForward, Op, WeightLayout};
 use fff_runtime::tensor::Bf16;
 use fff_runtime::Tensor;
 
@@ -33,7 +33,10 @@ pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
             continue;
         };
         let mut inputs = g.inputs_of(node);
-        let (Some(w_in), Some(w_out)) = (inputs[1], inputs[3]) else {
+        let (Some(w_in), Some(w_out)) = (
+            inputs[FastFeedForward::W_IN],
+            inputs[FastFeedForward::W_OUT],
+        ) else {
             continue;
         };
         let (Some(Tensor::F32(wi)), Some(Tensor::F32(wo))) = (
@@ -42,7 +45,10 @@ pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
         ) else {
             continue;
         };
-        if wi.ndim() != 2 || wo.ndim() != 2 {
+        let node_major = |shape: &[usize]| {
+            FastFeedForward::weight_layout(shape) == Some(WeightLayout::NodeMajor)
+        };
+        if !node_major(wi.shape()) || !node_major(wo.shape()) {
             continue;
         }
         let shape = FffShape {
@@ -56,8 +62,10 @@ pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
         }
         let (wi, wo) = (wi.mapv(Bf16::from_f32), wo.mapv(Bf16::from_f32));
         let name = g.node(node).name.clone();
-        inputs[1] = Some(g.add_const(&format!("{name}/w_in_bf16"), Tensor::BF16(wi)));
-        inputs[3] = Some(g.add_const(&format!("{name}/w_out_bf16"), Tensor::BF16(wo)));
+        inputs[FastFeedForward::W_IN] =
+            Some(g.add_const(&format!("{name}/w_in_bf16"), Tensor::BF16(wi)));
+        inputs[FastFeedForward::W_OUT] =
+            Some(g.add_const(&format!("{name}/w_out_bf16"), Tensor::BF16(wo)));
         let op = g.op(node).expect("matched above").clone();
         g.replace_with_op(OutletId::new(node, 0), &name, op, &inputs);
         changed = true;

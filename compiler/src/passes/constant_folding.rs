@@ -6,7 +6,7 @@
 //! constant much larger than its inputs (for example `ConstantOfShape` or `Expand` to a big shape), so
 //! the plan does not grow.
 
-use fff_runtime::eval::{eval, with_element_limit};
+use fff_runtime::opset::{eval, with_element_limit};
 use fff_runtime::{Tensor, TensorView};
 
 use crate::error::{CompileError, Result};

@@ -13,7 +13,9 @@ pub fn run(g: &mut Graph) -> Result<bool> {
     // Constants by (dtype, shape, content hash); equal hashes are confirmed by comparing values.
     type ConstKey = (fff_runtime::DType, Vec<usize>, u64);
     let mut consts: HashMap<ConstKey, Vec<petgraph::stable_graph::NodeIndex>> = HashMap::new();
-    let mut ops: HashMap<String, petgraph::stable_graph::NodeIndex> = HashMap::new();
+    // Op nodes by what they compute: the op (floats by bit pattern), its inputs and output count.
+    type OpKey = (fff_runtime::op::Op, Vec<Option<OutletId>>, usize);
+    let mut ops: HashMap<OpKey, petgraph::stable_graph::NodeIndex> = HashMap::new();
     for n in g.topo_order() {
         let canonical = match &g.node(n).kind {
             NodeKind::Input => continue,
@@ -34,7 +36,7 @@ pub fn run(g: &mut Graph) -> Result<bool> {
                 }
             }
             NodeKind::Op(op) => {
-                let key = format!("{op:?}|{:?}|{}", g.inputs_of(n), g.node(n).outputs.len());
+                let key = (op.clone(), g.inputs_of(n), g.node(n).outputs.len());
                 match ops.get(&key) {
                     Some(&c) => c,
                     None => {

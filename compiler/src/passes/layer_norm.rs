@@ -201,7 +201,7 @@ fn rewrite(g: &mut Graph, div: NodeIndex, m: Matched) {
         .map(|b| g.add_const(&format!("{name}/layer_norm_bias"), vector(b)));
     let op = Op::LayerNorm {
         axis: -1,
-        epsilon: m.epsilon,
+        epsilon: m.epsilon.into(),
     };
     let node = g.add_op(
         &format!("{name}/layer_norm"),

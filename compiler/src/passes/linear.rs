@@ -81,7 +81,7 @@ fn bare_projection(g: &mut Graph, node: NodeIndex) -> Option<Vec<Option<OutletId
             beta,
             trans_a: false,
             trans_b,
-        } if alpha == 1.0 && g.fact(x).rank() == Some(2) => {
+        } if alpha.0 == 1.0 && g.fact(x).rank() == Some(2) => {
             let n = wt.shape()[usize::from(!trans_b)];
             let bias = match ins.get(2).copied().flatten() {
                 None => None,
@@ -92,7 +92,7 @@ fn bare_projection(g: &mut Graph, node: NodeIndex) -> Option<Vec<Option<OutletId
                     if !matches!(cv.shape(), [m] | [1, m] if *m == n) {
                         return None;
                     }
-                    let scaled: Vec<f32> = cv.iter().map(|&v| beta * v).collect();
+                    let scaled: Vec<f32> = cv.iter().map(|&v| beta.0 * v).collect();
                     let t = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[n]), scaled).ok()?);
                     let name = format!("{}/bias", g.node(node).name);
                     Some(g.add_const(&name, t))

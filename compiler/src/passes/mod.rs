@@ -19,8 +19,6 @@ pub mod panel_width;
 pub mod pattern;
 pub mod residual;
 pub mod shape_inference;
-pub mod shape_rules;
-
 use fff_ops::panels::PANEL_COLS;
 
 use crate::error::{CompileError, Result};

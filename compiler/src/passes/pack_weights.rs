@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fff_ops::panels::{pack_panels, panel_count, PANEL_COLS};
-use fff_runtime::op::Op;
+use fff_runtime::op::{FastFeedForward, Linear, Op};
 use fff_runtime::Tensor;
 use ndarray::{ArrayD, IxDyn};
 
@@ -58,13 +58,14 @@ pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
         let mut inputs = g.inputs_of(node);
         let op = match g.op(node) {
             Some(Op::Linear) => {
-                let Some((k, n)) = inputs[1].and_then(|w| f32_matrix(g, w)) else {
+                let Some((k, n)) = inputs[Linear::W].and_then(|w| f32_matrix(g, w)) else {
                     continue;
                 };
                 if !worth_packing(n) {
                     continue;
                 }
-                inputs[1] = Some(pack(g, &mut packed, inputs[1], As::Panels, (k, n)));
+                inputs[Linear::W] =
+                    Some(pack(g, &mut packed, inputs[Linear::W], As::Panels, (k, n)));
                 Op::PackedLinear { n }
             }
             Some(Op::FastFeedForward {
@@ -75,8 +76,8 @@ pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
             }) => {
                 let (trees, activation, branch) = (*trees, *activation, *branch);
                 let (Some((rows_in, d_in)), Some((rows_out, d_out))) = (
-                    inputs[1].and_then(|w| f32_matrix(g, w)),
-                    inputs[3].and_then(|w| f32_matrix(g, w)),
+                    inputs[FastFeedForward::W_IN].and_then(|w| f32_matrix(g, w)),
+                    inputs[FastFeedForward::W_OUT].and_then(|w| f32_matrix(g, w)),
                 ) else {
                     continue;
                 };
@@ -94,14 +95,21 @@ pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
                 let paddable = |b: Option<OutletId>, len: usize, to: usize| {
                     len == to || b.is_none_or(|b| f32_vector_len(g, b) == Some(len))
                 };
-                if !paddable(inputs[2], trees, padded) || !paddable(inputs[4], d_out, wide) {
+                if !paddable(inputs[FastFeedForward::B_IN], trees, padded)
+                    || !paddable(inputs[FastFeedForward::B_OUT], d_out, wide)
+                {
                     continue;
                 }
-                inputs[2] = padded_vector(g, inputs[2], trees, padded);
-                inputs[4] = padded_vector(g, inputs[4], d_out, wide);
-                let (w_in, w_out) = (inputs[1], inputs[3]);
+                inputs[FastFeedForward::B_IN] =
+                    padded_vector(g, inputs[FastFeedForward::B_IN], trees, padded);
+                inputs[FastFeedForward::B_OUT] =
+                    padded_vector(g, inputs[FastFeedForward::B_OUT], d_out, wide);
+                let (w_in, w_out) = (
+                    inputs[FastFeedForward::W_IN],
+                    inputs[FastFeedForward::W_OUT],
+                );
                 // The transpose's last panel holds the added neurons' zero columns.
-                inputs[1] = Some(pack(
+                inputs[FastFeedForward::W_IN] = Some(pack(
                     g,
                     &mut packed,
                     w_in,
@@ -110,7 +118,8 @@ pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
                 ));
                 // The last panel holds the added output columns' zeros.
                 let rows = As::PanelsOfRows(padded);
-                inputs[3] = Some(pack(g, &mut packed, w_out, rows, (trees, d_out)));
+                inputs[FastFeedForward::W_OUT] =
+                    Some(pack(g, &mut packed, w_out, rows, (trees, d_out)));
                 let op = Op::FastFeedForward {
                     depth: 0,
                     trees: padded,

@@ -13,7 +13,7 @@
 //! product is accumulated onto it, in its own buffer when nothing else reads it, instead of being
 //! written and then read again by the Add.
 
-use fff_runtime::op::{BinaryOp, Op};
+use fff_runtime::op::{BinaryOp, Linear, Op};
 use fff_runtime::DType;
 
 use super::pattern::binary_operands;
@@ -31,8 +31,8 @@ pub fn run(g: &mut Graph) -> Result<bool> {
             continue;
         };
         let mut operands = g.inputs_of(linear.node);
-        operands.resize(3, None);
-        operands.push(Some(residual));
+        operands.resize(Linear::R + 1, None);
+        operands[Linear::R] = Some(residual);
         let name = format!("{}/residual", g.node(add).name);
         g.replace_with_op(sum, &name, Op::Linear, &operands);
         changed = true;
@@ -44,7 +44,11 @@ pub fn run(g: &mut Graph) -> Result<bool> {
 /// `residual` an f32 value.
 fn matched(g: &Graph, linear: OutletId, residual: OutletId) -> Option<(OutletId, OutletId)> {
     let is_linear = g.op(linear.node) == Some(&Op::Linear)
-        && g.inputs_of(linear.node).get(3).copied().flatten().is_none()
+        && g.inputs_of(linear.node)
+            .get(Linear::R)
+            .copied()
+            .flatten()
+            .is_none()
         && g.consumers(linear).len() == 1
         && !g.is_output(linear);
     (is_linear && g.fact(residual).dtype == Some(DType::F32)).then_some((linear, residual))

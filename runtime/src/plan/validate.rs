@@ -1,6 +1,7 @@
 //! Checks a decoded plan graph before anything runs, so that a corrupt or hand-edited plan is an error
 //! and never an out-of-bounds access: every value is defined exactly once before it is used, constants
-//! lie inside the weights section with the byte size their shape needs, names are unique.
+//! lie inside the weights section with the byte size their shape needs, names are unique, and each
+//! node's inputs and attributes are what its op accepts ([`crate::opset::Op::validate`]).
 
 use std::collections::HashSet;
 
@@ -59,6 +60,9 @@ pub fn validate(g: &PlanGraph, weights_len: usize) -> Result<()> {
                     node.name
                 ));
             }
+        }
+        if let Err(msg) = node.op.validate(&node.inputs) {
+            return bad(format!("node '{}': {msg}", node.name));
         }
         if let Some(n) = node.op.fixed_outputs() {
             if node.outputs.len() != n {

@@ -13,7 +13,7 @@ mod validate;
 
 use std::collections::{HashMap, HashSet};
 
-use fff_runtime::op::{BinaryOp, FffActivation, FffBranch, Op, UnaryOp};
+use fff_runtime::op::{BinaryOp, FastFeedForward, FffActivation, FffBranch, Op, UnaryOp};
 use fff_runtime::Tensor;
 use petgraph::stable_graph::NodeIndex;
 
@@ -80,8 +80,8 @@ fn report_direct_ops(g: &mut Graph) {
             form: "direct",
             trees,
             depth,
-            d_in: width(1),
-            d_out: width(3),
+            d_in: width(FastFeedForward::W_IN),
+            d_out: width(FastFeedForward::W_OUT),
             probe_rows: 0,
             boundary_rows: 0,
         };

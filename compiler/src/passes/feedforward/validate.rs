@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use fff_runtime::eval::eval;
 use fff_runtime::op::Op;
+use fff_runtime::opset::eval;
 use fff_runtime::{Tensor, TensorView};
 use ndarray::{ArrayD, IxDyn};
 
@@ -23,8 +23,8 @@ fn probe_eval(
     op: &Op,
     inputs: &[Option<TensorView>],
     n_outputs: usize,
-) -> fff_runtime::Result<fff_runtime::eval::OpOutputs> {
-    fff_runtime::eval::with_element_limit(PROBE_MAX_ELEMENTS, || eval(op, inputs, n_outputs))
+) -> fff_runtime::Result<fff_runtime::opset::OpOutputs> {
+    fff_runtime::opset::with_element_limit(PROBE_MAX_ELEMENTS, || eval(op, inputs, n_outputs))
 }
 
 /// Checks that a probe of `shape` stays within [`PROBE_MAX_ELEMENTS`].

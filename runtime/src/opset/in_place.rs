@@ -4,11 +4,8 @@
 //! result equals [`super::eval`]'s, which is used whenever the handed-over input does not fit (another
 //! dtype, or an output shape larger than the buffer).
 
-use ndarray::{ArrayD, Zip};
-
-use super::{broadcast_shapes, elementwise, layout, norm_axis};
+use super::{elementwise, layer_norm, layout, linear, softmax, LayerNorm, Linear, Op};
 use crate::error::Result;
-use crate::op::{BinaryOp, Op, UnaryOp};
 use crate::tensor::{Tensor, TensorView};
 
 /// What became of a handed-over input.
@@ -19,19 +16,18 @@ pub enum InPlace {
     Declined(Tensor),
 }
 
-/// The inputs of `op` whose buffer the op could reuse, most useful first.
+/// The inputs of `op` whose buffer the op could reuse, most useful first; each op module states its
+/// own.
 pub fn candidates(op: &Op) -> &'static [usize] {
-    use BinaryOp::*;
     match op {
         Op::Identity | Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze | Op::Unsqueeze => {
-            &[0]
+            layout::RESHAPE_IN_PLACE
         }
-        Op::Unary(u) if !matches!(u, UnaryOp::IsNaN | UnaryOp::IsInf | UnaryOp::Not) => &[0],
-        Op::Binary(Add | Sub | Mul | Div | Max | Min) => &[0, 1],
-        Op::Softmax { .. } | Op::LogSoftmax { .. } => &[0],
-        Op::LayerNorm { .. } => &[0],
-        // The residual: the product is accumulated onto it.
-        Op::Linear | Op::PackedLinear { .. } => &[3],
+        Op::Unary(u) => elementwise::unary_in_place_candidates(*u),
+        Op::Binary(b) => elementwise::binary_in_place_candidates(*b),
+        Op::Softmax { .. } | Op::LogSoftmax { .. } => softmax::IN_PLACE,
+        Op::LayerNorm { .. } => layer_norm::IN_PLACE,
+        Op::Linear | Op::PackedLinear { .. } => linear::IN_PLACE,
         _ => &[],
     }
 }
@@ -49,53 +45,23 @@ pub fn eval(
             Err(t) => InPlace::Declined(t),
         });
     }
-    let Tensor::F32(mut a) = owned else {
+    let Tensor::F32(a) = owned else {
         return Ok(InPlace::Declined(owned));
     };
     if !a.is_standard_layout() {
         return Ok(InPlace::Declined(Tensor::F32(a)));
     }
     match op {
-        Op::Unary(u) => {
-            a.mapv_inplace(elementwise::float_unary(*u));
-            Ok(InPlace::Done(Tensor::F32(a)))
+        Op::Unary(u) => Ok(elementwise::unary_in_place(*u, a)),
+        Op::Binary(b) => elementwise::binary_in_place(*b, index, a, inputs),
+        Op::LayerNorm { axis, epsilon } if index == LayerNorm::X => {
+            layer_norm::in_place(a, inputs, *axis, epsilon.0)
         }
-        Op::Binary(b) => binary(*b, index, a, inputs),
-        Op::LayerNorm { axis, epsilon } if index == 0 => {
-            let Some(Some(scale)) = inputs.get(1) else {
-                return Ok(InPlace::Declined(Tensor::F32(a)));
-            };
-            let bias = inputs.get(2).and_then(|b| b.as_ref());
-            super::nn::layer_norm_in_place(&mut a, scale, bias, *axis, *epsilon)?;
-            Ok(InPlace::Done(Tensor::F32(a)))
+        Op::Linear | Op::PackedLinear { .. } if index == Linear::R => {
+            linear::in_place(op, a, inputs)
         }
-        Op::Linear | Op::PackedLinear { .. } if index == 3 => {
-            let (Some(Some(x)), Some(Some(w))) = (inputs.first(), inputs.get(1)) else {
-                return Ok(InPlace::Declined(Tensor::F32(a)));
-            };
-            let w = super::nn::LinearWeights::of(op, w);
-            let bias = inputs.get(2).and_then(|b| b.as_ref());
-            Ok(if super::nn::linear_into_residual(x, w, bias, &mut a)? {
-                InPlace::Done(Tensor::F32(a))
-            } else {
-                InPlace::Declined(Tensor::F32(a))
-            })
-        }
-        Op::Softmax { axis, coerce_2d } | Op::LogSoftmax { axis, coerce_2d } => {
-            let rank = a.ndim();
-            let ax = norm_axis(*axis, rank)?;
-            if !(*coerce_2d || ax + 1 == rank) {
-                return Ok(InPlace::Declined(Tensor::F32(a)));
-            }
-            let width: usize = a.shape()[ax..].iter().product();
-            let data = a.as_slice_mut().expect("standard layout");
-            if matches!(op, Op::LogSoftmax { .. }) {
-                fff_ops::softmax::log_softmax_rows(data, width);
-            } else {
-                fff_ops::softmax::softmax_rows(data, width);
-            }
-            Ok(InPlace::Done(Tensor::F32(a)))
-        }
+        Op::Softmax { axis, coerce_2d } => softmax::in_place(a, *axis, *coerce_2d, false),
+        Op::LogSoftmax { axis, coerce_2d } => softmax::in_place(a, *axis, *coerce_2d, true),
         _ => Ok(InPlace::Declined(Tensor::F32(a))),
     }
 }
@@ -123,43 +89,12 @@ fn reshaped(t: Tensor, shape: &[usize]) -> std::result::Result<Tensor, Tensor> {
     }
 }
 
-/// `owned op other` (or `other op owned` when `index` is 1), written into `owned` when the result has
-/// its shape.
-fn binary(
-    op: BinaryOp,
-    index: usize,
-    mut owned: ArrayD<f32>,
-    inputs: &[Option<TensorView>],
-) -> Result<InPlace> {
-    let other = inputs.get(1 - index.min(1)).and_then(|v| v.as_ref());
-    let Some(TensorView::F32(other)) = other else {
-        return Ok(InPlace::Declined(Tensor::F32(owned)));
-    };
-    let fits = broadcast_shapes(owned.shape(), other.shape()).is_ok_and(|s| s == owned.shape());
-    let Some(other) = other.broadcast(owned.raw_dim()).filter(|_| fits) else {
-        return Ok(InPlace::Declined(Tensor::F32(owned)));
-    };
-    elementwise::float_binary!(
-        op,
-        f => {
-            let zip = Zip::from(&mut owned).and(&other);
-            if index == 0 {
-                zip.for_each(|x, &y| *x = f(*x, y));
-            } else {
-                zip.for_each(|y, &x| *y = f(x, *y));
-            }
-            Ok(InPlace::Done(Tensor::F32(owned)))
-        },
-        Ok(InPlace::Declined(Tensor::F32(owned)))
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
-    use crate::op::BinaryOp;
+    use crate::opset::BinaryOp;
 
     fn t(shape: &[usize], seed: f32) -> Tensor {
         let n: usize = shape.iter().product();
@@ -229,7 +164,7 @@ mod tests {
         let (x, scale, bias) = (t(&[2, 3, 8], 1.0), t(&[8], 2.0), t(&[8], 3.0));
         let op = Op::LayerNorm {
             axis: -1,
-            epsilon: 1e-5,
+            epsilon: 1e-5.into(),
         };
         let want = super::super::eval(
             &op,

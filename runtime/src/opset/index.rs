@@ -1,13 +1,24 @@
 //! Ops that address elements by index: Gather, GatherElements, GatherND, ScatterElements, ScatterND,
-//! CumSum, ArgMax.
+//! CumSum.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 
-use super::norm_axis;
+use serde::{Deserialize, Serialize};
+
+use super::fact::{axis, dtype_of, fact, ints, shape_of, value_of, Fact, Facts, Inferred};
+use super::{norm_axis, Op};
 use crate::error::{Error, Result};
 use crate::map_tensor;
-use crate::op::ScatterReduction;
 use crate::tensor::{from_vec, Tensor, TensorView};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ScatterReduction {
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
 
 /// Resolves a possibly negative index into `0..dim`.
 fn resolve(i: i64, dim: usize) -> Result<usize> {
@@ -393,31 +404,51 @@ pub fn cumsum(x: &TensorView, axis: &TensorView, exclusive: bool, reverse: bool)
     })
 }
 
-pub fn argmax(x: &TensorView, axis: i64, keepdims: bool, select_last: bool) -> Result<Tensor> {
-    let ax = norm_axis(axis, x.rank())?;
-    if x.shape()[ax] == 0 {
-        return Err(Error::invalid("ArgMax over an empty axis"));
-    }
-    fn go<T: PartialOrd + Copy>(a: &ArrayViewD<T>, ax: usize, last: bool) -> ArrayD<i64> {
-        a.map_axis(Axis(ax), |lane| {
-            let mut best = 0;
-            for (i, v) in lane.iter().enumerate() {
-                if *v > lane[best] || (last && *v == lane[best]) {
-                    best = i;
+/// The shape rule of the index ops.
+pub(super) fn infer(op: &Op, ins: Facts) -> Inferred {
+    let dt0 = dtype_of(ins, 0);
+    let s0 = shape_of(ins, 0);
+    Ok(match op {
+        Op::Gather { axis: a } => {
+            let idx_shape = shape_of(ins, 1);
+            let shape = match (&s0, &idx_shape) {
+                (Some(s), Some(is)) => {
+                    let k = axis(*a, s.len())?;
+                    Some([&s[..k], &is[..], &s[k + 1..]].concat())
                 }
-            }
-            best as i64
-        })
-    }
-    let mut out = match x {
-        TensorView::F32(a) => go(a, ax, select_last),
-        TensorView::I64(a) => go(a, ax, select_last),
-        TensorView::I32(a) => go(a, ax, select_last),
-        TensorView::Bool(a) => go(a, ax, select_last),
-        TensorView::BF16(_) => return Err(Error::invalid("ArgMax does not take bfloat16")),
-    };
-    if keepdims {
-        out.insert_axis_inplace(Axis(ax));
-    }
-    Ok(Tensor::I64(out))
+                _ => None,
+            };
+            // Gathering from a known shape vector (e.g. Shape -> Gather) keeps the symbolic value.
+            let value = match (value_of(ins, 0), ints(ins, 1)) {
+                (Some(v), Some(idx)) if *a == 0 => idx
+                    .iter()
+                    .map(|&i| {
+                        let j = if i < 0 { i + v.len() as i64 } else { i };
+                        v.get(usize::try_from(j).ok()?).cloned()
+                    })
+                    .collect(),
+                _ => None,
+            };
+            vec![Fact {
+                dtype: dt0,
+                shape,
+                value,
+            }]
+        }
+        Op::GatherElements { .. } => vec![fact(dt0, shape_of(ins, 1))],
+        Op::GatherNd { batch_dims } => {
+            let shape = match (&s0, shape_of(ins, 1)) {
+                (Some(s), Some(is)) if !is.is_empty() => is[is.len() - 1].known().map(|k| {
+                    let b = *batch_dims as usize + k as usize;
+                    [&is[..is.len() - 1], s.get(b..).unwrap_or(&[])].concat()
+                }),
+                _ => None,
+            };
+            vec![fact(dt0, shape)]
+        }
+        Op::ScatterElements { .. } | Op::ScatterNd { .. } | Op::CumSum { .. } => {
+            vec![fact(dt0, s0)]
+        }
+        other => return Err(format!("{} is not one of the index ops", other.name())),
+    })
 }

@@ -9,6 +9,7 @@
 
 use ndarray::{ArrayD, Axis, IxDyn};
 
+use super::fact::{fact, shape_of, Dim, Facts, Inferred};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor, TensorView};
 
@@ -265,7 +266,7 @@ pub fn einsum(equation: &str, operands: &[&TensorView]) -> Result<Tensor> {
             .chain(&b_only)
             .map(|&l| size(l))
             .collect();
-        super::check_alloc(&out_shape, DType::F32)?;
+        super::util::check_alloc(&out_shape, DType::F32)?;
         let (nb, m, kk, n) = (prod(&batch), prod(&a_only), prod(&summed), prod(&b_only));
         // Broadcast each operand's batch and summed axes to their full sizes.
         let full = |t: &Term, order: &[Label]| -> Result<ArrayD<f32>> {
@@ -273,7 +274,7 @@ pub fn einsum(equation: &str, operands: &[&TensorView]) -> Result<Tensor> {
                 .iter()
                 .map(|&l| if t.size(l) == 1 { size(l) } else { t.size(l) })
                 .collect();
-            super::check_alloc(&shape, DType::F32)?;
+            super::util::check_alloc(&shape, DType::F32)?;
             let arr = t.arranged(order);
             Ok(arr
                 .broadcast(IxDyn(&shape))
@@ -331,7 +332,7 @@ pub fn einsum(equation: &str, operands: &[&TensorView]) -> Result<Tensor> {
     let arr = acc.arranged(&parsed.output);
     // Output axes broadcast from 1 where only a size-1 operand axis had them.
     let shape: Vec<usize> = parsed.output.iter().map(|&l| size(l)).collect();
-    super::check_alloc(&shape, DType::F32)?;
+    super::util::check_alloc(&shape, DType::F32)?;
     let arr = if arr.shape() == shape.as_slice() {
         arr
     } else {
@@ -343,6 +344,31 @@ pub fn einsum(equation: &str, operands: &[&TensorView]) -> Result<Tensor> {
             .into_owned()
     };
     Ok(Tensor::F32(arr))
+}
+
+/// The shape rule of Einsum: each output axis is its label's axes broadcast together.
+pub(super) fn infer(equation: &str, ins: Facts) -> Inferred {
+    let shapes: Option<Vec<Vec<Dim>>> = (0..ins.len()).map(|i| shape_of(ins, i)).collect();
+    let shape = match shapes {
+        Some(ss) => {
+            let ranks: Vec<usize> = ss.iter().map(Vec::len).collect();
+            let p = parse(equation, &ranks).map_err(|e| e.to_string())?;
+            let dim = |l: &Label| {
+                let mut d = Dim::Known(1);
+                for (s, ls) in ss.iter().zip(&p.inputs) {
+                    for (x, m) in s.iter().zip(ls) {
+                        if m == l {
+                            d = Dim::broadcast(&d, x)?;
+                        }
+                    }
+                }
+                Ok::<Dim, String>(d)
+            };
+            Some(p.output.iter().map(dim).collect::<Result<_, _>>()?)
+        }
+        None => None,
+    };
+    Ok(vec![fact(Some(DType::F32), shape)])
 }
 
 #[cfg(test)]

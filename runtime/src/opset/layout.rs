@@ -1,31 +1,20 @@
-//! Ops that move or create data without arithmetic: Shape, Reshape, Flatten, Squeeze, Unsqueeze,
-//! Transpose, Concat, Split, Slice, Expand, Tile, ConstantOfShape, Range.
+//! Ops that move data without arithmetic: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat,
+//! Split, Slice, Expand, Tile. Those that only change the shape (and Identity) reuse their input's
+//! buffer when they are its last reader.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 
-use super::{broadcast_shapes, check_alloc, dims_from_ints, norm_axis};
+use super::fact::{
+    axis, broadcast, dtype_of, fact, get, ints, shape_of, value_of, Dim, Fact, Facts, Inferred,
+};
+use super::util::{check_alloc, dims_from_ints};
+use super::{broadcast_shapes, norm_axis, Op};
 use crate::error::{Error, Result};
 use crate::map_tensor;
-use crate::op::{Op, Scalar};
-use crate::tensor::{DType, Tensor, TensorView};
+use crate::tensor::{Tensor, TensorView};
 
-/// Clamps an ONNX `Shape` start/end into `0..=rank`.
-fn clamp_bound(v: i64, rank: usize) -> usize {
-    let r = rank as i64;
-    (if v < 0 { v + r } else { v }).clamp(0, r) as usize
-}
-
-pub fn shape(x: &TensorView, start: i64, end: Option<i64>) -> Tensor {
-    let dims = x.shape();
-    let s = clamp_bound(start, dims.len());
-    let e = clamp_bound(end.unwrap_or(dims.len() as i64), dims.len());
-    let v = if s < e {
-        dims[s..e].iter().map(|&d| d as i64).collect()
-    } else {
-        vec![]
-    };
-    Tensor::vec_i64(v)
-}
+/// The input whose buffer a shape-only op (see [`reshape_only_target`]) keeps as its output.
+pub(super) const RESHAPE_IN_PLACE: &[usize] = &[0];
 
 /// The target shape of `Reshape`: `0` copies the input's dim (unless `allowzero`), `-1` is inferred.
 pub fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<Vec<usize>> {
@@ -394,59 +383,293 @@ pub fn tile(x: &TensorView, repeats: &TensorView) -> Result<Tensor> {
     )
 }
 
-pub fn constant_of_shape(shape: &TensorView, value: Scalar) -> Result<Tensor> {
-    let dims = dims_from_ints(&shape.ints()?, "ConstantOfShape shape")?;
-    let dtype = match value {
-        Scalar::F32Bits(_) => DType::F32,
-        Scalar::I64(_) => DType::I64,
-        Scalar::I32(_) => DType::I32,
-        Scalar::Bool(_) => DType::Bool,
-    };
-    check_alloc(&dims, dtype)?;
-    let s = IxDyn(&dims);
-    Ok(match value {
-        Scalar::F32Bits(b) => Tensor::F32(ArrayD::from_elem(s, f32::from_bits(b))),
-        Scalar::I64(v) => Tensor::I64(ArrayD::from_elem(s, v)),
-        Scalar::I32(v) => Tensor::I32(ArrayD::from_elem(s, v)),
-        Scalar::Bool(v) => Tensor::Bool(ArrayD::from_elem(s, v)),
+/// The shape rule of the layout ops.
+pub(super) fn infer(op: &Op, ins: Facts, n_outputs: usize) -> Inferred {
+    let dt0 = dtype_of(ins, 0);
+    let s0 = shape_of(ins, 0);
+    Ok(match op {
+        Op::Reshape { allowzero } => vec![fact(
+            dt0,
+            reshape_fact(s0.as_deref(), value_of(ins, 1), *allowzero),
+        )],
+        Op::Flatten { axis: a } => {
+            let shape = s0.map(|s| {
+                let r = s.len() as i64;
+                let k = (if *a < 0 { a + r } else { *a }).clamp(0, r) as usize;
+                vec![Dim::product(&s[..k]), Dim::product(&s[k..])]
+            });
+            vec![fact(dt0, shape)]
+        }
+        Op::Squeeze => {
+            let shape = match (s0, ints(ins, 1), get(ins, 1)) {
+                (Some(s), Some(axes), _) => {
+                    let axes: Vec<usize> = axes
+                        .iter()
+                        .map(|&a| axis(a, s.len()))
+                        .collect::<Result<_, _>>()?;
+                    Some(
+                        s.iter()
+                            .enumerate()
+                            .filter(|(i, _)| !axes.contains(i))
+                            .map(|(_, d)| d.clone())
+                            .collect::<Vec<Dim>>(),
+                    )
+                }
+                (Some(s), _, None) if s.iter().all(|d| d.known().is_some()) => {
+                    Some(s.into_iter().filter(|d| *d != Dim::Known(1)).collect())
+                }
+                _ => None,
+            };
+            let value = value_of(ins, 0)
+                .filter(|v| v.len() == 1 && shape.as_ref().is_some_and(|s| s.is_empty()));
+            vec![Fact {
+                dtype: dt0,
+                shape,
+                value,
+            }]
+        }
+        Op::Unsqueeze => {
+            let shape = match (s0, ints(ins, 1)) {
+                (Some(s), Some(axes)) => {
+                    let rank = s.len() + axes.len();
+                    let axes: Vec<usize> = axes
+                        .iter()
+                        .map(|&a| axis(a, rank))
+                        .collect::<Result<_, _>>()?;
+                    let mut src = s.into_iter();
+                    Some(
+                        (0..rank)
+                            .map(|i| {
+                                if axes.contains(&i) {
+                                    Dim::Known(1)
+                                } else {
+                                    src.next().unwrap_or(Dim::Unknown)
+                                }
+                            })
+                            .collect::<Vec<Dim>>(),
+                    )
+                }
+                _ => None,
+            };
+            let value = value_of(ins, 0).filter(|_| shape.as_ref().is_some_and(|s| s.len() <= 1));
+            vec![Fact {
+                dtype: dt0,
+                shape,
+                value,
+            }]
+        }
+        Op::Transpose { perm } => {
+            let shape = s0.map(|s| match perm {
+                Some(p) => p
+                    .iter()
+                    .map(|&a| axis(a, s.len()).map(|a| s[a].clone()))
+                    .collect::<Result<Vec<_>, _>>(),
+                None => Ok(s.iter().rev().cloned().collect()),
+            });
+            vec![fact(dt0, shape.transpose()?)]
+        }
+        Op::Concat { axis: a } => {
+            let shapes: Option<Vec<Vec<Dim>>> = (0..ins.len()).map(|i| shape_of(ins, i)).collect();
+            let shape = match shapes {
+                Some(ss) if !ss.is_empty() => {
+                    let r = ss[0].len();
+                    let k = axis(*a, r.max(1))?;
+                    let mut out = ss[0].clone();
+                    if k < r {
+                        let sum: Option<i64> =
+                            ss.iter().map(|s| s.get(k).and_then(Dim::known)).sum();
+                        out[k] = sum.map_or(Dim::Unknown, Dim::Known);
+                    }
+                    Some(out)
+                }
+                _ => None,
+            };
+            let values: Option<Vec<Vec<Dim>>> = (0..ins.len()).map(|i| value_of(ins, i)).collect();
+            let value = values
+                .map(|vs| vs.concat())
+                .filter(|_| shape.as_ref().is_some_and(|s| s.len() == 1));
+            vec![Fact {
+                dtype: dt0,
+                shape,
+                value,
+            }]
+        }
+        Op::Split { axis: a, .. } => {
+            let sizes = ints(ins, 1);
+            (0..n_outputs)
+                .map(|i| {
+                    let shape = s0.as_ref().and_then(|s| {
+                        let k = axis(*a, s.len()).ok()?;
+                        let mut out = s.clone();
+                        out[k] = match (&sizes, s[k].known()) {
+                            (Some(sz), _) => sz.get(i).map_or(Dim::Unknown, |&v| Dim::Known(v)),
+                            (None, Some(d)) => {
+                                let chunk = (d as usize).div_ceil(n_outputs.max(1));
+                                Dim::Known(chunk.min((d as usize).saturating_sub(i * chunk)) as i64)
+                            }
+                            _ => Dim::Unknown,
+                        };
+                        Some(out)
+                    });
+                    fact(dt0, shape)
+                })
+                .collect()
+        }
+        Op::Slice => slice_fact(ins)?,
+        Op::Expand => {
+            let shape = match (s0, value_of(ins, 1)) {
+                (Some(s), Some(v)) => Some(broadcast(&s, &v)?),
+                (_, _) => get(ins, 1)
+                    .and_then(|f| f.known_shape())
+                    .map(|s| vec![Dim::Unknown; s.first().copied().unwrap_or(0)]),
+            };
+            vec![fact(dt0, shape)]
+        }
+        Op::Tile => {
+            let shape = match (s0, ints(ins, 1)) {
+                (Some(s), Some(r)) if r.len() == s.len() => Some(
+                    s.iter()
+                        .zip(&r)
+                        .map(|(d, &k)| match (d.known(), k) {
+                            (_, 1) => d.clone(),
+                            (Some(x), k) => Dim::Known(x * k),
+                            _ => Dim::Unknown,
+                        })
+                        .collect(),
+                ),
+                (Some(s), _) => Some(vec![Dim::Unknown; s.len()]),
+                _ => None,
+            };
+            vec![fact(dt0, shape)]
+        }
+        other => return Err(format!("{} is not one of the layout ops", other.name())),
     })
 }
 
-pub fn range(start: &TensorView, limit: &TensorView, delta: &TensorView) -> Result<Tensor> {
-    if start.dtype() != limit.dtype() || start.dtype() != delta.dtype() {
-        return Err(Error::invalid("Range inputs differ in type"));
+fn reshape_fact(
+    input: Option<&[Dim]>,
+    target: Option<Vec<Dim>>,
+    allowzero: bool,
+) -> Option<Vec<Dim>> {
+    let target = target?;
+    let mut out: Vec<Dim> = target
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Dim::Known(0) if !allowzero => input
+                .and_then(|s| s.get(i).cloned())
+                .unwrap_or(Dim::Unknown),
+            other => other.clone(),
+        })
+        .collect();
+    if let Some(pos) = out.iter().position(|d| *d == Dim::Known(-1)) {
+        let total = input.map(Dim::product).and_then(|d| d.known());
+        let rest: Option<i64> = out
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != pos)
+            .map(|(_, d)| d.known())
+            .product();
+        out[pos] = match (total, rest) {
+            (Some(t), Some(r)) if r > 0 && t % r == 0 => Dim::Known(t / r),
+            _ => reshape_by_cancelling(input, &out, pos).unwrap_or(Dim::Unknown),
+        };
     }
-    let (s, l, d) = (
-        start.scalar_f64()?,
-        limit.scalar_f64()?,
-        delta.scalar_f64()?,
-    );
-    if d == 0.0 || !d.is_finite() || !s.is_finite() || !l.is_finite() {
-        return Err(Error::invalid(format!(
-            "Range({s}, {l}, {d}) is not finite"
-        )));
+    Some(out)
+}
+
+/// `-1` in a reshape whose other dims are the input's dims but one: the remaining input dim.
+fn reshape_by_cancelling(input: Option<&[Dim]>, out: &[Dim], pos: usize) -> Option<Dim> {
+    let mut remaining: Vec<Dim> = input?.to_vec();
+    let mut known_other = 1i64;
+    for (i, d) in out.iter().enumerate() {
+        if i == pos {
+            continue;
+        }
+        if let Some(j) = remaining.iter().position(|r| r == d) {
+            remaining.remove(j);
+        } else {
+            known_other *= d.known()?;
+        }
     }
-    // Saturates for counts past usize, which check_alloc then refuses.
-    let n = ((l - s) / d).ceil().max(0.0) as usize;
-    check_alloc(&[n], start.dtype()).map_err(|e| Error::TooLarge(format!("Range: {e}")))?;
-    Ok(match start {
-        TensorView::F32(_) => {
-            let (s, d) = (s as f32, d as f32);
-            Tensor::F32(ArrayD::from_shape_fn(IxDyn(&[n]), |i| s + i[0] as f32 * d))
+    let known_rest: i64 = remaining.iter().filter_map(Dim::known).product();
+    let syms: Vec<&Dim> = remaining.iter().filter(|d| d.known().is_none()).collect();
+    match syms.as_slice() {
+        [] if known_other > 0 && known_rest % known_other == 0 => {
+            Some(Dim::Known(known_rest / known_other))
         }
-        TensorView::I64(_) => {
-            let (s, d) = (s as i64, d as i64);
-            Tensor::I64(ArrayD::from_shape_fn(IxDyn(&[n]), |i| s + i[0] as i64 * d))
-        }
-        TensorView::I32(_) => {
-            let (s, d) = (s as i32, d as i32);
-            Tensor::I32(ArrayD::from_shape_fn(IxDyn(&[n]), |i| s + i[0] as i32 * d))
-        }
-        TensorView::Bool(_) | TensorView::BF16(_) => {
-            return Err(Error::invalid(format!(
-                "Range does not take {}",
-                start.dtype()
-            )))
-        }
-    })
+        [s] if known_other == known_rest => Some((*s).clone()),
+        _ => None,
+    }
+}
+
+fn slice_fact(ins: Facts) -> Result<Vec<Fact>, String> {
+    let dt0 = dtype_of(ins, 0);
+    let s0 = shape_of(ins, 0);
+    let (starts, ends) = match (ints(ins, 1), ints(ins, 2)) {
+        (Some(s), Some(e)) => (s, e),
+        _ => return Ok(vec![fact(dt0, s0.map(|s| vec![Dim::Unknown; s.len()]))]),
+    };
+    let Some(s) = s0 else {
+        return Ok(vec![fact(dt0, None)]);
+    };
+    let axes = match get(ins, 3) {
+        Some(_) => match ints(ins, 3) {
+            Some(a) => a
+                .iter()
+                .map(|&a| axis(a, s.len()))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => return Ok(vec![fact(dt0, Some(vec![Dim::Unknown; s.len()]))]),
+        },
+        None => (0..starts.len()).collect(),
+    };
+    let steps = match get(ins, 4) {
+        Some(_) => match ints(ins, 4) {
+            Some(st) => st,
+            None => return Ok(vec![fact(dt0, Some(vec![Dim::Unknown; s.len()]))]),
+        },
+        None => vec![1; starts.len()],
+    };
+    if axes.len() != starts.len() || ends.len() != starts.len() || steps.len() != starts.len() {
+        return Err("Slice starts, ends, axes and steps differ in length".into());
+    }
+    let mut out = s.clone();
+    let mut picks: Vec<Option<(usize, usize, i64)>> = vec![None; s.len()];
+    for i in 0..starts.len() {
+        let (ax, st, en, step) = (axes[i], starts[i], ends[i], steps[i]);
+        out[ax] = match s[ax].known() {
+            Some(d) => {
+                let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+                let n = if step > 0 {
+                    let (a, b) = (norm(st).clamp(0, d), norm(en).clamp(0, d));
+                    picks[ax] = Some((a as usize, b.max(a) as usize, step));
+                    ((b - a).max(0) as u64).div_ceil(step as u64) as i64
+                } else if step < 0 {
+                    let (a, b) = (norm(st).clamp(-1, d - 1), norm(en).clamp(-1, d - 1));
+                    ((a - b).max(0) as u64).div_ceil(step.unsigned_abs()) as i64
+                } else {
+                    return Err("Slice step is 0".into());
+                };
+                Dim::Known(n)
+            }
+            // The whole axis of a symbolic dimension: `x[0:]` or `x[:INT_MAX]`.
+            None if st == 0 && step == 1 && en >= i32::MAX as i64 => s[ax].clone(),
+            None => Dim::Unknown,
+        };
+    }
+    let value = match (value_of(ins, 0), picks.first().copied().flatten()) {
+        (Some(v), Some((a, b, step))) if s.len() == 1 => Some(
+            v[a.min(v.len())..b.min(v.len())]
+                .iter()
+                .step_by(step as usize)
+                .cloned()
+                .collect(),
+        ),
+        _ => None,
+    };
+    Ok(vec![Fact {
+        dtype: dt0,
+        shape: Some(out),
+        value,
+    }])
 }

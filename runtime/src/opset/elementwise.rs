@@ -1,11 +1,89 @@
-//! Element-wise ops: unary, binary with broadcasting, Where, Clip, Cast.
+//! Element-wise ops: Identity, unary, binary with broadcasting, Where, Clip, Cast.
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
+use serde::{Deserialize, Serialize};
 
-use super::broadcast_shapes;
+use super::fact::{broadcast, dtype_of, fact, get, shape_of, value_of, Dim, Fact, Facts, Inferred};
+use super::in_place::InPlace;
+use super::{broadcast_shapes, Op};
 use crate::error::{Error, Result};
-use crate::op::{BinaryOp, UnaryOp};
 use crate::tensor::{Bf16, DType, Tensor, TensorView};
+
+/// Element-wise ops with one input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Reciprocal,
+    Erf,
+    Tanh,
+    Relu,
+    Sigmoid,
+    Floor,
+    Ceil,
+    Sin,
+    Cos,
+    Sign,
+    Softplus,
+    Not,
+    IsNaN,
+    IsInf,
+    /// GELU with erf.
+    Gelu,
+    /// GELU with the tanh approximation.
+    GeluTanh,
+}
+
+/// Element-wise ops with two inputs and numpy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+    /// Integer remainder with the sign of the divisor (ONNX `Mod` with `fmod=0`).
+    Mod,
+    /// Remainder with the sign of the dividend (ONNX `Mod` with `fmod=1`).
+    Fmod,
+    Equal,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+    And,
+    Or,
+    Xor,
+}
+
+impl UnaryOp {
+    /// Whether the op tells something about each element (a bool result) instead of computing on it.
+    pub fn is_predicate(self) -> bool {
+        matches!(self, UnaryOp::IsNaN | UnaryOp::IsInf | UnaryOp::Not)
+    }
+}
+
+impl BinaryOp {
+    /// Whether `a op b == b op a` for all inputs.
+    pub fn is_commutative(self) -> bool {
+        use BinaryOp::*;
+        matches!(self, Add | Mul | Max | Min | Equal | And | Or | Xor)
+    }
+
+    pub fn is_comparison(self) -> bool {
+        use BinaryOp::*;
+        matches!(self, Equal | Less | LessOrEqual | Greater | GreaterOrEqual)
+    }
+
+    pub fn is_logical(self) -> bool {
+        matches!(self, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor)
+    }
+}
 
 macro_rules! int_unary {
     ($op:expr, $a:expr, $unsupported:expr) => {
@@ -131,7 +209,7 @@ pub fn zip_broadcast<A: Copy, B: Copy, C>(
 /// through a function pointer for every element.
 macro_rules! float_binary {
     ($op:expr, $f:ident => $body:expr, $otherwise:expr) => {{
-        use $crate::op::BinaryOp as B;
+        use $crate::opset::BinaryOp as B;
         match $op {
             B::Add => {
                 let $f = |p: f32, q: f32| p + q;
@@ -177,7 +255,6 @@ macro_rules! float_binary {
         }
     }};
 }
-pub(super) use float_binary;
 
 pub fn binary(op: BinaryOp, a: &TensorView, b: &TensorView) -> Result<Tensor> {
     use BinaryOp::*;
@@ -373,4 +450,141 @@ pub fn cast(x: &TensorView, to: DType) -> Tensor {
             |v: Bf16| v.to_f32() != 0.0
         ),
     }
+}
+
+/// The shape rule of the element-wise ops.
+pub(super) fn infer(op: &Op, ins: Facts) -> Inferred {
+    let dt0 = dtype_of(ins, 0);
+    let s0 = shape_of(ins, 0);
+    Ok(match op {
+        Op::Identity => vec![get(ins, 0).cloned().unwrap_or_else(Fact::unknown)],
+        Op::Unary(u) => {
+            let dt = if u.is_predicate() {
+                Some(DType::Bool)
+            } else {
+                dt0
+            };
+            vec![fact(dt, s0)]
+        }
+        Op::Binary(b) => {
+            let shape = match (s0, shape_of(ins, 1)) {
+                (Some(a), Some(c)) => Some(broadcast(&a, &c)?),
+                _ => None,
+            };
+            let dt = if b.is_comparison() || b.is_logical() {
+                Some(DType::Bool)
+            } else {
+                dt0
+            };
+            let value = match (value_of(ins, 0), value_of(ins, 1)) {
+                (Some(a), Some(c)) if !b.is_comparison() && !b.is_logical() => {
+                    value_arith(*b, &a, &c)
+                }
+                _ => None,
+            };
+            vec![Fact {
+                dtype: dt,
+                shape,
+                value,
+            }]
+        }
+        Op::Where => {
+            let shape = match (s0, shape_of(ins, 1), shape_of(ins, 2)) {
+                (Some(a), Some(b), Some(c)) => Some(broadcast(&broadcast(&a, &b)?, &c)?),
+                _ => None,
+            };
+            vec![fact(dtype_of(ins, 1), shape)]
+        }
+        Op::Clip => vec![fact(dt0, s0)],
+        Op::Cast { to } => {
+            let value = value_of(ins, 0).filter(|_| matches!(to, DType::I64 | DType::I32));
+            vec![Fact {
+                dtype: Some(*to),
+                shape: s0,
+                value,
+            }]
+        }
+        other => return Err(format!("{} is not an element-wise op", other.name())),
+    })
+}
+
+/// Element-wise arithmetic on symbolic values (shape computations), where both sides are known.
+fn value_arith(op: BinaryOp, a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
+    use BinaryOp::*;
+    let n = a.len().max(b.len());
+    if !(a.len() == n || a.len() == 1) || !(b.len() == n || b.len() == 1) {
+        return None;
+    }
+    Some(
+        (0..n)
+            .map(|i| {
+                let x = &a[if a.len() == 1 { 0 } else { i }];
+                let y = &b[if b.len() == 1 { 0 } else { i }];
+                match (x.known(), y.known(), op) {
+                    (Some(p), Some(q), Add) => Dim::Known(p.wrapping_add(q)),
+                    (Some(p), Some(q), Sub) => Dim::Known(p.wrapping_sub(q)),
+                    (Some(p), Some(q), Mul) => Dim::Known(p.wrapping_mul(q)),
+                    (Some(p), Some(q), Div) if q != 0 => Dim::Known(p.wrapping_div(q)),
+                    (_, Some(1), Mul | Div) | (_, Some(0), Add | Sub) => x.clone(),
+                    (Some(1), _, Mul) | (Some(0), _, Add) => y.clone(),
+                    _ => Dim::Unknown,
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The inputs of a unary op whose buffer it can write its result into: float results only.
+pub(super) fn unary_in_place_candidates(op: UnaryOp) -> &'static [usize] {
+    if op.is_predicate() {
+        &[]
+    } else {
+        &[0]
+    }
+}
+
+/// The inputs of a binary op whose buffer it can write its result into: the float arithmetic ones.
+pub(super) fn binary_in_place_candidates(op: BinaryOp) -> &'static [usize] {
+    use BinaryOp::*;
+    match op {
+        Add | Sub | Mul | Div | Max | Min => &[0, 1],
+        _ => &[],
+    }
+}
+
+/// `op` applied to `a` in its own buffer.
+pub(super) fn unary_in_place(op: UnaryOp, mut a: ArrayD<f32>) -> InPlace {
+    a.mapv_inplace(float_unary(op));
+    InPlace::Done(Tensor::F32(a))
+}
+
+/// `owned op other` (or `other op owned` when `index` is 1), written into `owned` when the result has
+/// its shape.
+pub(super) fn binary_in_place(
+    op: BinaryOp,
+    index: usize,
+    mut owned: ArrayD<f32>,
+    inputs: &[Option<TensorView>],
+) -> Result<InPlace> {
+    let other = inputs.get(1 - index.min(1)).and_then(|v| v.as_ref());
+    let Some(TensorView::F32(other)) = other else {
+        return Ok(InPlace::Declined(Tensor::F32(owned)));
+    };
+    let fits = broadcast_shapes(owned.shape(), other.shape()).is_ok_and(|s| s == owned.shape());
+    let Some(other) = other.broadcast(owned.raw_dim()).filter(|_| fits) else {
+        return Ok(InPlace::Declined(Tensor::F32(owned)));
+    };
+    float_binary!(
+        op,
+        f => {
+            let zip = Zip::from(&mut owned).and(&other);
+            if index == 0 {
+                zip.for_each(|x, &y| *x = f(*x, y));
+            } else {
+                zip.for_each(|y, &x| *y = f(x, *y));
+            }
+            Ok(InPlace::Done(Tensor::F32(owned)))
+        },
+        Ok(InPlace::Declined(Tensor::F32(owned)))
+    )
 }
