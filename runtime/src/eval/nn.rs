@@ -4,7 +4,6 @@
 use fff_ops::activation::Activation;
 use fff_ops::attention::{AttentionShape, Mask, Strided};
 use fff_ops::fff::{fff_dense_panels, fff_forward, Branch, FffLayer, FffShape, FffWeights};
-use fff_ops::fff_bf16::{bf16_bits, fff_forward_bf16, FffLayerBf16, FffWeightsBf16};
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
 use fff_ops::panels::{gemm_panels, panel_count_of, Panels, MAX_PANEL_COLS, PANEL_COLS};
 use std::borrow::Cow;
@@ -644,19 +643,19 @@ pub fn fast_feed_forward(
         }
         (TensorView::BF16(w_in), TensorView::BF16(w_out)) => {
             let (wi, wo) = (standard_slice(w_in), standard_slice(w_out));
-            let w = FffWeightsBf16 {
-                w_in: bf16_bits(&wi),
+            let w = FffWeights {
+                w_in: &wi,
                 b_in,
-                w_out: bf16_bits(&wo),
+                w_out: &wo,
                 b_out,
             };
-            let layer = FffLayerBf16 {
+            let layer = FffLayer {
                 shape,
                 act,
                 branch: br,
                 w,
             };
-            fff_forward_bf16(&layer, x, rows, out_rows);
+            fff_forward(&layer, x, rows, out_rows);
         }
         (a, b) => {
             return Err(Error::invalid(format!(
