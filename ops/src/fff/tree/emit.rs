@@ -22,10 +22,8 @@ const EMIT_MIN_ROWS: usize = 16;
 const EMIT_MAX_NODES: usize = 64;
 
 /// How much of each weight row that whole-row emission adds two rows ahead it fetches: the first two
-/// lines, which set the hardware's prefetcher going on the rest. Whole rows (3 KiB at width 768) were
-/// slower on a Zen 3 core at 128 rows, with weights cached (0.225 against 0.213 ms) and with four
-/// layers' weights cold (2.13 against 1.92 ms for the four layers); on a Zen 5 core they gained
-/// 9–10% cold and lost 3–6% cached, and two lines gained half of that.
+/// lines, which set the hardware's prefetcher going on the rest. Whole rows cost more than they gain
+/// when the weights are cached.
 const PATH_FETCH_BYTES: usize = 128;
 
 /// The output rows, shared by bucket tasks that each write only their own rows.

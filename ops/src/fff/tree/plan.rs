@@ -6,15 +6,12 @@ use crate::simd::Store;
 
 /// Rows per tile of the upper levels: few enough that a tile's inputs (384 KiB at width 768) stay in
 /// a 1 MiB L2 beside the upper levels' weights for the tile's four passes, enough that those weights
-/// are shared by many rows. (512 rows, whose inputs overflow L2 to L3, were 4–6% slower at 16384
-/// rows on a Zen 5 core.)
+/// are shared by many rows (larger tiles overflow L2 to L3 and measured slower).
 pub(super) const TILE_ROWS: usize = 128;
 
 /// Rows per bucket the split level aims at, before it is rounded down to an even level (so up to twice
 /// this many): a bucket's inputs (384–768 KiB at width 768) stay in a 1 MiB L2 while its subtree is
-/// walked. (On a Zen 5 core at 16384 rows, split level 6 took 12.6 against 13.4 ms at level 7 with
-/// f32 weights and 11.3 against 12.5 ms with bf16; at 512 rows level 2 took 0.45 against 0.55 ms at
-/// level 1.)
+/// walked. Both smaller and larger buckets measured slower, with f32 and bf16 weights.
 pub(super) const BUCKET_ROWS: usize = 128;
 
 /// Outputs of at least this many bytes are written around the caches ([`Store::Streaming`]): half a
@@ -24,12 +21,10 @@ pub(super) const STREAM_BYTES: usize = 16 << 20;
 
 /// Calls with at least [`FOREST_CHUNK_TREES`] trees go through them a chunk of rows at a time, the
 /// chunk's inputs and outputs this many bytes: a share of L3 that leaves room for the trees' weights.
-/// (At 16384 rows of width 768 on one thread, 2048-row chunks took 16x7 from 226 to 92 ms and 4x9 from
-/// 50 to 40 ms; 4096-row chunks were slower for both.)
 pub(super) const FOREST_CHUNK_BYTES: usize = 12 << 20;
 
 /// With fewer trees, the chunks' lost sharing of weight rows costs more than the rows' traffic they
-/// save (2x10 at 16384 rows: 24 ms whole, 30 ms in chunks).
+/// save.
 pub(super) const FOREST_CHUNK_TREES: usize = 4;
 
 /// Node sets of at most this many rows walk on alone in interleaved lanes.

@@ -22,7 +22,7 @@ pub(super) struct Walk {
 /// Where routing records logits: local row `i`'s logit at level `k` goes to
 /// `acts[i * stride + k - first]`; routing stops before level `stop`. The caller turns them into
 /// activations afterwards, in one vectorised pass: the branch needs only the logit's sign, and a
-/// scalar GELU per node cost 2–3% of the kernel.
+/// scalar GELU per node cost measurably more.
 pub(super) struct Levels<'a> {
     pub(super) acts: &'a mut [f32],
     pub(super) stride: usize,

@@ -227,7 +227,7 @@ impl<W: Element> Body for Bucket<'_, '_, W> {
         }
         // The rows' activations above the split, read when they are emitted: a call's rows lie
         // anywhere in `up`, which the inputs streamed meanwhile push out of L2, so each read would
-        // wait on L3 (11% of the kernel at 16384 rows).
+        // wait on L3.
         if split > 0 {
             for &r in &s.ids {
                 crate::simd::prefetch_l2(&up[r as usize * split..(r as usize + 1) * split]);
