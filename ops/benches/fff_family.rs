@@ -14,10 +14,8 @@
 use std::time::{Duration, Instant};
 
 use fff_ops::activation::Activation;
+use fff_ops::element::{to_bf16, to_f32, Bf16};
 use fff_ops::fff::{fff_forward, fff_reference, Branch, FffLayer, FffShape, FffWeights};
-use fff_ops::fff_bf16::{
-    bf16_to_f32_vec, f32_to_bf16_round_nearest_even, fff_forward_bf16, FffLayerBf16, FffWeightsBf16,
-};
 
 const D: usize = 768;
 const FAMILY: &[(usize, usize)] = &[
@@ -79,8 +77,12 @@ impl Pages {
     }
 
     fn new_bf16(v: &[f32]) -> Pages {
-        let b = f32_to_bf16_round_nearest_even(v);
-        Pages::from_bytes(b.len() * 2, b.iter().flat_map(|x| x.to_ne_bytes()), b.len())
+        let b = to_bf16(v);
+        Pages::from_bytes(
+            b.len() * 2,
+            b.iter().flat_map(|x| x.0.to_ne_bytes()),
+            b.len(),
+        )
     }
 
     fn from_bytes(size: usize, bytes: impl Iterator<Item = u8>, len: usize) -> Pages {
@@ -105,10 +107,11 @@ impl Pages {
         unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<f32>(), self.1) }
     }
 
-    fn get_u16(&self) -> &[u16] {
+    fn get_bf16(&self) -> &[Bf16] {
         assert_eq!(self.0.len(), (self.1 * 2).max(1));
-        // SAFETY: the map holds `self.1` initialised u16 values (checked by size) and is page-aligned.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u16>(), self.1) }
+        // SAFETY: the map holds `self.1` initialised bf16 values (checked by size) and is
+        // page-aligned; `Bf16` is a transparent `u16`.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<Bf16>(), self.1) }
     }
 }
 
@@ -137,18 +140,18 @@ impl Layer {
 
     fn run_bf16(&self, x: &[f32], rows: usize, out: &mut [f32]) {
         let (w_in, w_out) = self.bf16.as_ref().expect("bf16 weights");
-        let layer = FffLayerBf16 {
+        let layer = FffLayer {
             shape: self.shape,
             act: Activation::GeluErf,
             branch: Branch::Greater,
-            w: FffWeightsBf16 {
-                w_in: w_in.get_u16(),
+            w: FffWeights {
+                w_in: w_in.get_bf16(),
                 b_in: Some(&self.b_in),
-                w_out: w_out.get_u16(),
+                w_out: w_out.get_bf16(),
                 b_out: None,
             },
         };
-        fff_forward_bf16(&layer, x, rows, out);
+        fff_forward(&layer, x, rows, out);
     }
 
     fn run(&self, x: &[f32], rows: usize, out: &mut [f32]) {
@@ -305,27 +308,24 @@ fn bf16_accuracy(trees: usize, depth: usize, rng: &mut Rng) {
             b_out: None,
         },
     };
-    let (in16, out16) = (
-        f32_to_bf16_round_nearest_even(&w_in),
-        f32_to_bf16_round_nearest_even(&w_out),
-    );
+    let (in16, out16) = (to_bf16(&w_in), to_bf16(&w_out));
     let (mut want, mut got) = (vec![0.0f32; rows * D], vec![0.0f32; rows * D]);
     fff_forward(&layer(&w_in, &w_out), &x, rows, &mut want);
-    let l16 = FffLayerBf16 {
+    let l16 = FffLayer {
         shape,
         act: Activation::GeluErf,
         branch: Branch::Greater,
-        w: FffWeightsBf16 {
+        w: FffWeights {
             w_in: &in16,
             b_in: Some(&b_in),
             w_out: &out16,
             b_out: None,
         },
     };
-    fff_forward_bf16(&l16, &x, rows, &mut got);
+    fff_forward(&l16, &x, rows, &mut got);
     // Rows whose path changes: outputs of the f32 reference with only `w_out` rounded take the f32
     // paths; a row whose bf16 output differs from that by more than rounding took another path.
-    let wide_out = bf16_to_f32_vec(&out16);
+    let wide_out = to_f32(&out16);
     let mut same_path = vec![0.0f32; rows * D];
     fff_reference(&layer(&w_in, &wide_out), &x, rows, &mut same_path);
     let (mut max_abs, mut max_y, mut rel) = (0.0f32, 0.0f32, Vec::new());

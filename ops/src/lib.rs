@@ -6,9 +6,8 @@
 
 pub mod activation;
 pub mod attention;
+pub mod element;
 pub mod fff;
-pub mod fff_bf16;
-pub mod fff_tree;
 pub mod matmul;
 pub mod norm;
 pub mod panels;

@@ -19,7 +19,7 @@ pub enum DType {
     BF16,
 }
 
-pub use fff_ops::fff_bf16::Bf16;
+pub use fff_ops::element::Bf16;
 
 impl DType {
     /// Bytes per element in a plan file (bool takes one byte, 0 or 1).

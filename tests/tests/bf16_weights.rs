@@ -30,9 +30,15 @@ fn compile_bf16(bytes: &[u8]) -> Model {
 fn tree_layers_match_the_model_with_rounded_weights() {
     let dir = std::env::temp_dir().join(format!("fff-bf16-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // A deep tree (the tree kernel) at an odd width, and a forest shallow enough to run as GEMMs,
+    // A deep tree (the tree kernel) at an odd width, a forest shallow enough to run as a masked GEMM
+    // at 160 rows (bf16 all the same: storage does not depend on the kernel), and a dense layer,
     // whose weights stay float32.
-    for (d, trees, depth, narrowed) in [(37, 1, 6, true), (64, 2, 6, true), (32, 16, 1, false)] {
+    for (d, trees, depth, narrowed) in [
+        (37, 1, 6, true),
+        (64, 2, 6, true),
+        (32, 16, 1, true),
+        (32, 24, 0, false),
+    ] {
         let name = format!("fff-{trees}x{depth}-d{d}");
         let onnx = ff_layer_model(d, Ff::Fff { trees, depth }, 11, Defects::default());
         // The reference: the weights rounded as the plan stores them (or left as they are).

@@ -5,18 +5,19 @@
 //!
 //! ```text
 //! FastFeedForward(X, W_in, B_in?, W_out, B_out?)
-//!   W_in, W_out: float32 constants
-//!   the trees run on the tree kernel at any row count (see fff_ops::fff::uses_tree_kernel)
+//!   depth > 0 (conditional trees)
+//!   W_in, W_out: float32 constants, unpacked
 //! ```
 //!
 //! reads W_in and W_out as bfloat16 constants, each weight rounded to the nearest bfloat16 (ties to
-//! even). Biases, activations and all arithmetic stay float32: the kernel widens each weight exactly.
-//! Layers that run as GEMMs (depth 0, wide shallow forests) keep float32 weights, since widening them on
-//! every call would cost more than the halved bytes save. Nothing else changes.
+//! even). Biases, activations and all arithmetic stay float32: the kernels widen each weight exactly.
+//! Which layers are stored so is a storage contract, not a kernel choice: every strategy the runtime
+//! may pick for a conditional layer reads bf16 (the tree kernel as stored, the masked GEMM of wide
+//! shallow forests at many rows widening it per call). Dense layers (depth 0) run as GEMMs only, where
+//! bf16 would be widened on every call and save nothing: they keep float32. Nothing else changes.
 
 use std::sync::Arc;
 
-use fff_ops::fff::{uses_tree_kernel, FffShape};
 use fff_runtime::op::{FastFeedForward, Op, WeightLayout};
 use fff_runtime::tensor::Bf16;
 use fff_runtime::Tensor;
@@ -29,9 +30,12 @@ use crate::Options;
 pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
     let mut changed = false;
     for node in g.topo_order() {
-        let Some(&Op::FastFeedForward { depth, trees, .. }) = g.op(node) else {
+        let Some(&Op::FastFeedForward { depth, .. }) = g.op(node) else {
             continue;
         };
+        if depth == 0 {
+            continue;
+        }
         let mut inputs = g.inputs_of(node);
         let (Some(w_in), Some(w_out)) = (
             inputs[FastFeedForward::W_IN],
@@ -49,15 +53,6 @@ pub fn run(g: &mut Graph, _: &Options) -> Result<bool> {
             FastFeedForward::weight_layout(shape) == Some(WeightLayout::NodeMajor)
         };
         if !node_major(wi.shape()) || !node_major(wo.shape()) {
-            continue;
-        }
-        let shape = FffShape {
-            d_in: wi.shape()[1],
-            d_out: wo.shape()[1],
-            depth,
-            trees,
-        };
-        if !uses_tree_kernel(shape, usize::MAX) {
             continue;
         }
         let (wi, wo) = (wi.mapv(Bf16::from_f32), wo.mapv(Bf16::from_f32));

@@ -3,7 +3,6 @@
 
 use fff_ops::activation::Activation;
 use fff_ops::fff::{fff_dense_panels, fff_forward, Branch, FffLayer, FffShape, FffWeights};
-use fff_ops::fff_bf16::{bf16_bits, fff_forward_bf16, FffLayerBf16, FffWeightsBf16};
 use fff_ops::panels::MAX_PANEL_COLS;
 use ndarray::Dimension;
 use serde::{Deserialize, Serialize};
@@ -68,9 +67,9 @@ impl FastFeedForward {
     pub(super) const REQUIRED: &'static [usize] = &[Self::X, Self::W_IN, Self::W_OUT];
     pub(super) const INPUTS: usize = 5;
 
-    /// The deepest tree a plan may hold: the depth the tree kernels of `fff_ops::fff_tree` accept. The
-    /// importer, the plan validator, the evaluator and the usage statistics all hold to it.
-    pub const MAX_DEPTH: usize = 30;
+    /// The deepest tree a plan may hold: the depth the kernels accept. The importer, the plan
+    /// validator, the evaluator and the usage statistics all hold to it.
+    pub const MAX_DEPTH: usize = fff_ops::fff::MAX_DEPTH;
 
     /// How a weight (W_in or W_out) of this shape is stored; `None` for a shape neither form has.
     /// Both weights of one node share a form, and panels only occur at depth 0.
@@ -263,19 +262,19 @@ pub fn fast_feed_forward(
         }
         (TensorView::BF16(w_in), TensorView::BF16(w_out)) => {
             let (wi, wo) = (standard_slice(w_in), standard_slice(w_out));
-            let w = FffWeightsBf16 {
-                w_in: bf16_bits(&wi),
+            let w = FffWeights {
+                w_in: &wi,
                 b_in,
-                w_out: bf16_bits(&wo),
+                w_out: &wo,
                 b_out,
             };
-            let layer = FffLayerBf16 {
+            let layer = FffLayer {
                 shape,
                 act,
                 branch: br,
                 w,
             };
-            fff_forward_bf16(&layer, x, rows, out_rows);
+            fff_forward(&layer, x, rows, out_rows);
         }
         (a, b) => {
             return Err(Error::invalid(format!(

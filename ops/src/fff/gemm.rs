@@ -1,183 +1,11 @@
-//! The FastFeedForward op: a forest of binary trees of neurons, each input row walking every tree from
-//! its root to a leaf. See `docs/FFF.md` for the semantics.
+//! The FastFeedForward op as GEMMs: dense layers (depth 0), and any depth with every neuron off a
+//! row's paths masked out. The GEMMs read f32 weights; [`with_f32_weights`] widens other types.
 
+use std::cell::RefCell;
+
+use super::{Branch, FffLayer, FffShape, FffWeights};
 use crate::activation::Activation;
-
-/// Which child a node's logit selects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Branch {
-    /// Right child iff `logit > 0`.
-    Greater,
-    /// Right child iff `logit >= 0`.
-    GreaterOrEqual,
-}
-
-impl Branch {
-    #[inline]
-    pub fn goes_right(self, logit: f32) -> bool {
-        match self {
-            Branch::Greater => logit > 0.0,
-            Branch::GreaterOrEqual => logit >= 0.0,
-        }
-    }
-}
-
-/// The shape of one FastFeedForward op.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FffShape {
-    pub d_in: usize,
-    pub d_out: usize,
-    pub depth: usize,
-    pub trees: usize,
-}
-
-impl FffShape {
-    /// Nodes per tree: `2^(depth+1) - 1`.
-    pub fn nodes_per_tree(&self) -> usize {
-        (1usize << (self.depth + 1)) - 1
-    }
-
-    /// Rows of `w_in` and `w_out`: `trees * nodes_per_tree`.
-    pub fn total_nodes(&self) -> usize {
-        self.trees * self.nodes_per_tree()
-    }
-}
-
-/// Weights of one FastFeedForward op, node-major: node `t*N + i` owns `w_in[(t*N+i)*d_in ..][..d_in]` and
-/// `w_out[(t*N+i)*d_out ..][..d_out]`.
-#[derive(Clone, Copy, Debug)]
-pub struct FffWeights<'a> {
-    pub w_in: &'a [f32],
-    pub b_in: Option<&'a [f32]>,
-    pub w_out: &'a [f32],
-    pub b_out: Option<&'a [f32]>,
-}
-
-/// One FastFeedForward op: its shape, activation, branch rule and weights.
-#[derive(Clone, Copy, Debug)]
-pub struct FffLayer<'a> {
-    pub shape: FffShape,
-    pub act: Activation,
-    pub branch: Branch,
-    pub w: FffWeights<'a>,
-}
-
-/// Computes `rows` rows (`x`: `rows x d_in`, `out`: `rows x d_out`) with the kernel that suits the
-/// shape: GEMMs for depth 0, the conditional tree kernel otherwise.
-pub fn fff_forward(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
-    if layer.shape.depth == 0 {
-        fff_dense(layer, x, rows, out)
-    } else if !uses_tree_kernel(layer.shape, rows) {
-        fff_masked_gemm(layer, x, rows, out)
-    } else {
-        crate::fff_tree::fff_tree(layer, x, rows, out)
-    }
-}
-
-/// The leaf each row reaches in each tree: `leaves[r * trees + t]` is the index, among the `2^depth`
-/// neurons of tree `t`'s last level, of the one row `r` ends at (0 for depth 0). For usage statistics:
-/// the kernels never materialise paths. Computed with plain sums, so a row whose logit is within
-/// rounding of zero may be counted on the other side than the kernel took.
-pub fn fff_leaves(layer: &FffLayer, x: &[f32], rows: usize, leaves: &mut [u32]) {
-    let FffShape {
-        d_in, depth, trees, ..
-    } = layer.shape;
-    let n = layer.shape.nodes_per_tree();
-    assert_eq!(x.len(), rows * d_in, "fff_leaves: x is not rows x d_in");
-    assert_eq!(
-        leaves.len(),
-        rows * trees,
-        "fff_leaves: leaves is not rows x trees"
-    );
-    assert_eq!(
-        layer.w.w_in.len(),
-        trees * n * d_in,
-        "fff_leaves: W_in does not match the shape"
-    );
-    for (xr, out) in x
-        .chunks_exact(d_in.max(1))
-        .zip(leaves.chunks_exact_mut(trees.max(1)))
-    {
-        for (t, leaf) in out.iter_mut().enumerate() {
-            let mut node = 0usize;
-            for _ in 0..depth {
-                let row = t * n + node;
-                let wi = &layer.w.w_in[row * d_in..(row + 1) * d_in];
-                let logit = wi.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>()
-                    + layer.w.b_in.map_or(0.0, |b| b[row]);
-                node = 2 * node + 1 + usize::from(layer.branch.goes_right(logit));
-            }
-            *leaf = (node + 1 - (1 << depth)) as u32;
-        }
-    }
-}
-
-/// Whether [`fff_forward`] walks the trees for this shape and row count (rather than running GEMMs).
-pub fn uses_tree_kernel(shape: FffShape, rows: usize) -> bool {
-    let FffShape { depth, trees, .. } = shape;
-    depth > 0
-        && (rows < MASKED_GEMM_MIN_ROWS
-            || trees * (depth + 1) * MASKED_GEMM_FRACTION < shape.total_nodes())
-}
-
-/// Forests that use at least 1/this of their neurons per row (wide and shallow: 1536x1, 512x2, 256x3
-/// at width 768) run as GEMMs over all neurons with the unvisited ones masked out: dense arithmetic
-/// wastes less there than walking thousands of short paths one neuron at a time. 128x4 (1/6.2) walks
-/// its trees: on a Zen 5 core at 16384 rows, medians of three alternated rounds, 1040 against 1166 ms
-/// as a masked GEMM, and 382 against 735 ms on two threads (docs/PERFORMANCE.md).
-pub const MASKED_GEMM_FRACTION: usize = 5;
-
-/// Below this many rows a GEMM only streams weights it mostly does not need: walk the trees instead.
-pub const MASKED_GEMM_MIN_ROWS: usize = 64;
-
-/// The reference kernel: per row, per tree, per level, exactly as the definition reads. `x` holds
-/// `rows x d_in`, `out` receives `rows x d_out`.
-pub fn fff_reference(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
-    let FffLayer {
-        shape,
-        act,
-        branch,
-        w,
-    } = *layer;
-    let FffShape {
-        d_in,
-        d_out,
-        depth,
-        trees,
-    } = shape;
-    let n = shape.nodes_per_tree();
-    assert_eq!(w.w_in.len(), trees * n * d_in);
-    assert_eq!(w.w_out.len(), trees * n * d_out);
-    assert!(w.b_in.is_none_or(|b| b.len() == trees * n));
-    assert!(w.b_out.is_none_or(|b| b.len() == d_out));
-    assert_eq!(x.len(), rows * d_in);
-    assert_eq!(out.len(), rows * d_out);
-    for r in 0..rows {
-        let xr = &x[r * d_in..(r + 1) * d_in];
-        let yr = &mut out[r * d_out..(r + 1) * d_out];
-        match w.b_out {
-            Some(b) => yr.copy_from_slice(b),
-            None => yr.fill(0.0),
-        }
-        for t in 0..trees {
-            let mut node = 0usize;
-            for _ in 0..=depth {
-                let row = t * n + node;
-                let wi = &w.w_in[row * d_in..(row + 1) * d_in];
-                let mut logit: f32 = wi.iter().zip(xr).map(|(a, b)| a * b).sum();
-                if let Some(b) = w.b_in {
-                    logit += b[row];
-                }
-                let a = act.apply(logit);
-                let wo = &w.w_out[row * d_out..(row + 1) * d_out];
-                for (y, &v) in yr.iter_mut().zip(wo) {
-                    *y += a * v;
-                }
-                node = 2 * node + 1 + branch.goes_right(logit) as usize;
-            }
-        }
-    }
-}
+use crate::element::Element;
 
 /// Depth 0 (a dense feedforward layer of `trees` neurons): every neuron is used, so the op is
 /// `act(x . W_in^T + b_in) . W_out + b_out`, two GEMMs on the proven GEMM crate.
@@ -188,8 +16,7 @@ pub fn fff_dense(layer: &FffLayer, x: &[f32], rows: usize, out: &mut [f32]) {
     } = dense_shape(layer, x, rows, out);
     let FffLayer { act, w, .. } = *layer;
     // The hidden activations are kept neuron-major (`trees x rows`): the GEMMs then read the weights
-    // where they lie instead of packing them on every call (with the gemm crate on the
-    // 768 -> 3072 -> 768 layer, 10% faster at 128 rows, 30% at 16, the same at 1024).
+    // where they lie instead of packing them on every call, which matters most at few rows.
     with_scratch(rows * trees, 0, |hidden, _| {
         gemm(
             MatRef::row_major(w.w_in, trees, d_in),
@@ -378,68 +205,58 @@ fn output_gemm(hidden: crate::matmul::MatRef, w: &FffWeights, d_out: usize, out:
     );
 }
 
+thread_local! {
+    /// Widened weights for the GEMMs, kept per thread and grown to the largest.
+    static WIDE: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` on `layer` with f32 weights: its own where they are f32, else widened into per-thread
+/// scratch on each call (a cost the GEMMs pay on top of reading every weight).
+pub(crate) fn with_f32_weights<E: Element, R>(
+    layer: &FffLayer<E>,
+    f: impl FnOnce(&FffLayer) -> R,
+) -> R {
+    if let (Some(w_in), Some(w_out)) = (E::as_f32(layer.w.w_in), E::as_f32(layer.w.w_out)) {
+        return f(&f32_layer(layer, w_in, w_out));
+    }
+    WIDE.with(|cell| {
+        let mut fresh = Default::default();
+        // This thread's buffers are in use by a call waiting on the pool: fresh ones.
+        let mut bufs = cell.try_borrow_mut();
+        let (w_in, w_out) = match &mut bufs {
+            Ok(b) => &mut **b,
+            Err(_) => &mut fresh,
+        };
+        widen_into(layer.w.w_in, w_in);
+        widen_into(layer.w.w_out, w_out);
+        f(&f32_layer(layer, w_in, w_out))
+    })
+}
+
+/// `layer` with the f32 weights `w_in` and `w_out`.
+fn f32_layer<'a, E>(layer: &FffLayer<'a, E>, w_in: &'a [f32], w_out: &'a [f32]) -> FffLayer<'a> {
+    FffLayer {
+        shape: layer.shape,
+        act: layer.act,
+        branch: layer.branch,
+        w: FffWeights {
+            w_in,
+            b_in: layer.w.b_in,
+            w_out,
+            b_out: layer.w.b_out,
+        },
+    }
+}
+
+fn widen_into<E: Element>(src: &[E], dst: &mut Vec<f32>) {
+    dst.clear();
+    dst.extend(src.iter().map(|&b| b.widen()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The leaves agree with the reference kernel's outputs, read back through output weights that
-    /// give every neuron its own output column: the one nonzero column among a tree's last level is
-    /// the leaf the row reached.
-    #[test]
-    fn leaves_agree_with_the_reference_walk() {
-        let mut s = 11u32;
-        let mut next = move || {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
-        for &(rows, d_in, depth, trees) in &[(1, 3, 1, 1), (17, 5, 3, 2), (40, 9, 5, 3)] {
-            let shape = FffShape {
-                d_in,
-                d_out: 0,
-                depth,
-                trees,
-            };
-            let n = shape.nodes_per_tree();
-            let d_out = trees * n;
-            let shape = FffShape { d_out, ..shape };
-            let w_in: Vec<f32> = (0..trees * n * d_in).map(|_| next()).collect();
-            let b_in: Vec<f32> = (0..trees * n).map(|_| next() * 0.1).collect();
-            let mut w_out = vec![0.0f32; d_out * d_out];
-            for i in 0..d_out {
-                w_out[i * d_out + i] = 1.0;
-            }
-            let x: Vec<f32> = (0..rows * d_in).map(|_| next()).collect();
-            let layer = FffLayer {
-                shape,
-                act: Activation::GeluTanh,
-                branch: Branch::GreaterOrEqual,
-                w: FffWeights {
-                    w_in: &w_in,
-                    b_in: Some(&b_in),
-                    w_out: &w_out,
-                    b_out: None,
-                },
-            };
-            let mut y = vec![0.0f32; rows * d_out];
-            fff_reference(&layer, &x, rows, &mut y);
-            let mut leaves = vec![u32::MAX; rows * trees];
-            fff_leaves(&layer, &x, rows, &mut leaves);
-            let first_leaf = (1 << depth) - 1;
-            for r in 0..rows {
-                for t in 0..trees {
-                    let last_level = &y[r * d_out + t * n + first_leaf..r * d_out + (t + 1) * n];
-                    let used: Vec<usize> = (0..last_level.len())
-                        .filter(|&i| last_level[i] != 0.0)
-                        .collect();
-                    assert_eq!(
-                        used,
-                        vec![leaves[r * trees + t] as usize],
-                        "row {r} tree {t}"
-                    );
-                }
-            }
-        }
-    }
+    use crate::fff::fff_reference;
 
     #[test]
     fn dense_path_agrees_with_reference_at_depth_zero() {
