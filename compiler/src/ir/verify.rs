@@ -139,9 +139,7 @@ fn inferred(g: &Graph, n: NodeIndex, op: &Op) -> Option<Vec<Fact>> {
     let inputs = g.inputs_of(n);
     let facts: Vec<Option<&Fact>> = inputs.iter().map(|i| i.map(|o| g.fact(o))).collect();
     let n_out = g.g[n].outputs.len();
-    op.infer(&facts, n_out)
-        .ok()
-        .filter(|f| f.len() == n_out)
+    op.infer(&facts, n_out).ok().filter(|f| f.len() == n_out)
 }
 
 /// The first output slot whose fact contradicts what the shape rule proves, with what it proves. A

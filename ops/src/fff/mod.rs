@@ -22,9 +22,9 @@ use crate::element::Element;
 
 pub use gemm::{fff_dense, fff_dense_panels, fff_masked_gemm};
 pub use reference::{fff_leaves, fff_reference};
-pub use tree::{fff_tree, fff_tree_with};
 /// The deepest tree the kernels walk (node numbers, and the virtual child below a leaf, fit in `u32`).
 pub use tree::plan::MAX_DEPTH;
+pub use tree::{fff_tree, fff_tree_with};
 
 /// Which child a node's logit selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
