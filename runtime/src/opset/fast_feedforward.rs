@@ -234,21 +234,33 @@ pub fn fast_feed_forward(
     let (act, br) = (activation.kernel(), branch.kernel());
     let (b_in, b_out) = (b_in.as_deref(), b_out.as_deref());
     let (x, out_rows) = (&x_rows[..], out.as_slice_mut().expect("fresh"));
+    // The layer over weights of either stored type; the kernels widen bf16 as they read it.
+    fn layer_of<'a, E>(
+        shape: FffShape,
+        act: Activation,
+        branch: Branch,
+        w_in: &'a [E],
+        w_out: &'a [E],
+        b_in: Option<&'a [f32]>,
+        b_out: Option<&'a [f32]>,
+    ) -> FffLayer<'a, E> {
+        let w = FffWeights {
+            w_in,
+            b_in,
+            w_out,
+            b_out,
+        };
+        FffLayer {
+            shape,
+            act,
+            branch,
+            w,
+        }
+    }
     match (w_in, w_out) {
         (TensorView::F32(w_in), TensorView::F32(w_out)) => {
             let (wi, wo) = (standard_slice(w_in), standard_slice(w_out));
-            let w = FffWeights {
-                w_in: &wi,
-                b_in,
-                w_out: &wo,
-                b_out,
-            };
-            let layer = FffLayer {
-                shape,
-                act,
-                branch: br,
-                w,
-            };
+            let layer = layer_of(shape, act, br, &wi, &wo, b_in, b_out);
             if panels {
                 fff_dense_panels(&layer, c, x, rows, out_rows);
             } else {
@@ -262,19 +274,12 @@ pub fn fast_feed_forward(
         }
         (TensorView::BF16(w_in), TensorView::BF16(w_out)) => {
             let (wi, wo) = (standard_slice(w_in), standard_slice(w_out));
-            let w = FffWeights {
-                w_in: &wi,
-                b_in,
-                w_out: &wo,
-                b_out,
-            };
-            let layer = FffLayer {
-                shape,
-                act,
-                branch: br,
-                w,
-            };
-            fff_forward(&layer, x, rows, out_rows);
+            fff_forward(
+                &layer_of(shape, act, br, &wi, &wo, b_in, b_out),
+                x,
+                rows,
+                out_rows,
+            );
         }
         (a, b) => {
             return Err(Error::invalid(format!(
