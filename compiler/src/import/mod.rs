@@ -6,6 +6,7 @@
 
 mod attrs;
 mod ops;
+mod single_assignment;
 pub mod tensor;
 
 use std::collections::HashMap;
@@ -60,6 +61,8 @@ pub fn import_model(proto: &ModelProto, model_dir: Option<&Path>) -> Result<Grap
             SUPPORTED_OPSETS.end()
         )));
     }
+
+    single_assignment::check(graph)?;
 
     let mut g = Graph::default();
     let mut values: HashMap<String, OutletId> = HashMap::new();
