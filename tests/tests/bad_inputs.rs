@@ -706,3 +706,95 @@ fn libm_erf(x: f32) -> f32 {
     }
     (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
 }
+
+// ---- values written twice ----
+
+/// A model `x: [batch, 4]` → `y = relu(x)` whose output value `y` a second node, `Neg(x)`, writes too.
+#[test]
+fn value_written_by_two_nodes_is_rejected() {
+    let mut m = OnnxBuilder::new(17);
+    let x = m.input("x", Elem::Float, &[D::S("batch"), D::N(4)]);
+    let first = m.node("Relu", &[&x], vec![]);
+    m.rename(&first, "y");
+    let second = m.node("Neg", &[&x], vec![]);
+    m.rename(&second, "y");
+    m.output("y", Elem::Float, &[D::S("batch"), D::N(4)]);
+
+    let scratch = Scratch::new("written_by_two_nodes");
+    let err = assert_bad_onnx(
+        &scratch,
+        &m.to_bytes(),
+        &[
+            "invalid graph",
+            "value 'y' is written twice",
+            "node 'Relu_1'",
+            "node 'Neg_2'",
+        ],
+    );
+    assert!(matches!(err, CompileError::Graph(_)), "{err:?}");
+}
+
+#[test]
+fn node_writing_a_graph_input_is_rejected() {
+    let mut m = OnnxBuilder::new(17);
+    let x = m.input("x", Elem::Float, &[D::S("batch"), D::N(4)]);
+    m.input("z", Elem::Float, &[D::S("batch"), D::N(4)]);
+    let y = m.node("Relu", &[&x], vec![]);
+    m.rename(&y, "z");
+    m.output("z", Elem::Float, &[D::S("batch"), D::N(4)]);
+
+    let scratch = Scratch::new("writing_a_graph_input");
+    assert_bad_onnx(
+        &scratch,
+        &m.to_bytes(),
+        &[
+            "value 'z' is written twice",
+            "by a graph input",
+            "node 'Relu_1'",
+        ],
+    );
+}
+
+#[test]
+fn node_writing_an_initializer_is_rejected() {
+    let mut m = OnnxBuilder::new(17);
+    let x = m.input("x", Elem::Float, &[D::S("batch"), D::N(4)]);
+    let w = m.weight("w", &[4], vec![1.0, 2.0, 3.0, 4.0]);
+    let y = m.node("Add", &[&x, &w], vec![]);
+    m.rename(&y, "y");
+    let shadow = m.node("Neg", &[&x], vec![]);
+    m.rename(&shadow, "w");
+    m.output("y", Elem::Float, &[D::S("batch"), D::N(4)]);
+
+    let scratch = Scratch::new("writing_an_initializer");
+    assert_bad_onnx(
+        &scratch,
+        &m.to_bytes(),
+        &[
+            "value 'w' is written twice",
+            "by an initializer",
+            "node 'Neg_2'",
+        ],
+    );
+}
+
+/// Empty output names mark optional outputs left out; they may repeat, within a node and across nodes.
+#[test]
+fn empty_optional_outputs_may_repeat() {
+    use prost::Message;
+
+    let mut m = OnnxBuilder::new(17);
+    let x = m.input("x", Elem::Float, &[D::S("batch"), D::N(4)]);
+    let g = m.weight("g", &[4], vec![1.0; 4]);
+    let a = m.node_in("", "LayerNormalization", &[&x, &g], vec![], 3);
+    let b = m.node_in("", "Dropout", &[&a[0]], vec![], 2);
+    m.rename(&b[0], "y");
+    m.output("y", Elem::Float, &[D::S("batch"), D::N(4)]);
+    let mut proto = m.build();
+    for node in &mut proto.graph.as_mut().unwrap().node {
+        for out in node.output.iter_mut().skip(1) {
+            out.clear();
+        }
+    }
+    fff_compiler::compile_to_plan_bytes(&proto.encode_to_vec(), &Default::default()).unwrap();
+}
