@@ -162,3 +162,122 @@ fn bad_external_data_is_named() {
         "{msg}"
     );
 }
+
+// ---- external data through symlinks ----
+
+/// The tensors of `fff-layer-customop` in `dir/w.bin`, read by `dir/model.onnx` at `location`.
+#[cfg(unix)]
+fn model_reading(dir: &Path, location: &str) -> PathBuf {
+    let name = "fff-layer-customop";
+    let model = ModelProto::decode(&*std::fs::read(fixtures::get(name).onnx).unwrap()).unwrap();
+    externalise(&model, dir, "w.bin");
+    let onnx = dir.join("model.onnx");
+    let mut m = ModelProto::decode(&*std::fs::read(&onnx).unwrap()).unwrap();
+    for t in &mut m.graph.as_mut().unwrap().initializer {
+        if let Some(e) = t.external_data.iter_mut().find(|e| e.key == "location") {
+            e.value = location.into();
+        }
+    }
+    std::fs::write(&onnx, m.encode_to_vec()).unwrap();
+    onnx
+}
+
+#[cfg(unix)]
+fn compile_error(onnx: &Path) -> String {
+    fff_compiler::compile_path(onnx, &fff_compiler::Options::default())
+        .unwrap_err()
+        .to_string()
+}
+
+/// A symlink in the model's folder that leads out of it is refused, naming the location and where it
+/// leads, through the library and `fffc`; data reached through links that stay inside is read.
+#[cfg(unix)]
+#[test]
+fn symlinks_out_of_the_model_folder_are_refused() {
+    use std::os::unix::fs::symlink;
+
+    // The data file in another folder, linked from the model's: every byte the model asks for is
+    // there, so only the link's target can refuse it.
+    let scratch = Scratch::new("symlink-out");
+    let elsewhere = Scratch::new("symlink-elsewhere");
+    let onnx = model_reading(&scratch.0, "w.bin");
+    std::fs::rename(scratch.0.join("w.bin"), elsewhere.0.join("w.bin")).unwrap();
+    symlink(elsewhere.0.join("w.bin"), scratch.0.join("w.bin")).unwrap();
+    let target = elsewhere.0.canonicalize().unwrap().join("w.bin");
+    let msg = compile_error(&onnx);
+    for part in [
+        "outside the model's folder",
+        "'w.bin'",
+        &target.display().to_string(),
+    ] {
+        assert!(msg.contains(part), "{part:?} not in: {msg}");
+    }
+    let plan = scratch.0.join("model.fff");
+    let out = Command::new(bin("fffc"))
+        .args([
+            "compile".as_ref(),
+            onnx.as_os_str(),
+            "-o".as_ref(),
+            plan.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: ") && stderr.contains("outside the model's folder"),
+        "{stderr}"
+    );
+    assert!(!plan.exists(), "a refused compile must not write a plan");
+
+    // A link to a system file, whatever the range asked for.
+    let scratch = Scratch::new("symlink-passwd");
+    let onnx = model_reading(&scratch.0, "passwd");
+    symlink("/etc/passwd", scratch.0.join("passwd")).unwrap();
+    let msg = compile_error(&onnx);
+    assert!(
+        msg.contains("'passwd'") && msg.contains("/etc/passwd") && msg.contains("outside"),
+        "{msg}"
+    );
+
+    // A link to a folder outside, then a path through it.
+    let scratch = Scratch::new("symlink-dir-out");
+    let onnx = model_reading(&scratch.0, "shared/w.bin");
+    std::fs::rename(scratch.0.join("w.bin"), elsewhere.0.join("w.bin")).unwrap();
+    symlink(&elsewhere.0, scratch.0.join("shared")).unwrap();
+    assert!(compile_error(&onnx).contains("outside the model's folder"));
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_and_subfolders_inside_the_model_folder_are_read() {
+    use std::os::unix::fs::symlink;
+
+    let compiles = |onnx: &Path| {
+        let g = fff_compiler::compile_path(onnx, &fff_compiler::Options::default()).unwrap();
+        let (graph, weights) = fff_compiler::plan_writer::to_plan(&g).unwrap();
+        check_outputs(
+            "fff-layer-customop",
+            &Model::from_bytes(&fff_runtime::plan::encode(&graph, &weights)).unwrap(),
+        );
+    };
+
+    // In a subfolder.
+    let scratch = Scratch::new("subfolder");
+    let onnx = model_reading(&scratch.0, "data/w.bin");
+    std::fs::create_dir(scratch.0.join("data")).unwrap();
+    std::fs::rename(scratch.0.join("w.bin"), scratch.0.join("data/w.bin")).unwrap();
+    compiles(&onnx);
+
+    // Through a link to that file, inside the folder.
+    let onnx = model_reading(&scratch.0, "link.bin");
+    std::fs::rename(scratch.0.join("w.bin"), scratch.0.join("data/w.bin")).unwrap();
+    symlink("data/w.bin", scratch.0.join("link.bin")).unwrap();
+    compiles(&onnx);
+
+    // The model's folder itself reached through a link.
+    let linked = Scratch::new("linked-folder");
+    std::fs::remove_dir(&linked.0).unwrap();
+    symlink(&scratch.0, &linked.0).unwrap();
+    compiles(&linked.0.join("model.onnx"));
+}

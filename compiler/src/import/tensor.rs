@@ -1,7 +1,7 @@
 //! ONNX `TensorProto` to runtime tensors, including raw, typed-field and external data.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fff_runtime::{DType, Tensor};
 use tract_onnx::pb::TensorProto;
@@ -68,7 +68,7 @@ fn read_external(t: &TensorProto, model_dir: Option<&Path>) -> Result<Vec<u8>, S
             t.name
         ));
     }
-    let path = model_dir.unwrap_or(Path::new(".")).join(rel);
+    let path = inside_model_dir(&t.name, &location, model_dir)?;
     let parse = |k: &str| -> Result<Option<u64>, String> {
         get(k)
             .map(|v| {
@@ -83,6 +83,14 @@ fn read_external(t: &TensorProto, model_dir: Option<&Path>) -> Result<Vec<u8>, S
     // the whole file per tensor would read it once per tensor.
     let cannot_read =
         |e: std::io::Error| format!("tensor '{}': cannot read {}: {e}", t.name, path.display());
+    // A FIFO or device would block the open or never end; only a regular file holds weights.
+    if !std::fs::metadata(&path).map_err(cannot_read)?.is_file() {
+        return Err(format!(
+            "tensor '{}': external data {} is not a regular file",
+            t.name,
+            path.display()
+        ));
+    }
     let mut file = std::fs::File::open(&path).map_err(cannot_read)?;
     let size = file.metadata().map_err(cannot_read)?.len();
     let outside = || {
@@ -104,6 +112,38 @@ fn read_external(t: &TensorProto, model_dir: Option<&Path>) -> Result<Vec<u8>, S
     let mut data = vec![0u8; len];
     file.read_exact(&mut data).map_err(cannot_read)?;
     Ok(data)
+}
+
+/// The file an external `location` names, with symlinks resolved, which must lie inside the model's
+/// folder (resolved too): a link inside the folder may point anywhere, and the lexical check alone
+/// would follow it out of the folder.
+fn inside_model_dir(
+    tensor: &str,
+    location: &str,
+    model_dir: Option<&Path>,
+) -> Result<PathBuf, String> {
+    // `Path::parent` of a bare file name is the empty path: the current folder.
+    let dir = model_dir
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let path = dir.join(location);
+    let root = dir.canonicalize().map_err(|e| {
+        format!(
+            "tensor '{tensor}': cannot resolve the model's folder {}: {e}",
+            dir.display()
+        )
+    })?;
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| format!("tensor '{tensor}': cannot read {}: {e}", path.display()))?;
+    if !resolved.starts_with(&root) {
+        return Err(format!(
+            "tensor '{tensor}' names external file '{location}', which resolves to {}, outside the model's folder {}",
+            resolved.display(),
+            root.display()
+        ));
+    }
+    Ok(resolved)
 }
 
 /// ONNX's name for an element type code, for messages.
