@@ -375,3 +375,27 @@ pub fn encoder_model(c: &EncoderConfig) -> Vec<u8> {
     );
     b.to_bytes()
 }
+
+/// A stack of `blocks` residual feedforward blocks, `x = x + ff(x)` each, at opset 17: input `x`
+/// `[batch, seq, d]`, output `y`. A deep graph of many small blocks, for the compiler's scaling.
+pub fn residual_stack_model(d: usize, ff: Ff, blocks: usize, seed: u64) -> Vec<u8> {
+    let mut b = OnnxBuilder::new(17);
+    let mut rng = Rng::new(seed);
+    let dims = [D::S("batch"), D::S("seq"), D::N(d as i64)];
+    let mut x = b.input("x", Elem::Float, &dims);
+    for i in 0..blocks {
+        let y = ff_block(
+            &mut b,
+            &mut rng,
+            &format!("block{i}.ff"),
+            &x,
+            d,
+            ff,
+            Defects::default(),
+        );
+        x = b.node("Add", &[&x, &y], vec![]);
+    }
+    b.rename(&x, "y");
+    b.output("y", Elem::Float, &dims);
+    b.to_bytes()
+}

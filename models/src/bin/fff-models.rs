@@ -3,13 +3,16 @@
 //!   fff-models layer  --width 768 --ff fff:1x11 -o layer.onnx
 //!   fff-models layer  --width 768 --ff dense:4095 -o dense.onnx
 //!   fff-models encoder --hidden 768 --heads 12 --layers 4 --ff fff:1x11 -o encoder.onnx
+//!   fff-models stack  --width 16 --ff dense:32 --blocks 800 -o stack.onnx
 //!   fff-models npy --shape 1x128x768 -o x.npy
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use fff_models::builders::{encoder_model, ff_layer_model, Defects, EncoderConfig, Ff};
+use fff_models::builders::{
+    encoder_model, ff_layer_model, residual_stack_model, Defects, EncoderConfig, Ff,
+};
 use fff_models::rng::Rng;
 
 #[derive(Parser)]
@@ -51,6 +54,21 @@ enum Command {
         vocab: usize,
         #[arg(long, default_value_t = 512)]
         max_positions: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// A stack of residual feedforward blocks, `x = x + ff(x)`: input `x` [batch, seq, width],
+    /// output `y`.
+    Stack {
+        #[arg(long, default_value_t = 16)]
+        width: usize,
+        /// `fff:TREESxDEPTH` (masking form) or `dense:WIDTH`, for every block.
+        #[arg(long)]
+        ff: String,
+        #[arg(long)]
+        blocks: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         #[arg(short, long)]
@@ -121,6 +139,17 @@ fn main() -> Result<()> {
                 seed,
             };
             std::fs::write(&output, encoder_model(&config))
+                .with_context(|| format!("cannot write {}", output.display()))
+        }
+        Command::Stack {
+            width,
+            ff,
+            blocks,
+            seed,
+            output,
+        } => {
+            let bytes = residual_stack_model(width, parse_ff(&ff)?, blocks, seed);
+            std::fs::write(&output, bytes)
                 .with_context(|| format!("cannot write {}", output.display()))
         }
         Command::Npy {
