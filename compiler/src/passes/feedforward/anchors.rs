@@ -74,66 +74,139 @@ fn blocks_pairing(op: &Op) -> bool {
     )
 }
 
-/// Projection pairs: for each projection, the nearest projection upstream whose output width is the
-/// width it reads, with nothing that could not be part of a feedforward block on the way.
-fn projection_pairs(g: &Graph, order: &[NodeIndex]) -> Vec<Candidate> {
-    let mut out = Vec::new();
-    for &p_out in order {
-        let Some((data, w_out, k)) = projection(g, p_out) else {
-            continue;
-        };
-        let mut stack = vec![data.node];
-        let mut seen = HashSet::new();
-        let mut found = None;
-        while let Some(n) = stack.pop() {
-            if !seen.insert(n) || seen.len() > 4096 {
-                continue;
-            }
-            if let Some((_, w_in, _)) = projection(g, n) {
-                if output_width(g, n) == Some(k) {
-                    found = Some((n, w_in));
-                }
-                continue; // never look past another projection
-            }
-            match g.op(n) {
-                // A shape is not data: the values behind it are not part of the block's arithmetic.
-                Some(Op::Shape { .. } | Op::Size) => continue,
-                Some(op) if blocks_pairing(op) => continue,
-                Some(_) => stack.extend(
-                    g.inputs_of(n)
-                        .into_iter()
-                        .flatten()
-                        .filter(|i| g.const_value(*i).is_none())
-                        .map(|i| i.node),
-                ),
-                None => continue,
-            }
-        }
-        if let Some((p_in, w_in)) = found {
-            let form = if has_masking(g, &seen) {
-                "masking"
-            } else {
-                "dense"
-            };
-            out.push(Candidate {
-                anchor: p_out,
-                form,
-                consumers: vec![p_in, p_out],
-                weights: (w_in, w_out),
-                y: OutletId::new(p_out, 0),
-            });
-        }
+/// Whether the search for a projection's partner walks on through `n` to its inputs: not through
+/// another projection, a shape read (a shape is not data), an op that never sits inside a block, a
+/// model input or a constant.
+fn passes_through(g: &Graph, n: NodeIndex) -> bool {
+    match g.op(n) {
+        Some(Op::Shape { .. } | Op::Size) => false,
+        Some(op) => !blocks_pairing(op) && projection(g, n).is_none(),
+        None => false,
     }
-    out
 }
 
-fn has_masking(g: &Graph, nodes: &HashSet<NodeIndex>) -> bool {
-    nodes.iter().any(|&n| {
-        matches!(
+/// The data inputs (not constants) of `n`.
+fn data_inputs(g: &Graph, n: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
+    g.inputs_of(n)
+        .into_iter()
+        .flatten()
+        .filter(|i| g.const_value(*i).is_none())
+        .map(|i| i.node)
+}
+
+/// Finds projection pairs: for a projection, the nearest projection upstream (the latest in topological
+/// order) whose output width is the width it reads, with nothing that could not be part of a
+/// feedforward block on the way. Answers are kept per node and width, so a graph of many blocks is
+/// searched once in all rather than once per projection: a residual stream would otherwise lead every
+/// search back through every block before it.
+///
+/// Kept answers stay right while the graph is rewritten in topological order: a rewrite changes the
+/// inputs of nodes downstream of the block it replaces, and only nodes upstream of a projection already
+/// asked about have answers.
+#[derive(Default)]
+pub struct Pairing {
+    /// The nearest projection of output width `k` at or upstream of a node, searching as above.
+    nearest: HashMap<(NodeIndex, i64), Option<NodeIndex>>,
+    /// Nodes whose answer has been worked out, for [`Pairing::visits`].
+    visits: usize,
+}
+
+impl Pairing {
+    /// How many node answers have been worked out so far: the search's work, which grows with the
+    /// graph's size and not with the number of projections times the graph's size.
+    pub fn visits(&self) -> usize {
+        self.visits
+    }
+
+    /// The projection pair anchored at `p_out`, if it is a projection with a partner upstream.
+    pub fn candidate(
+        &mut self,
+        g: &Graph,
+        pos: &HashMap<NodeIndex, usize>,
+        p_out: NodeIndex,
+    ) -> Option<Candidate> {
+        let (data, w_out, k) = projection(g, p_out)?;
+        let p_in = self.nearest(g, pos, data.node, k)?;
+        let (_, w_in, _) = projection(g, p_in)?;
+        let form = if has_masking(g, pos, data.node, p_in) {
+            "masking"
+        } else {
+            "dense"
+        };
+        Some(Candidate {
+            anchor: p_out,
+            form,
+            consumers: vec![p_in, p_out],
+            weights: (w_in, w_out),
+            y: OutletId::new(p_out, 0),
+        })
+    }
+
+    /// The nearest projection of output width `k` at or upstream of `start`: worked out after its
+    /// inputs' answers, with an explicit stack (a deep graph would overflow the call stack).
+    fn nearest(
+        &mut self,
+        g: &Graph,
+        pos: &HashMap<NodeIndex, usize>,
+        start: NodeIndex,
+        k: i64,
+    ) -> Option<NodeIndex> {
+        let mut stack = vec![(start, false)];
+        while let Some((n, inputs_done)) = stack.pop() {
+            if self.nearest.contains_key(&(n, k)) {
+                continue;
+            }
+            if !passes_through(g, n) {
+                let own =
+                    (projection(g, n).is_some() && output_width(g, n) == Some(k)).then_some(n);
+                self.nearest.insert((n, k), own);
+                self.visits += 1;
+                continue;
+            }
+            if inputs_done {
+                let best = data_inputs(g, n)
+                    .filter_map(|i| self.nearest[&(i, k)])
+                    .max_by_key(|p| pos[p]);
+                self.nearest.insert((n, k), best);
+                self.visits += 1;
+            } else {
+                stack.push((n, true));
+                stack.extend(
+                    data_inputs(g, n)
+                        .filter(|i| !self.nearest.contains_key(&(*i, k)))
+                        .map(|i| (i, false)),
+                );
+            }
+        }
+        self.nearest[&(start, k)]
+    }
+}
+
+/// Whether the nodes between a pair's input projection and `data` (what its output projection reads)
+/// build a mask, as the masking form does.
+fn has_masking(
+    g: &Graph,
+    pos: &HashMap<NodeIndex, usize>,
+    data: NodeIndex,
+    p_in: NodeIndex,
+) -> bool {
+    let mut stack = vec![data];
+    let mut seen = HashSet::new();
+    while let Some(n) = stack.pop() {
+        if pos[&n] <= pos[&p_in] || !seen.insert(n) {
+            continue;
+        }
+        if matches!(
             g.op(n),
             Some(Op::ScatterElements { .. } | Op::GatherElements { .. })
-        )
-    })
+        ) {
+            return true;
+        }
+        if passes_through(g, n) {
+            stack.extend(data_inputs(g, n));
+        }
+    }
+    false
 }
 
 /// Gather groups: constant 2-D float matrices whose rows are gathered with computed indices, paired by
@@ -216,10 +289,15 @@ fn earliest_common_descendant(
         .find(|n| reach.get(n) == Some(&from.len()))
 }
 
-/// Every candidate, in topological order of their outputs.
-pub fn find(g: &Graph, order: &[NodeIndex], pos: &HashMap<NodeIndex, usize>) -> Vec<Candidate> {
-    let mut all = projection_pairs(g, order);
-    all.extend(gather_groups(g, order, pos));
-    all.sort_by_key(|c| pos[&c.y.node]);
-    all
+/// The gather-group candidates, by the node their output starts at, each node's in the order found.
+pub fn gather_candidates(
+    g: &Graph,
+    order: &[NodeIndex],
+    pos: &HashMap<NodeIndex, usize>,
+) -> HashMap<NodeIndex, Vec<Candidate>> {
+    let mut by_output: HashMap<NodeIndex, Vec<Candidate>> = HashMap::new();
+    for c in gather_groups(g, order, pos) {
+        by_output.entry(c.y.node).or_default().push(c);
+    }
+    by_output
 }

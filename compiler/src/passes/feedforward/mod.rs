@@ -21,35 +21,71 @@ use crate::error::Result;
 use crate::ir::{Graph, OutletId};
 use crate::report::{Refused, Rewritten};
 use anchors::Candidate;
-use region::{dominators, extend_output, find_inputs, last_dim, Region};
+use region::{extend_output, find_inputs, last_dim, Dominators, Region};
 
 pub fn run(g: &mut Graph) -> Result<bool> {
+    Ok(run_counted(g)?.changed)
+}
+
+/// What one run of the pass did, and how much searching it took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    /// Whether any block was rewritten.
+    pub changed: bool,
+    /// Candidates judged (rewritten or refused).
+    pub judged: usize,
+    /// Node answers the search for projection pairs worked out: about the graph's size, whatever the
+    /// number of blocks.
+    pub pairing_visits: usize,
+    /// Times the whole graph's order and dominator tree were worked out: once, and once more after
+    /// each rewrite of a block whose inner values are read outside it.
+    pub graph_analyses: usize,
+}
+
+/// Runs the pass and reports its work. Candidates are taken in one sweep over the nodes in topological
+/// order: a rewrite changes only what lies downstream of the block it replaces, which the sweep has not
+/// reached yet, so nothing found upstream is searched again.
+pub fn run_counted(g: &mut Graph) -> Result<Work> {
     report_direct_ops(g);
-    let mut changed = false;
+    let mut work = Work::default();
+    let order = g.topo_order();
+    let mut pos: HashMap<NodeIndex, usize> =
+        order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut dom = Dominators::new(g, &order);
+    let mut gathers = anchors::gather_candidates(g, &order, &pos);
+    let mut pairing = anchors::Pairing::default();
+    let mut model_values = validate::ModelValues::default();
     let mut taken: HashSet<NodeIndex> = HashSet::new();
-    loop {
-        let order = g.topo_order();
-        let pos: HashMap<NodeIndex, usize> =
-            order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-        let idom = dominators(g, &order);
-        let next = anchors::find(g, &order, &pos).into_iter().find(|c| {
-            !g.report.was_considered(g.node(c.anchor).id())
-                && !c.consumers.iter().any(|n| taken.contains(n))
-        });
-        let Some(c) = next else { return Ok(changed) };
-        let id = g.node(c.anchor).id();
-        g.report.consider(id);
-        let anchor = g.node(c.anchor).name.clone();
-        match judge(g, &idom, &pos, &c) {
-            Ok((region, proposal, agreement)) => {
-                taken.extend(c.consumers.iter().copied());
-                let report = apply(g, &c, &anchor, &region, proposal, agreement);
-                g.report.rewritten.push(report);
-                changed = true;
+    for &n in &order {
+        let mut here: Vec<Candidate> = pairing.candidate(g, &pos, n).into_iter().collect();
+        here.extend(gathers.remove(&n).unwrap_or_default());
+        for c in here {
+            if g.report.was_considered(g.node(c.anchor).id())
+                || c.consumers.iter().any(|n| taken.contains(n))
+            {
+                continue;
             }
-            Err(reason) => g.report.refused.push(Refused { anchor, reason }),
+            let id = g.node(c.anchor).id();
+            g.report.consider(id);
+            work.judged += 1;
+            let anchor = g.node(c.anchor).name.clone();
+            match judge(g, dom.idom(), &pos, &c, &mut model_values) {
+                Ok((region, proposal, agreement)) => {
+                    taken.extend(c.consumers.iter().copied());
+                    let (report, fff) = apply(g, &c, &anchor, &region, proposal, agreement);
+                    // The new op stands where the block's output stood in the order.
+                    pos.insert(fff, pos[&region.y.node]);
+                    dom.replaced(g, &region, fff);
+                    g.report.rewritten.push(report);
+                    work.changed = true;
+                }
+                Err(reason) => g.report.refused.push(Refused { anchor, reason }),
+            }
         }
     }
+    work.pairing_visits = pairing.visits();
+    work.graph_analyses = dom.analyses();
+    Ok(work)
 }
 
 /// An imported `FastFeedForward` node is reported as found in direct form.
@@ -103,12 +139,13 @@ fn judge(
     idom: &HashMap<NodeIndex, Option<NodeIndex>>,
     pos: &HashMap<NodeIndex, usize>,
     c: &Candidate,
+    model: &mut validate::ModelValues,
 ) -> Result<(Region, Proposal, validate::Agreement), String> {
     let mut last_err = String::new();
     // The widest region first: the input moved back through flattening reshapes, the output extended
     // through the reshape back and the bias. A narrower one where the widest's shapes do not line up.
     for region in find_inputs(g, idom, pos, c.y, &c.consumers)? {
-        match judge_region(g, c, extend_output(g, region, pos)) {
+        match judge_region(g, c, extend_output(g, region, pos), model) {
             Ok(found) => return Ok(found),
             Err(e) => last_err = e,
         }
@@ -120,10 +157,11 @@ fn judge_region(
     g: &Graph,
     c: &Candidate,
     region: Region,
+    model: &mut validate::ModelValues,
 ) -> Result<(Region, Proposal, validate::Agreement), String> {
     let d_in = last_dim(g, region.x).ok_or("the block input's last dimension is not known")?;
     let d_out = last_dim(g, region.y).ok_or("the block output's last dimension is not known")?;
-    let probes = validate::probes(g, &region, d_in)?;
+    let probes = validate::probes(g, &region, d_in, model)?;
     let want: Vec<Tensor> = probes
         .iter()
         .map(|p| validate::eval_region(g, &region, p))
@@ -322,6 +360,7 @@ fn splits(k: usize, hints: &[Vec<i64>], dense_first: bool) -> Vec<(usize, usize)
     v
 }
 
+/// Adds the op, makes the block's readers read it, and returns its report and node.
 fn apply(
     g: &mut Graph,
     c: &Candidate,
@@ -329,7 +368,7 @@ fn apply(
     region: &Region,
     p: Proposal,
     agreement: validate::Agreement,
-) -> Rewritten {
+) -> (Rewritten, NodeIndex) {
     let Op::FastFeedForward { depth, trees, .. } = p.op else {
         unreachable!("proposals are FastFeedForward ops")
     };
@@ -350,7 +389,7 @@ fn apply(
     let id = g.node(n).id();
     g.report.consider(id);
     let form = if depth == 0 { "dense" } else { c.form };
-    Rewritten {
+    let report = Rewritten {
         anchor: anchor.to_string(),
         form,
         trees,
@@ -359,5 +398,6 @@ fn apply(
         d_out,
         probe_rows: agreement.rows,
         boundary_rows: agreement.boundary_rows,
-    }
+    };
+    (report, n)
 }

@@ -98,7 +98,7 @@ impl Region {
 /// Immediate dominators of the nodes that depend on model data, over a virtual root feeding every
 /// model input (`None` is that root). A node dominates `n` when every path from any model input to `n`
 /// passes through it. Paths through `Shape` and `Size` carry no data and are left out.
-pub fn dominators(g: &Graph, order: &[NodeIndex]) -> HashMap<NodeIndex, Option<NodeIndex>> {
+fn dominators(g: &Graph, order: &[NodeIndex]) -> HashMap<NodeIndex, Option<NodeIndex>> {
     let mut idom: HashMap<NodeIndex, Option<NodeIndex>> = HashMap::new();
     let mut depth: HashMap<Option<NodeIndex>, usize> = HashMap::from([(None, 0)]);
     for &n in order {
@@ -128,6 +128,68 @@ pub fn dominators(g: &Graph, order: &[NodeIndex]) -> HashMap<NodeIndex, Option<N
         depth.insert(Some(n), depth[&dom] + 1);
     }
     idom
+}
+
+/// The dominator tree of the data nodes, kept up to date while blocks are replaced.
+pub struct Dominators {
+    idom: HashMap<NodeIndex, Option<NodeIndex>>,
+    /// The nodes each node immediately dominates.
+    children: HashMap<NodeIndex, Vec<NodeIndex>>,
+    /// Times the tree was worked out from the whole graph.
+    analyses: usize,
+}
+
+impl Dominators {
+    pub fn new(g: &Graph, order: &[NodeIndex]) -> Dominators {
+        let idom = dominators(g, order);
+        let mut children: HashMap<NodeIndex, Vec<NodeIndex>> = HashMap::new();
+        for (&n, &d) in &idom {
+            if let Some(d) = d {
+                children.entry(d).or_default().push(n);
+            }
+        }
+        Dominators {
+            idom,
+            children,
+            analyses: 1,
+        }
+    }
+
+    /// Times the tree was worked out from the whole graph.
+    pub fn analyses(&self) -> usize {
+        self.analyses
+    }
+
+    pub fn idom(&self) -> &HashMap<NodeIndex, Option<NodeIndex>> {
+        &self.idom
+    }
+
+    /// Updates the tree after the readers of `region.y` were made to read `op`, a new node reading
+    /// `region.x` and constants. Data enters the region only at `x`; where it also leaves it only at
+    /// `y`, the region acts as one node, so `op` takes `y`'s place: dominated by `x`, dominating what
+    /// `y` dominated. Otherwise (a value inside the region read outside it) the tree is worked out
+    /// again.
+    pub fn replaced(&mut self, g: &Graph, region: &Region, op: NodeIndex) {
+        let inside: HashSet<NodeIndex> = region.nodes.iter().copied().collect();
+        // `y`'s readers read `op` now; any reader left outside the region reads the data inside.
+        let leaks = region.nodes.iter().any(|&n| {
+            g.readers(n)
+                .any(|r| !inside.contains(&r) && self.idom.contains_key(&r))
+        });
+        if leaks || !self.idom.contains_key(&region.x.node) {
+            let analyses = self.analyses + 1;
+            *self = Dominators::new(g, &g.topo_order());
+            self.analyses = analyses;
+            return;
+        }
+        let moved = self.children.remove(&region.y.node).unwrap_or_default();
+        for &n in &moved {
+            self.idom.insert(n, Some(op));
+        }
+        self.children.insert(op, moved);
+        self.idom.insert(op, Some(region.x.node));
+        self.children.entry(region.x.node).or_default().push(op);
+    }
 }
 
 fn intersect(

@@ -1,7 +1,9 @@
 //! Translation validation: the original region and a proposed `FastFeedForward` op are both evaluated on
 //! random probe inputs of several leading shapes, with the runtime's evaluator, and must agree.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use petgraph::stable_graph::NodeIndex;
 
 use fff_runtime::op::Op;
 use fff_runtime::opset::eval;
@@ -42,9 +44,23 @@ pub struct Probe {
     pub shape_sources: HashMap<OutletId, Tensor>,
 }
 
+/// The model's values at the three probe sizes, as far as blocks judged so far needed them. The blocks
+/// of one run share them, so a deep model is run up to each block once in all rather than once per
+/// block. Only their shapes are read (through `Shape` and `Size`, and for the probe of a block's
+/// input), and a rewrite keeps every shape, so values from before a rewrite serve after it.
+#[derive(Default)]
+pub struct ModelValues {
+    at_sizes: Vec<HashMap<OutletId, Tensor>>,
+}
+
 /// Probes for the region: random values of its input at three leading shapes, and where the region
 /// reads shapes of other values, those values from running the model up to them at matching sizes.
-pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> {
+pub fn probes(
+    g: &Graph,
+    r: &Region,
+    d_in: usize,
+    model: &mut ModelValues,
+) -> Result<Vec<Probe>, String> {
     if r.shape_sources.is_empty() {
         return Ok(input_probes(g, r.x, d_in)?
             .into_iter()
@@ -56,7 +72,7 @@ pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> 
     }
     let mut rng = Xorshift(0x0ddba11);
     let mut out = Vec::new();
-    for sizes in [[1usize, 3], [2, 5], [3, 2]] {
+    for (variant, sizes) in [[1usize, 3], [2, 5], [3, 2]].into_iter().enumerate() {
         let mut symbols: Vec<String> = Vec::new();
         let mut feeds = HashMap::new();
         for &n in g.inputs() {
@@ -99,40 +115,63 @@ pub fn probes(g: &Graph, r: &Region, d_in: usize) -> Result<Vec<Probe>, String> 
             };
             feeds.insert(OutletId::new(n, 0), t);
         }
+        if model.at_sizes.len() <= variant {
+            model.at_sizes.push(feeds);
+        }
+        let values = &mut model.at_sizes[variant];
         let mut wanted = r.shape_sources.clone();
         wanted.push(r.x);
-        let mut values = eval_prefix(g, feeds, &wanted)?;
+        eval_prefix(g, values, &wanted)?;
         let x_shape = values[&r.x].shape().to_vec();
         probe_fits(&x_shape, "the block input")?;
         let x = rng.tensor(&x_shape);
         let shape_sources = r
             .shape_sources
             .iter()
-            .map(|o| (*o, values.remove(o).expect("evaluated")))
+            .map(|o| {
+                let t = match g.const_value(*o) {
+                    Some(c) => Tensor::clone(c),
+                    None => values[o].clone(),
+                };
+                (*o, t)
+            })
             .collect();
         out.push(Probe { x, shape_sources });
     }
     Ok(out)
 }
 
-/// Runs the part of the graph that `wanted` depends on.
+/// Runs the part of the graph that `wanted` depends on and `values` lacks, adding its values.
 fn eval_prefix(
     g: &Graph,
-    mut values: HashMap<OutletId, Tensor>,
+    values: &mut HashMap<OutletId, Tensor>,
     wanted: &[OutletId],
-) -> Result<HashMap<OutletId, Tensor>, String> {
-    let mut needed = std::collections::HashSet::new();
-    let mut stack: Vec<_> = wanted.iter().map(|o| o.node).collect();
-    while let Some(n) = stack.pop() {
-        if needed.insert(n) {
-            stack.extend(g.inputs_of(n).into_iter().flatten().map(|o| o.node));
-        }
-    }
-    for n in g.topo_order() {
-        if !needed.contains(&n) {
+) -> Result<(), String> {
+    let missing = |values: &HashMap<OutletId, Tensor>, o: &OutletId| {
+        g.const_value(*o).is_none() && !values.contains_key(o)
+    };
+    // Depth first, each node after its inputs: a topological order of what is missing.
+    let mut stack: Vec<(NodeIndex, bool)> = wanted
+        .iter()
+        .filter(|o| missing(values, o))
+        .map(|o| (o.node, false))
+        .collect();
+    let mut visited = HashSet::new();
+    while let Some((n, inputs_done)) = stack.pop() {
+        let Some(op) = g.op(n) else { continue };
+        if !inputs_done {
+            if visited.insert(n) {
+                stack.push((n, true));
+                stack.extend(
+                    g.inputs_of(n)
+                        .into_iter()
+                        .flatten()
+                        .filter(|o| missing(values, o))
+                        .map(|o| (o.node, false)),
+                );
+            }
             continue;
         }
-        let Some(op) = g.op(n) else { continue };
         let outs = {
             let views: Vec<Option<TensorView>> = g
                 .inputs_of(n)
@@ -140,10 +179,12 @@ fn eval_prefix(
                 .map(|i| {
                     i.map(|o| {
                         g.const_value(o)
-                            .map_or_else(|| values[&o].view(), |c| c.view())
+                            .map_or_else(|| values.get(&o).map(Tensor::view), |c| Some(c.view()))
                     })
                 })
-                .collect();
+                .map(|v| v.map(|v| v.ok_or("a value the block needs was not computed")))
+                .map(Option::transpose)
+                .collect::<Result<_, _>>()?;
             probe_eval(op, &views, g.node(n).outputs.len())
                 .map_err(|e| format!("running the model up to the block fails: {e}"))?
         };
@@ -151,7 +192,13 @@ fn eval_prefix(
             values.insert(OutletId::new(n, s), t);
         }
     }
-    Ok(values)
+    if let Some(o) = wanted.iter().find(|o| missing(values, o)) {
+        return Err(format!(
+            "running the model up to the block does not compute '{}'",
+            g.node(o.node).name
+        ));
+    }
+    Ok(())
 }
 
 /// Random values of the block input at three leading shapes (fixed dims kept, symbolic ones varied),
