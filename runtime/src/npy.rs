@@ -87,10 +87,30 @@ fn tensor_from_npy<R: Read>(npy: NpyFile<R>, what: &str) -> Result<Tensor> {
     Ok(t)
 }
 
-/// Writes tensors into a `.npz` file, one array per name.
+/// Writes tensors into a `.npz` file, one array per name, atomically ([`crate::files::write_atomic`]).
 pub fn write_npz(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let io = |e: std::io::Error| Error::io(format!("cannot write {}", path.display()), e);
-    let mut npz = npyz::npz::NpzWriter::create(path).map_err(io)?;
+    let mut failure = None;
+    crate::files::write_atomic(path, |w| {
+        write_npz_to(w, tensors).map_err(|e| {
+            let io = std::io::Error::other(e.to_string());
+            failure = Some(e);
+            io
+        })
+    })
+    .map_err(|e| {
+        failure
+            .take()
+            .unwrap_or_else(|| Error::io(format!("cannot write {}", path.display()), e))
+    })
+}
+
+/// Writes tensors as a `.npz` archive into `out`.
+fn write_npz_to<W: std::io::Write + std::io::Seek>(
+    out: W,
+    tensors: &[(String, Tensor)],
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("cannot write the .npz archive", e);
+    let mut npz = npyz::npz::NpzWriter::new(out);
     for (name, t) in tensors {
         let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
         let options = npyz::zip::write::FileOptions::default();
@@ -118,7 +138,7 @@ pub fn write_npz(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     }
     npz.zip_writer()
         .finish()
-        .map_err(|e| Error::invalid(format!("cannot finish {}: {e}", path.display())))?;
+        .map_err(|e| Error::invalid(format!("cannot finish the .npz archive: {e}")))?;
     Ok(())
 }
 
