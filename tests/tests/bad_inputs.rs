@@ -887,3 +887,83 @@ fn closed_stdout_is_an_error() {
     ));
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+// ---- .npz members checked before they are inflated ----
+
+/// Writes an `.npz` whose members are float32 arrays of zeros, deflated as they are written (so
+/// neither the test nor the file holds their bytes: 1 GiB of zeros deflates to about 1 MiB).
+fn zeros_npz(path: &std::path::Path, members: &[(&str, &[u64])]) {
+    use npyz::zip::{write::FileOptions, CompressionMethod, ZipWriter};
+    use std::io::Write;
+    let mut zip = ZipWriter::new(std::fs::File::create(path).expect("create the .npz"));
+    for (name, shape) in members {
+        let options = FileOptions::default()
+            .compression_method(CompressionMethod::Deflated)
+            .large_file(true);
+        zip.start_file(format!("{name}.npy"), options).unwrap();
+        let dims: Vec<String> = shape.iter().map(|d| format!("{d},")).collect();
+        let mut dict = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+            dims.join(" ")
+        );
+        while (10 + dict.len() + 1) % 64 != 0 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        zip.write_all(b"\x93NUMPY\x01\x00").unwrap();
+        zip.write_all(&(dict.len() as u16).to_le_bytes()).unwrap();
+        zip.write_all(dict.as_bytes()).unwrap();
+        let mut left = shape.iter().product::<u64>() * 4;
+        let chunk = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            zip.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+    zip.finish().unwrap();
+}
+
+/// Runs `fffrun` under an address-space limit of 512 MiB, well under the 1 GiB that inflating a
+/// member would take; returns its exit code and stderr.
+fn fffrun_limited(model: &std::path::Path, input: &std::path::Path) -> (Option<i32>, String) {
+    let (code, _, stderr) = run_sh(&format!(
+        "ulimit -v 524288; exec '{}' '{}' '{}' --threads 1",
+        bin("fffrun").display(),
+        model.display(),
+        input.display()
+    ));
+    (code, stderr)
+}
+
+#[test]
+fn npz_member_of_no_input_is_refused_before_inflating() {
+    let scratch = Scratch::new("npz_unknown_member");
+    let model = scratch.file("model.fff", small_plan());
+    let npz = scratch.0.join("in.npz");
+    zeros_npz(&npz, &[("big", &[1 << 28]), ("a", &[1, 2])]);
+    assert!(std::fs::metadata(&npz).unwrap().len() < 4 << 20);
+    let (code, stderr) = fffrun_limited(&model, &npz);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_mentions(&stderr, &["error: ", "array 'big'", "unknown input 'big'"]);
+}
+
+#[test]
+fn npz_member_of_the_wrong_shape_is_refused_before_inflating() {
+    let scratch = Scratch::new("npz_wrong_shape");
+    let model = scratch.file("model.fff", small_plan());
+    let npz = scratch.0.join("in.npz");
+    // `c` is [batch, 4]: a second dimension of 1 is wrong, whatever the batch.
+    zeros_npz(&npz, &[("c", &[1 << 28, 1])]);
+    let (code, stderr) = fffrun_limited(&model, &npz);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_mentions(
+        &stderr,
+        &[
+            "error: ",
+            "array 'c'",
+            "has shape [268435456, 1]",
+            "[batch, 4]",
+        ],
+    );
+}

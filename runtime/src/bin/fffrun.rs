@@ -20,7 +20,7 @@ use clap::Parser;
 use fff_runtime::fff_stats::run_with_fff_usage;
 use fff_runtime::io::{parse_inputs, write_outputs, JsonStyle};
 use fff_runtime::model::Options;
-use fff_runtime::npy::{read_npy, read_npz, write_npz};
+use fff_runtime::npy::{read_npy, read_npz_inputs, write_npz};
 use fff_runtime::{Model, Tensor, TensorView};
 
 /// Runs a compiled fff model (.fff) on the CPU.
@@ -174,7 +174,10 @@ fn has_extension(path: &Path, ext: &str) -> bool {
 fn read_inputs(path: &Path, model: &Model) -> Result<(Vec<(String, Tensor)>, JsonStyle)> {
     let context = || format!("in input file {}", path.display());
     if has_extension(path, "npz") {
-        return Ok((read_npz(path).with_context(context)?, JsonStyle::Plain));
+        return Ok((
+            read_npz_inputs(path, model.inputs()).with_context(context)?,
+            JsonStyle::Plain,
+        ));
     }
     if has_extension(path, "npy") {
         let [only] = model.inputs() else {
