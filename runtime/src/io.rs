@@ -18,7 +18,7 @@
 use std::io::Write;
 
 use ndarray::IxDyn;
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 use crate::plan::PlanInput;
@@ -33,53 +33,69 @@ pub enum JsonStyle {
     V2,
 }
 
+mod form;
+mod plain_stream;
+
 /// Parses a JSON request into named tensors typed as `specs` (the model's inputs) declare, and reports
 /// which form it was in. Fails on malformed JSON, an input the model does not have, ragged lists,
 /// elements that do not fit the declared type, and (v2) a datatype other than the declared one or a
-/// `data` length other than the product of `shape`.
+/// `data` length other than the product of `shape`. Plain-form inputs are read straight into typed
+/// buffers (see [`read_inputs_file`]).
 pub fn parse_inputs(text: &str, specs: &[PlanInput]) -> Result<(Vec<(String, Tensor)>, JsonStyle)> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| Error::input(format!("malformed JSON: {e}")))?;
-    let Value::Object(top) = value else {
-        return Err(Error::input(format!(
-            "the input JSON is {}; expected an object mapping input names to nested lists, or an Open \
-             Inference Protocol v2 request {{\"inputs\": [...]}}",
-            kind(&value)
-        )));
+    parse_with(|| Ok(serde_json::Deserializer::from_str(text)), specs)
+}
+
+/// [`parse_inputs`] on a JSON file, read as a stream (twice: once to tell the form, once to read it).
+/// A plain-form request takes about the memory of its tensors (a buffer grows by doubling, fallibly:
+/// one that cannot grow is an error, not an abort); a v2 request is still read as a whole JSON tree.
+pub fn read_inputs_file(
+    path: &std::path::Path,
+    specs: &[PlanInput],
+) -> Result<(Vec<(String, Tensor)>, JsonStyle)> {
+    let open = || {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("cannot read input file {}", path.display()), e))?;
+        Ok(serde_json::Deserializer::from_reader(
+            std::io::BufReader::with_capacity(1 << 16, file),
+        ))
     };
-    if is_v2(&top, specs) {
-        let Some(Value::Array(entries)) = top.get("inputs") else {
-            unreachable!("checked by is_v2")
-        };
-        let tensors = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| parse_v2_entry(i, e, specs))
-            .collect::<Result<_>>()?;
-        Ok((tensors, JsonStyle::V2))
-    } else {
-        let tensors = top
-            .iter()
-            .map(|(name, v)| {
-                Ok((
-                    name.clone(),
-                    parse_plain(name, v, find_spec(name, specs)?.dtype)?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        Ok((tensors, JsonStyle::Plain))
+    parse_with(open, specs)
+}
+
+/// Reads a request from the deserializers `open` makes, each over the same text.
+fn parse_with<'de, R: serde_json::de::Read<'de>>(
+    open: impl Fn() -> Result<serde_json::Deserializer<R>>,
+    specs: &[PlanInput],
+) -> Result<(Vec<(String, Tensor)>, JsonStyle)> {
+    match form::detect(&mut open()?, specs)? {
+        form::Form::NotObject(kind) => Err(Error::input(format!(
+            "the input JSON is {kind}; expected an object mapping input names to nested lists, or an Open \
+             Inference Protocol v2 request {{\"inputs\": [...]}}"
+        ))),
+        form::Form::Plain => Ok((plain_stream::read(&mut open()?, specs)?, JsonStyle::Plain)),
+        form::Form::V2 => {
+            let mut de = open()?;
+            let value = <Value as serde::Deserialize>::deserialize(&mut de).map_err(json_error)?;
+            de.end().map_err(json_error)?;
+            let Some(Value::Array(entries)) = value.get("inputs") else {
+                unreachable!("checked by form::detect")
+            };
+            let tensors = entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| parse_v2_entry(i, e, specs))
+                .collect::<Result<_>>()?;
+            Ok((tensors, JsonStyle::V2))
+        }
     }
 }
 
-/// A v2 request has `"inputs"` holding an array of objects. An empty array counts as one unless the
-/// model has an input named `inputs` (then it is that input, of length 0).
-fn is_v2(top: &Map<String, Value>, specs: &[PlanInput]) -> bool {
-    match top.get("inputs") {
-        Some(Value::Array(entries)) if entries.is_empty() => {
-            !specs.iter().any(|s| s.name == "inputs")
-        }
-        Some(Value::Array(entries)) => entries.iter().all(Value::is_object),
-        _ => false,
+/// A JSON syntax error, or the I/O error under it.
+fn json_error(e: serde_json::Error) -> Error {
+    if e.is_io() {
+        Error::io("cannot read the JSON", e.into())
+    } else {
+        Error::input(format!("malformed JSON: {e}"))
     }
 }
 
@@ -90,70 +106,6 @@ fn find_spec<'a>(name: &str, specs: &'a [PlanInput]) -> Result<&'a PlanInput> {
             "unknown input '{name}'; the model's inputs are {known:?}"
         ))
     })
-}
-
-/// A plain-form value: its shape from the nesting, then its elements in row-major order.
-fn parse_plain(name: &str, value: &Value, dtype: DType) -> Result<Tensor> {
-    let mut shape = Vec::new();
-    let mut probe = value;
-    while let Value::Array(items) = probe {
-        shape.push(items.len());
-        match items.first() {
-            Some(first) => probe = first,
-            None => break,
-        }
-    }
-    let mut leaves = Vec::with_capacity(checked_len(&shape).unwrap_or(0));
-    let mut index = Vec::with_capacity(shape.len());
-    collect_rectangular(name, value, &shape, &mut index, &mut leaves)?;
-    build(name, dtype, &shape, &leaves, |i| match shape.len() {
-        0 => String::new(),
-        _ => format!(" element {}", format_index(&unravel(i, &shape))),
-    })
-}
-
-/// Walks `value`, checking that it nests exactly as `shape` says, and collects its leaves.
-fn collect_rectangular<'v>(
-    name: &str,
-    value: &'v Value,
-    shape: &[usize],
-    index: &mut Vec<usize>,
-    leaves: &mut Vec<&'v Value>,
-) -> Result<()> {
-    let depth = index.len();
-    match (value, shape.get(depth)) {
-        (Value::Array(items), Some(&want)) if items.len() == want => {
-            for (i, item) in items.iter().enumerate() {
-                index.push(i);
-                collect_rectangular(name, item, shape, index, leaves)?;
-                index.pop();
-            }
-            Ok(())
-        }
-        (Value::Array(_), None) | (_, Some(_)) => {
-            let here = match value {
-                Value::Array(items) => format!("a list of {} elements", items.len()),
-                other => kind(other).to_string(),
-            };
-            let expected = match shape.get(depth) {
-                Some(want) => format!("a list of {want} elements"),
-                None => "a single element".to_string(),
-            };
-            Err(Error::input(format!(
-                "input '{name}' is ragged: {} is {here}, but the first entries make it {expected} \
-                 (shape {shape:?})",
-                if depth == 0 {
-                    "the value".to_string()
-                } else {
-                    format!("entry {}", format_index(index))
-                },
-            )))
-        }
-        (leaf, None) => {
-            leaves.push(leaf);
-            Ok(())
-        }
-    }
 }
 
 /// A v2 request entry: `{"name", "shape", "datatype", "data"}`.
@@ -339,18 +291,6 @@ fn integer(n: &Number) -> Result<i64, &'static str> {
 /// `[1, 0, 2]`.
 fn format_index(index: &[usize]) -> String {
     format!("{index:?}")
-}
-
-/// The multi-index of flat position `i` in a row-major array of `shape`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut index = vec![0; shape.len()];
-    for (slot, &d) in index.iter_mut().zip(shape).rev() {
-        if d > 0 {
-            *slot = i % d;
-            i /= d;
-        }
-    }
-    index
 }
 
 fn kind(v: &Value) -> &'static str {

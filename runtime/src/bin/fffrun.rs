@@ -18,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fff_runtime::capture_stdout_before_main!();
 use clap::Parser;
 use fff_runtime::fff_stats::run_with_fff_usage;
-use fff_runtime::io::{parse_inputs, write_outputs, JsonStyle};
+use fff_runtime::io::{read_inputs_file, write_outputs, JsonStyle};
 use fff_runtime::model::Options;
 use fff_runtime::npy::{read_npy, read_npz_inputs, write_npz};
 use fff_runtime::{Model, Tensor, TensorView};
@@ -191,9 +191,10 @@ fn read_inputs(path: &Path, model: &Model) -> Result<(Vec<(String, Tensor)>, Jso
             JsonStyle::Plain,
         ));
     }
-    let text = std::fs::read_to_string(path)
+    // Opened here first so that a missing file is reported as before, without the parse's context.
+    std::fs::File::open(path)
         .with_context(|| format!("cannot read input file {}", path.display()))?;
-    parse_inputs(&text, model.inputs()).with_context(context)
+    read_inputs_file(path, model.inputs()).with_context(context)
 }
 
 /// The inputs as views, for runs that borrow them ([`Model::run_borrowed`]).
