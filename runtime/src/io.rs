@@ -35,6 +35,7 @@ pub enum JsonStyle {
 
 mod form;
 mod plain_stream;
+mod v2_stream;
 
 /// Parses a JSON request into named tensors typed as `specs` (the model's inputs) declare, and reports
 /// which form it was in. Fails on malformed JSON, an input the model does not have, ragged lists,
@@ -46,8 +47,9 @@ pub fn parse_inputs(text: &str, specs: &[PlanInput]) -> Result<(Vec<(String, Ten
 }
 
 /// [`parse_inputs`] on a JSON file, read as a stream (twice: once to tell the form, once to read it).
-/// A plain-form request takes about the memory of its tensors (a buffer grows by doubling, fallibly:
-/// one that cannot grow is an error, not an abort); a v2 request is still read as a whole JSON tree.
+/// Tensors are read straight into buffers of their element type, so a request takes about the memory
+/// of its tensors (a buffer grows by doubling, fallibly: one that cannot grow is an error, not an
+/// abort); only a v2 entry whose `data` comes before its `name` or `datatype` is read as a JSON tree.
 pub fn read_inputs_file(
     path: &std::path::Path,
     specs: &[PlanInput],
@@ -73,20 +75,7 @@ fn parse_with<'de, R: serde_json::de::Read<'de>>(
              Inference Protocol v2 request {{\"inputs\": [...]}}"
         ))),
         form::Form::Plain => Ok((plain_stream::read(&mut open()?, specs)?, JsonStyle::Plain)),
-        form::Form::V2 => {
-            let mut de = open()?;
-            let value = <Value as serde::Deserialize>::deserialize(&mut de).map_err(json_error)?;
-            de.end().map_err(json_error)?;
-            let Some(Value::Array(entries)) = value.get("inputs") else {
-                unreachable!("checked by form::detect")
-            };
-            let tensors = entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| parse_v2_entry(i, e, specs))
-                .collect::<Result<_>>()?;
-            Ok((tensors, JsonStyle::V2))
-        }
+        form::Form::V2 => Ok((v2_stream::read(&mut open()?, specs)?, JsonStyle::V2)),
     }
 }
 
@@ -108,8 +97,14 @@ fn find_spec<'a>(name: &str, specs: &'a [PlanInput]) -> Result<&'a PlanInput> {
     })
 }
 
-/// A v2 request entry: `{"name", "shape", "datatype", "data"}`.
-fn parse_v2_entry(position: usize, entry: &Value, specs: &[PlanInput]) -> Result<(String, Tensor)> {
+/// The checks of a v2 entry before its data, in the order of their messages: its name, the input it
+/// names, datatype, and shape; returns the name, the input, the shape and its element count. `data`
+/// must be present.
+fn v2_header<'s>(
+    position: usize,
+    entry: &Value,
+    specs: &'s [PlanInput],
+) -> Result<(String, &'s PlanInput, Vec<usize>, usize)> {
     let field = |key: &str| {
         entry
             .get(key)
@@ -156,8 +151,20 @@ fn parse_v2_entry(position: usize, entry: &Value, specs: &[PlanInput]) -> Result
     let count = checked_len(&shape)
         .map_err(|_| Error::input(format!("input '{name}': shape {shape:?} is too large")))?;
 
+    if entry.get("data").is_none() {
+        return Err(Error::input(format!("inputs[{position}] has no \"data\"")));
+    }
+    Ok((name, spec, shape, count))
+}
+
+/// A v2 request entry: `{"name", "shape", "datatype", "data"}`.
+fn parse_v2_entry(position: usize, entry: &Value, specs: &[PlanInput]) -> Result<(String, Tensor)> {
+    let (name, spec, shape, count) = v2_header(position, entry, specs)?;
+    let data = entry
+        .get("data")
+        .ok_or_else(|| Error::input(format!("inputs[{position}] has no \"data\"")))?;
     let mut leaves = Vec::new();
-    flatten(field("data")?, &mut leaves);
+    flatten(data, &mut leaves);
     if leaves.len() != count {
         return Err(Error::input(format!(
             "input '{name}' has {} data elements, but its shape {shape:?} holds {count}",
@@ -612,6 +619,26 @@ mod tests {
             ("pos".to_string(), Tensor::I32(arr1(&[7, 8]).into_dyn())),
         ];
         assert_eq!(tensors, expected);
+    }
+
+    #[test]
+    fn v2_fields_in_any_order_read_alike() {
+        let typed = r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [[1, null]]}]}"#;
+        let tree = r#"{"inputs": [{"data": [[1, null]], "shape": [1, 2], "datatype": "FP32", "name": "x"}]}"#;
+        let (a, _) = parse_inputs(typed, &specs()).unwrap();
+        let (b, _) = parse_inputs(tree, &specs()).unwrap();
+        assert_eq!(
+            write_outputs(&a, JsonStyle::V2),
+            write_outputs(&b, JsonStyle::V2)
+        );
+        assert_eq!(
+            input_error(
+                r#"{"inputs": [{"data": [1, "a"], "name": "ids", "datatype": "INT64", "shape": [2]}]}"#
+            ),
+            input_error(
+                r#"{"inputs": [{"name": "ids", "datatype": "INT64", "shape": [2], "data": [1, "a"]}]}"#
+            ),
+        );
     }
 
     #[test]

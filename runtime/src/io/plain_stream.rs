@@ -90,7 +90,7 @@ impl<'de> Visitor<'de> for Top<'_> {
 }
 
 /// A typed, growing element buffer.
-enum Buf {
+pub(super) enum Buf {
     F32(Vec<f32>),
     I64(Vec<i64>),
     I32(Vec<i32>),
@@ -99,7 +99,29 @@ enum Buf {
 }
 
 impl Buf {
-    fn len(&self) -> usize {
+    pub(super) fn new(dtype: DType) -> Buf {
+        match dtype {
+            DType::F32 => Buf::F32(Vec::new()),
+            DType::I64 => Buf::I64(Vec::new()),
+            DType::I32 => Buf::I32(Vec::new()),
+            DType::Bool => Buf::Bool(Vec::new()),
+            DType::BF16 => Buf::BF16(Vec::new()),
+        }
+    }
+
+    /// The tensor of `shape`, which must hold as many elements as the buffer.
+    pub(super) fn into_tensor(self, shape: &[usize]) -> Tensor {
+        let s = IxDyn(shape);
+        match self {
+            Buf::F32(v) => Tensor::F32(from_vec(s, v)),
+            Buf::I64(v) => Tensor::I64(from_vec(s, v)),
+            Buf::I32(v) => Tensor::I32(from_vec(s, v)),
+            Buf::Bool(v) => Tensor::Bool(from_vec(s, v)),
+            Buf::BF16(v) => Tensor::BF16(from_vec(s, v)),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
         match self {
             Buf::F32(v) => v.len(),
             Buf::I64(v) => v.len(),
@@ -111,7 +133,7 @@ impl Buf {
 
     /// Appends `leaf` converted to the element type: `Ok(Err(why))` when it does not fit the type,
     /// `Err(())` when memory for it cannot be had.
-    fn push(&mut self, leaf: &Value) -> Result<Result<(), &'static str>, ()> {
+    pub(super) fn push(&mut self, leaf: &Value) -> Result<Result<(), &'static str>, ()> {
         fn put<T>(
             v: &mut Vec<T>,
             x: Result<T, &'static str>,
@@ -202,16 +224,9 @@ struct Flat {
 
 impl Flat {
     fn new(dtype: DType) -> Flat {
-        let buf = match dtype {
-            DType::F32 => Buf::F32(Vec::new()),
-            DType::I64 => Buf::I64(Vec::new()),
-            DType::I32 => Buf::I32(Vec::new()),
-            DType::Bool => Buf::Bool(Vec::new()),
-            DType::BF16 => Buf::BF16(Vec::new()),
-        };
         Flat {
             dtype,
-            buf,
+            buf: Buf::new(dtype),
             shape: Vec::new(),
             rank: None,
             index: Vec::new(),
@@ -292,14 +307,7 @@ impl Flat {
                 self.dtype
             )));
         }
-        let s = IxDyn(&shape);
-        Ok(match self.buf {
-            Buf::F32(v) => Tensor::F32(from_vec(s, v)),
-            Buf::I64(v) => Tensor::I64(from_vec(s, v)),
-            Buf::I32(v) => Tensor::I32(from_vec(s, v)),
-            Buf::Bool(v) => Tensor::Bool(from_vec(s, v)),
-            Buf::BF16(v) => Tensor::BF16(from_vec(s, v)),
-        })
+        Ok(self.buf.into_tensor(&shape))
     }
 }
 
