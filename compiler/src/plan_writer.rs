@@ -104,8 +104,11 @@ pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
 pub fn write_plan(g: &Graph, path: &Path) -> Result<()> {
     let (graph, weights) = to_plan(g)?;
     let bytes = plan::encode(&graph, &weights);
-    std::fs::write(path, bytes).map_err(|e| CompileError::Write {
-        path: path.display().to_string(),
-        cause: e,
+    // Atomic: a plan may be memory-mapped by a running process, which must never see it half-written.
+    fff_runtime::files::write_atomic(path, |w| std::io::Write::write_all(w, &bytes)).map_err(|e| {
+        CompileError::Write {
+            path: path.display().to_string(),
+            cause: e,
+        }
     })
 }

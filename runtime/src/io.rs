@@ -18,7 +18,7 @@
 use std::io::Write;
 
 use ndarray::IxDyn;
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
 use crate::error::{Error, Result};
 use crate::plan::PlanInput;
@@ -33,53 +33,58 @@ pub enum JsonStyle {
     V2,
 }
 
+mod form;
+mod plain_stream;
+mod v2_stream;
+
 /// Parses a JSON request into named tensors typed as `specs` (the model's inputs) declare, and reports
 /// which form it was in. Fails on malformed JSON, an input the model does not have, ragged lists,
 /// elements that do not fit the declared type, and (v2) a datatype other than the declared one or a
-/// `data` length other than the product of `shape`.
+/// `data` length other than the product of `shape`. Plain-form inputs are read straight into typed
+/// buffers (see [`read_inputs_file`]).
 pub fn parse_inputs(text: &str, specs: &[PlanInput]) -> Result<(Vec<(String, Tensor)>, JsonStyle)> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| Error::input(format!("malformed JSON: {e}")))?;
-    let Value::Object(top) = value else {
-        return Err(Error::input(format!(
-            "the input JSON is {}; expected an object mapping input names to nested lists, or an Open \
-             Inference Protocol v2 request {{\"inputs\": [...]}}",
-            kind(&value)
-        )));
+    parse_with(|| Ok(serde_json::Deserializer::from_str(text)), specs)
+}
+
+/// [`parse_inputs`] on a JSON file, read as a stream (twice: once to tell the form, once to read it).
+/// Tensors are read straight into buffers of their element type, so a request takes about the memory
+/// of its tensors (a buffer grows by doubling, fallibly: one that cannot grow is an error, not an
+/// abort); only a v2 entry whose `data` comes before its `name` or `datatype` is read as a JSON tree.
+pub fn read_inputs_file(
+    path: &std::path::Path,
+    specs: &[PlanInput],
+) -> Result<(Vec<(String, Tensor)>, JsonStyle)> {
+    let open = || {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("cannot read input file {}", path.display()), e))?;
+        Ok(serde_json::Deserializer::from_reader(
+            std::io::BufReader::with_capacity(1 << 16, file),
+        ))
     };
-    if is_v2(&top, specs) {
-        let Some(Value::Array(entries)) = top.get("inputs") else {
-            unreachable!("checked by is_v2")
-        };
-        let tensors = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| parse_v2_entry(i, e, specs))
-            .collect::<Result<_>>()?;
-        Ok((tensors, JsonStyle::V2))
-    } else {
-        let tensors = top
-            .iter()
-            .map(|(name, v)| {
-                Ok((
-                    name.clone(),
-                    parse_plain(name, v, find_spec(name, specs)?.dtype)?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        Ok((tensors, JsonStyle::Plain))
+    parse_with(open, specs)
+}
+
+/// Reads a request from the deserializers `open` makes, each over the same text.
+fn parse_with<'de, R: serde_json::de::Read<'de>>(
+    open: impl Fn() -> Result<serde_json::Deserializer<R>>,
+    specs: &[PlanInput],
+) -> Result<(Vec<(String, Tensor)>, JsonStyle)> {
+    match form::detect(&mut open()?, specs)? {
+        form::Form::NotObject(kind) => Err(Error::input(format!(
+            "the input JSON is {kind}; expected an object mapping input names to nested lists, or an Open \
+             Inference Protocol v2 request {{\"inputs\": [...]}}"
+        ))),
+        form::Form::Plain => Ok((plain_stream::read(&mut open()?, specs)?, JsonStyle::Plain)),
+        form::Form::V2 => Ok((v2_stream::read(&mut open()?, specs)?, JsonStyle::V2)),
     }
 }
 
-/// A v2 request has `"inputs"` holding an array of objects. An empty array counts as one unless the
-/// model has an input named `inputs` (then it is that input, of length 0).
-fn is_v2(top: &Map<String, Value>, specs: &[PlanInput]) -> bool {
-    match top.get("inputs") {
-        Some(Value::Array(entries)) if entries.is_empty() => {
-            !specs.iter().any(|s| s.name == "inputs")
-        }
-        Some(Value::Array(entries)) => entries.iter().all(Value::is_object),
-        _ => false,
+/// A JSON syntax error, or the I/O error under it.
+fn json_error(e: serde_json::Error) -> Error {
+    if e.is_io() {
+        Error::io("cannot read the JSON", e.into())
+    } else {
+        Error::input(format!("malformed JSON: {e}"))
     }
 }
 
@@ -92,72 +97,14 @@ fn find_spec<'a>(name: &str, specs: &'a [PlanInput]) -> Result<&'a PlanInput> {
     })
 }
 
-/// A plain-form value: its shape from the nesting, then its elements in row-major order.
-fn parse_plain(name: &str, value: &Value, dtype: DType) -> Result<Tensor> {
-    let mut shape = Vec::new();
-    let mut probe = value;
-    while let Value::Array(items) = probe {
-        shape.push(items.len());
-        match items.first() {
-            Some(first) => probe = first,
-            None => break,
-        }
-    }
-    let mut leaves = Vec::with_capacity(checked_len(&shape).unwrap_or(0));
-    let mut index = Vec::with_capacity(shape.len());
-    collect_rectangular(name, value, &shape, &mut index, &mut leaves)?;
-    build(name, dtype, &shape, &leaves, |i| match shape.len() {
-        0 => String::new(),
-        _ => format!(" element {}", format_index(&unravel(i, &shape))),
-    })
-}
-
-/// Walks `value`, checking that it nests exactly as `shape` says, and collects its leaves.
-fn collect_rectangular<'v>(
-    name: &str,
-    value: &'v Value,
-    shape: &[usize],
-    index: &mut Vec<usize>,
-    leaves: &mut Vec<&'v Value>,
-) -> Result<()> {
-    let depth = index.len();
-    match (value, shape.get(depth)) {
-        (Value::Array(items), Some(&want)) if items.len() == want => {
-            for (i, item) in items.iter().enumerate() {
-                index.push(i);
-                collect_rectangular(name, item, shape, index, leaves)?;
-                index.pop();
-            }
-            Ok(())
-        }
-        (Value::Array(_), None) | (_, Some(_)) => {
-            let here = match value {
-                Value::Array(items) => format!("a list of {} elements", items.len()),
-                other => kind(other).to_string(),
-            };
-            let expected = match shape.get(depth) {
-                Some(want) => format!("a list of {want} elements"),
-                None => "a single element".to_string(),
-            };
-            Err(Error::input(format!(
-                "input '{name}' is ragged: {} is {here}, but the first entries make it {expected} \
-                 (shape {shape:?})",
-                if depth == 0 {
-                    "the value".to_string()
-                } else {
-                    format!("entry {}", format_index(index))
-                },
-            )))
-        }
-        (leaf, None) => {
-            leaves.push(leaf);
-            Ok(())
-        }
-    }
-}
-
-/// A v2 request entry: `{"name", "shape", "datatype", "data"}`.
-fn parse_v2_entry(position: usize, entry: &Value, specs: &[PlanInput]) -> Result<(String, Tensor)> {
+/// The checks of a v2 entry before its data, in the order of their messages: its name, the input it
+/// names, datatype, and shape; returns the name, the input, the shape and its element count. `data`
+/// must be present.
+fn v2_header<'s>(
+    position: usize,
+    entry: &Value,
+    specs: &'s [PlanInput],
+) -> Result<(String, &'s PlanInput, Vec<usize>, usize)> {
     let field = |key: &str| {
         entry
             .get(key)
@@ -204,8 +151,20 @@ fn parse_v2_entry(position: usize, entry: &Value, specs: &[PlanInput]) -> Result
     let count = checked_len(&shape)
         .map_err(|_| Error::input(format!("input '{name}': shape {shape:?} is too large")))?;
 
+    if entry.get("data").is_none() {
+        return Err(Error::input(format!("inputs[{position}] has no \"data\"")));
+    }
+    Ok((name, spec, shape, count))
+}
+
+/// A v2 request entry: `{"name", "shape", "datatype", "data"}`.
+fn parse_v2_entry(position: usize, entry: &Value, specs: &[PlanInput]) -> Result<(String, Tensor)> {
+    let (name, spec, shape, count) = v2_header(position, entry, specs)?;
+    let data = entry
+        .get("data")
+        .ok_or_else(|| Error::input(format!("inputs[{position}] has no \"data\"")))?;
     let mut leaves = Vec::new();
-    flatten(field("data")?, &mut leaves);
+    flatten(data, &mut leaves);
     if leaves.len() != count {
         return Err(Error::input(format!(
             "input '{name}' has {} data elements, but its shape {shape:?} holds {count}",
@@ -339,18 +298,6 @@ fn integer(n: &Number) -> Result<i64, &'static str> {
 /// `[1, 0, 2]`.
 fn format_index(index: &[usize]) -> String {
     format!("{index:?}")
-}
-
-/// The multi-index of flat position `i` in a row-major array of `shape`.
-fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
-    let mut index = vec![0; shape.len()];
-    for (slot, &d) in index.iter_mut().zip(shape).rev() {
-        if d > 0 {
-            *slot = i % d;
-            i /= d;
-        }
-    }
-    index
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -672,6 +619,26 @@ mod tests {
             ("pos".to_string(), Tensor::I32(arr1(&[7, 8]).into_dyn())),
         ];
         assert_eq!(tensors, expected);
+    }
+
+    #[test]
+    fn v2_fields_in_any_order_read_alike() {
+        let typed = r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [[1, null]]}]}"#;
+        let tree = r#"{"inputs": [{"data": [[1, null]], "shape": [1, 2], "datatype": "FP32", "name": "x"}]}"#;
+        let (a, _) = parse_inputs(typed, &specs()).unwrap();
+        let (b, _) = parse_inputs(tree, &specs()).unwrap();
+        assert_eq!(
+            write_outputs(&a, JsonStyle::V2),
+            write_outputs(&b, JsonStyle::V2)
+        );
+        assert_eq!(
+            input_error(
+                r#"{"inputs": [{"data": [1, "a"], "name": "ids", "datatype": "INT64", "shape": [2]}]}"#
+            ),
+            input_error(
+                r#"{"inputs": [{"name": "ids", "datatype": "INT64", "shape": [2], "data": [1, "a"]}]}"#
+            ),
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod buffers;
 mod convert;
 pub mod error;
 pub mod fff_stats;
+pub mod files;
 mod inputs;
 #[cfg(feature = "io")]
 pub mod io;

@@ -9,7 +9,8 @@ use ndarray::{ArrayD, IxDyn};
 use npyz::{NpyFile, Order, TypeChar, WriterBuilder};
 
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::plan::{Dim, PlanInput};
+use crate::tensor::{DType, Tensor};
 
 /// Reads a `.npy` file holding one array.
 pub fn read_npy(path: &Path) -> Result<Tensor> {
@@ -42,6 +43,96 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
         ));
     }
     Ok(out)
+}
+
+/// Reads the arrays of a `.npz` file as the inputs `specs` declare. Every member is matched to an
+/// input by name and its header (element type, rank, fixed dimensions, and a data size that the
+/// member's stored size can hold) is checked before any member's data is inflated, so an array the
+/// model does not take, or one of the wrong shape, costs nothing to refuse however large it is.
+pub fn read_npz_inputs(path: &Path, specs: &[PlanInput]) -> Result<Vec<(String, Tensor)>> {
+    let bad = |e: std::io::Error| {
+        Error::input(format!(
+            "{} is not a readable .npz file: {e}",
+            path.display()
+        ))
+    };
+    let mut archive = npyz::npz::NpzArchive::open(path).map_err(bad)?;
+    let names: Vec<String> = archive.array_names().map(str::to_string).collect();
+    for name in &names {
+        let what = format!("array '{name}' of {}", path.display());
+        let spec = specs.iter().find(|s| &s.name == name).ok_or_else(|| {
+            let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            Error::input(format!(
+                "{what}: unknown input '{name}'; the model's inputs are {known:?}"
+            ))
+        })?;
+        let stored = archive
+            .zip_archive()
+            .by_name(&format!("{name}.npy"))
+            .map(|f| f.size())
+            .map_err(|e| bad(std::io::Error::other(e)))?;
+        // Only the header is inflated here.
+        let npy = archive
+            .by_name(name)
+            .map_err(bad)?
+            .ok_or_else(|| Error::input(format!("array '{name}' vanished")))?;
+        check_header(&npy, spec, stored, &what)?;
+    }
+    read_npz(path)
+}
+
+/// Checks an array's header against the input it is for: element type, C order, rank, fixed
+/// dimensions, and a data size within the `stored` bytes of its member.
+fn check_header<R: Read>(
+    npy: &NpyFile<R>,
+    spec: &PlanInput,
+    stored: u64,
+    what: &str,
+) -> Result<()> {
+    let bad = |msg: String| Error::input(format!("{what}: {msg}"));
+    let dtype = match npy.dtype() {
+        npyz::DType::Plain(ts) => match (ts.type_char(), ts.size_field()) {
+            (TypeChar::Float, 4) => Some(DType::F32),
+            (TypeChar::Int, 8) => Some(DType::I64),
+            (TypeChar::Int, 4) => Some(DType::I32),
+            (TypeChar::Bool, 1) => Some(DType::Bool),
+            _ => None,
+        },
+        _ => None,
+    };
+    if dtype != Some(spec.dtype) {
+        return Err(bad(format!(
+            "has element type {}, but input '{}' is {}",
+            npy.dtype().descr(),
+            spec.name,
+            spec.dtype
+        )));
+    }
+    let shape = npy.shape();
+    let declared = crate::model::shape_text(&spec.shape);
+    if shape.len() != spec.shape.len()
+        || shape
+            .iter()
+            .zip(&spec.shape)
+            .any(|(&got, want)| match want {
+                Dim::Fixed(n) => got != *n as u64,
+                Dim::Sym(_) => false,
+            })
+    {
+        return Err(bad(format!(
+            "has shape {shape:?}, but input '{}' is {declared}",
+            spec.name
+        )));
+    }
+    let bytes = shape
+        .iter()
+        .try_fold(spec.dtype.size() as u64, |acc, &d| acc.checked_mul(d));
+    match bytes {
+        Some(bytes) if bytes <= stored => Ok(()),
+        _ => Err(bad(format!(
+            "its header's shape {shape:?} holds more data than the {stored} bytes stored"
+        ))),
+    }
 }
 
 fn tensor_from_npy<R: Read>(npy: NpyFile<R>, what: &str) -> Result<Tensor> {
@@ -87,10 +178,30 @@ fn tensor_from_npy<R: Read>(npy: NpyFile<R>, what: &str) -> Result<Tensor> {
     Ok(t)
 }
 
-/// Writes tensors into a `.npz` file, one array per name.
+/// Writes tensors into a `.npz` file, one array per name, atomically ([`crate::files::write_atomic`]).
 pub fn write_npz(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let io = |e: std::io::Error| Error::io(format!("cannot write {}", path.display()), e);
-    let mut npz = npyz::npz::NpzWriter::create(path).map_err(io)?;
+    let mut failure = None;
+    crate::files::write_atomic(path, |w| {
+        write_npz_to(w, tensors).map_err(|e| {
+            let io = std::io::Error::other(e.to_string());
+            failure = Some(e);
+            io
+        })
+    })
+    .map_err(|e| {
+        failure
+            .take()
+            .unwrap_or_else(|| Error::io(format!("cannot write {}", path.display()), e))
+    })
+}
+
+/// Writes tensors as a `.npz` archive into `out`.
+fn write_npz_to<W: std::io::Write + std::io::Seek>(
+    out: W,
+    tensors: &[(String, Tensor)],
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("cannot write the .npz archive", e);
+    let mut npz = npyz::npz::NpzWriter::new(out);
     for (name, t) in tensors {
         let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
         let options = npyz::zip::write::FileOptions::default();
@@ -118,7 +229,7 @@ pub fn write_npz(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     }
     npz.zip_writer()
         .finish()
-        .map_err(|e| Error::invalid(format!("cannot finish {}: {e}", path.display())))?;
+        .map_err(|e| Error::invalid(format!("cannot finish the .npz archive: {e}")))?;
     Ok(())
 }
 

@@ -798,3 +798,303 @@ fn empty_optional_outputs_may_repeat() {
     }
     fff_compiler::compile_to_plan_bytes(&proto.encode_to_vec(), &Default::default()).unwrap();
 }
+
+// ---- output files and standard output ----
+
+/// The ONNX model behind `small_plan`.
+fn small_onnx() -> Vec<u8> {
+    let mut m = OnnxBuilder::new(17);
+    let a = m.input("a", Elem::Float, &[D::S("batch"), D::S("seq")]);
+    let b = m.input("b", Elem::Float, &[D::S("batch"), D::S("seq")]);
+    let sum = m.node("Add", &[&a, &b], vec![]);
+    m.rename(&sum, "sum");
+    m.output("sum", Elem::Float, &[D::S("batch"), D::S("seq")]);
+    m.to_bytes()
+}
+
+/// Runs `command` (a shell command line) under `sh -c` and returns its exit code, stdout and stderr.
+fn run_sh(command: &str) -> (Option<i32>, String, String) {
+    let out = Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .expect("run sh");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The names in a folder, sorted.
+fn folder_entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the scratch folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn output_naming_an_input_is_refused() {
+    let scratch = Scratch::new("output_is_input");
+    let onnx = scratch.file("model.onnx", small_onnx());
+    let stderr = cli_error("fffc", &[s("compile"), s(&onnx), s("-o"), s(&onnx)]);
+    assert_mentions(
+        &stderr,
+        &["output file", "is the input model", "model.onnx"],
+    );
+    assert_eq!(
+        std::fs::read(&onnx).unwrap(),
+        small_onnx(),
+        "the ONNX is untouched"
+    );
+
+    let plan = scratch.file("model.fff", small_plan());
+    let input = scratch.file(
+        "input.json",
+        zero_json(&[("a", &[1, 2]), ("b", &[1, 2]), ("c", &[1, 4])]),
+    );
+    let before = std::fs::read(&input).unwrap();
+    // The same files under other spellings: the check compares files, not names.
+    let input_again = scratch.0.join(".").join("input.json");
+    for (target, what) in [(&plan, "the model"), (&input_again, "the input file")] {
+        let stderr = cli_error("fffrun", &[s(&plan), s(&input), s("-o"), s(target)]);
+        assert_mentions(&stderr, &["output file", what]);
+    }
+    assert_eq!(
+        std::fs::read(&plan).unwrap(),
+        small_plan(),
+        "the plan is untouched"
+    );
+    assert_eq!(
+        std::fs::read(&input).unwrap(),
+        before,
+        "the input is untouched"
+    );
+}
+
+/// An `OsString` of anything path-like, for mixed argument lists.
+fn s(p: impl AsRef<OsStr>) -> std::ffi::OsString {
+    p.as_ref().to_os_string()
+}
+
+/// A write that fails part-way (the file-size limit `ulimit -f 1`, 512 bytes, with SIGXFSZ ignored so
+/// that the write returns an error instead of killing the process) leaves the previous output whole
+/// and no temporary file behind, for both tools.
+#[test]
+fn failed_write_keeps_the_previous_output() {
+    let scratch = Scratch::new("failed_write");
+    // A model with weights, whose plan is larger than the limit.
+    let onnx = scratch.file(
+        "model.onnx",
+        std::fs::read(fixtures::get("fff-layer-customop").onnx).unwrap(),
+    );
+    let plan = scratch.0.join("model.fff");
+    let (code, _, stderr) = run_cli("fffc", &[s("compile"), s(&onnx), s("-o"), s(&plan)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // The small model (output `sum` of 1024 elements), whose outputs are larger than the limit.
+    let small = scratch.file("small.fff", small_plan());
+    let input = scratch.file(
+        "input.json",
+        zero_json(&[("a", &[16, 64]), ("b", &[16, 64]), ("c", &[16, 4])]),
+    );
+    let out = scratch.0.join("out.json");
+    let (code, _, stderr) = run_cli("fffrun", &[s(&small), s(&input), s("-o"), s(&out)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let good_plan = std::fs::read(&plan).unwrap();
+    let good_out = std::fs::read(&out).unwrap();
+    assert!(good_plan.len() > 512 && good_out.len() > 512);
+    let before = folder_entries(&scratch.0);
+
+    let limited = |args: &[&std::path::Path], bin_name: &str| {
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{}'", a.display())).collect();
+        run_sh(&format!(
+            "trap '' XFSZ; ulimit -f 1; exec '{}' {}",
+            bin(bin_name).display(),
+            quoted.join(" ")
+        ))
+    };
+    let o = std::path::Path::new("-o");
+    let (code, _, stderr) = limited(&[std::path::Path::new("compile"), &onnx, o, &plan], "fffc");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_mentions(&stderr, &["error: ", "model.fff"]);
+    let (code, _, stderr) = limited(&[&small, &input, o, &out], "fffrun");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_mentions(&stderr, &["error: cannot write output file", "out.json"]);
+
+    // Compared without printing the bytes.
+    assert!(
+        std::fs::read(&plan).unwrap() == good_plan,
+        "the plan is whole"
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == good_out,
+        "the outputs are whole"
+    );
+    assert_eq!(
+        folder_entries(&scratch.0),
+        before,
+        "no temporary file is left"
+    );
+}
+
+/// Outputs written to a closed standard output are an error (exit 1), not silently lost.
+#[test]
+fn closed_stdout_is_an_error() {
+    let scratch = Scratch::new("closed_stdout");
+    let plan = scratch.file("model.fff", small_plan());
+    let input = scratch.file(
+        "input.json",
+        zero_json(&[("a", &[1, 2]), ("b", &[1, 2]), ("c", &[1, 4])]),
+    );
+    let (code, stdout, stderr) = run_sh(&format!(
+        "exec '{}' '{}' '{}' >&-",
+        bin("fffrun").display(),
+        plan.display(),
+        input.display()
+    ));
+    assert_eq!(code, Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert_mentions(
+        &stderr,
+        &["error: cannot write the outputs to standard output"],
+    );
+    let (code, _, stderr) = run_sh(&format!(
+        "exec '{}' inspect '{}' >&-",
+        bin("fffc").display(),
+        plan.display()
+    ));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_mentions(
+        &stderr,
+        &["error: cannot write the description to standard output"],
+    );
+    // Output sent to /dev/null on purpose is written, not an error.
+    let (code, _, stderr) = run_sh(&format!(
+        "exec '{}' '{}' '{}' >/dev/null",
+        bin("fffrun").display(),
+        plan.display(),
+        input.display()
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+// ---- .npz members checked before they are inflated ----
+
+/// Writes an `.npz` whose members are float32 arrays of zeros, deflated as they are written (so
+/// neither the test nor the file holds their bytes: 1 GiB of zeros deflates to about 1 MiB).
+fn zeros_npz(path: &std::path::Path, members: &[(&str, &[u64])]) {
+    use npyz::zip::{write::FileOptions, CompressionMethod, ZipWriter};
+    use std::io::Write;
+    let mut zip = ZipWriter::new(std::fs::File::create(path).expect("create the .npz"));
+    for (name, shape) in members {
+        let options = FileOptions::default()
+            .compression_method(CompressionMethod::Deflated)
+            .large_file(true);
+        zip.start_file(format!("{name}.npy"), options).unwrap();
+        let dims: Vec<String> = shape.iter().map(|d| format!("{d},")).collect();
+        let mut dict = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+            dims.join(" ")
+        );
+        while (10 + dict.len() + 1) % 64 != 0 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        zip.write_all(b"\x93NUMPY\x01\x00").unwrap();
+        zip.write_all(&(dict.len() as u16).to_le_bytes()).unwrap();
+        zip.write_all(dict.as_bytes()).unwrap();
+        let mut left = shape.iter().product::<u64>() * 4;
+        let chunk = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            zip.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+    zip.finish().unwrap();
+}
+
+/// Runs `fffrun` under an address-space limit of 512 MiB, well under the 1 GiB that inflating a
+/// member would take; returns its exit code and stderr.
+fn fffrun_limited(model: &std::path::Path, input: &std::path::Path) -> (Option<i32>, String) {
+    let (code, _, stderr) = run_sh(&format!(
+        "ulimit -v 524288; exec '{}' '{}' '{}' --threads 1",
+        bin("fffrun").display(),
+        model.display(),
+        input.display()
+    ));
+    (code, stderr)
+}
+
+#[test]
+fn npz_member_of_no_input_is_refused_before_inflating() {
+    let scratch = Scratch::new("npz_unknown_member");
+    let model = scratch.file("model.fff", small_plan());
+    let npz = scratch.0.join("in.npz");
+    zeros_npz(&npz, &[("big", &[1 << 28]), ("a", &[1, 2])]);
+    assert!(std::fs::metadata(&npz).unwrap().len() < 4 << 20);
+    let (code, stderr) = fffrun_limited(&model, &npz);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_mentions(&stderr, &["error: ", "array 'big'", "unknown input 'big'"]);
+}
+
+#[test]
+fn npz_member_of_the_wrong_shape_is_refused_before_inflating() {
+    let scratch = Scratch::new("npz_wrong_shape");
+    let model = scratch.file("model.fff", small_plan());
+    let npz = scratch.0.join("in.npz");
+    // `c` is [batch, 4]: a second dimension of 1 is wrong, whatever the batch.
+    zeros_npz(&npz, &[("c", &[1 << 28, 1])]);
+    let (code, stderr) = fffrun_limited(&model, &npz);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_mentions(
+        &stderr,
+        &[
+            "error: ",
+            "array 'c'",
+            "has shape [268435456, 1]",
+            "[batch, 4]",
+        ],
+    );
+}
+
+// ---- JSON inputs read in bounded memory ----
+
+/// A 50 MB JSON input of 10^7 numbers, run through `fffrun` under an address-space limit of 512 MiB:
+/// the numbers take 40 MB as float32; the debug build reading them straight into a buffer needs about
+/// 300 MiB of address space, while the JSON tree they used to be read into took 900 MB (it aborted
+/// under 800 MiB).
+#[test]
+fn large_json_input_is_read_in_bounded_memory() {
+    let scratch = Scratch::new("large_json");
+    let mut m = OnnxBuilder::new(17);
+    let x = m.input("x", Elem::Float, &[D::S("n")]);
+    let y = m.node("ReduceSum", &[&x], vec![]);
+    m.rename(&y, "y");
+    m.output("y", Elem::Float, &[D::N(1)]);
+    let plan =
+        fff_compiler::compile_to_plan_bytes(&m.to_bytes(), &fff_compiler::Options::default())
+            .expect("the sum model compiles");
+    let model = scratch.file("model.fff", plan);
+    let n = 10_000_000;
+    let mut json = String::with_capacity(5 * n + 16);
+    json.push_str("{\"x\": [");
+    for i in 0..n {
+        json.push_str(if i == 0 { "0.25" } else { ",0.25" });
+    }
+    json.push_str("]}");
+    let input = scratch.file("input.json", json);
+    let (code, stdout, stderr) = run_sh(&format!(
+        "ulimit -v {}; exec '{}' '{}' '{}' --threads 1",
+        LARGE_JSON_LIMIT_KB,
+        bin("fffrun").display(),
+        model.display(),
+        input.display()
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), r#"{"y":[2500000.0]}"#);
+}
+
+/// The address-space limit of `large_json_input_is_read_in_bounded_memory`.
+const LARGE_JSON_LIMIT_KB: u64 = 512 * 1024;

@@ -16,6 +16,18 @@ use fff_runtime::op::{FastFeedForward, Op};
 use fff_runtime::Model;
 use serde_json::json;
 
+// Standard output as the process received it, so that output written to a closed stdout is an error.
+fff_runtime::capture_stdout_before_main!();
+
+/// Writes `text` to standard output, failing (instead of dropping it) when stdout is closed or broken.
+fn print_stdout(text: &str, what: &str) -> Result<()> {
+    let result = fff_runtime::files::stdout().and_then(|mut out| {
+        out.write_all(text.as_bytes())?;
+        out.flush()
+    });
+    result.with_context(|| format!("cannot write {what} to standard output"))
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "fffc",
@@ -141,18 +153,32 @@ fn compile(
     explain: bool,
     options: &Options,
 ) -> Result<()> {
+    let out = match (output, &options.stop_after) {
+        (Some(o), _) => Some(o.to_path_buf()),
+        (None, Some(_)) => None,
+        (None, None) => Some(input.with_extension("fff")),
+    };
+    if let Some(out) = &out {
+        fff_runtime::files::refuse_overwriting_inputs(out, &[("the input model", input)])?;
+    }
     let cannot = || format!("cannot compile {}", input.display());
     let mut g = fff_compiler::import::import_path(input).with_context(cannot)?;
     let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    let mut dump_result = Ok(());
     let mut observe = |step: &str, g: &fff_compiler::Graph| {
-        if dump.iter().any(|d| d == step) {
+        if dump_result.is_ok() && dump.iter().any(|d| d == step) {
             let run = runs.entry(step.to_string()).or_default();
             *run += 1;
-            println!("# after {step} (run {run})");
-            print!("{}", fff_compiler::dump::dump(g));
+            let text = format!(
+                "# after {step} (run {run})\n{}",
+                fff_compiler::dump::dump(g)
+            );
+            dump_result = print_stdout(&text, "the dump");
         }
     };
-    fff_compiler::passes::run(&mut g, options, &mut observe).with_context(cannot)?;
+    let passes = fff_compiler::passes::run(&mut g, options, &mut observe);
+    dump_result?;
+    passes.with_context(cannot)?;
     for (i, r) in g.report.rewritten.iter().enumerate() {
         eprintln!("ff {i}: {r}");
     }
@@ -162,12 +188,10 @@ fn compile(
         }
     }
     if dump.iter().any(String::is_empty) {
-        print!("{}", fff_compiler::dump::dump(&g));
+        print_stdout(&fff_compiler::dump::dump(&g), "the dump")?;
     }
-    let out = match (output, &options.stop_after) {
-        (Some(o), _) => o.to_path_buf(),
-        (None, Some(_)) => return Ok(()),
-        (None, None) => input.with_extension("fff"),
+    let Some(out) = out else {
+        return Ok(());
     };
     fff_compiler::plan_writer::write_plan(&g, &out)?;
     eprintln!(
@@ -229,29 +253,32 @@ fn inspect(path: &Path, as_json: bool) -> Result<()> {
             "weight_bytes": weight_bytes,
             "fff_layers": fff_layers,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        let text = serde_json::to_string_pretty(&v)? + "\n";
+        return print_stdout(&text, "the description");
     }
-    println!("plan {} (written by {})", path.display(), g.producer);
-    println!("inputs:");
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    writeln!(text, "plan {} (written by {})", path.display(), g.producer)?;
+    writeln!(text, "inputs:")?;
     for i in &g.inputs {
-        println!("  {}: {} {}", i.name, i.dtype, shape(&i.shape));
+        writeln!(text, "  {}: {} {}", i.name, i.dtype, shape(&i.shape))?;
     }
-    println!("outputs:");
+    writeln!(text, "outputs:")?;
     for o in &g.outputs {
-        println!("  {}", o.name);
+        writeln!(text, "  {}", o.name)?;
     }
-    println!("ops ({} nodes):", g.nodes.len());
+    writeln!(text, "ops ({} nodes):", g.nodes.len())?;
     for (op, n) in &op_counts {
-        println!("  {op:<20} {n}");
+        writeln!(text, "  {op:<20} {n}")?;
     }
-    println!(
+    writeln!(
+        text,
         "weights: {} constants, {} bytes",
         g.constants.len(),
         weight_bytes
-    );
+    )?;
     if !fff_layers.is_empty() {
-        println!("fast feedforward layers: {}", fff_layers.len());
+        writeln!(text, "fast feedforward layers: {}", fff_layers.len())?;
     }
-    Ok(())
+    print_stdout(&text, "the description")
 }

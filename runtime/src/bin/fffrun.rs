@@ -13,11 +13,14 @@ use anyhow::{Context, Result};
 /// about 4% of a BERT-size run. A program embedding the runtime chooses its own allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// Standard output as the process received it, so that outputs written to a closed stdout are an error.
+fff_runtime::capture_stdout_before_main!();
 use clap::Parser;
 use fff_runtime::fff_stats::run_with_fff_usage;
-use fff_runtime::io::{parse_inputs, write_outputs, JsonStyle};
+use fff_runtime::io::{read_inputs_file, write_outputs, JsonStyle};
 use fff_runtime::model::Options;
-use fff_runtime::npy::{read_npy, read_npz, write_npz};
+use fff_runtime::npy::{read_npy, read_npz_inputs, write_npz};
 use fff_runtime::{Model, Tensor, TensorView};
 
 /// Runs a compiled fff model (.fff) on the CPU.
@@ -107,6 +110,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
+    if let Some(output) = &args.output {
+        fff_runtime::files::refuse_overwriting_inputs(
+            output,
+            &[("the model", &args.model), ("the input file", &args.input)],
+        )?;
+    }
     // 0 asks the runtime for one thread per core.
     let threads = args.threads.unwrap_or(0);
     let start = Instant::now();
@@ -165,7 +174,10 @@ fn has_extension(path: &Path, ext: &str) -> bool {
 fn read_inputs(path: &Path, model: &Model) -> Result<(Vec<(String, Tensor)>, JsonStyle)> {
     let context = || format!("in input file {}", path.display());
     if has_extension(path, "npz") {
-        return Ok((read_npz(path).with_context(context)?, JsonStyle::Plain));
+        return Ok((
+            read_npz_inputs(path, model.inputs()).with_context(context)?,
+            JsonStyle::Plain,
+        ));
     }
     if has_extension(path, "npy") {
         let [only] = model.inputs() else {
@@ -179,9 +191,10 @@ fn read_inputs(path: &Path, model: &Model) -> Result<(Vec<(String, Tensor)>, Jso
             JsonStyle::Plain,
         ));
     }
-    let text = std::fs::read_to_string(path)
+    // Opened here first so that a missing file is reported as before, without the parse's context.
+    std::fs::File::open(path)
         .with_context(|| format!("cannot read input file {}", path.display()))?;
-    parse_inputs(&text, model.inputs()).with_context(context)
+    read_inputs_file(path, model.inputs()).with_context(context)
 }
 
 /// The inputs as views, for runs that borrow them ([`Model::run_borrowed`]).
@@ -291,16 +304,18 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
+/// Writes `text` to the output file, atomically, or to standard output, reporting a closed or broken
+/// stdout as an error.
 fn emit(path: Option<&Path>, text: &str) -> Result<()> {
     match path {
-        Some(path) => std::fs::write(path, text)
+        Some(path) => fff_runtime::files::write_atomic(path, |w| w.write_all(text.as_bytes()))
             .with_context(|| format!("cannot write output file {}", path.display())),
         None => {
-            let mut stdout = std::io::stdout().lock();
-            stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-                .context("cannot write to stdout")
+            let result = fff_runtime::files::stdout().and_then(|mut stdout| {
+                stdout.write_all(text.as_bytes())?;
+                stdout.flush()
+            });
+            result.context("cannot write the outputs to standard output")
         }
     }
 }
