@@ -23,6 +23,7 @@
 //! Features: `io` (JSON and NumPy inputs and outputs, [`io`] and [`npy`]) and `cli` (the `fffrun`
 //! binary), both on by default; `default-features = false` leaves the library alone.
 
+pub mod budget;
 pub mod buffers;
 mod convert;
 pub mod error;

@@ -102,6 +102,12 @@ pub struct Options {
     /// ([`fff_ops::panels::best_cols`]). Plans store 64; other widths (divisors of 64) are repacked
     /// at load ([`crate::panel_width`]).
     pub panel_cols: usize,
+    /// Bytes of values one call may hold at once (its owned inputs and the values its nodes compute,
+    /// until they are freed); a call that would pass it fails with [`Error::TooLarge`] naming the node
+    /// and the size, before allocating where the size can be known first. 0 means the memory this
+    /// process can take when the model loads ([`crate::budget::available_memory`]). Counted by the
+    /// runtime, so it holds whatever the allocator (see [`crate::budget`]).
+    pub max_memory: usize,
 }
 
 pub struct Model {
@@ -127,6 +133,8 @@ pub struct Model {
     spare_slots: Mutex<Vec<Vec<Option<Tensor>>>>,
     /// For each value, whether its buffer goes back to the recycler when it is freed.
     recyclable: Vec<bool>,
+    /// Bytes of values one call may hold at once ([`Options::max_memory`], resolved at load).
+    max_memory: usize,
 }
 
 impl Model {
@@ -205,6 +213,8 @@ impl Model {
                 Error::invalid(format!("cannot start {} threads: {e}", options.threads))
             })?;
         let pool = (pool.current_num_threads() > 1).then_some(pool);
+        // After the pool's threads exist, so that their stacks count against an address-space limit.
+        let max_memory = crate::budget::resolve(options.max_memory);
         Ok(Model {
             graph,
             bytes,
@@ -216,7 +226,14 @@ impl Model {
             pool_choice: PoolChoice::default(),
             recycler: Arc::default(),
             spare_slots: Mutex::default(),
+            max_memory,
         })
+    }
+
+    /// Bytes of values one call may hold at once: [`Options::max_memory`], or the default it
+    /// stood for.
+    pub fn max_memory(&self) -> usize {
+        self.max_memory
     }
 
     /// The number of threads the kernels use.
@@ -356,6 +373,15 @@ impl Model {
         let mut slots = spare.unwrap_or_else(|| vec![None; self.graph.num_values]);
         // On bad inputs the slots, holding those bound so far, are dropped (the next run makes new).
         let borrowed = inputs::bind(&self.graph.inputs, inputs, &mut slots)?;
+        let budget = crate::budget::Scope::enter(self.max_memory);
+        // Bytes of the values in `slots`: owned inputs, then what the nodes compute.
+        let mut held: usize = self
+            .graph
+            .inputs
+            .iter()
+            .filter_map(|i| slots[i.value].as_ref())
+            .map(bytes_of)
+            .sum();
         for (i, (node, frees)) in self.graph.nodes.iter().zip(&self.frees).enumerate() {
             if let Some(observe) = observe.as_deref_mut() {
                 let views = self.node_views(node, &slots, &borrowed)?;
@@ -363,7 +389,9 @@ impl Model {
             }
             crate::keep_warm::rearm();
             let start = profile.is_some().then(Instant::now);
-            let reused = self.try_in_place(node, &self.handover[i], &mut slots, &borrowed)?;
+            budget.hold(held);
+            let reused =
+                self.try_in_place(node, &self.handover[i], &mut slots, &borrowed, &mut held)?;
             let outs = if let Some(t) = reused {
                 smallvec::smallvec![t]
             } else {
@@ -386,12 +414,24 @@ impl Model {
                 });
             }
             for (&v, t) in node.outputs.iter().zip(outs) {
+                held += bytes_of(&t);
                 slots[v] = Some(t);
             }
+            // Ops whose outputs may outgrow their inputs checked before allocating; this catches the
+            // rest (copies, slices, reductions), each no larger than an input.
+            budget
+                .check_held(held, "its outputs")
+                .map_err(|e| Error::Node {
+                    node: node.name.clone(),
+                    op: node.op.name(),
+                    cause: Box::new(e),
+                })?;
             for &v in frees {
-                match slots[v].take() {
-                    Some(t) if self.recyclable[v] => recycle_into(&self.recycler, t),
-                    _ => {}
+                if let Some(t) = slots[v].take() {
+                    held = held.saturating_sub(bytes_of(&t));
+                    if self.recyclable[v] {
+                        recycle_into(&self.recycler, t);
+                    }
                 }
             }
             if let (Some(profile), Some(start)) = (profile.as_deref_mut(), start) {
@@ -427,19 +467,22 @@ impl Model {
     }
 
     /// Runs `node` in the buffer of one of its `candidates` inputs if it can; `None` if none fits (the
-    /// inputs are then left as they were).
+    /// inputs are then left as they were). The input taken over leaves the bytes `held` (its buffer
+    /// comes back counted as the output).
     fn try_in_place(
         &self,
         node: &PlanNode,
         candidates: &[usize],
         slots: &mut [Option<Tensor>],
         borrowed: &[(usize, TensorView)],
+        held: &mut usize,
     ) -> Result<Option<Tensor>> {
         for &index in candidates {
             let v = node.inputs[index].expect("handover inputs are present");
             let Some(owned) = slots[v].take() else {
                 continue;
             };
+            let owned_bytes = bytes_of(&owned);
             let result = {
                 let views: NodeViews = node
                     .inputs
@@ -458,7 +501,10 @@ impl Model {
                 cause: Box::new(e),
             })?;
             match result {
-                InPlace::Done(t) => return Ok(Some(t)),
+                InPlace::Done(t) => {
+                    *held = held.saturating_sub(owned_bytes);
+                    return Ok(Some(t));
+                }
                 InPlace::Declined(t) => slots[v] = Some(t),
             }
         }
@@ -499,6 +545,11 @@ impl Model {
             .map(|(_, t)| t.reborrow())
             .ok_or_else(|| Error::invalid(format!("value {v} was read after it was freed")))
     }
+}
+
+/// The bytes a tensor's elements take.
+fn bytes_of(t: &Tensor) -> usize {
+    t.len() * t.dtype().size()
 }
 
 /// A view of a constant's bytes in the weights section, for the life of the model that owns `bytes`.

@@ -56,6 +56,13 @@ struct Args {
     #[arg(long, value_name = "C", value_parser = at_least_one)]
     panel_cols: Option<usize>,
 
+    /// The most memory one run may hold in values (inputs and intermediate results) at once, as
+    /// bytes or with a unit: 64K, 512M, 4G (powers of 1024). A run that needs more fails naming the
+    /// node and the size [default: the memory available when the model loads, and no more than an
+    /// address-space limit (ulimit -v) leaves].
+    #[arg(long, value_name = "SIZE", value_parser = fff_runtime::budget::parse_size)]
+    max_memory: Option<usize>,
+
     /// Time the model instead of printing its outputs: warm-up runs (at least one, for at least 0.1 s),
     /// then --runs timed runs, then one JSON line {"load_ms", "median_ms", "min_ms", "runs", "threads"}.
     #[arg(long)]
@@ -122,6 +129,7 @@ fn run(args: &Args) -> Result<()> {
     let options = Options {
         threads,
         panel_cols: args.panel_cols.unwrap_or(0),
+        max_memory: args.max_memory.unwrap_or(0),
     };
     let model = Model::load_with(&args.model, options)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;

@@ -128,6 +128,8 @@ pub fn attention(
         }
     });
     let out_shape = [shape.batch, shape.q_len, shape.heads, shape.d_v];
+    // Q's length and V's width set the size: it may outgrow all three.
+    super::util::check_alloc(&out_shape, crate::DType::F32)?;
     let mut out = buffers::zeroed(out_shape.iter().product());
     fff_ops::attention::attention(
         shape,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fact::{broadcast, dtype_of, fact, get, shape_of, value_of, Dim, Fact, Facts, Inferred};
 use super::in_place::InPlace;
+use super::util::{check_alloc, check_alloc_bytes};
 use super::{broadcast_shapes, Op};
 use crate::error::{Error, Result};
 use crate::tensor::{Bf16, DType, Tensor, TensorView};
@@ -189,6 +190,7 @@ pub fn zip_broadcast<A: Copy, B: Copy, C>(
     f: impl Fn(A, B) -> C,
 ) -> Result<ArrayD<C>> {
     let shape = broadcast_shapes(a.shape(), b.shape())?;
+    check_alloc_bytes(&shape, std::mem::size_of::<C>(), std::any::type_name::<C>())?;
     let dim = IxDyn(&shape);
     let (av, bv) = match (a.broadcast(dim.clone()), b.broadcast(dim)) {
         (Some(x), Some(y)) => (x, y),
@@ -367,6 +369,7 @@ pub fn where_(cond: &TensorView, x: &TensorView, y: &TensorView) -> Result<Tenso
         )));
     }
     let shape = broadcast_shapes(&broadcast_shapes(c.shape(), x.shape())?, y.shape())?;
+    check_alloc(&shape, x.dtype())?;
     let dim = IxDyn(&shape);
     let cb = c
         .broadcast(dim.clone())
@@ -426,7 +429,11 @@ pub fn clip(x: &TensorView, min: Option<&TensorView>, max: Option<&TensorView>) 
     }
 }
 
-pub fn cast(x: &TensorView, to: DType) -> Tensor {
+pub fn cast(x: &TensorView, to: DType) -> Result<Tensor> {
+    // A cast to a wider type is the one way an element-wise op outgrows its input.
+    if to.size() > x.dtype().size() {
+        check_alloc(x.shape(), to)?;
+    }
     macro_rules! from {
         ($a:expr, $to_f32:expr, $to_i64:expr, $to_bool:expr) => {
             match to {
@@ -438,7 +445,7 @@ pub fn cast(x: &TensorView, to: DType) -> Tensor {
             }
         };
     }
-    match x {
+    Ok(match x {
         TensorView::F32(a) => from!(a, |v: f32| v, |v: f32| v as i64, |v: f32| v != 0.0),
         TensorView::I64(a) => from!(a, |v: i64| v as f32, |v: i64| v, |v: i64| v != 0),
         TensorView::I32(a) => from!(a, |v: i32| v as f32, |v: i32| v as i64, |v: i32| v != 0),
@@ -449,7 +456,7 @@ pub fn cast(x: &TensorView, to: DType) -> Tensor {
             |v: Bf16| v.to_f32() as i64,
             |v: Bf16| v.to_f32() != 0.0
         ),
-    }
+    })
 }
 
 /// The shape rule of the element-wise ops.

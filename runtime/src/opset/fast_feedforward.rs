@@ -224,10 +224,8 @@ pub fn fast_feed_forward(
     let x_rows = standard_slice(x);
     let mut out_shape = x.raw_dim();
     out_shape[x.ndim() - 1] = d_out;
-    if total == 0 {
-        // Empty weights do not bound `d_out`: the plan may ask for any output width.
-        check_alloc(out_shape.slice(), crate::DType::F32)?;
-    }
+    // Rows of `d_out` may outgrow rows of `d_in`; empty weights do not even bound `d_out`.
+    check_alloc(out_shape.slice(), crate::DType::F32)?;
     let rows: usize = x.shape()[..x.ndim() - 1].iter().product();
     // Every kernel writes every output element.
     let mut out = buffers::line_aligned_for_overwrite(out_shape.slice());

@@ -6,6 +6,7 @@ use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use super::fact::{axis, dtype_of, fact, ints, shape_of, value_of, Fact, Facts, Inferred};
+use super::util::check_alloc;
 use super::{norm_axis, Op};
 use crate::error::{Error, Result};
 use crate::map_tensor;
@@ -43,6 +44,7 @@ pub fn gather(data: &TensorView, indices: &TensorView, axis: i64) -> Result<Tens
     let mut out_shape = dims[..ax].to_vec();
     out_shape.extend_from_slice(indices.shape());
     out_shape.extend_from_slice(&dims[ax + 1..]);
+    check_alloc(&out_shape, data.dtype())?;
     fn go<T: Clone>(a: &ArrayViewD<T>, ax: usize, idx: &[usize], out_shape: &[usize]) -> ArrayD<T> {
         let outer: usize = a.shape()[..ax].iter().product();
         let inner: usize = a.shape()[ax + 1..].iter().product();
@@ -75,6 +77,7 @@ pub fn gather_elements(data: &TensorView, indices: &TensorView, axis: i64) -> Re
             "GatherElements indices {ish:?} exceed data {dims:?}"
         )));
     }
+    check_alloc(&ish, data.dtype())?;
     let idx = indices.ints()?;
     let resolved: Vec<usize> = idx
         .iter()
@@ -111,6 +114,7 @@ pub fn gather_nd(data: &TensorView, indices: &TensorView, batch_dims: i64) -> Re
     }
     let mut out_shape = ish[..q - 1].to_vec();
     out_shape.extend_from_slice(&dims[b + k..]);
+    check_alloc(&out_shape, data.dtype())?;
     let idx = indices.ints()?;
     let inner: usize = dims[b + k..].iter().product();
     let tuples = idx.len() / k.max(1);

@@ -231,6 +231,13 @@ pub fn concat(inputs: &[&TensorView], axis: i64) -> Result<Tensor> {
             )));
         }
     }
+    if rank > 0 {
+        let mut out = first.shape().to_vec();
+        out[ax] = inputs
+            .iter()
+            .fold(0usize, |n, t| n.saturating_add(t.shape()[ax]));
+        check_alloc(&out, first.dtype())?;
+    }
     macro_rules! cat {
         ($variant:ident) => {{
             let views: Vec<_> = inputs

@@ -82,6 +82,8 @@ pub fn linear(
     residual: Option<&TensorView>,
 ) -> Result<Tensor> {
     let shape = linear_shape(x, w)?;
+    // Weights `[k, n]` with a small `k` and a large `n` make outputs wider than X.
+    check_alloc(&shape, crate::DType::F32)?;
     if let Some(r) = residual {
         if r.shape() == shape.as_slice() {
             let mut out = buffers::for_overwrite(r.len());
@@ -125,10 +127,6 @@ fn linear_shape(x: &TensorView, w: LinearWeights) -> Result<Vec<usize>> {
         (Some(&k), Some((wk, n))) if wk == k => {
             let mut shape = x.shape().to_vec();
             *shape.last_mut().expect("rank checked") = n;
-            if k == 0 {
-                // Empty weights do not bound `n`: the plan may ask for any output width.
-                check_alloc(&shape, crate::DType::F32)?;
-            }
             Ok(shape)
         }
         _ => Err(Error::invalid(match w {

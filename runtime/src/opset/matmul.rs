@@ -4,11 +4,11 @@ use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
 use ndarray::IxDyn;
 
 use super::fact::{broadcast, dtype_of, fact, shape_of, Dim, Facts, Inferred};
-use super::util::contiguous;
+use super::util::{check_alloc, contiguous};
 use super::{broadcast_shapes, Op};
 use crate::buffers;
 use crate::error::{Error, Result};
-use crate::tensor::{from_vec, Tensor, TensorView};
+use crate::tensor::{from_vec, DType, Tensor, TensorView};
 
 /// Both write their result into a buffer from the recycler.
 pub(super) const TAKES_BUFFERS: bool = true;
@@ -49,6 +49,11 @@ pub fn matmul(a: &TensorView, b: &TensorView) -> Result<Tensor> {
     let b_b = b2
         .broadcast(IxDyn(&[&batch[..], &[k, n]].concat()))
         .expect("broadcastable by construction");
+    let mut shape = batch;
+    shape.extend([m, n]);
+    check_alloc(&shape, DType::F32)?;
+    shape.truncate(shape.len() - 2);
+    let batch = shape;
     let nb: usize = batch.iter().product();
     let mut out = buffers::zeroed(nb * m * n);
     let a_flat = a.as_slice().expect("contiguous");
@@ -118,6 +123,7 @@ pub fn gemm(
         )));
     }
     let (m, n) = (am.rows, bm.cols);
+    check_alloc(&[m, n], DType::F32)?;
     let mut out = match c {
         Some(c) if beta != 0.0 => {
             let c = c.f32()?;

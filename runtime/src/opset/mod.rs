@@ -391,7 +391,7 @@ pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<
             optional(inputs, 1),
             optional(inputs, 2),
         )),
-        Op::Cast { to } => one(Ok(elementwise::cast(input(inputs, 0)?, *to))),
+        Op::Cast { to } => one(elementwise::cast(input(inputs, 0)?, *to)),
         Op::Shape { start, end } => one(Ok(generators::shape(input(inputs, 0)?, *start, *end))),
         Op::Size => one(Ok(Tensor::scalar_i64(input(inputs, 0)?.len() as i64))),
         Op::Reshape { allowzero } => one(layout::reshape(
@@ -595,6 +595,28 @@ mod tests {
             100
         );
         assert_eq!(constant_of_shape(&[10, 10]).unwrap()[0].len(), 100);
+    }
+
+    /// Products, broadcasts and gathers set their output size from their inputs' shapes: an outer
+    /// product of two short vectors may be huge, and is checked before it is allocated.
+    #[test]
+    fn outputs_that_outgrow_their_inputs_respect_the_element_limit() {
+        let column = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[1000, 1])));
+        let row = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 1000])));
+        let ins = [Some(column.view()), Some(row.view())];
+        for op in [Op::MatMul, Op::Binary(BinaryOp::Add)] {
+            assert_eq!(eval(&op, &ins, 1).unwrap()[0].len(), 1_000_000);
+            let limited = with_element_limit(999_999, || eval(&op, &ins, 1));
+            assert!(
+                matches!(limited, Err(Error::TooLarge(_))),
+                "{op:?}: {limited:?}"
+            );
+        }
+        let gather = Op::Gather { axis: 1 };
+        let indices = Tensor::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[1000])));
+        let ins = [Some(column.view()), Some(indices.view())];
+        let limited = with_element_limit(999_999, || eval(&gather, &ins, 1));
+        assert!(matches!(limited, Err(Error::TooLarge(_))), "{limited:?}");
     }
 
     #[test]

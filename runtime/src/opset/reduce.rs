@@ -5,6 +5,7 @@ use ndarray::{ArrayD, ArrayViewD, Axis};
 use serde::{Deserialize, Serialize};
 
 use super::fact::{axis, dtype_of, fact, get, ints, shape_of, Dim, Facts, Inferred};
+use super::util::check_alloc;
 use super::{norm_axis, Op};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -92,6 +93,10 @@ pub fn argmax(x: &TensorView, axis: i64, keepdims: bool, select_last: bool) -> R
     if x.shape()[ax] == 0 {
         return Err(Error::invalid("ArgMax over an empty axis"));
     }
+    // int64 indices of narrower elements (bool, say) may outgrow the input.
+    let mut out_shape = x.shape().to_vec();
+    out_shape[ax] = 1;
+    check_alloc(&out_shape, DType::I64)?;
     fn go<T: PartialOrd + Copy>(a: &ArrayViewD<T>, ax: usize, last: bool) -> ArrayD<i64> {
         a.map_axis(Axis(ax), |lane| {
             let mut best = 0;

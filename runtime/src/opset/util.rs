@@ -92,23 +92,40 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-/// Checks that a shape asked for by data (a shape input) is not absurdly large, and that this machine
-/// can allocate it: a failed allocation would abort the process instead of returning an error.
+/// Allocations from this many bytes on are also reserved once before they are made: the budget
+/// bounds what a call holds, this checks that the system will really give it (it refuses where an
+/// address-space limit or strict overcommit is in force). Smaller ones are not worth the round trip.
+const RESERVE_FROM_BYTES: usize = 16 << 20;
+
+/// Checks, before an op allocates an output of `shape` and `dtype` whose size its inputs' shapes or
+/// data set (and which may therefore outgrow them), that it is not absurdly large (the element limit
+/// of [`with_element_limit`]), that it fits the memory budget of the call ([`crate::budget`]), and,
+/// for large ones, that this machine can allocate it: a failed allocation would abort the process
+/// instead of returning an error. Costs two thread-local reads for the sizes of everyday ops.
 pub(super) fn check_alloc(shape: &[usize], dtype: DType) -> Result<()> {
+    check_alloc_bytes(shape, dtype.size(), dtype.name())
+}
+
+/// [`check_alloc`] for elements of `size` bytes, named `type_name` in messages.
+pub(super) fn check_alloc_bytes(shape: &[usize], size: usize, type_name: &str) -> Result<()> {
     let limit = ELEMENT_LIMIT.with(std::cell::Cell::get);
     let bytes = crate::tensor::checked_len(shape)
         .ok()
         .filter(|&n| n <= limit)
-        .and_then(|n| n.checked_mul(dtype.size()));
-    match bytes {
-        Some(b) if Vec::<u8>::new().try_reserve_exact(b).is_ok() => Ok(()),
-        Some(b) => Err(Error::TooLarge(format!(
-            "shape {shape:?} of {dtype} needs {b} bytes, more than can be allocated"
-        ))),
-        None => Err(Error::TooLarge(format!(
+        .and_then(|n| n.checked_mul(size));
+    let Some(b) = bytes else {
+        return Err(Error::TooLarge(format!(
             "shape {shape:?} is too large to allocate"
-        ))),
+        )));
+    };
+    crate::budget::check(b, || format!("shape {shape:?} of {type_name}"))?;
+    if b >= RESERVE_FROM_BYTES && Vec::<u8>::new().try_reserve_exact(b).is_err() {
+        return Err(Error::TooLarge(format!(
+            "shape {shape:?} of {type_name} needs {}, more than can be allocated",
+            crate::budget::bytes_text(b)
+        )));
     }
+    Ok(())
 }
 
 /// Converts non-negative dims given as i64 into usize.
