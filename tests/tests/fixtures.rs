@@ -89,6 +89,7 @@ fn every_panel_width_matches_the_expected_outputs() {
             let options = Options {
                 threads: 1,
                 panel_cols: cols,
+                ..Default::default()
             };
             let model = fff_runtime::Model::from_bytes_with(&plan, options).unwrap();
             let mut panels = 0;
@@ -128,6 +129,7 @@ fn every_panel_width_matches_the_expected_outputs() {
             Options {
                 threads: 1,
                 panel_cols: 24,
+                ..Default::default()
             },
         );
         let message = refused.err().expect("width 24 refused").to_string();

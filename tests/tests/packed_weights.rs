@@ -57,6 +57,7 @@ fn model_agrees_with_tract(name: &str, bytes: Vec<u8>, want: (Vec<usize>, Vec<us
         let options = Options {
             threads: 1,
             panel_cols,
+            ..Default::default()
         };
         let model = Model::load_with(&plan_path, options).unwrap();
         first_output_agrees_with_tract(name, &model, &path, &[(1, 3, 31), (3, 33, 32)]);
