@@ -24,6 +24,11 @@ pub enum Error {
         op: String,
         cause: Box<Error>,
     },
+    /// A defect of the runtime: a check that should have refused the plan or the inputs before a kernel
+    /// met them did not, and the kernel panicked. The panic is contained (see [`contain_panic`]), the
+    /// model stays usable, and the message is the panic's.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
     /// A file could not be read; the message includes the OS error.
     #[error("{context}: {cause}")]
     Io {
@@ -33,6 +38,21 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs `f`, turning a panic inside it into [`Error::Internal`] instead of unwinding into the caller,
+/// so that no input or plan can take down a program that embeds the runtime. Whatever `f` was
+/// changing when it panicked is dropped with the error: the model's shared state (its recycler, spare
+/// value slots, thread-choice statistics) is made to survive an unwinding call.
+pub(crate) fn contain_panic<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        Err(Error::Internal(message))
+    })
+}
 
 impl Error {
     pub fn invalid(msg: impl Into<String>) -> Error {

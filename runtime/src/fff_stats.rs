@@ -110,7 +110,8 @@ fn count_leaves(node: &PlanNode, views: &[Option<TensorView>]) -> Option<FffUsag
     }
     let input = |slot: usize| views.get(slot).and_then(Option::as_ref);
     let x = input(FastFeedForward::X)?.f32().ok()?;
-    let d_in = *x.shape().last()?;
+    // A layer without inputs to route on (which the evaluator refuses) has no statistics.
+    let d_in = *x.shape().last().filter(|&&d| d > 0)?;
     let x: Vec<f32> = x.iter().copied().collect();
     let rows = x.len().checked_div(d_in).unwrap_or(0);
     let w_in = input(FastFeedForward::W_IN)?;
@@ -144,7 +145,7 @@ fn count_leaves(node: &PlanNode, views: &[Option<TensorView>]) -> Option<FffUsag
             b_out: None,
         },
     };
-    let mut leaves = vec![0u32; rows * trees];
+    let mut leaves = vec![0u32; rows.checked_mul(trees)?];
     fff_leaves(&layer, &x, rows, &mut leaves);
     let mut leaf_rows = vec![vec![0u64; 1 << depth]; trees];
     for row in leaves.chunks_exact(trees) {

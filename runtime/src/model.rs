@@ -57,6 +57,27 @@ impl PlanBytes {
     }
 }
 
+/// The whole of `file`, read into an 8-byte-aligned buffer as [`Model::from_bytes_with`] makes (the
+/// bytes go straight into it). A buffer the size of the file that cannot be had is an error, not an
+/// abort.
+fn read_aligned(mut file: std::fs::File) -> std::io::Result<PlanBytes> {
+    use std::io::Read;
+    let len = usize::try_from(file.metadata()?.len()).map_err(|_| {
+        std::io::Error::other("the file is larger than this machine's address space")
+    })?;
+    let mut words: Vec<u64> = Vec::new();
+    words.try_reserve_exact(len.div_ceil(8)).map_err(|_| {
+        std::io::Error::other(format!("cannot allocate {len} bytes to read it into"))
+    })?;
+    words.resize(len.div_ceil(8), 0);
+    // SAFETY: the Vec owns `8 * words.len() >= len` initialised bytes, borrowed mutably here for the
+    // length of the read; u8 has no alignment or validity requirements, and any bytes are valid u64s.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) };
+    // A file that shrank since its length was taken fails here; one that grew is read as it was.
+    file.read_exact(bytes)?;
+    Ok(PlanBytes::Owned(words, len))
+}
+
 /// A node's input views, on the stack for the ops of a transformer (at most six inputs).
 type NodeViews<'a> = smallvec::SmallVec<[Option<TensorView<'a>>; 6]>;
 
@@ -92,11 +113,19 @@ pub type Observer<'a> = dyn FnMut(&PlanNode, &[Option<TensorView>]) + Send + 'a;
 /// A run's outputs, named, in the plan's order.
 pub type Outputs = Vec<(String, Tensor)>;
 
+/// The most threads a model runs on ([`Options::threads`], `fffrun --threads`). More than any machine
+/// has hardware threads today (two-socket servers reach 384 to 512), so it never stops a useful
+/// setting, and a fixed number rather than a multiple of this machine's cores, so that a setting valid
+/// on one machine is valid on every other. Past the cores, threads only share them: the limit stops a
+/// mistyped count from creating threads until the system runs out.
+pub const MAX_THREADS: usize = 1024;
+
 /// How a model runs.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Options {
-    /// Threads the kernels use; 0 means one per core. With more than one, a model still runs calls
-    /// that its pool does not speed up on the caller's thread alone (see [`crate::pool_choice`]).
+    /// Threads the kernels use, at most [`MAX_THREADS`]; 0 means one per core. With more than one, a
+    /// model still runs calls that its pool does not speed up on the caller's thread alone (see
+    /// [`crate::pool_choice`]).
     pub threads: usize,
     /// Columns per weight panel the dense products read; 0 means the width this CPU's GEMM reads best
     /// ([`fff_ops::panels::best_cols`]). Plans store 64; other widths (divisors of 64) are repacked
@@ -108,6 +137,35 @@ pub struct Options {
     /// process can take when the model loads ([`crate::budget::available_memory`]). Counted by the
     /// runtime, so it holds whatever the allocator (see [`crate::budget`]).
     pub max_memory: usize,
+    /// Whether [`Model::load_with`] maps the plan file into memory (the default: loading costs no copy,
+    /// and the weights' pages are shared with other processes and read only as they are used) or
+    /// reads it whole into memory, which makes the model immune to later changes of the file. See
+    /// [`Model::load_with`] for what a mapped plan asks of its file.
+    pub mmap: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            threads: 0,
+            panel_cols: 0,
+            max_memory: 0,
+            mmap: true,
+        }
+    }
+}
+
+impl Options {
+    /// Refuses options no model can run with, before anything is loaded or started.
+    fn check(&self) -> Result<()> {
+        if self.threads > MAX_THREADS {
+            return Err(Error::invalid(format!(
+                "{} threads asked for; a model runs on at most {MAX_THREADS}",
+                self.threads
+            )));
+        }
+        Ok(())
+    }
 }
 
 pub struct Model {
@@ -138,18 +196,33 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a plan file, memory-mapping its weights, to run on one thread per core.
+    /// Loads a plan file, memory-mapping its weights, to run on one thread per core. See
+    /// [`Model::load_with`] for what a mapped plan asks of its file.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         Model::load_with(path, Options::default())
     }
 
     /// Loads a plan file with the given options.
+    ///
+    /// By default ([`Options::mmap`]) the file is memory-mapped and its weights are read in place, for
+    /// as long as the model lives. Plans are immutable once written: fff's own tools write them
+    /// atomically (a temporary file renamed over the target), so replacing a plan never changes
+    /// what a loaded model sees. Truncating or rewriting a mapped plan file in place is undefined:
+    /// the process may be killed (`SIGBUS`) or compute with the new bytes. Where files may change
+    /// under a running program, load with `mmap: false`, which reads the plan into memory.
     pub fn load_with(path: impl AsRef<Path>, options: Options) -> Result<Model> {
+        options.check()?;
         let path = path.as_ref();
         let file = std::fs::File::open(path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        if !options.mmap {
+            let bytes = read_aligned(file)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            return Model::from_plan_bytes(bytes, options);
+        }
         // SAFETY: the map is read-only and private to this process; like every memory-mapped loader we
-        // rely on the file not being truncated or rewritten while the model is alive.
+        // rely on the file not being truncated or rewritten while the model is alive (the contract
+        // stated above; `Options::mmap` opts out).
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
         Model::from_plan_bytes(PlanBytes::Mapped(map), options)
@@ -160,8 +233,9 @@ impl Model {
         Model::from_bytes_with(bytes, Options::default())
     }
 
-    /// Loads a plan from bytes in memory with the given options.
+    /// Loads a plan from bytes in memory with the given options ([`Options::mmap`] does not apply).
     pub fn from_bytes_with(bytes: &[u8], options: Options) -> Result<Model> {
+        options.check()?;
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
             let mut b = [0u8; 8];
@@ -171,7 +245,12 @@ impl Model {
         Model::from_plan_bytes(PlanBytes::Owned(words, bytes.len()), options)
     }
 
+    /// The model of a plan's bytes; like a run, loading returns an error rather than unwinding.
     fn from_plan_bytes(bytes: PlanBytes, options: Options) -> Result<Model> {
+        crate::error::contain_panic(|| Model::build(bytes, options))
+    }
+
+    fn build(bytes: PlanBytes, options: Options) -> Result<Model> {
         if cfg!(target_endian = "big") {
             return Err(Error::plan(
                 "plans are little-endian; this machine is big-endian",
@@ -251,7 +330,9 @@ impl Model {
         elements: usize,
         f: impl FnOnce() -> Result<T> + Send,
     ) -> Result<T> {
-        let f = || with_recycler(&self.recycler, f);
+        // The backstop: a panic anywhere in the call (op evaluations already contain their own and
+        // name the node) comes back as an error, and the model stays usable.
+        let f = || crate::error::contain_panic(|| with_recycler(&self.recycler, f));
         let Some(pool) = &self.pool else {
             return fff_ops::threads::serial(f);
         };

@@ -1431,3 +1431,147 @@ fn a_huge_constant_matmul_is_not_folded() {
     );
     assert_mentions(&stderr, &["40000000000 bytes", "memory budget"]);
 }
+
+// ---- thread limits, plans read into memory, contained panics ----
+
+/// The fixture's input (JSON) parsed for `model`.
+fn fixture_inputs(model: &Model) -> Vec<(String, Tensor)> {
+    let json = std::fs::read_to_string(fixtures::get("fff-layer-customop").input).unwrap();
+    fff_runtime::io::parse_inputs(&json, model.inputs())
+        .unwrap()
+        .0
+}
+
+/// Thread counts past [`fff_runtime::model::MAX_THREADS`] are refused before any thread starts,
+/// through the library (loading from bytes and from a file) and `fffrun`'s flag.
+#[test]
+fn thread_counts_past_the_maximum_are_refused() {
+    use fff_runtime::model::{Options, MAX_THREADS};
+    let scratch = Scratch::new("threads");
+    let path = scratch.file("model.fff", fixture_plan());
+    for threads in [MAX_THREADS + 1, 1_000_000_000_000, usize::MAX] {
+        let options = Options {
+            threads,
+            ..Default::default()
+        };
+        for result in [
+            Model::from_bytes_with(fixture_plan(), options),
+            Model::load_with(&path, options),
+        ] {
+            let e = expect_err(result).to_string();
+            assert_mentions(
+                &e,
+                &[&threads.to_string(), &MAX_THREADS.to_string(), "threads"],
+            );
+        }
+    }
+    let input = fixtures::get("fff-layer-customop").input;
+    for threads in ["1025", "1000000000000"] {
+        // Under a 4 GiB address-space limit, so that a regression cannot start threads until the
+        // machine runs out.
+        let script = format!(
+            "ulimit -v 4194304; exec '{}' --threads {threads} '{}' '{}'",
+            common::bin("fffrun").display(),
+            path.display(),
+            input.display()
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert_mentions(&stderr, &["--threads", threads, "at most 1024 threads"]);
+    }
+}
+
+/// A plan loaded with `mmap: false` is read into memory: truncating its file, or overwriting it in
+/// place, changes nothing for the loaded model (a mapped one would be killed by SIGBUS, or compute
+/// with the new bytes).
+#[test]
+fn plans_read_into_memory_survive_changes_to_their_file() {
+    use std::io::Write;
+    let scratch = Scratch::new("no-mmap");
+    let path = scratch.file("model.fff", fixture_plan());
+    for threads in [1, 2] {
+        let options = fff_runtime::model::Options {
+            threads,
+            mmap: false,
+            ..Default::default()
+        };
+        let model = Model::load_with(&path, options).unwrap();
+        let inputs = fixture_inputs(&model);
+        let want = model.run(inputs.clone()).unwrap();
+        // Overwritten in place (same length, no new file), then truncated to nothing.
+        let len = fixture_plan().len();
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all(&vec![0xA5; len]).unwrap();
+        file.sync_all().unwrap();
+        assert_eq!(model.run(inputs.clone()).unwrap(), want);
+        file.set_len(0).unwrap();
+        assert_eq!(model.run(inputs.clone()).unwrap(), want);
+        drop(file);
+        std::fs::write(&path, fixture_plan()).unwrap();
+    }
+    // A file that is not all there is an error, as mapped.
+    let cut = scratch.file("cut.fff", &fixture_plan()[..1000]);
+    for mmap in [true, false] {
+        let options = fff_runtime::model::Options {
+            mmap,
+            ..Default::default()
+        };
+        assert_mentions(
+            &expect_err(Model::load_with(&cut, options)).to_string(),
+            &["invalid plan"],
+        );
+    }
+}
+
+/// `fffrun --no-mmap` reads the plan into memory and prints what the mapped plan gives.
+#[test]
+fn fffrun_reads_the_plan_into_memory_with_no_mmap() {
+    let scratch = Scratch::new("fffrun-no-mmap");
+    let path = scratch.file("model.fff", fixture_plan());
+    let input = fixtures::get("fff-layer-customop").input;
+    let (code, mapped, stderr) = run_cli("fffrun", &[path.as_os_str(), input.as_os_str()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, read, stderr) = run_cli(
+        "fffrun",
+        &[OsStr::new("--no-mmap"), path.as_os_str(), input.as_os_str()],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(read, mapped);
+}
+
+/// A panic during a run (here the caller's own observer's) comes back from `run_observed` as an
+/// `Error::Internal`, not an unwinding into the caller, and the model keeps giving the same outputs,
+/// on one thread (the caller's) and on a pool.
+#[test]
+fn a_panic_during_a_run_is_an_error_and_the_model_stays_usable() {
+    for threads in [1, 2] {
+        let options = fff_runtime::model::Options {
+            threads,
+            ..Default::default()
+        };
+        let model = Model::from_bytes_with(fixture_plan(), options).unwrap();
+        let inputs = fixture_inputs(&model);
+        let want = model.run(inputs.clone()).unwrap();
+        for _ in 0..3 {
+            let mut observe =
+                |_: &fff_runtime::plan::PlanNode, _: &[Option<fff_runtime::TensorView>]| {
+                    panic!("the observer gave up")
+                };
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                model.run_observed(inputs.clone(), &mut observe)
+            }));
+            match outcome {
+                Ok(Err(Error::Internal(message))) => {
+                    assert_mentions(&message, &["the observer gave up"])
+                }
+                Ok(other) => panic!("expected Error::Internal, got {:?}", other.map(|_| ())),
+                Err(_) => panic!("the panic unwound out of run_observed ({threads} threads)"),
+            }
+            assert_eq!(model.run(inputs.clone()).unwrap(), want);
+            let views: Vec<_> = inputs.iter().map(|(n, t)| (n.as_str(), t.view())).collect();
+            assert_eq!(model.run_borrowed(&views).unwrap(), want);
+        }
+    }
+}

@@ -473,3 +473,283 @@ fn damaged_numpy_files_give_errors_not_panics() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- FastFeedForward widths and op attributes at extremes ----
+
+/// Sets every constant's `len` to the bytes its shape and dtype take, after shapes were altered (a
+/// shape no length can hold keeps its old length, which the validator refuses).
+fn fit_constant_lens(graph: &mut Value) {
+    for c in graph["constants"].as_array_mut().unwrap() {
+        let size: u64 = match c["dtype"].as_str().unwrap() {
+            "f32" | "i32" => 4,
+            "i64" => 8,
+            "bf16" => 2,
+            _ => 1,
+        };
+        let len = c["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .try_fold(size, |n, d| d.as_u64().and_then(|d| n.checked_mul(d)));
+        if let Some(len) = len {
+            c["len"] = Value::from(len);
+        }
+    }
+}
+
+/// The constant that defines `value` in a plan's graph.
+fn constant_mut(graph: &mut Value, value: u64) -> &mut Value {
+    graph["constants"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["value"] == value)
+        .expect("a constant of that value")
+}
+
+/// The FastFeedForward layer fixture (2 trees of depth 3, 64 -> 64) as graph and weights, with the
+/// values of its node's W_in and W_out.
+fn fff_layer_sections() -> (Value, Vec<u8>, u64, u64) {
+    let (plan, _) = compiled_fixture("fff-layer-customop");
+    let (graph, weights) = unseal(&plan);
+    let node = &graph["nodes"][0];
+    assert!(node["op"].get("FastFeedForward").is_some(), "{node}");
+    let slot = |i: usize| node["inputs"][i].as_u64().unwrap();
+    let (w_in, w_out) = (slot(1), slot(3));
+    (graph, weights, w_in, w_out)
+}
+
+/// Whether `e`, or the cause it wraps, is a contained panic.
+fn is_internal(e: &fff_runtime::Error) -> bool {
+    match e {
+        fff_runtime::Error::Internal(_) => true,
+        fff_runtime::Error::Node { cause, .. } => is_internal(cause),
+        _ => false,
+    }
+}
+
+/// A FastFeedForward whose weights make its input or output 0 wide (checksums valid) is refused
+/// when the plan loads, through the library and `fffrun`, rather than reaching the tree kernel's
+/// assertion.
+#[test]
+fn fastfeedforward_of_zero_width_is_refused_at_load() {
+    let (graph, weights, w_in, w_out) = fff_layer_sections();
+    let dir = std::env::temp_dir().join(format!("fff-mutations-width-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = fixtures::get("fff-layer-customop").input;
+    for (case, zero_in, zero_out) in [
+        ("d_out", false, true),
+        ("d_in", true, false),
+        ("both", true, true),
+    ] {
+        let mut g = graph.clone();
+        if zero_in {
+            constant_mut(&mut g, w_in)["shape"][1] = Value::from(0);
+            g["inputs"][0]["shape"][2] = Value::from(0);
+        }
+        if zero_out {
+            constant_mut(&mut g, w_out)["shape"][1] = Value::from(0);
+        }
+        fit_constant_lens(&mut g);
+        let plan = seal(&serde_json::to_vec(&g).unwrap(), &weights);
+        let error = match Model::from_bytes(&plan) {
+            Ok(model) => {
+                let x = common::random_inputs(&model, 1, 3, 1);
+                let run = catch_unwind(AssertUnwindSafe(|| model.run(x).map(|_| ())));
+                panic!("{case} = 0: the plan loaded, and its run gave {run:?}")
+            }
+            Err(e) => e.to_string(),
+        };
+        for part in ["invalid plan", "FastFeedForward", "at least 1 wide"] {
+            assert!(error.contains(part), "{case} = 0: {error}");
+        }
+        let path = dir.join(format!("{case}.fff"));
+        std::fs::write(&path, &plan).unwrap();
+        let out = std::process::Command::new(common::bin("fffrun"))
+            .args([path.as_os_str(), input.as_os_str()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case} = 0: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("at least 1 wide"),
+            "{case} = 0: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// FastFeedForward weights computed at run time (here given as a model input) escape the plan's
+/// checks: the evaluator checks them before any kernel runs.
+#[test]
+fn fastfeedforward_weights_given_at_run_time_are_checked_before_the_kernels() {
+    let (mut graph, weights, _, w_out) = fff_layer_sections();
+    graph["constants"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["value"] != w_out);
+    graph["inputs"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "w_out", "dtype": "f32", "shape": [30, "width"], "value": w_out
+        }));
+    let plan = seal(&serde_json::to_vec(&graph).unwrap(), &weights);
+    for threads in [1, 2] {
+        let options = fff_runtime::model::Options {
+            threads,
+            ..Default::default()
+        };
+        let model = Model::from_bytes_with(&plan, options).unwrap();
+        for (rows, width) in [(1, 0), (3, 0), (100, 0), (3, 7)] {
+            let x = fff_runtime::Tensor::zeros(fff_runtime::DType::F32, &[1, rows, 64]);
+            let w = fff_runtime::Tensor::zeros(fff_runtime::DType::F32, &[30, width]);
+            let inputs = vec![("x".to_string(), x), ("w_out".to_string(), w)];
+            let outcome = catch_unwind(AssertUnwindSafe(|| model.run(inputs)));
+            match outcome {
+                Ok(Ok(out)) => {
+                    assert!(width > 0, "a {width}-wide W_out ran");
+                    assert_eq!(out[0].1.shape(), [1, rows, width]);
+                }
+                Ok(Err(e)) => {
+                    let message = e.to_string();
+                    assert!(width == 0 && !is_internal(&e), "{message}");
+                    assert!(message.contains("at least 1 wide"), "{message}");
+                }
+                Err(_) => {
+                    panic!("{rows} rows of a {width}-wide W_out panicked ({threads} threads)")
+                }
+            }
+        }
+    }
+}
+
+/// Every number of the ops' attributes and of the shapes of constants and inputs, set to extremes
+/// (0, 1, huge, negative) one at a time, and every occurrence of one number at once (so that shapes
+/// that must agree still do): loading and running give outputs or errors, never a panic, nor a panic
+/// contained as `Error::Internal`. On the FastFeedForward layer, and on the ops of a dense encoder
+/// that run kernels (its FastFeedForward, PackedLinear, Attention and LayerNorm nodes). Cases
+/// alternate between one thread and two.
+#[test]
+fn op_attributes_and_shapes_at_extremes_give_errors_not_panics() {
+    const EXTREMES: [i64; 9] = [0, 1, 2, 3, 65, 1 << 31, 1 << 40, 1 << 62, -1];
+    const KERNEL_OPS: [&str; 5] = [
+        "FastFeedForward",
+        "PackedLinear",
+        "Linear",
+        "Attention",
+        "LayerNorm",
+    ];
+    for name in ["fff-layer-customop", "dense-encoder-tiny"] {
+        let (plan, _) = compiled_fixture(name);
+        let (graph, weights) = unseal(&plan);
+        // The numbers to alter: attributes and constant shapes of the nodes that run kernels, and the
+        // inputs' shapes.
+        let mut paths = vec![];
+        for (i, node) in graph["nodes"].as_array().unwrap().iter().enumerate() {
+            let op = &node["op"];
+            let kind = op
+                .as_object()
+                .and_then(|o| o.keys().next().cloned())
+                .unwrap_or_default();
+            if !KERNEL_OPS.contains(&kind.as_str()) {
+                continue;
+            }
+            leaves(op, format!("/nodes/{i}/op"), &mut paths);
+            for v in node["inputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_u64)
+            {
+                if let Some(c) = graph["constants"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .position(|c| c["value"] == v)
+                {
+                    leaves(
+                        &graph["constants"][c]["shape"],
+                        format!("/constants/{c}/shape"),
+                        &mut paths,
+                    );
+                }
+            }
+        }
+        for (i, input) in graph["inputs"].as_array().unwrap().iter().enumerate() {
+            leaves(&input["shape"], format!("/inputs/{i}/shape"), &mut paths);
+        }
+        paths.retain(|p| graph.pointer(p).is_some_and(Value::is_number));
+        paths.sort();
+        paths.dedup();
+        let mut values: Vec<Value> = paths
+            .iter()
+            .map(|p| graph.pointer(p).unwrap().clone())
+            .collect();
+        values.sort_by_key(|v| v.to_string());
+        values.dedup();
+        let mut cases: Vec<(String, Value)> = vec![];
+        for &extreme in &EXTREMES {
+            for p in &paths {
+                let mut g = graph.clone();
+                *g.pointer_mut(p).unwrap() = Value::from(extreme);
+                cases.push((format!("{p} = {extreme}"), g));
+            }
+            for v in &values {
+                let mut g = graph.clone();
+                for p in &paths {
+                    if g.pointer(p) == Some(v) {
+                        *g.pointer_mut(p).unwrap() = Value::from(extreme);
+                    }
+                }
+                cases.push((format!("every {v} = {extreme}"), g));
+            }
+        }
+        let mut loaded = 0;
+        for (n, (case, mut g)) in cases.into_iter().enumerate() {
+            fit_constant_lens(&mut g);
+            let plan = seal(&serde_json::to_vec(&g).unwrap(), &weights);
+            // Cases alternate between the caller's thread and a pool of two.
+            let threads = 1 + n % 2;
+            let options = fff_runtime::model::Options {
+                threads,
+                ..Default::default()
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let Ok(model) = Model::from_bytes_with(&plan, options) else {
+                    return Ok(false);
+                };
+                // Inputs declared absurdly large are not made (the run would refuse them).
+                let elements = |i: &fff_runtime::plan::PlanInput| {
+                    i.shape.iter().try_fold(1usize, |n, d| match d {
+                        fff_runtime::plan::Dim::Fixed(d) => n.checked_mul(*d),
+                        _ => n.checked_mul(70),
+                    })
+                };
+                if model
+                    .inputs()
+                    .iter()
+                    .any(|i| elements(i).is_none_or(|n| n > 1 << 22))
+                {
+                    return Ok(true);
+                }
+                for (batch, seq) in [(1, 1), (2, 5), (0, 3), (70, 1)] {
+                    let inputs = common::random_inputs(&model, batch, seq, 3);
+                    if let Err(e) = model.run(inputs) {
+                        if is_internal(&e) {
+                            return Err(e.to_string());
+                        }
+                    }
+                }
+                Ok(true)
+            }));
+            match outcome {
+                Ok(Ok(l)) => loaded += l as usize,
+                Ok(Err(e)) => panic!("{name}, {case}: a contained panic: {e}"),
+                Err(_) => panic!("{name}, {case}: panicked ({threads} threads)"),
+            }
+        }
+        eprintln!("{name}: {loaded} altered plans loaded");
+        assert!(loaded > 0, "{name}: no altered plan loaded");
+    }
+}

@@ -19,7 +19,7 @@ fff_runtime::capture_stdout_before_main!();
 use clap::Parser;
 use fff_runtime::fff_stats::run_with_fff_usage;
 use fff_runtime::io::{read_inputs_file, write_outputs, JsonStyle};
-use fff_runtime::model::Options;
+use fff_runtime::model::{Options, MAX_THREADS};
 use fff_runtime::npy::{read_npy, read_npz_inputs, write_npz};
 use fff_runtime::{Model, Tensor, TensorView};
 
@@ -47,9 +47,14 @@ struct Args {
     #[arg(short, long, value_name = "OUTPUT")]
     output: Option<PathBuf>,
 
-    /// Threads used by kernels [default: the number of cores].
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    /// Threads used by kernels, at most 1024 [default: the number of cores].
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     threads: Option<usize>,
+
+    /// Read the plan into memory instead of mapping it, so that changes to its file while fffrun runs
+    /// cannot affect it (a mapped plan must not be truncated or rewritten in place).
+    #[arg(long)]
+    no_mmap: bool,
 
     /// Columns per weight panel of the dense products: 64 as plans store them, or 16, 32, ... (any
     /// divisor of 64), repacked at load [default: the width this CPU's GEMM reads best].
@@ -93,6 +98,14 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Parses a thread count: at least 1, at most [`MAX_THREADS`].
+fn thread_count(text: &str) -> Result<usize, String> {
+    match at_least_one(text)? {
+        n if n > MAX_THREADS => Err(format!("at most {MAX_THREADS} threads")),
+        n => Ok(n),
+    }
+}
+
 /// The line `--bench` prints.
 #[derive(serde::Serialize)]
 struct BenchReport {
@@ -105,7 +118,14 @@ struct BenchReport {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Bad flags exit with 1 like every other error; --help and --version print and exit 0.
+    let args = Args::try_parse().unwrap_or_else(|e| match e.use_stderr() {
+        true => {
+            let _ = e.print();
+            std::process::exit(1)
+        }
+        false => e.exit(),
+    });
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -130,6 +150,7 @@ fn run(args: &Args) -> Result<()> {
         threads,
         panel_cols: args.panel_cols.unwrap_or(0),
         max_memory: args.max_memory.unwrap_or(0),
+        mmap: !args.no_mmap,
     };
     let model = Model::load_with(&args.model, options)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;

@@ -95,16 +95,126 @@ impl FastFeedForward {
         Self::weight_layout(w_in).map(|_| w_in[1])
     }
 
-    /// The plan form's attribute limits.
-    pub(super) fn validate(depth: usize) -> std::result::Result<(), String> {
+    /// The most neurons one node may hold: the tree kernel numbers them in `u32`.
+    pub const MAX_NODES: usize = u32::MAX as usize;
+
+    /// The neurons of `trees` trees of `depth` levels (the rows of W_in and W_out, node-major); `None`
+    /// past [`Self::MAX_DEPTH`] or [`Self::MAX_NODES`].
+    pub fn total_nodes(depth: usize, trees: usize) -> Option<usize> {
         if depth > Self::MAX_DEPTH {
-            return Err(format!(
-                "FastFeedForward depth {depth} is more than {}",
-                Self::MAX_DEPTH
-            ));
+            return None;
+        }
+        let per_tree = (1usize << (depth + 1)) - 1;
+        trees
+            .checked_mul(per_tree)
+            .filter(|&n| n <= Self::MAX_NODES)
+    }
+
+    /// The plan form: the attributes' limits and, where W_in and W_out are constants (their shapes
+    /// given), the weights' form ([`weights_form`]). A plan that fails is refused at load, so that no
+    /// kernel meets a layer it cannot compute.
+    pub(super) fn validate(
+        depth: usize,
+        trees: usize,
+        w_in: Option<&[usize]>,
+        w_out: Option<&[usize]>,
+    ) -> std::result::Result<(), String> {
+        attributes(depth, trees)?;
+        if let (Some(w_in), Some(w_out)) = (w_in, w_out) {
+            weights_form(depth, trees, w_in, w_out)?;
         }
         Ok(())
     }
+}
+
+/// Checks `depth` and `trees` against the kernels' limits; the number of neurons.
+fn attributes(depth: usize, trees: usize) -> std::result::Result<usize, String> {
+    if depth > FastFeedForward::MAX_DEPTH {
+        return Err(format!(
+            "FastFeedForward depth {depth} is more than {}",
+            FastFeedForward::MAX_DEPTH
+        ));
+    }
+    if trees == 0 {
+        return Err("FastFeedForward has no trees".to_string());
+    }
+    FastFeedForward::total_nodes(depth, trees).ok_or_else(|| {
+        format!(
+            "FastFeedForward of {trees} trees of depth {depth} has more than {} neurons",
+            FastFeedForward::MAX_NODES
+        )
+    })
+}
+
+/// What a FastFeedForward's weights hold, as [`weights_form`] reads it from their shapes.
+#[derive(Clone, Copy, Debug)]
+struct WeightsForm {
+    layout: WeightLayout,
+    d_in: usize,
+    d_out: usize,
+    /// Neurons, all trees together.
+    total: usize,
+}
+
+/// Reads the form of W_in and W_out of `trees` trees of `depth`: both node-major, or both panels at
+/// depth 0, each with the rows (or panels) that many neurons need, and both widths at least 1. The
+/// kernels assert all of this, so the plan validator and the evaluator check it first.
+fn weights_form(
+    depth: usize,
+    trees: usize,
+    w_in: &[usize],
+    w_out: &[usize],
+) -> std::result::Result<WeightsForm, String> {
+    let total = attributes(depth, trees)?;
+    let layout = match (
+        FastFeedForward::weight_layout(w_in),
+        FastFeedForward::weight_layout(w_out),
+    ) {
+        (Some(WeightLayout::NodeMajor), Some(WeightLayout::NodeMajor)) => WeightLayout::NodeMajor,
+        (Some(p @ WeightLayout::Panels { .. }), Some(WeightLayout::Panels { .. }))
+            if depth == 0 =>
+        {
+            p
+        }
+        _ => {
+            return Err(format!(
+                "FastFeedForward needs W_in and W_out 2-D (or as panels at depth 0), got {w_in:?} and {w_out:?}"
+            ))
+        }
+    };
+    let too_large = || format!("FastFeedForward W_out {w_out:?} is too large");
+    let d_in = FastFeedForward::d_in(w_in).ok_or_else(too_large)?;
+    let d_out = FastFeedForward::d_out(w_out).ok_or_else(too_large)?;
+    if d_in == 0 || d_out == 0 {
+        return Err(format!(
+            "FastFeedForward needs inputs and outputs at least 1 wide, its weights W_in {w_in:?} and W_out {w_out:?} make them {d_in} and {d_out}"
+        ));
+    }
+    let (want_in, want_out) = match layout {
+        WeightLayout::Panels { cols } => {
+            if !(1..=MAX_PANEL_COLS).contains(&cols) || !total.is_multiple_of(cols) {
+                return Err(format!(
+                    "FastFeedForward panels {cols} wide do not hold {total} neurons whole"
+                ));
+            }
+            (
+                vec![total / cols, d_in, cols],
+                vec![d_out / cols, total, cols],
+            )
+        }
+        WeightLayout::NodeMajor => (vec![total, d_in], vec![total, d_out]),
+    };
+    if w_in != want_in || w_out != want_out {
+        return Err(format!(
+            "FastFeedForward with {trees} trees of depth {depth} wants W_in {want_in:?} and W_out {want_out:?}, got {w_in:?} and {w_out:?}"
+        ));
+    }
+    Ok(WeightsForm {
+        layout,
+        d_in,
+        d_out,
+        total,
+    })
 }
 
 /// How FastFeedForward's weights are stored.
@@ -154,64 +264,30 @@ pub fn fast_feed_forward(
     branch: FffBranch,
 ) -> Result<Tensor> {
     let x = x.f32()?;
-    let layout = match (
-        FastFeedForward::weight_layout(w_in.shape()),
-        FastFeedForward::weight_layout(w_out.shape()),
-    ) {
-        (Some(WeightLayout::NodeMajor), Some(WeightLayout::NodeMajor)) => {
-            Some(WeightLayout::NodeMajor)
-        }
-        (Some(p @ WeightLayout::Panels { .. }), Some(WeightLayout::Panels { .. }))
-            if depth == 0 =>
-        {
-            Some(p)
-        }
-        _ => None,
-    };
-    let Some(layout) = layout.filter(|_| x.ndim() != 0 && depth <= FastFeedForward::MAX_DEPTH)
-    else {
+    let WeightsForm {
+        layout,
+        d_in,
+        d_out,
+        total,
+    } = weights_form(depth, trees, w_in.shape(), w_out.shape()).map_err(Error::Invalid)?;
+    if x.shape().last() != Some(&d_in) {
         return Err(Error::invalid(format!(
-            "FastFeedForward needs X [..., d_in], W_in and W_out 2-D (or as panels at depth 0), depth <= {}",
-            FastFeedForward::MAX_DEPTH
+            "FastFeedForward of X {:?} wants X [..., {d_in}] as its W_in {:?} reads",
+            x.shape(),
+            w_in.shape()
         )));
-    };
-    let panels = matches!(layout, WeightLayout::Panels { .. });
-    let d_in = x.shape()[x.ndim() - 1];
-    let d_out = match *w_out.shape() {
-        [p, _, c] if panels => p.checked_mul(c).ok_or_else(|| {
-            Error::invalid(format!(
-                "FastFeedForward W_out {:?} is too large",
-                w_out.shape()
-            ))
-        })?,
-        [_, d] => d,
-        _ => unreachable!("ranks checked above"),
-    };
+    }
     let shape = FffShape {
         d_in,
         d_out,
         depth,
         trees,
     };
-    let total = shape.total_nodes();
     // Panels as the plan stores them, or as the model repacked them at load.
-    let c = match layout {
-        WeightLayout::Panels { cols } => cols,
-        _ => 0,
+    let (panels, c) = match layout {
+        WeightLayout::Panels { cols } => (true, cols),
+        WeightLayout::NodeMajor => (false, 0),
     };
-    let (want_in, want_out): (&[usize], &[usize]) = if panels {
-        (&[total / c.max(1), d_in, c], &[d_out / c.max(1), total, c])
-    } else {
-        (&[total, d_in], &[total, d_out])
-    };
-    let whole_panels = (1..=MAX_PANEL_COLS).contains(&c) && total.is_multiple_of(c);
-    if (panels && !whole_panels) || w_in.shape() != want_in || w_out.shape() != want_out {
-        return Err(Error::invalid(format!(
-            "FastFeedForward with {trees} trees of depth {depth} wants W_in {want_in:?} and W_out {want_out:?}, got {:?} and {:?}",
-            w_in.shape(),
-            w_out.shape()
-        )));
-    }
     let b_in = b_in.map(|b| b.f32()).transpose()?.map(standard_slice);
     let b_out = b_out.map(|b| b.f32()).transpose()?.map(standard_slice);
     if b_in.as_ref().is_some_and(|b| b.len() != total)
@@ -288,4 +364,104 @@ pub fn fast_feed_forward(
         }
     }
     Ok(Tensor::F32(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{ArrayD, IxDyn};
+
+    fn zeros(shape: &[usize]) -> Tensor {
+        Tensor::F32(ArrayD::zeros(IxDyn(shape)))
+    }
+
+    /// The evaluator on zero tensors of the given shapes.
+    fn eval(
+        x: &[usize],
+        w_in: &[usize],
+        w_out: &[usize],
+        depth: usize,
+        trees: usize,
+    ) -> Result<Tensor> {
+        let (x, w_in, w_out) = (zeros(x), zeros(w_in), zeros(w_out));
+        fast_feed_forward(
+            &x.view(),
+            &w_in.view(),
+            None,
+            &w_out.view(),
+            None,
+            depth,
+            trees,
+            FffActivation::Gelu,
+            FffBranch::Gt,
+        )
+    }
+
+    fn error(result: Result<Tensor>) -> String {
+        match result {
+            Ok(t) => panic!("expected an error, got a tensor of {:?}", t.shape()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Layers the kernels would assert on (zero widths, no trees, more neurons than they number,
+    /// weights that do not match) are refused by the evaluator, on every kernel path (one row and
+    /// many for the tree kernel, depth 0 for the dense ones, and panels).
+    #[test]
+    fn layers_the_kernels_cannot_compute_are_errors() {
+        for rows in [1, 3, 100] {
+            // One tree of depth 1: three neurons.
+            let e = error(eval(&[rows, 0], &[3, 0], &[3, 4], 1, 1));
+            assert!(e.contains("at least 1 wide"), "{e}");
+            let e = error(eval(&[rows, 4], &[3, 4], &[3, 0], 1, 1));
+            assert!(e.contains("at least 1 wide"), "{e}");
+            let e = error(eval(&[rows, 0], &[1, 0], &[1, 0], 0, 1));
+            assert!(e.contains("at least 1 wide"), "{e}");
+            let e = error(eval(&[rows, 0], &[1, 0, 1], &[0, 1, 1], 0, 1));
+            assert!(e.contains("at least 1 wide"), "{e}");
+            let e = error(eval(&[rows, 4], &[0, 4], &[0, 4], 2, 0));
+            assert!(e.contains("no trees"), "{e}");
+            let e = error(eval(&[rows, 4], &[3, 4], &[3, 4], 1, usize::MAX / 2));
+            assert!(e.contains("neurons"), "{e}");
+            let e = error(eval(
+                &[rows, 4],
+                &[3, 4],
+                &[3, 4],
+                FastFeedForward::MAX_DEPTH + 1,
+                1,
+            ));
+            assert!(e.contains("depth"), "{e}");
+            let e = error(eval(&[rows, 5], &[3, 4], &[3, 4], 1, 1));
+            assert!(e.contains("wants X"), "{e}");
+            assert_eq!(
+                eval(&[rows, 4], &[3, 4], &[3, 2], 1, 1).unwrap().shape(),
+                [rows, 2]
+            );
+        }
+        let e = error(eval(&[], &[3, 4], &[3, 4], 1, 1));
+        assert!(e.contains("wants X"), "{e}");
+    }
+
+    #[test]
+    fn the_plan_form_checks_constant_weights() {
+        let check = |w_in: &[usize], w_out: &[usize], depth, trees| {
+            FastFeedForward::validate(depth, trees, Some(w_in), Some(w_out))
+        };
+        assert!(check(&[30, 64], &[30, 64], 3, 2).is_ok());
+        assert!(check(&[1, 64, 64], &[1, 64, 64], 0, 64).is_ok());
+        assert!(check(&[30, 64], &[30, 0], 3, 2)
+            .unwrap_err()
+            .contains("at least 1 wide"));
+        assert!(check(&[30, 0], &[30, 64], 3, 2)
+            .unwrap_err()
+            .contains("at least 1 wide"));
+        assert!(check(&[30, 64], &[15, 64], 3, 2)
+            .unwrap_err()
+            .contains("wants W_in"));
+        assert!(check(&[1, 64, 64], &[1, 64, 64], 1, 64).is_err());
+        assert!(FastFeedForward::validate(3, 0, None, None).is_err());
+        assert!(FastFeedForward::validate(30, 1 << 40, None, None).is_err());
+        // Weights computed at run time are left to the evaluator.
+        assert!(FastFeedForward::validate(3, 2, Some(&[30, 0]), None).is_ok());
+    }
 }

@@ -32,8 +32,19 @@ pub fn candidates(op: &Op) -> &'static [usize] {
     }
 }
 
-/// Evaluates `op` with input `index` given as `owned` (its entry in `inputs` is ignored).
+/// Evaluates `op` with input `index` given as `owned` (its entry in `inputs` is ignored). Never
+/// panics, as [`super::eval`].
 pub fn eval(
+    op: &Op,
+    index: usize,
+    owned: Tensor,
+    inputs: &[Option<TensorView>],
+) -> Result<InPlace> {
+    crate::error::contain_panic(|| eval_checked(op, index, owned, inputs))
+}
+
+/// [`eval`] itself.
+fn eval_checked(
     op: &Op,
     index: usize,
     owned: Tensor,

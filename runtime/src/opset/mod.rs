@@ -339,9 +339,15 @@ impl Op {
         }
     }
 
-    /// Checks the plan form of a node with this op: its inputs (`Some` where present, by slot) and its
-    /// attributes' limits. A plan that fails is refused at load, before anything runs.
-    pub fn validate(&self, inputs: &[Option<usize>]) -> std::result::Result<(), String> {
+    /// Checks the plan form of a node with this op: its inputs (`Some` where present, by slot), its
+    /// attributes' limits, and what its ops need of the shapes of inputs that are constants
+    /// (`constant_shape` of a value; `None` for values computed at run time). A plan that fails is
+    /// refused at load, before anything runs.
+    pub fn validate(
+        &self,
+        inputs: &[Option<usize>],
+        constant_shape: &dyn Fn(usize) -> Option<Vec<usize>>,
+    ) -> std::result::Result<(), String> {
         let Arity { required, max } = self.arity();
         if max.is_some_and(|m| inputs.len() > m) {
             return Err(format!(
@@ -364,14 +370,30 @@ impl Op {
                 v_perm,
                 ..
             } => attention::validate([q_perm, k_perm, v_perm]),
-            Op::FastFeedForward { depth, .. } => FastFeedForward::validate(*depth),
+            Op::FastFeedForward { depth, trees, .. } => {
+                let shape =
+                    |slot: usize| inputs.get(slot).copied().flatten().and_then(constant_shape);
+                FastFeedForward::validate(
+                    *depth,
+                    *trees,
+                    shape(FastFeedForward::W_IN).as_deref(),
+                    shape(FastFeedForward::W_OUT).as_deref(),
+                )
+            }
             _ => Ok(()),
         }
     }
 }
 
 /// Evaluates `op` on `inputs` (`None` for an absent optional input), producing `n_outputs` tensors.
+/// Never panics: should a kernel still assert on something the checks let through, the panic comes
+/// back as [`crate::Error::Internal`].
 pub fn eval(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<OpOutputs> {
+    crate::error::contain_panic(|| eval_checked(op, inputs, n_outputs))
+}
+
+/// [`eval`] itself: every op checks its inputs before its kernel runs.
+fn eval_checked(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Result<OpOutputs> {
     let one = |t: Result<Tensor>| t.map(|t| smallvec![t]);
     match op {
         Op::Identity => one(Ok(input(inputs, 0)?.to_owned())),

@@ -52,6 +52,12 @@ pub fn validate(g: &PlanGraph, weights_len: usize) -> Result<()> {
             ));
         }
     }
+    // Each value's constant, for the ops that check the shapes of constant inputs.
+    let mut constant_of = vec![None; g.num_values];
+    for c in &g.constants {
+        constant_of[c.value] = Some(c);
+    }
+    let constant_shape = |v: usize| Some(constant_of.get(v).copied().flatten()?.shape.clone());
     for node in &g.nodes {
         for v in node.inputs.iter().flatten() {
             if !defined.get(*v).copied().unwrap_or(false) {
@@ -61,7 +67,7 @@ pub fn validate(g: &PlanGraph, weights_len: usize) -> Result<()> {
                 ));
             }
         }
-        if let Err(msg) = node.op.validate(&node.inputs) {
+        if let Err(msg) = node.op.validate(&node.inputs, &constant_shape) {
             return bad(format!("node '{}': {msg}", node.name));
         }
         if let Some(n) = node.op.fixed_outputs() {
