@@ -23,24 +23,41 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
 
 /// Reads every array of a `.npz` file, keyed by array name.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let bad = |e: std::io::Error| {
-        Error::input(format!(
-            "{} is not a readable .npz file: {e}",
-            path.display()
-        ))
-    };
-    let mut archive = npyz::npz::NpzArchive::open(path).map_err(bad)?;
-    let names: Vec<String> = archive.array_names().map(str::to_string).collect();
+    let (mut archive, names) = open_npz(path)?;
+    read_members(&mut archive, names, path)
+}
+
+type Archive = npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>;
+
+/// The error for a `.npz` file that cannot be read.
+fn npz_error(path: &Path, e: std::io::Error) -> Error {
+    Error::input(format!(
+        "{} is not a readable .npz file: {e}",
+        path.display()
+    ))
+}
+
+/// Opens a `.npz` file and lists its array names.
+fn open_npz(path: &Path) -> Result<(Archive, Vec<String>)> {
+    let archive = npyz::npz::NpzArchive::open(path).map_err(|e| npz_error(path, e))?;
+    let names = archive.array_names().map(str::to_string).collect();
+    Ok((archive, names))
+}
+
+/// Reads (inflates) the arrays `names` of an open `.npz`.
+fn read_members(
+    archive: &mut Archive,
+    names: Vec<String>,
+    path: &Path,
+) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         let npy = archive
             .by_name(&name)
-            .map_err(bad)?
+            .map_err(|e| npz_error(path, e))?
             .ok_or_else(|| Error::input(format!("array '{name}' vanished")))?;
-        out.push((
-            name.clone(),
-            tensor_from_npy(npy, &format!("array '{name}' of {}", path.display()))?,
-        ));
+        let what = format!("array '{name}' of {}", path.display());
+        out.push((name, tensor_from_npy(npy, &what)?));
     }
     Ok(out)
 }
@@ -50,14 +67,8 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// member's stored size can hold) is checked before any member's data is inflated, so an array the
 /// model does not take, or one of the wrong shape, costs nothing to refuse however large it is.
 pub fn read_npz_inputs(path: &Path, specs: &[PlanInput]) -> Result<Vec<(String, Tensor)>> {
-    let bad = |e: std::io::Error| {
-        Error::input(format!(
-            "{} is not a readable .npz file: {e}",
-            path.display()
-        ))
-    };
-    let mut archive = npyz::npz::NpzArchive::open(path).map_err(bad)?;
-    let names: Vec<String> = archive.array_names().map(str::to_string).collect();
+    let bad = |e: std::io::Error| npz_error(path, e);
+    let (mut archive, names) = open_npz(path)?;
     for name in &names {
         let what = format!("array '{name}' of {}", path.display());
         let spec = specs.iter().find(|s| &s.name == name).ok_or_else(|| {
@@ -78,7 +89,7 @@ pub fn read_npz_inputs(path: &Path, specs: &[PlanInput]) -> Result<Vec<(String, 
             .ok_or_else(|| Error::input(format!("array '{name}' vanished")))?;
         check_header(&npy, spec, stored, &what)?;
     }
-    read_npz(path)
+    read_members(&mut archive, names, path)
 }
 
 /// Checks an array's header against the input it is for: element type, C order, rank, fixed
