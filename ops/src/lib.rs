@@ -12,6 +12,7 @@ pub mod matmul;
 pub mod norm;
 pub mod panels;
 pub mod permute;
+pub mod quant;
 pub mod simd;
 pub mod softmax;
 pub mod threads;

@@ -1,0 +1,1 @@
+//! int8 products: weights quantised per output column, activations per row.
