@@ -7,6 +7,7 @@ pub mod import;
 pub mod ir;
 pub mod passes;
 pub mod plan_writer;
+pub mod quant_cost;
 pub mod report;
 
 use std::path::Path;
@@ -24,11 +25,26 @@ pub enum Weights {
     Bf16,
 }
 
+/// The precision of the projections and dense feedforward layers (`fffc compile --quantize`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Quantize {
+    /// As the model has them.
+    #[default]
+    F32,
+    /// int8 weights per output column, activations quantised per row at run time
+    /// (see [`passes::quantize`]).
+    Int8,
+    /// bfloat16 weights, activations rounded to bfloat16 per call.
+    Bf16,
+}
+
 /// What a compile produces, as `fffc compile`'s flags say it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     /// The precision of tree-kernel FastFeedForward weights (`--weights`).
     pub weights: Weights,
+    /// The precision of the projections (`--quantize`).
+    pub quantize: Quantize,
     /// Columns per weight panel of the dense products, a divisor of 64 (`--panel-cols`): see
     /// [`passes::panel_width`]. 64 leaves them as `pack-weights` packs them.
     pub panel_cols: usize,
@@ -43,6 +59,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             weights: Weights::F32,
+            quantize: Quantize::F32,
             panel_cols: fff_ops::panels::PANEL_COLS,
             stop_after: None,
             verify: cfg!(debug_assertions),

@@ -67,10 +67,25 @@ pub struct Refused {
     pub reason: String,
 }
 
+/// What `--quantize` did with one projection or dense feedforward layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quantized {
+    /// The node's name.
+    pub node: String,
+    /// `k -> n` of each product it holds (two for a dense feedforward layer).
+    pub products: Vec<(usize, usize)>,
+    /// The precision its weights are stored in, or `None` when they were kept in float32.
+    pub precision: Option<&'static str>,
+    /// Why it was kept in float32.
+    pub reason: Option<String>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub rewritten: Vec<Rewritten>,
     pub refused: Vec<Refused>,
+    /// Every candidate of `--quantize`, in graph order.
+    pub quantized: Vec<Quantized>,
     /// Candidates already judged (their anchor nodes), so later rounds of the pipeline skip them. Keyed
     /// on node ids, which are never reused: a node made later at a removed anchor's index is new.
     considered: HashSet<NodeId>,

@@ -96,6 +96,29 @@ pub fn run_with_fff_usage(
 /// The leaves the rows of one call reach at a FastFeedForward node; `None` for other nodes, or when
 /// the inputs do not fit the op.
 fn count_leaves(node: &PlanNode, views: &[Option<TensorView>]) -> Option<FffUsage> {
+    let Op::FastFeedForward { depth, trees, .. } = node.op else {
+        return None;
+    };
+    let leaves = row_leaves(node, views)?;
+    let mut leaf_rows = vec![vec![0u64; 1 << depth]; trees];
+    for row in leaves.chunks_exact(trees) {
+        for (t, &leaf) in row.iter().enumerate() {
+            leaf_rows[t][leaf as usize] += 1;
+        }
+    }
+    Some(FffUsage {
+        node: node.name.clone(),
+        depth,
+        trees,
+        rows: (leaves.len() / trees) as u64,
+        leaf_rows,
+    })
+}
+
+/// The leaf each row of a call reaches in each tree of a FastFeedForward node (`leaves[r * trees +
+/// t]`, as [`fff_leaves`] computes them from the node's inputs `views`); `None` for other nodes, or
+/// when the inputs do not fit the op.
+pub fn row_leaves(node: &PlanNode, views: &[Option<TensorView>]) -> Option<Vec<u32>> {
     let Op::FastFeedForward {
         depth,
         trees,
@@ -147,19 +170,7 @@ fn count_leaves(node: &PlanNode, views: &[Option<TensorView>]) -> Option<FffUsag
     };
     let mut leaves = vec![0u32; rows.checked_mul(trees)?];
     fff_leaves(&layer, &x, rows, &mut leaves);
-    let mut leaf_rows = vec![vec![0u64; 1 << depth]; trees];
-    for row in leaves.chunks_exact(trees) {
-        for (t, &leaf) in row.iter().enumerate() {
-            leaf_rows[t][leaf as usize] += 1;
-        }
-    }
-    Some(FffUsage {
-        node: node.name.clone(),
-        depth,
-        trees,
-        rows: rows as u64,
-        leaf_rows,
-    })
+    Some(leaves)
 }
 
 /// A float32 or bfloat16 tensor's values as f32.

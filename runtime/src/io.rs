@@ -193,6 +193,7 @@ fn v2_datatype(dtype: DType) -> &'static str {
         DType::I32 => "INT32",
         DType::Bool => "BOOL",
         DType::BF16 => "BF16",
+        DType::I8 => "INT8",
     }
 }
 
@@ -267,6 +268,16 @@ fn build(
                 Value::Number(n) => Ok(Bf16::from_f32(
                     n.as_f64().ok_or_else(|| bad(i, v, ""))? as f32
                 )),
+                _ => Err(bad(i, v, "")),
+            })?,
+        )),
+        DType::I8 => Tensor::I8(from_vec(
+            s,
+            convert(leaves, |i, v| match v {
+                Value::Number(n) => {
+                    let x = integer(n).map_err(|why| bad(i, v, why))?;
+                    i8::try_from(x).map_err(|_| bad(i, v, ", out of int8 range"))
+                }
                 _ => Err(bad(i, v, "")),
             })?,
         )),
@@ -371,6 +382,7 @@ enum Elements<'a> {
     I32(ndarray::iter::Iter<'a, i32, IxDyn>),
     Bool(ndarray::iter::Iter<'a, bool, IxDyn>),
     BF16(ndarray::iter::Iter<'a, Bf16, IxDyn>),
+    I8(ndarray::iter::Iter<'a, i8, IxDyn>),
 }
 
 impl<'a> Elements<'a> {
@@ -381,6 +393,7 @@ impl<'a> Elements<'a> {
             Tensor::I32(a) => Elements::I32(a.iter()),
             Tensor::Bool(a) => Elements::Bool(a.iter()),
             Tensor::BF16(a) => Elements::BF16(a.iter()),
+            Tensor::I8(a) => Elements::I8(a.iter()),
         }
     }
 
@@ -403,6 +416,9 @@ impl<'a> Elements<'a> {
                 write_int(out, *it.next().expect("element count matches the shape"))
             }
             Elements::I32(it) => {
+                write_int(out, *it.next().expect("element count matches the shape"))
+            }
+            Elements::I8(it) => {
                 write_int(out, *it.next().expect("element count matches the shape"))
             }
             Elements::Bool(it) => {

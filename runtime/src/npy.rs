@@ -236,6 +236,7 @@ fn write_npz_to<W: std::io::Write + std::io::Seek>(
             Tensor::Bool(a) => put!(a, bool),
             // NumPy has no bfloat16: written widened (exactly) to float32.
             Tensor::BF16(a) => put!(a.mapv(|v| v.to_f32()), f32),
+            Tensor::I8(a) => put!(a, i8),
         }
     }
     npz.zip_writer()

@@ -17,6 +17,8 @@ pub enum DType {
     /// bfloat16: only as reduced-precision weights of FastFeedForward (`fffc compile --weights
     /// bf16`); no op computes in it.
     BF16,
+    /// int8: only as quantised weights (`fffc compile --quantize int8`); no op computes in it.
+    I8,
 }
 
 pub use fff_ops::element::Bf16;
@@ -29,6 +31,7 @@ impl DType {
             DType::I64 => 8,
             DType::Bool => 1,
             DType::BF16 => 2,
+            DType::I8 => 1,
         }
     }
 
@@ -40,6 +43,7 @@ impl DType {
             DType::I32 => "int32",
             DType::Bool => "bool",
             DType::BF16 => "bfloat16",
+            DType::I8 => "int8",
         }
     }
 
@@ -73,6 +77,7 @@ pub enum Tensor {
     I32(ArrayD<i32>),
     Bool(ArrayD<bool>),
     BF16(ArrayD<Bf16>),
+    I8(ArrayD<i8>),
 }
 
 /// A borrowed tensor.
@@ -83,6 +88,7 @@ pub enum TensorView<'a> {
     I32(ArrayViewD<'a, i32>),
     Bool(ArrayViewD<'a, bool>),
     BF16(ArrayViewD<'a, Bf16>),
+    I8(ArrayViewD<'a, i8>),
 }
 
 /// Applies the same generic expression to whichever variant a tensor or view holds.
@@ -95,6 +101,7 @@ macro_rules! dispatch {
             $enum::I32($a) => $body,
             $enum::Bool($a) => $body,
             $enum::BF16($a) => $body,
+            $enum::I8($a) => $body,
         }
     };
 }
@@ -109,6 +116,7 @@ macro_rules! map_tensor {
             $enum::I32($a) => $crate::tensor::Tensor::I32($body),
             $enum::Bool($a) => $crate::tensor::Tensor::Bool($body),
             $enum::BF16($a) => $crate::tensor::Tensor::BF16($body),
+            $enum::I8($a) => $crate::tensor::Tensor::I8($body),
         }
     };
 }
@@ -121,6 +129,7 @@ impl Tensor {
             Tensor::I32(_) => DType::I32,
             Tensor::Bool(_) => DType::Bool,
             Tensor::BF16(_) => DType::BF16,
+            Tensor::I8(_) => DType::I8,
         }
     }
 
@@ -143,6 +152,7 @@ impl Tensor {
             Tensor::I32(a) => TensorView::I32(a.view()),
             Tensor::Bool(a) => TensorView::Bool(a.view()),
             Tensor::BF16(a) => TensorView::BF16(a.view()),
+            Tensor::I8(a) => TensorView::I8(a.view()),
         }
     }
 
@@ -155,6 +165,7 @@ impl Tensor {
             DType::I32 => Tensor::I32(ArrayD::zeros(s)),
             DType::Bool => Tensor::Bool(ArrayD::from_elem(s, false)),
             DType::BF16 => Tensor::BF16(ArrayD::from_elem(s, Bf16(0))),
+            DType::I8 => Tensor::I8(ArrayD::zeros(s)),
         }
     }
 
@@ -179,6 +190,7 @@ impl Tensor {
             Tensor::I32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
             Tensor::Bool(a) => a.iter().map(|&v| v as u8).collect(),
             Tensor::BF16(a) => a.iter().flat_map(|v| v.0.to_le_bytes()).collect(),
+            Tensor::I8(a) => a.iter().map(|&v| v as u8).collect(),
         }
     }
 
@@ -197,6 +209,7 @@ impl Tensor {
             Tensor::I32(a) => a.iter().fold(h, |h, v| feed(h, &v.to_le_bytes())),
             Tensor::Bool(a) => a.iter().fold(h, |h, &v| feed(h, &[v as u8])),
             Tensor::BF16(a) => a.iter().fold(h, |h, v| feed(h, &v.0.to_le_bytes())),
+            Tensor::I8(a) => a.iter().fold(h, |h, &v| feed(h, &[v as u8])),
         }
     }
 
@@ -247,6 +260,7 @@ impl Tensor {
                     .map(|c| Bf16(u16::from_le_bytes([c[0], c[1]])))
                     .collect(),
             )),
+            DType::I8 => Tensor::I8(from_vec(s, bytes.iter().map(|&b| b as i8).collect())),
         };
         Ok(t)
     }
@@ -281,6 +295,7 @@ impl<'a> TensorView<'a> {
             TensorView::I32(a) => TensorView::I32(a.view()),
             TensorView::Bool(a) => TensorView::Bool(a.view()),
             TensorView::BF16(a) => TensorView::BF16(a.view()),
+            TensorView::I8(a) => TensorView::I8(a.view()),
         }
     }
 
@@ -291,6 +306,7 @@ impl<'a> TensorView<'a> {
             TensorView::I32(_) => DType::I32,
             TensorView::Bool(_) => DType::Bool,
             TensorView::BF16(_) => DType::BF16,
+            TensorView::I8(_) => DType::I8,
         }
     }
 
@@ -328,6 +344,20 @@ impl<'a> TensorView<'a> {
         }
     }
 
+    pub fn i8(&self) -> Result<&ArrayViewD<'a, i8>> {
+        match self {
+            TensorView::I8(a) => Ok(a),
+            other => Err(Error::dtype("int8", other.dtype())),
+        }
+    }
+
+    pub fn i32(&self) -> Result<&ArrayViewD<'a, i32>> {
+        match self {
+            TensorView::I32(a) => Ok(a),
+            other => Err(Error::dtype("int32", other.dtype())),
+        }
+    }
+
     pub fn bool(&self) -> Result<&ArrayViewD<'a, bool>> {
         match self {
             TensorView::Bool(a) => Ok(a),
@@ -358,6 +388,7 @@ impl<'a> TensorView<'a> {
             TensorView::I32(a) => *a.iter().next().unwrap() as f64,
             TensorView::Bool(a) => *a.iter().next().unwrap() as u8 as f64,
             TensorView::BF16(a) => a.iter().next().unwrap().to_f32() as f64,
+            TensorView::I8(a) => *a.iter().next().unwrap() as f64,
         })
     }
 }

@@ -343,8 +343,8 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
                         Tensor::I64(a) => Scalar::I64(a.iter().copied().next().unwrap_or(0)),
                         Tensor::I32(a) => Scalar::I32(a.iter().copied().next().unwrap_or(0)),
                         Tensor::Bool(a) => Scalar::Bool(a.iter().copied().next().unwrap_or(false)),
-                        Tensor::BF16(_) => {
-                            return Err(cx.err("a bfloat16 'value' is not supported"));
+                        Tensor::BF16(_) | Tensor::I8(_) => {
+                            return Err(cx.err(format!("a {} 'value' is not supported", t.dtype())));
                         }
                     }
                 }

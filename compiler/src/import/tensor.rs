@@ -43,7 +43,9 @@ pub fn tensor_from_proto(t: &TensorProto, model_dir: Option<&Path>) -> Result<Te
         DType::I64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::I32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::Bool => t.int32_data.iter().map(|&v| (v != 0) as u8).collect(),
-        DType::BF16 => return Err(format!("tensor '{}': bfloat16 is not supported", t.name)),
+        DType::BF16 | DType::I8 => {
+            return Err(format!("tensor '{}': {dtype} is not supported", t.name))
+        }
     };
     Tensor::from_le_bytes(dtype, &shape, &bytes).map_err(|e| format!("tensor '{}': {e}", t.name))
 }

@@ -17,13 +17,14 @@ pub mod linear;
 pub mod pack_weights;
 pub mod panel_width;
 pub mod pattern;
+pub mod quantize;
 pub mod residual;
 pub mod shape_inference;
 use fff_ops::panels::PANEL_COLS;
 
 use crate::error::{CompileError, Result};
 use crate::ir::{verify, Graph};
-use crate::{Options, Weights};
+use crate::{Options, Quantize, Weights};
 
 /// A named step of the pipeline.
 pub struct Step {
@@ -77,6 +78,7 @@ pub const PIPELINE: &[Step] = &[
     rewrite("attention", attention::run),
     rewrite("linear", linear::run),
     rewrite("residual", residual::run),
+    lowering("quantize", quantize::run, |o| o.quantize != Quantize::F32),
     lowering("pack-weights", pack_weights::run, |_| true),
     lowering("bf16-weights", bf16_weights::run, |o| {
         o.weights == Weights::Bf16

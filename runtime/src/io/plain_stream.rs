@@ -96,6 +96,7 @@ pub(super) enum Buf {
     I32(Vec<i32>),
     Bool(Vec<bool>),
     BF16(Vec<Bf16>),
+    I8(Vec<i8>),
 }
 
 impl Buf {
@@ -106,6 +107,7 @@ impl Buf {
             DType::I32 => Buf::I32(Vec::new()),
             DType::Bool => Buf::Bool(Vec::new()),
             DType::BF16 => Buf::BF16(Vec::new()),
+            DType::I8 => Buf::I8(Vec::new()),
         }
     }
 
@@ -118,6 +120,7 @@ impl Buf {
             Buf::I32(v) => Tensor::I32(from_vec(s, v)),
             Buf::Bool(v) => Tensor::Bool(from_vec(s, v)),
             Buf::BF16(v) => Tensor::BF16(from_vec(s, v)),
+            Buf::I8(v) => Tensor::I8(from_vec(s, v)),
         }
     }
 
@@ -128,6 +131,7 @@ impl Buf {
             Buf::I32(v) => v.len(),
             Buf::Bool(v) => v.len(),
             Buf::BF16(v) => v.len(),
+            Buf::I8(v) => v.len(),
         }
     }
 
@@ -193,6 +197,15 @@ impl Buf {
                 match leaf {
                     Value::Null => Ok(Bf16::from_f32(f32::NAN)),
                     Value::Number(n) => n.as_f64().map(|x| Bf16::from_f32(x as f32)).ok_or(""),
+                    _ => Err(""),
+                },
+            ),
+            Buf::I8(v) => put(
+                v,
+                match leaf {
+                    Value::Number(n) => {
+                        integer(n).and_then(|x| i8::try_from(x).map_err(|_| ", out of int8 range"))
+                    }
                     _ => Err(""),
                 },
             ),

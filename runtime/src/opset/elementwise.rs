@@ -145,7 +145,7 @@ pub fn unary(op: UnaryOp, x: &TensorView) -> Result<Tensor> {
             Not => Tensor::Bool(a.mapv(|v| !v)),
             _ => return Err(unsupported()),
         },
-        TensorView::BF16(_) => return Err(unsupported()),
+        TensorView::BF16(_) | TensorView::I8(_) => return Err(unsupported()),
     })
 }
 
@@ -317,7 +317,7 @@ fn pow(a: &TensorView, b: &TensorView) -> Result<Tensor> {
             TensorView::F32(y) => y.to_owned(),
             TensorView::I64(y) => y.mapv(|v| v as f32),
             TensorView::I32(y) => y.mapv(|v| v as f32),
-            TensorView::Bool(_) | TensorView::BF16(_) => {
+            TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) => {
                 return Err(Error::invalid(format!(
                     "Pow does not take a {} exponent",
                     b.dtype()
@@ -352,10 +352,9 @@ fn pow(a: &TensorView, b: &TensorView) -> Result<Tensor> {
                 (p as f64).powf(q as f64) as i32
             })?))
         }
-        TensorView::Bool(_) | TensorView::BF16(_) => Err(Error::invalid(format!(
-            "Pow does not take a {} base",
-            a.dtype()
-        ))),
+        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) => Err(Error::invalid(
+            format!("Pow does not take a {} base", a.dtype()),
+        )),
     }
 }
 
@@ -423,7 +422,7 @@ pub fn clip(x: &TensorView, min: Option<&TensorView>, max: Option<&TensorView>) 
                 v.max(lo.unwrap_or(i32::MIN)).min(hi.unwrap_or(i32::MAX))
             })))
         }
-        TensorView::Bool(_) | TensorView::BF16(_) => {
+        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) => {
             Err(Error::invalid(format!("Clip does not take {}", x.dtype())))
         }
     }
@@ -442,6 +441,7 @@ pub fn cast(x: &TensorView, to: DType) -> Result<Tensor> {
                 DType::I32 => Tensor::I32($a.mapv(|v| ($to_i64)(v) as i32)),
                 DType::Bool => Tensor::Bool($a.mapv($to_bool)),
                 DType::BF16 => Tensor::BF16($a.mapv(|v| Bf16::from_f32(($to_f32)(v)))),
+                DType::I8 => Tensor::I8($a.mapv(|v| ($to_i64)(v) as i8)),
             }
         };
     }
@@ -456,6 +456,7 @@ pub fn cast(x: &TensorView, to: DType) -> Result<Tensor> {
             |v: Bf16| v.to_f32() as i64,
             |v: Bf16| v.to_f32() != 0.0
         ),
+        TensorView::I8(a) => from!(a, |v: i8| v as f32, |v: i8| v as i64, |v: i8| v != 0),
     })
 }
 

@@ -4,7 +4,10 @@
 //! result equals [`super::eval`]'s, which is used whenever the handed-over input does not fit (another
 //! dtype, or an output shape larger than the buffer).
 
-use super::{elementwise, layer_norm, layout, linear, softmax, LayerNorm, Linear, Op};
+use super::{
+    elementwise, layer_norm, layout, linear, quant_linear, softmax, LayerNorm, Linear, Op,
+    QuantLinear,
+};
 use crate::error::Result;
 use crate::tensor::{Tensor, TensorView};
 
@@ -28,6 +31,7 @@ pub fn candidates(op: &Op) -> &'static [usize] {
         Op::Softmax { .. } | Op::LogSoftmax { .. } => softmax::IN_PLACE,
         Op::LayerNorm { .. } => layer_norm::IN_PLACE,
         Op::Linear | Op::PackedLinear { .. } => linear::IN_PLACE,
+        Op::QuantLinear { .. } => quant_linear::IN_PLACE,
         _ => &[],
     }
 }
@@ -71,6 +75,19 @@ fn eval_checked(
         Op::Linear | Op::PackedLinear { .. } if index == Linear::R => {
             linear::in_place(op, a, inputs)
         }
+        Op::QuantLinear {
+            n,
+            precision,
+            activation,
+        } if index == QuantLinear::R => quant_linear::in_place(
+            quant_linear::Params {
+                n: *n,
+                precision: *precision,
+                activation: *activation,
+            },
+            a,
+            inputs,
+        ),
         Op::Softmax { axis, coerce_2d } => softmax::in_place(a, *axis, *coerce_2d, false),
         Op::LogSoftmax { axis, coerce_2d } => softmax::in_place(a, *axis, *coerce_2d, true),
         _ => Ok(InPlace::Declined(Tensor::F32(a))),
@@ -97,6 +114,7 @@ fn reshaped(t: Tensor, shape: &[usize]) -> std::result::Result<Tensor, Tensor> {
         Tensor::I32(a) => go!(a, I32),
         Tensor::Bool(a) => go!(a, Bool),
         Tensor::BF16(a) => go!(a, BF16),
+        Tensor::I8(a) => go!(a, I8),
     }
 }
 

@@ -259,6 +259,7 @@ pub fn concat(inputs: &[&TensorView], axis: i64) -> Result<Tensor> {
         TensorView::I32(_) => cat!(I32),
         TensorView::Bool(_) => cat!(Bool),
         TensorView::BF16(_) => cat!(BF16),
+        TensorView::I8(_) => cat!(I8),
     })
 }
 

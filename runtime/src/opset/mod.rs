@@ -23,6 +23,7 @@ pub mod layer_norm;
 pub mod layout;
 pub mod linear;
 pub mod matmul;
+pub mod quant_linear;
 pub mod reduce;
 pub mod softmax;
 mod util;
@@ -38,6 +39,7 @@ pub use generators::Scalar;
 pub use index::ScatterReduction;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
+pub use quant_linear::{Precision, QuantLinear};
 pub use reduce::ReduceOp;
 pub use util::{broadcast_shapes, norm_axis, with_element_limit, MAX_ELEMENTS};
 
@@ -143,6 +145,14 @@ pub enum Op {
     /// panels `c` wide by W's shape (`[ceil(n / c), k, c]`), as the runtime repacks them at load for
     /// CPUs whose GEMM reads another width best ([`crate::panel_width`]).
     PackedLinear { n: usize },
+    /// `X [..., k], W, B? [n], R?, W_SCALE? [n], W_SUM? [n] -> Y [..., n] = act(X W + B) + R`, W
+    /// stored in reduced precision and packed for its kernels (see [`quant_linear`]). Written by the
+    /// compiler's `quantize` lowering.
+    QuantLinear {
+        n: usize,
+        precision: Precision,
+        activation: Option<FffActivation>,
+    },
     /// Q, K, V, Mask? -> Y [b, sq, h, dv] = softmax(scale * Q K' + Mask) V per batch and head, where
     /// the operands read as `[b, h, s, d]` are `Transpose(Q, q_perm)`, `Transpose(K, k_perm)` and
     /// `Transpose(V, v_perm)` (batch and head axes broadcast) and Mask broadcasts to `[b, h, sq, sk]`;
@@ -272,6 +282,18 @@ impl Op {
             Op::Einsum { equation } => einsum::infer(equation, ins),
             Op::MatMul | Op::Gemm { .. } => matmul::infer(self, ins),
             Op::Linear | Op::PackedLinear { .. } => linear::infer(self, ins),
+            Op::QuantLinear {
+                n,
+                precision,
+                activation,
+            } => quant_linear::infer(
+                quant_linear::Params {
+                    n: *n,
+                    precision: *precision,
+                    activation: *activation,
+                },
+                ins,
+            ),
             Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::LayerNorm { .. } => {
                 fact::same_as_first(ins)
             }
@@ -290,6 +312,7 @@ impl Op {
     pub fn takes_buffers(&self) -> bool {
         match self {
             Op::Linear | Op::PackedLinear { .. } => linear::TAKES_BUFFERS,
+            Op::QuantLinear { .. } => quant_linear::TAKES_BUFFERS,
             Op::FastFeedForward { .. } => fast_feedforward::TAKES_BUFFERS,
             Op::Attention { .. } => attention::TAKES_BUFFERS,
             Op::LayerNorm { .. } => layer_norm::TAKES_BUFFERS,
@@ -334,6 +357,7 @@ impl Op {
             },
             Op::LayerNorm { .. } => arity(LayerNorm::REQUIRED, LayerNorm::INPUTS),
             Op::Linear | Op::PackedLinear { .. } => arity(Linear::REQUIRED, Linear::INPUTS),
+            Op::QuantLinear { .. } => arity(QuantLinear::REQUIRED, QuantLinear::INPUTS),
             Op::Attention { .. } => arity(Attention::REQUIRED, Attention::INPUTS),
             Op::FastFeedForward { .. } => arity(FastFeedForward::REQUIRED, FastFeedForward::INPUTS),
         }
@@ -378,6 +402,16 @@ impl Op {
                     *trees,
                     shape(FastFeedForward::W_IN).as_deref(),
                     shape(FastFeedForward::W_OUT).as_deref(),
+                )
+            }
+            Op::QuantLinear { n, precision, .. } => {
+                let present = |slot: usize| inputs.get(slot).copied().flatten();
+                QuantLinear::validate(
+                    *n,
+                    *precision,
+                    present(QuantLinear::W).and_then(constant_shape).as_deref(),
+                    present(QuantLinear::W_SCALE).is_some()
+                        && present(QuantLinear::W_SUM).is_some(),
                 )
             }
             _ => Ok(()),
@@ -549,6 +583,25 @@ fn eval_checked(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Res
             linear::LinearWeights::of(op, input(inputs, Linear::W)?),
             optional(inputs, Linear::B),
             optional(inputs, Linear::R),
+        )),
+        Op::QuantLinear {
+            n,
+            precision,
+            activation,
+        } => one(quant_linear::quant_linear(
+            quant_linear::Params {
+                n: *n,
+                precision: *precision,
+                activation: *activation,
+            },
+            input(inputs, QuantLinear::X)?,
+            input(inputs, QuantLinear::W)?,
+            quant_linear::Side {
+                bias: optional(inputs, QuantLinear::B),
+                residual: optional(inputs, QuantLinear::R),
+                scale: optional(inputs, QuantLinear::W_SCALE),
+                sum: optional(inputs, QuantLinear::W_SUM),
+            },
         )),
         Op::Attention {
             scale,

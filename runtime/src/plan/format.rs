@@ -22,10 +22,27 @@ use std::ops::Range;
 
 use super::graph::PlanGraph;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 pub const MAGIC: [u8; 8] = *b"FFFPLAN\0";
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this runtime reads and writes. Version 2 adds quantised weights (int8
+/// constants and `QuantLinear`); plans without them are written as version 1, which runtimes that
+/// predate quantisation still read. A runtime refuses versions newer than its own, naming both.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The version a plan needs: the oldest that has everything it holds.
+pub fn version_of(graph: &PlanGraph) -> u32 {
+    let quantised = graph.constants.iter().any(|c| c.dtype == DType::I8)
+        || graph
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, crate::opset::Op::QuantLinear { .. }));
+    if quantised {
+        2
+    } else {
+        1
+    }
+}
 pub const HEADER_LEN: usize = 64;
 pub const ALIGN: usize = 64;
 
@@ -59,7 +76,7 @@ pub fn encode(graph: &PlanGraph, weights: &[u8]) -> Vec<u8> {
     let total = weights_off + weights.len();
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version_of(graph).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     for v in [graph_off, json.len(), weights_off, weights.len()] {
         out.extend_from_slice(&(v as u64).to_le_bytes());
@@ -105,9 +122,9 @@ pub fn decode(bytes: &[u8]) -> Result<Sections> {
         return Err(Error::plan("not an fff plan (bad magic bytes)"));
     }
     let version = u32_at(bytes, 8);
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(Error::plan(format!(
-            "format version {version} is not supported (this runtime reads version {FORMAT_VERSION}); recompile the model with this fffc"
+            "format version {version} is not supported (this runtime reads versions 1 to {FORMAT_VERSION}); recompile the model with this fffc"
         )));
     }
     let flags = u32_at(bytes, 12);
@@ -162,5 +179,11 @@ pub fn decode(bytes: &[u8]) -> Result<Sections> {
     }
     let graph: PlanGraph = serde_json::from_slice(&bytes[graph_range])
         .map_err(|e| Error::plan(format!("graph section does not parse: {e}")))?;
+    let needed = version_of(&graph);
+    if needed > version {
+        return Err(Error::plan(format!(
+            "the header says format version {version}, but the graph holds quantised weights, which need version {needed}"
+        )));
+    }
     Ok(Sections { graph, weights })
 }

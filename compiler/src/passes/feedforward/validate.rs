@@ -110,7 +110,9 @@ pub fn probes(
                 Some(fff_runtime::DType::Bool) => {
                     Tensor::Bool(ArrayD::from_elem(IxDyn(&shape), true))
                 }
-                Some(fff_runtime::DType::BF16) => return Err("a model input is bfloat16".into()),
+                Some(dt @ (fff_runtime::DType::BF16 | fff_runtime::DType::I8)) => {
+                    return Err(format!("a model input is {dt}"))
+                }
                 None => return Err("a model input has no known type".into()),
             };
             feeds.insert(OutletId::new(n, 0), t);

@@ -1,7 +1,7 @@
 //! `fffc`: compiles ONNX models into fff plans and describes plans.
 //!
 //!   fffc compile IN.onnx -o OUT.fff [--dump[=STEP]]... [--stop-after STEP] [--weights f32|bf16]
-//!                [--panel-cols C]
+//!                [--panel-cols C] [--quantize f32|int8|bf16 [--calibrate INPUT]]
 //!   fffc inspect OUT.fff [--json]
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use fff_compiler::{Options, Weights};
+use fff_compiler::{Options, Quantize, Weights};
 use fff_runtime::op::{FastFeedForward, Op};
 use fff_runtime::Model;
 use serde_json::json;
@@ -74,6 +74,14 @@ enum Command {
         /// of 64.
         #[arg(long, value_name = "C", default_value_t = 64)]
         panel_cols: usize,
+        /// The precision of the projections and dense feedforward layers: int8 (weights per output
+        /// column, activations per row at run time) or bf16. fffc then runs the float32 and the
+        /// quantised plan on probes (or on --calibrate) and prints what it costs.
+        #[arg(long, value_enum, default_value = "f32")]
+        quantize: QuantizeArg,
+        /// Inputs (JSON as fffrun reads them, or .npz) to measure the quantised plan on.
+        #[arg(long, value_name = "INPUT", requires = "quantize")]
+        calibrate: Option<PathBuf>,
     },
     /// Describes a plan: inputs, outputs, op counts, weight bytes.
     Inspect {
@@ -83,6 +91,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum QuantizeArg {
+    F32,
+    Int8,
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -120,11 +135,14 @@ fn main() -> ExitCode {
             explain,
             weights,
             panel_cols,
+            quantize,
+            calibrate,
         } => compile(
             &input,
             output.as_deref(),
             &dump,
             explain,
+            calibrate.as_deref(),
             &Options {
                 weights: match weights {
                     WeightsArg::F32 => Weights::F32,
@@ -132,6 +150,11 @@ fn main() -> ExitCode {
                 },
                 panel_cols,
                 stop_after,
+                quantize: match quantize {
+                    QuantizeArg::F32 => Quantize::F32,
+                    QuantizeArg::Int8 => Quantize::Int8,
+                    QuantizeArg::Bf16 => Quantize::Bf16,
+                },
                 ..Options::default()
             },
         ),
@@ -151,6 +174,7 @@ fn compile(
     output: Option<&Path>,
     dump: &[String],
     explain: bool,
+    calibrate: Option<&Path>,
     options: &Options,
 ) -> Result<()> {
     let out = match (output, &options.stop_after) {
@@ -163,6 +187,8 @@ fn compile(
     }
     let cannot = || format!("cannot compile {}", input.display());
     let mut g = fff_compiler::import::import_path(input).with_context(cannot)?;
+    // The float32 plan the quantised one is measured against, compiled from the same import.
+    let reference = (options.quantize != Quantize::F32).then(|| g.clone());
     let mut runs: BTreeMap<String, usize> = BTreeMap::new();
     let mut dump_result = Ok(());
     let mut observe = |step: &str, g: &fff_compiler::Graph| {
@@ -187,6 +213,13 @@ fn compile(
             eprintln!("not rewritten: '{}': {}", r.anchor, r.reason);
         }
     }
+    quantize::report(&g, options, explain);
+    if options.weights == Weights::Bf16 && !quantize::has_conditional_layers(&g) {
+        eprintln!(
+            "note: --weights bf16 stores conditional feedforward weights only, and this model has none: \
+             nothing was changed (--quantize bf16 stores the projections in bf16)"
+        );
+    }
     if dump.iter().any(String::is_empty) {
         print_stdout(&fff_compiler::dump::dump(&g), "the dump")?;
     }
@@ -201,8 +234,21 @@ fn compile(
         g.inputs().len(),
         g.outputs().len()
     );
+    if let Some(mut reference) = reference {
+        if quantize::quantized_any(&g) {
+            let f32_options = Options {
+                quantize: Quantize::F32,
+                ..options.clone()
+            };
+            fff_compiler::passes::run(&mut reference, &f32_options, &mut |_, _| {})
+                .with_context(cannot)?;
+            quantize::print_cost(&reference, &g, calibrate)?;
+        }
+    }
     Ok(())
 }
+
+mod quantize;
 
 fn inspect(path: &Path, as_json: bool) -> Result<()> {
     let model = Model::load(path).with_context(|| format!("cannot load {}", path.display()))?;
