@@ -71,10 +71,7 @@ type Leaves = (Vec<u32>, usize);
 /// A run's outputs and the leaves of each conditional layer, by node name.
 type Observed = (Vec<(String, Tensor)>, Vec<(String, Leaves)>);
 
-fn run_with_paths(
-    model: &Model,
-    inputs: &[(String, Tensor)],
-) -> Result<Observed> {
+fn run_with_paths(model: &Model, inputs: &[(String, Tensor)]) -> Result<Observed> {
     let mut paths = Vec::new();
     let outputs = model.run_observed(inputs.to_vec(), &mut |node, views| {
         if let Op::FastFeedForward { depth, trees, .. } = node.op {

@@ -31,6 +31,10 @@
 //!   plan takes, and each row reads only its path's few neurons, so narrower weights buy little there;
 //! - embeddings, LayerNorm, softmax and attention's products: they hold little of the arithmetic and
 //!   most of the range that per-row int8 would lose;
+//! - the last projections: those whose result reaches a graph output through element-wise and shape
+//!   ops and other projections only (a pooler and classifier head, a language-model decoder). Their error goes to the output undiluted, and they run on
+//!   few rows or few columns, so float32 costs little there (on a 3-class head int8 alone cost 0.2% of
+//!   row cosine);
 //! - products narrower than MIN_DIM on either side (too small to gain).
 //!
 //! The results are the float32 graph's up to the quantisation error, which `fffc` measures after
@@ -117,7 +121,11 @@ fn linear(g: &mut Graph, node: NodeIndex, precision: Precision) -> Option<Quanti
         node: String::new(),
         products: vec![(k, n)],
         precision: None,
-        reason: kept(k, n),
+        reason: kept(k, n).or_else(|| {
+            reaches_output(g, OutletId::new(node, 0)).then(|| {
+                "a last projection (its result reaches a graph output directly)".to_string()
+            })
+        }),
     };
     if record.reason.is_some() {
         return Some(record);
@@ -205,6 +213,42 @@ fn dense_feedforward(
     g.replace_with_op(OutletId::new(node, 0), &name, op, &trimmed(second));
     record.precision = Some(precision.name());
     Some(record)
+}
+
+/// Whether `value` reaches a graph output through element-wise and shape ops and projections only.
+fn reaches_output(g: &Graph, value: OutletId) -> bool {
+    let mut stack = vec![value];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        if g.is_output(v) {
+            return true;
+        }
+        for (reader, _) in g.consumers(v) {
+            let passes_through = matches!(
+                g.op(reader),
+                Some(
+                    Op::Identity
+                        | Op::Unary(_)
+                        | Op::Binary(_)
+                        | Op::Cast { .. }
+                        | Op::Reshape { .. }
+                        | Op::Flatten { .. }
+                        | Op::Squeeze
+                        | Op::Unsqueeze
+                        | Op::Softmax { .. }
+                        | Op::LogSoftmax { .. }
+                        | Op::Linear
+                )
+            );
+            if passes_through {
+                stack.push(OutletId::new(reader, 0));
+            }
+        }
+    }
+    false
 }
 
 /// The constant `w` (checked to be a float32 matrix by the caller).

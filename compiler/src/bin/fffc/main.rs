@@ -287,6 +287,7 @@ fn inspect(path: &Path, as_json: bool) -> Result<()> {
             _ => None,
         })
         .collect();
+    let precision = precisions(g);
     let shape = |s: &[fff_runtime::plan::Dim]| fff_runtime::model::shape_text(s);
     if as_json {
         let v = json!({
@@ -298,6 +299,7 @@ fn inspect(path: &Path, as_json: bool) -> Result<()> {
             "constants": g.constants.len(),
             "weight_bytes": weight_bytes,
             "fff_layers": fff_layers,
+            "precision": precision.iter().map(|(op, p, n)| json!({"op": op, "precision": p, "nodes": n})).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&v)? + "\n";
         return print_stdout(&text, "the description");
@@ -326,5 +328,37 @@ fn inspect(path: &Path, as_json: bool) -> Result<()> {
     if !fff_layers.is_empty() {
         writeln!(text, "fast feedforward layers: {}", fff_layers.len())?;
     }
+    writeln!(text, "precision of the products:")?;
+    for (op, p, n) in &precision {
+        writeln!(text, "  {op:<20} {p:<9} {n}")?;
+    }
     print_stdout(&text, "the description")
+}
+
+/// The ops that multiply by weights, by op name and the precision their weights are stored in, with
+/// their node counts.
+fn precisions(g: &fff_runtime::plan::PlanGraph) -> Vec<(String, &'static str, usize)> {
+    let dtype_of = |v: Option<usize>| {
+        v.and_then(|v| g.constants.iter().find(|c| c.value == v))
+            .map(|c| c.dtype.name())
+    };
+    let mut counts: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
+    for n in &g.nodes {
+        let p = match &n.op {
+            Op::QuantLinear { precision, .. } => precision.name(),
+            Op::FastFeedForward { .. } => {
+                dtype_of(n.inputs.get(FastFeedForward::W_IN).copied().flatten())
+                    .unwrap_or("float32")
+            }
+            Op::Linear
+            | Op::PackedLinear { .. }
+            | Op::MatMul
+            | Op::Gemm { .. }
+            | Op::Einsum { .. }
+            | Op::Attention { .. } => "float32",
+            _ => continue,
+        };
+        *counts.entry((n.op.name(), p)).or_default() += 1;
+    }
+    counts.into_iter().map(|((op, p), n)| (op, p, n)).collect()
 }
