@@ -1,1 +1,0 @@
-//! int8 products: weights quantised per output column, activations per row.
