@@ -3,8 +3,11 @@
 use rayon::prelude::*;
 
 use super::pack::{code, scale_of};
+#[cfg(target_arch = "x86_64")]
+use super::rows_x86;
 use super::GROUP;
-use crate::simd::on_best_isa;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{Isa, Kind};
 
 /// Rows quantised per row ([`super`] describes the scheme): codes offset by 128 as `u8`, rows of
 /// `k` rounded up to whole groups (padded with 128, a zero), and one scale per row. Reusable: each
@@ -101,37 +104,38 @@ pub fn quantize_row(x: &[f32], codes: &mut [u8]) -> f32 {
     scale
 }
 
-on_best_isa!(
-    /// The largest bits of `|v|` over `x`: as integers the magnitudes of floats order as the
-    /// floats do, infinity above every finite one and NaN above infinity, so one integer maximum
-    /// finds the largest magnitude and whether any value is not finite.
-    fn max_abs_bits(x: &[f32]) -> u32 => max_abs_bits_generic
-);
-
-#[inline(always)]
-fn max_abs_bits_generic(x: &[f32]) -> u32 {
-    // Several running maxima, so that the reduction vectorises without a dependency chain.
-    let mut m = [0u32; 64];
-    let chunks = x.chunks_exact(64);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (m, &v) in m.iter_mut().zip(chunk) {
-            *m = (*m).max(v.to_bits() & 0x7fff_ffff);
-        }
+/// The largest bits of `|v|` over `x`: as integers the magnitudes of floats order as the floats
+/// do, infinity above every finite one and NaN above infinity, so one integer maximum finds the
+/// largest magnitude and whether any value is not finite.
+pub(super) fn max_abs_bits(x: &[f32]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    match Isa::best().kind() {
+        // SAFETY: `Isa::best` reports AVX-512 only after detecting AVX-512F.
+        Kind::Avx512 => return unsafe { rows_x86::max_abs_bits_avx512(x) },
+        // SAFETY: `Isa::best` reports AVX2 only after detecting AVX2.
+        Kind::Avx2Fma => return unsafe { rows_x86::max_abs_bits_avx2(x) },
+        _ => {}
     }
-    for (m, &v) in m.iter_mut().zip(tail) {
-        *m = (*m).max(v.to_bits() & 0x7fff_ffff);
-    }
-    m.into_iter().max().unwrap_or(0)
+    x.iter()
+        .map(|v| v.to_bits() & 0x7fff_ffff)
+        .max()
+        .unwrap_or(0)
 }
 
-on_best_isa!(
-    /// Codes + 128 of the values `x` at the positive finite `scale`.
-    fn encode(x: &[f32], scale: f32, codes: &mut [u8]) => encode_generic
-);
+/// Codes + 128 of the values `x` at the positive finite `scale`.
+fn encode(x: &[f32], scale: f32, codes: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    match Isa::best().kind() {
+        // SAFETY: `Isa::best` reports AVX-512 only after detecting AVX-512F.
+        Kind::Avx512 => return unsafe { rows_x86::encode_avx512(x, scale, codes) },
+        // SAFETY: `Isa::best` reports AVX2 only after detecting AVX2.
+        Kind::Avx2Fma => return unsafe { rows_x86::encode_avx2(x, scale, codes, encode_scalar) },
+        _ => {}
+    }
+    encode_scalar(x, scale, codes)
+}
 
-#[inline(always)]
-fn encode_generic(x: &[f32], scale: f32, codes: &mut [u8]) {
+pub(super) fn encode_scalar(x: &[f32], scale: f32, codes: &mut [u8]) {
     for (c, &v) in codes.iter_mut().zip(x) {
         *c = (code(v, scale) + 128) as u8;
     }

@@ -123,6 +123,72 @@ fn rows_are_quantised_per_row_with_padding() {
     );
 }
 
+/// The vectorised passes over a row, each instruction set this CPU has, against the scalar
+/// definition: every length around the vector widths, ties, extremes and non-finite values.
+#[test]
+fn every_row_pass_equals_the_scalar_definition() {
+    type Max = fn(&[f32]) -> u32;
+    type Encode = fn(&[f32], f32, &mut [u8]);
+    let mut passes: Vec<(&str, Max, Encode)> =
+        vec![("scalar", rows::max_abs_bits, rows::encode_scalar)];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected.
+            passes.push((
+                "avx512",
+                |x| unsafe { rows_x86::max_abs_bits_avx512(x) },
+                |x, s, c| unsafe { rows_x86::encode_avx512(x, s, c) },
+            ));
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected.
+            passes.push((
+                "avx2",
+                |x| unsafe { rows_x86::max_abs_bits_avx2(x) },
+                |x, s, c| unsafe { rows_x86::encode_avx2(x, s, c, rows::encode_scalar) },
+            ));
+        }
+    }
+    let base = pseudo_random(1001, 9);
+    for len in (0..100).chain([1001]) {
+        for case in 0..4 {
+            let mut x = base[..len].to_vec();
+            match case {
+                // Scale 1 (127 first) and ties at every half.
+                1 => x.iter_mut().enumerate().for_each(|(i, v)| {
+                    *v = if i == 0 {
+                        127.0
+                    } else {
+                        (i % 255) as f32 * 0.5 - 63.5
+                    }
+                }),
+                2 if len > 0 => x[len - 1] = 1e30,
+                3 if len > 0 => x[len / 2] = f32::NAN,
+                _ => {}
+            }
+            let want_max = x
+                .iter()
+                .map(|v| v.to_bits() & 0x7fff_ffff)
+                .max()
+                .unwrap_or(0);
+            let scale = f32::from_bits(want_max) / 127.0;
+            let want: Vec<u8> = x
+                .iter()
+                .map(|&v| ((v / scale).round_ties_even().clamp(-127.0, 127.0) + 128.0) as u8)
+                .collect();
+            for (name, max, encode) in &passes {
+                assert_eq!(max(&x), want_max, "{name} max, length {len} case {case}");
+                if scale > 0.0 && scale.is_finite() {
+                    let mut got = vec![0u8; len];
+                    encode(&x, scale, &mut got);
+                    assert_eq!(got, want, "{name} codes, length {len} case {case}");
+                }
+            }
+        }
+    }
+}
+
 /// Every epilogue the kernels distinguish.
 fn epilogues(bias: &[f32]) -> Vec<Epilogue<'_>> {
     let e = |bias, activation, accumulate| Epilogue {
