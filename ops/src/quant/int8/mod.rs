@@ -30,6 +30,7 @@ mod pack;
 mod portable;
 mod reference;
 mod rows;
+mod rows_x86;
 #[cfg(test)]
 mod tests;
 mod ymm;
@@ -180,33 +181,27 @@ pub fn gemm_i8_with(kernel: I8Kernel, x: &QuantRows, w: I8Weights, epi: Epilogue
         return;
     }
     let panels = n.div_ceil(COLS);
-    let threads = crate::threads::available();
-    // Tasks are (panel, row run) pairs: whole panels when there are enough of them to balance the
-    // threads, otherwise each panel's rows split into runs of whole chunks.
-    let splits = if threads == 1 || panels >= 4 * threads {
-        1
-    } else {
-        (4 * threads)
-            .div_ceil(panels)
-            .min(rows.div_ceil(CHUNK_ROWS))
-    };
-    let run_rows = rows.div_ceil(splits).next_multiple_of(CHUNK_ROWS);
-    let splits = rows.div_ceil(run_rows);
+    let chunks = rows.div_ceil(CHUNK_ROWS);
     let base = SharedPtr(out.as_mut_ptr());
+    // Tasks are (row chunk, panel) pairs, chunk-major: a chunk's rows stay in cache while the
+    // panels go by, and each thread writes whole output rows (panel-major order wrote 64-column
+    // strips of rows `4 n` bytes apart, and at 1024 rows re-read every row for every panel).
     let task = |t: usize| {
-        let (p, s) = (t / splits, t % splits);
-        let first = s * run_rows;
-        for r in (first..rows.min(first + run_rows)).step_by(CHUNK_ROWS) {
-            let m = CHUNK_ROWS.min(rows - r);
-            // SAFETY: rows `r..r + m` and columns `p * COLS..` of panel `p` lie within `out`, which
-            // holds `rows * n` values (asserted above) and stays borrowed mutably for the whole
-            // call; tasks write disjoint (panel, row) blocks, so nothing else touches this one.
-            unsafe { chunk(kernel, x, w, epi, p, r, m, &base, n) };
-        }
+        let (c, p) = (t / panels, t % panels);
+        let r = c * CHUNK_ROWS;
+        // SAFETY: rows `r..r + m` and the columns of panel `p` lie within `out`, which holds
+        // `rows * n` values (asserted above) and stays borrowed mutably for the whole call;
+        // tasks write disjoint (chunk, panel) blocks, so nothing else touches this one.
+        unsafe { chunk(kernel, x, w, epi, p, r, CHUNK_ROWS.min(rows - r), &base, n) };
     };
-    let tasks = panels * splits;
+    let tasks = chunks * panels;
+    let threads = crate::threads::available();
     if threads > 1 && tasks > 1 && rows.saturating_mul(n).saturating_mul(k) >= PARALLEL_MACS {
-        (0..tasks).into_par_iter().for_each(task);
+        // Tasks of at least about `PARALLEL_MACS / 8` multiply-adds, so that one-row products
+        // are not split into panels too small to be worth a hand-over.
+        let task_macs = CHUNK_ROWS.min(rows) * COLS * k.max(1);
+        let min = (PARALLEL_MACS / 8).div_ceil(task_macs);
+        (0..tasks).into_par_iter().with_min_len(min).for_each(task);
     } else {
         (0..tasks).for_each(task);
     }
