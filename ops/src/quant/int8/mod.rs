@@ -248,8 +248,21 @@ unsafe fn chunk(
             // the output, `n` apart.
             unsafe { run(kernel, &block, dst, n) }
         }
+        Some(act) if !epi.accumulate => {
+            // GELU in place on the finished rows, with the vectorised activation; the bias goes
+            // with it.
+            block.bias = None;
+            // SAFETY: as above.
+            unsafe { run(kernel, &block, dst, n) };
+            for i in 0..m {
+                // SAFETY: row `r + i`, columns `c0..c0 + width` of the output, which the caller
+                // hands to this call alone.
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.add(i * n), width) };
+                bias_act_rows(act, o, bias);
+            }
+        }
         Some(act) => {
-            // GELU on the finished tile, with the vectorised activation; the bias goes with it.
+            // GELU before the residual is added: on a tile of its own.
             block.bias = None;
             block.accumulate = false;
             let mut tile = [0.0f32; CHUNK_ROWS * COLS];
@@ -258,14 +271,9 @@ unsafe fn chunk(
             for (i, row) in tile.chunks_exact_mut(COLS).take(m).enumerate() {
                 let row = &mut row[..width];
                 bias_act_rows(act, row, bias);
-                // SAFETY: row `r + i`, columns `c0..c0 + width` of the output, which the caller
-                // hands to this call alone.
+                // SAFETY: as above.
                 let o = unsafe { std::slice::from_raw_parts_mut(dst.add(i * n), width) };
-                if epi.accumulate {
-                    o.iter_mut().zip(&*row).for_each(|(o, v)| *o += v);
-                } else {
-                    o.copy_from_slice(row);
-                }
+                o.iter_mut().zip(&*row).for_each(|(o, v)| *o += v);
             }
         }
     }
