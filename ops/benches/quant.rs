@@ -1,0 +1,126 @@
+//! int8 GEMM (`fff_ops::quant::int8`) against the f32 panel GEMM (`fff_ops::panels`) on the
+//! projection shapes of a BERT-base encoder at sequence 128, batch 1 and 8 (128 and 1024 rows), on 1
+//! and 2 threads, in the same run, variants alternating, weights warm in cache. "int8" multiplies
+//! rows quantised beforehand; "+ quantise" includes quantising the f32 rows (`linear_i8`). Then
+//! every int8 kernel this CPU runs, on one thread. Prints Markdown tables of medians, in GMAC/s
+//! (multiply-adds: rows x k x n).
+//!
+//!   cargo bench -p fff-ops --bench quant [-- ROWSxKxN,..]
+
+use std::time::Instant;
+
+use fff_ops::panels::{best_cols, gemm_panels, pack_panels_of, Panels};
+use fff_ops::quant::int8::{
+    gemm_i8, gemm_i8_with, kernels, linear_i8, quantize_pack, I8Kernel, QuantRows,
+};
+use fff_ops::quant::Epilogue;
+
+fn median(mut t: Vec<f64>) -> f64 {
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn main() {
+    let shapes: Vec<(usize, usize, usize)> =
+        match std::env::args().skip(1).find(|a| a.contains('x')) {
+            Some(list) => list
+                .split(',')
+                .map(|s| {
+                    let d: Vec<usize> = s.split('x').map(|v| v.parse().expect("MxKxN")).collect();
+                    (d[0], d[1], d[2])
+                })
+                .collect(),
+            None => vec![
+                (128, 768, 768),
+                (128, 768, 3072),
+                (128, 3072, 768),
+                (1024, 768, 768),
+                (1024, 768, 3072),
+                (1024, 3072, 768),
+            ],
+        };
+    println!("int8 kernel: {:?}", I8Kernel::best());
+    println!();
+    println!("| rows x k x n | threads | f32 panels ms | GMAC/s | int8 ms | GMAC/s | speed-up | + quantise ms | speed-up |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for &(m, k, n) in &shapes {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let cols = best_cols();
+        let panels = pack_panels_of(&w, k, n, cols);
+        let panels = Panels::new(&panels, k, n, cols).expect("packed");
+        let packed = quantize_pack(&w, k, n);
+        let mut q = QuantRows::default();
+        q.quantize(&x, m, k);
+        let mut out = vec![0.0f32; m * n];
+        let macs = (m * n * k) as f64;
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let runs = ((2e10 / macs) as usize).clamp(10, 2000);
+            let mut times = [(); 3].map(|_| Vec::with_capacity(runs));
+            pool.install(|| {
+                for _ in 0..runs + 2 {
+                    let t = Instant::now();
+                    gemm_panels(&x, m, panels, &mut out, 0.0);
+                    times[0].push(t.elapsed().as_secs_f64());
+                    let t = Instant::now();
+                    gemm_i8(&q, packed.view(), Epilogue::default(), &mut out);
+                    times[1].push(t.elapsed().as_secs_f64());
+                    let t = Instant::now();
+                    linear_i8(&x, m, packed.view(), Epilogue::default(), &mut out);
+                    times[2].push(t.elapsed().as_secs_f64());
+                }
+            });
+            let [f, i, l] = times.map(median);
+            println!(
+                "| {m}x{k}x{n} | {threads} | {:.3} | {:.0} | {:.3} | {:.0} | {:.2}x | {:.3} | {:.2}x |",
+                f * 1e3,
+                macs / f / 1e9,
+                i * 1e3,
+                macs / i / 1e9,
+                f / i,
+                l * 1e3,
+                f / l
+            );
+        }
+    }
+    println!();
+    println!("One thread, rows quantised beforehand:");
+    println!();
+    print!("| rows x k x n |");
+    for kernel in kernels() {
+        print!(" {kernel:?} GMAC/s |");
+    }
+    println!();
+    println!("|---{}", "| --- ".repeat(kernels().len()) + "|");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    for &(m, k, n) in shapes.iter().take(3) {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let packed = quantize_pack(&w, k, n);
+        let mut q = QuantRows::default();
+        q.quantize(&x, m, k);
+        let mut out = vec![0.0f32; m * n];
+        let macs = (m * n * k) as f64;
+        print!("| {m}x{k}x{n} |");
+        for kernel in kernels() {
+            let runs = if kernel.name() == "portable" { 3 } else { 50 };
+            let mut times = Vec::new();
+            pool.install(|| {
+                for _ in 0..runs {
+                    let t = Instant::now();
+                    gemm_i8_with(kernel, &q, packed.view(), Epilogue::default(), &mut out);
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            });
+            print!(" {:.1} |", macs / median(times) / 1e9);
+        }
+        println!();
+    }
+}
