@@ -42,9 +42,9 @@ pub const GROUP: usize = 2;
 /// Rows of one micro-kernel tile (4 accumulators a row: 24 of the 32 vector registers).
 const TILE_ROWS: usize = 6;
 
-/// Rows a task takes when the panels alone are too few to share among the threads (a multiple of
-/// [`TILE_ROWS`]).
-const ROW_BLOCK: usize = 48;
+/// Bytes of activation pairs a task takes (as whole tiles of rows): small enough to stay in L2
+/// (1 MiB on Zen 4) beside the panel that is read past them.
+const BLOCK_PAIR_BYTES: usize = 256 << 10;
 
 /// Values of the packed weights of a `[k, n]` matrix: `ceil(n / 64)` panels of `ceil(k / 2)`
 /// pairs of 64 columns.
@@ -246,39 +246,48 @@ pub fn gemm_bf16_with(
     let pairs = &*pairs;
 
     let panels = n.div_ceil(COLS);
-    // Tasks are (panel, row range) pairs: whole panels when there are enough of them to balance the
-    // threads, otherwise each panel's rows split into runs of whole row blocks.
-    let splits = if !parallel || panels >= 4 * threads {
-        1
+    // Tasks are (row block, run of panels) pairs. A block's activation pairs stay in the core's L2
+    // while the task takes each of its panels in turn past them; blocks are split by panels too
+    // when there are too few of them to balance the threads.
+    let block_rows = (BLOCK_PAIR_BYTES / (kp.max(1) * 4))
+        .max(TILE_ROWS)
+        .next_multiple_of(TILE_ROWS)
+        .min(rows);
+    let blocks = rows.div_ceil(block_rows);
+    let groups = if parallel && blocks < 4 * threads {
+        (4 * threads).div_ceil(blocks).min(panels)
     } else {
-        (4 * threads).div_ceil(panels).min(rows.div_ceil(ROW_BLOCK))
+        1
     };
-    let run_rows = rows.div_ceil(splits).next_multiple_of(ROW_BLOCK);
-    let splits = rows.div_ceil(run_rows);
+    let group_panels = panels.div_ceil(groups);
+    let groups = panels.div_ceil(group_panels);
     let base = SharedPtr(out.as_mut_ptr());
     let task = |t: usize| {
-        let (p, s) = (t / splits, t % splits);
-        let (panel, width) = w.panel(p);
-        let first = p * COLS;
-        let bias = epi.bias.map(|b| &b[first..first + width]);
+        let (b, q) = (t / groups, t % groups);
+        let first_row = b * block_rows;
+        let end_row = rows.min(first_row + block_rows);
         let mut tile: Tile = [0.0; TILE_ROWS * COLS];
-        let end_row = rows.min((s + 1) * run_rows);
-        for r in (s * run_rows..end_row).step_by(TILE_ROWS) {
-            let m = TILE_ROWS.min(end_row - r);
-            kernel.tile(m, &pairs[r * kp..(r + m) * kp], kp, panel, &mut tile);
-            for (i, sums) in tile.chunks_exact_mut(COLS).take(m).enumerate() {
-                // SAFETY: `out` holds `rows * n` values (asserted above) and row `r + i` is below
-                // `rows`; columns `first..first + width` lie within `n`. Each (panel, row) pair
-                // belongs to one task, so this slice is written by this task alone, while `out`
-                // stays borrowed mutably for the whole call.
-                let out_row = unsafe {
-                    std::slice::from_raw_parts_mut(base.get().add((r + i) * n + first), width)
-                };
-                finish_row(&mut sums[..width], bias, epi, out_row);
+        for p in q * group_panels..panels.min((q + 1) * group_panels) {
+            let (panel, width) = w.panel(p);
+            let first = p * COLS;
+            let bias = epi.bias.map(|b| &b[first..first + width]);
+            for r in (first_row..end_row).step_by(TILE_ROWS) {
+                let m = TILE_ROWS.min(end_row - r);
+                kernel.tile(m, &pairs[r * kp..(r + m) * kp], kp, panel, &mut tile);
+                for (i, sums) in tile.chunks_exact_mut(COLS).take(m).enumerate() {
+                    // SAFETY: `out` holds `rows * n` values (asserted above) and row `r + i` is
+                    // below `rows`; columns `first..first + width` lie within `n`. Each (row block,
+                    // panel) pair belongs to one task, so this slice is written by this task alone,
+                    // while `out` stays borrowed mutably for the whole call.
+                    let out_row = unsafe {
+                        std::slice::from_raw_parts_mut(base.get().add((r + i) * n + first), width)
+                    };
+                    finish_row(&mut sums[..width], bias, epi, out_row);
+                }
             }
         }
     };
-    let tasks = panels * splits;
+    let tasks = blocks * groups;
     if parallel {
         (0..tasks).into_par_iter().for_each(task);
     } else {
