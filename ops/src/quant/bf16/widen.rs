@@ -25,7 +25,8 @@ pub(super) fn convert(x: &[f32], k: usize, pairs: &mut [u32]) {
 pub(super) fn tile(isa: Isa, m: usize, pairs: &[u32], kp: usize, panel: &[Bf16], tile: &mut Tile) {
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` of AVX-512 is made only after detecting AVX-512F and FMA.
+        // SAFETY: an `Isa` of AVX-512 is made only after detecting AVX-512F and FMA; the caller
+        // checked the lengths of `pairs` and `panel`.
         Kind::Avx512 => unsafe { tile_avx512(m, pairs, kp, panel, tile) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of AVX2 is made only after detecting AVX2 and FMA.
@@ -36,11 +37,77 @@ pub(super) fn tile(isa: Isa, m: usize, pairs: &[u32], kp: usize, panel: &[Bf16],
     }
 }
 
+/// Four rows at a time, then the rest ([`avx512::rows`]).
+///
+/// # Safety
+/// The CPU has AVX-512F and FMA; `pairs` holds `m * kp` pairs and `panel` `kp * 128` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn tile_avx512(m: usize, pairs: &[u32], kp: usize, panel: &[Bf16], tile: &mut Tile) {
-    // Four rows of 64 sums and the 64 widened weights of both halves of a pair: 24 registers.
-    tile_rows::<4, true>(m, pairs, kp, panel, tile)
+    let (a, w, t) = (pairs.as_ptr(), panel.as_ptr(), tile.as_mut_ptr());
+    let mut r = 0;
+    while r + 4 <= m {
+        avx512::rows::<4>(a.add(r * kp), kp, w, t.add(r * COLS));
+        r += 4;
+    }
+    match m - r {
+        1 => avx512::rows::<1>(a.add(r * kp), kp, w, t.add(r * COLS)),
+        2 => avx512::rows::<2>(a.add(r * kp), kp, w, t.add(r * COLS)),
+        3 => avx512::rows::<3>(a.add(r * kp), kp, w, t.add(r * COLS)),
+        _ => {}
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{COLS, GROUP};
+    use crate::element::Bf16;
+
+    /// `R` rows of 64 sums held in registers over all of `k`. A 512-bit load holds 16 columns'
+    /// pairs: a 16-bit shift widens their even `k`, a mask their odd one, without shuffles; each
+    /// column adds its even product, then its odd one, as the reference order does.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and FMA; `a` points at `R * kp` pairs, `w` at `kp * 128` bf16 and
+    /// `t` at `R * 64` writable f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    #[allow(clippy::needless_range_loop)] // Indices name a register tile's rows and quarters.
+    pub(super) unsafe fn rows<const R: usize>(
+        a: *const u32,
+        kp: usize,
+        w: *const Bf16,
+        t: *mut f32,
+    ) {
+        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for g in 0..kp {
+            let mut even = [_mm512_setzero_ps(); R];
+            let mut odd = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let p = _mm512_set1_epi32(*a.add(r * kp + g) as i32);
+                even[r] = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(p));
+                odd[r] = _mm512_castsi512_ps(_mm512_and_si512(p, high));
+            }
+            let wg = w.add(g * COLS * GROUP);
+            for q in 0..4 {
+                let v = _mm512_loadu_si512(wg.add(32 * q).cast());
+                let e = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                let o = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+                for r in 0..R {
+                    acc[r][q] = _mm512_fmadd_ps(even[r], e, acc[r][q]);
+                    acc[r][q] = _mm512_fmadd_ps(odd[r], o, acc[r][q]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (q, s) in acc.iter().enumerate() {
+                _mm512_storeu_ps(t.add(r * COLS + 16 * q), *s);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
