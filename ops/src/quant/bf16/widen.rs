@@ -2,7 +2,7 @@
 //! bf16-rounded activation (exact in f32, so a fused and an unfused multiply-add round alike) and
 //! summed in f32 in `k` order, compiled for each instruction set.
 
-use super::{Tile, COLS, GROUP, TILE_ROWS};
+use super::{Tile, COLS, GROUP};
 use crate::element::Bf16;
 use crate::simd::{Isa, Kind};
 
@@ -33,8 +33,8 @@ pub(super) fn tile(isa: Isa, m: usize, pairs: &[u32], kp: usize, panel: &[Bf16],
         // the lengths of `pairs` and `panel`.
         Kind::Avx2Fma => unsafe { tile_avx2(m, pairs, kp, panel, tile) },
         #[cfg(target_arch = "aarch64")]
-        Kind::Neon => tile_rows::<1, true>(m, pairs, kp, panel, tile),
-        Kind::Portable => tile_rows::<1, false>(m, pairs, kp, panel, tile),
+        Kind::Neon => tile_rows::<true>(m, pairs, kp, panel, tile),
+        Kind::Portable => tile_rows::<false>(m, pairs, kp, panel, tile),
     }
 }
 
@@ -183,65 +183,33 @@ mod avx2 {
     }
 }
 
-/// The tile's rows `N` at a time, then one at a time.
+/// Row by row in plain loops, for the instruction sets without a kernel of their own.
 #[inline(always)]
-fn tile_rows<const N: usize, const FMA: bool>(
-    m: usize,
-    pairs: &[u32],
-    kp: usize,
-    panel: &[Bf16],
-    tile: &mut Tile,
-) {
-    debug_assert!(m <= TILE_ROWS);
-    let mut r = 0;
-    while r + N <= m {
-        rows::<N, FMA>(
-            &pairs[r * kp..(r + N) * kp],
-            kp,
-            panel,
-            &mut tile[r * COLS..],
-        );
-        r += N;
+fn tile_rows<const FMA: bool>(m: usize, pairs: &[u32], kp: usize, panel: &[Bf16], tile: &mut Tile) {
+    for (a, out) in pairs
+        .chunks_exact(kp.max(1))
+        .zip(tile.chunks_exact_mut(COLS))
+        .take(m)
+    {
+        row::<FMA>(a, panel, out);
     }
-    while r < m {
-        rows::<1, FMA>(
-            &pairs[r * kp..(r + 1) * kp],
-            kp,
-            panel,
-            &mut tile[r * COLS..],
-        );
-        r += 1;
+    if kp == 0 {
+        tile[..m * COLS].fill(0.0);
     }
 }
 
-/// `N` rows of 64 sums over all of `k`, each pair of weights widened once for the `N` rows.
+/// One row of 64 sums over all of `k`.
 #[inline(always)]
-fn rows<const N: usize, const FMA: bool>(
-    pairs: &[u32],
-    kp: usize,
-    panel: &[Bf16],
-    out: &mut [f32],
-) {
-    let mut acc = [[0.0f32; COLS]; N];
-    for (g, w) in panel.chunks_exact(COLS * GROUP).enumerate().take(kp) {
-        let mut even = [0.0f32; COLS];
-        let mut odd = [0.0f32; COLS];
-        for ((e, o), w) in even.iter_mut().zip(&mut odd).zip(w.chunks_exact(GROUP)) {
-            *e = w[0].to_f32();
-            *o = w[1].to_f32();
-        }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let p = pairs[r * kp + g];
-            let x0 = f32::from_bits(p << 16);
-            let x1 = f32::from_bits(p & 0xffff_0000);
-            for ((s, &e), &o) in acc.iter_mut().zip(&even).zip(&odd) {
-                *s = madd::<FMA>(x1, o, madd::<FMA>(x0, e, *s));
-            }
+fn row<const FMA: bool>(pairs: &[u32], panel: &[Bf16], out: &mut [f32]) {
+    let mut acc = [0.0f32; COLS];
+    for (&p, w) in pairs.iter().zip(panel.chunks_exact(COLS * GROUP)) {
+        let x0 = f32::from_bits(p << 16);
+        let x1 = f32::from_bits(p & 0xffff_0000);
+        for (s, w) in acc.iter_mut().zip(w.chunks_exact(GROUP)) {
+            *s = madd::<FMA>(x1, w[1].to_f32(), madd::<FMA>(x0, w[0].to_f32(), *s));
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        out[r * COLS..(r + 1) * COLS].copy_from_slice(acc);
-    }
+    out.copy_from_slice(&acc);
 }
 
 /// `a + x * w`, fused where the instruction set has it (the same value: the product is exact).
