@@ -81,7 +81,7 @@ pub fn pack(w: &[f32], k: usize, n: usize) -> Vec<Bf16> {
 }
 
 /// Packed bf16 weights of a `[k, n]` matrix, borrowed (as the runtime reads them from a plan).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Bf16Weights<'a> {
     data: &'a [Bf16],
     k: usize,
@@ -117,6 +117,13 @@ impl<'a> Bf16Weights<'a> {
             &self.data[p * size..(p + 1) * size],
             COLS.min(self.n - p * COLS),
         )
+    }
+}
+
+impl std::fmt::Debug for Bf16Weights<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The shape, not the megabytes of values.
+        write!(f, "Bf16Weights {{ k: {}, n: {} }}", self.k, self.n)
     }
 }
 
@@ -197,6 +204,9 @@ pub fn best_kernel() -> Bf16Kernel {
 /// `out = epilogue(bf16(x) w)` for `x` row-major `[rows, k]` (f32, rounded to bf16 here) and `out`
 /// row-major `[rows, n]`, with the fastest kernel, on the current rayon pool
 /// ([`crate::threads::available`]) when the product is big enough to share.
+///
+/// The rounded activations go to a buffer of the calling thread (`rows * ceil(k / 2) * 4` bytes),
+/// kept for its next call.
 pub fn gemm_bf16(x: &[f32], rows: usize, w: Bf16Weights, epi: Epilogue, out: &mut [f32]) {
     gemm_bf16_with(best_kernel(), x, rows, w, epi, out)
 }
