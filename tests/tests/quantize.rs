@@ -231,3 +231,27 @@ fn fffc_reports_the_cost_and_refuses_bad_quantisation_options() {
     let (ok, err) = fffc(&["compile", onnx, "-o", plan, "--weights", "bf16"]);
     assert!(ok && err.contains("nothing was changed"), "{err}");
 }
+
+#[test]
+fn the_cost_counts_the_rows_of_each_conditional_layer() {
+    let f = fixtures::get("fff-encoder-tiny");
+    let (reference, _) = compile_with(&f.onnx, Quantize::F32);
+    let (quantized, _) = compile_with(&f.onnx, Quantize::Int8);
+    let inputs = fff_compiler::quant_cost::probe_inputs(reference.graph());
+    let cost = fff_compiler::quant_cost::measure(&reference, &quantized, &inputs).unwrap();
+    let layers = reference
+        .graph()
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::FastFeedForward { depth, .. } if depth > 0))
+        .count();
+    assert!(layers > 0);
+    assert_eq!(cost.paths.len(), layers, "{cost:?}");
+    // Batch 2 of sequence 32.
+    assert!(cost
+        .paths
+        .iter()
+        .all(|p| p.rows == 64 && p.changed <= p.rows));
+    assert_eq!(cost.outputs.len(), 1);
+    assert!(cost.outputs[0].min_cosine > 0.99, "{cost:?}");
+}
