@@ -151,7 +151,8 @@ pub fn gemm_i8(x: &QuantRows, w: I8Weights, epi: Epilogue, out: &mut [f32]) {
     gemm_i8_with(I8Kernel::best(), x, w, epi, out)
 }
 
-/// [`gemm_i8`] after quantising the `[rows, k]` activations `x`, into a buffer kept per thread.
+/// [`gemm_i8`] after quantising the row-major `[rows, w.k()]` activations `x` ([`QuantRows`]), into
+/// a buffer kept per thread.
 pub fn linear_i8(x: &[f32], rows: usize, w: I8Weights, epi: Epilogue, out: &mut [f32]) {
     thread_local! {
         static ROWS: std::cell::Cell<QuantRows> = std::cell::Cell::new(QuantRows::default());
@@ -184,8 +185,8 @@ pub fn gemm_i8_with(kernel: I8Kernel, x: &QuantRows, w: I8Weights, epi: Epilogue
     let chunks = rows.div_ceil(CHUNK_ROWS);
     let base = SharedPtr(out.as_mut_ptr());
     // Tasks are (row chunk, panel) pairs, chunk-major: a chunk's rows stay in cache while the
-    // panels go by, and each thread writes whole output rows (panel-major order wrote 64-column
-    // strips of rows `4 n` bytes apart, and at 1024 rows re-read every row for every panel).
+    // panels go by, each thread writes runs of whole output rows, and tasks of at most
+    // `CHUNK_ROWS` rows of one panel balance any shape over the pool.
     let task = |t: usize| {
         let (c, p) = (t / panels, t % panels);
         let r = c * CHUNK_ROWS;

@@ -129,6 +129,7 @@ fn rows_are_quantised_per_row_with_padding() {
 fn every_row_pass_equals_the_scalar_definition() {
     type Max = fn(&[f32]) -> u32;
     type Encode = fn(&[f32], f32, &mut [u8]);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut passes: Vec<(&str, Max, Encode)> =
         vec![("scalar", rows::max_abs_bits, rows::encode_scalar)];
     #[cfg(target_arch = "x86_64")]
