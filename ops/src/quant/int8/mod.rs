@@ -3,17 +3,19 @@
 //! # The scheme
 //! - Weights `[k, n]` are quantised per output column, symmetrically: `scale[c] = max_k |w[k][c]| /
 //!   127` and `q = round_half_even(w / scale)` clamped to `[-127, 127]` (never -128, so a code's
-//!   sign can be moved onto another byte without overflow). A column of zeros has scale 0 and zero
-//!   codes. `col_sums[c] = Σ_k q[k][c]`.
+//!   sign can be moved onto another byte without overflow). A column of zeros, or of values so
+//!   small that the scale underflows to 0, has scale 0 and zero codes. `col_sums[c] = Σ_k q[k][c]`.
 //! - The codes are packed once, as the kernels read them in place ([`packed_len`]): panels of
 //!   [`COLS`] columns, and within a panel `k` in groups of [`GROUP`], byte `[p][g][j][t]` =
 //!   `q[4g + t][64p + j]`, so that one 32-bit lane holds one column's four consecutive codes, the
-//!   operand of one `vpdpbusd` lane. `k` and `n` are padded with zero codes.
+//!   operand of one `vpdpbusd` lane. `k` and `n` are padded with zero codes. Every kernel reads
+//!   this one layout, so a plan needs no repacking for the CPU it runs on.
 //! - Activations are quantised per row at run time ([`QuantRows`]), symmetrically the same way, and
 //!   stored offset by 128 as `u8` (the unsigned operand of `vpdpbusd`), padding bytes 128 (zero).
 //! - `acc[r][c] = Σ_k u[r][k] q[k][c] - 128 col_sums[c]`, exact in i32 for `k` up to [`MAX_K`];
-//!   then `out = epilogue(acc * s[r] * scale[c])` ([`Epilogue`]: bias, activation, residual),
-//!   applied while the tile is in registers.
+//!   then `out = epilogue((acc * s[r]) * scale[c])` ([`Epilogue`]: bias, activation, residual),
+//!   applied while the tile is in registers; GELU is applied to the finished rows of a tile, by
+//!   [`bias_act_rows`].
 //!
 //! Non-finite values are not quantised: a row of activations with a NaN or infinity gets scale NaN
 //! (zero codes), so its outputs are NaN (ReLU turns them into 0, as [`Activation::apply`] does); a
