@@ -1,7 +1,11 @@
-//! The kernel for any CPU: one row at a time against a whole panel, sums in an array the compiler
-//! may vectorise for the baseline target.
+//! The kernel for any CPU, in plain Rust the compiler vectorises for the baseline target: each
+//! group's codes are spread once into four runs of 64 (one per `k` of the group), which every row
+//! of a block then multiplies column by column.
 
 use super::{Block, COLS, GROUP};
+
+/// Rows that share one spreading of the codes; their sums fit 4 KiB of stack.
+const ROWS: usize = 16;
 
 /// [`Block`]'s products, stored at `dst`, rows `dst_stride` apart.
 ///
@@ -10,32 +14,42 @@ use super::{Block, COLS, GROUP};
 /// or writes during the call.
 pub(super) unsafe fn block(b: &Block, dst: *mut f32, dst_stride: usize) {
     let (m, _, width) = b.shape();
-    for r in 0..m {
-        let x = &b.x[r * b.stride..(r + 1) * b.stride];
-        let mut acc = [0i32; COLS];
-        for (a, w) in x
-            .chunks_exact(GROUP)
-            .zip(b.panel.chunks_exact(COLS * GROUP))
-        {
-            for (acc, q) in acc.iter_mut().zip(w.chunks_exact(GROUP)) {
-                *acc += a[0] as i32 * q[0] as i32
-                    + a[1] as i32 * q[1] as i32
-                    + a[2] as i32 * q[2] as i32
-                    + a[3] as i32 * q[3] as i32;
+    for r0 in (0..m).step_by(ROWS) {
+        let rows = ROWS.min(m - r0);
+        let mut acc = [[0i32; COLS]; ROWS];
+        let mut spread = [[0i16; COLS]; GROUP];
+        for (g, codes) in b.panel.chunks_exact(COLS * GROUP).enumerate() {
+            for (j, q) in codes.chunks_exact(GROUP).enumerate() {
+                for (t, &q) in q.iter().enumerate() {
+                    spread[t][j] = q as i16;
+                }
+            }
+            for (r, acc) in acc.iter_mut().take(rows).enumerate() {
+                let x = &b.x[(r0 + r) * b.stride + g * GROUP..][..GROUP];
+                for (&a, codes) in x.iter().zip(&spread) {
+                    // At most 255 x 127 = 32385: the product fits i16.
+                    let a = a as i16;
+                    for (acc, &q) in acc.iter_mut().zip(codes) {
+                        *acc += (a * q) as i32;
+                    }
+                }
             }
         }
-        // SAFETY: row `r` of the destination, `width` values, is this call's alone (above).
-        let out = unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_stride), width) };
-        for (c, o) in out.iter_mut().enumerate() {
-            let acc = acc[c].wrapping_sub(b.col_sums[c].wrapping_mul(128));
-            let mut v = acc as f32 * b.x_scales[r] * b.w_scales[c];
-            if let Some(bias) = b.bias {
-                v += bias[c];
+        for (r, acc) in acc.iter().take(rows).enumerate() {
+            let r = r0 + r;
+            // SAFETY: row `r` of the destination, `width` values, is this call's alone (above).
+            let out = unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_stride), width) };
+            for (c, o) in out.iter_mut().enumerate() {
+                let acc = acc[c].wrapping_sub(b.col_sums[c].wrapping_mul(128));
+                let mut v = acc as f32 * b.x_scales[r] * b.w_scales[c];
+                if let Some(bias) = b.bias {
+                    v += bias[c];
+                }
+                if b.relu {
+                    v = v.max(0.0);
+                }
+                *o = if b.accumulate { *o + v } else { v };
             }
-            if b.relu {
-                v = v.max(0.0);
-            }
-            *o = if b.accumulate { *o + v } else { v };
         }
     }
 }
