@@ -1,15 +1,16 @@
 //! The bf16 GEMM (`fff_ops::quant::bf16`) against the f32 panel GEMM (`fff_ops::panels`) on the
 //! projections of a BERT-base encoder at batch 1 and 8 of sequence 128, on 1 and 2 threads, in the
-//! same run, variants alternating: median milliseconds, GFLOP/s and the bf16 speed-up. The widening
-//! fallback (what CPUs with AVX-512F but not AVX-512 BF16 run) is timed too when it is not the best
-//! kernel. One thread runs on the calling thread, as a one-thread model does, and is also timed in
-//! CPU time of that thread, which other processes sharing the cores do not inflate.
+//! same run, variants alternating: median milliseconds, GFLOP/s and the speed-up over f32 of every
+//! bf16 kernel this CPU runs (`vdpbf16ps`, then the widening fallback on each instruction set: what
+//! CPUs without AVX-512 BF16 run). One thread runs on the calling thread, as a one-thread model
+//! does, and is also timed in CPU time of that thread, which other processes sharing the cores do
+//! not inflate.
 //! `cargo bench -p fff-ops --bench quant_bf16 [-- MxKxN,..]`.
 
 use std::time::Instant;
 
 use fff_ops::panels::{best_cols, gemm_panels, pack_panels_of, Panels};
-use fff_ops::quant::bf16::{best_kernel, gemm_bf16_with, kernels, pack, Bf16Weights};
+use fff_ops::quant::bf16::{gemm_bf16_with, kernels, pack, Bf16Weights};
 use fff_ops::quant::Epilogue;
 
 /// CPU time of the calling thread, in seconds.
@@ -47,18 +48,18 @@ fn main() {
                 (1024, 3072, 768),
             ],
         };
-    let best = best_kernel();
-    // The widening fallback on the widest instruction set, when the best kernel is another one.
-    let fallback = kernels()
-        .into_iter()
-        .find(|k| *k != best && format!("{k:?}").starts_with("widen"));
+    let kernels = kernels();
     println!(
-        "bf16 kernel: {best:?}; fallback: {fallback:?}; f32 panels {} columns wide",
+        "bf16 kernels, best first: {kernels:?}; f32 panels {} columns wide",
         best_cols()
     );
     println!();
-    println!("| m x k x n | threads | clock | f32 panels ms | GFLOP/s | bf16 ms | GFLOP/s | speed-up | fallback ms | speed-up |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    print!("| m x k x n | threads | clock | f32 panels ms | GFLOP/s |");
+    for k in &kernels {
+        print!(" {k:?} ms | GFLOP/s | speed-up |");
+    }
+    println!();
+    println!("|{}", " --- |".repeat(5 + 3 * kernels.len()));
     for &(m, k, n) in &shapes {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
         let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
@@ -71,8 +72,9 @@ fn main() {
         let flops = 2.0 * (m * n * k) as f64;
         let runs = ((4e9 / flops) as usize).clamp(7, 400);
         for threads in [1, 2] {
-            // Wall and CPU seconds of each call, per variant.
-            let mut times = [(); 3].map(|_| (Vec::with_capacity(runs), Vec::with_capacity(runs)));
+            // Wall and CPU seconds of each call, per variant: f32, then each kernel.
+            let mut times =
+                vec![(Vec::with_capacity(runs), Vec::with_capacity(runs)); 1 + kernels.len()];
             let mut timed = |v: usize, f: &mut dyn FnMut()| {
                 let (t, c) = (Instant::now(), thread_cpu());
                 f();
@@ -82,12 +84,9 @@ fn main() {
             let all = || {
                 for _ in 0..runs + 2 {
                     timed(0, &mut || gemm_panels(&x, m, panels, &mut out, 0.0));
-                    timed(1, &mut || {
-                        gemm_bf16_with(best, &x, m, weights, Epilogue::default(), &mut out)
-                    });
-                    if let Some(f) = fallback {
-                        timed(2, &mut || {
-                            gemm_bf16_with(f, &x, m, weights, Epilogue::default(), &mut out)
+                    for (v, &kernel) in kernels.iter().enumerate() {
+                        timed(1 + v, &mut || {
+                            gemm_bf16_with(kernel, &x, m, weights, Epilogue::default(), &mut out)
                         });
                     }
                 }
@@ -101,22 +100,31 @@ fn main() {
                     .expect("pool")
                     .install(all);
             }
-            let times = times.map(|(wall, cpu)| (median(wall), median(cpu)));
-            let row = |clock: &str, [a, b, c]: [f64; 3]| {
-                println!(
-                    "| {m}x{k}x{n} | {threads} | {clock} | {:.3} | {:.1} | {:.3} | {:.1} | {:.2}x | {:.3} | {:.2}x |",
-                    a * 1e3,
-                    flops / a / 1e9,
-                    b * 1e3,
-                    flops / b / 1e9,
-                    a / b,
-                    c * 1e3,
-                    a / c
-                )
+            let times: Vec<(f64, f64)> = times
+                .into_iter()
+                .map(|(wall, cpu)| (median(wall), median(cpu)))
+                .collect();
+            let row = |clock: &str, of: fn(&(f64, f64)) -> f64| {
+                let f32_time = of(&times[0]);
+                print!(
+                    "| {m}x{k}x{n} | {threads} | {clock} | {:.3} | {:.1} |",
+                    f32_time * 1e3,
+                    flops / f32_time / 1e9
+                );
+                for t in &times[1..] {
+                    let t = of(t);
+                    print!(
+                        " {:.3} | {:.1} | {:.2}x |",
+                        t * 1e3,
+                        flops / t / 1e9,
+                        f32_time / t
+                    );
+                }
+                println!();
             };
-            row("wall", times.map(|t| t.0));
+            row("wall", |t| t.0);
             if threads == 1 {
-                row("cpu", times.map(|t| t.1));
+                row("cpu", |t| t.1);
             }
         }
     }

@@ -52,9 +52,10 @@ unsafe fn convert_row(x: &[f32], pairs: &mut [u32]) {
         let rest = k - i;
         let lo_mask = mask16(rest.min(16));
         let hi_mask = mask16(rest.saturating_sub(16));
-        // Masked-off lanes are not read (and load as zero, the odd tail's padding).
+        // Masked-off lanes are not read (and load as zero, the odd tail's padding). The upper
+        // half may start past the end of `x`, where `add` would not be sound to compute.
         let lo = _mm512_maskz_loadu_ps(lo_mask, px.add(i));
-        let hi = _mm512_maskz_loadu_ps(hi_mask, px.add(i + 16));
+        let hi = _mm512_maskz_loadu_ps(hi_mask, px.wrapping_add(i + 16));
         let v = from_bh(_mm512_cvtne2ps_pbh(hi, lo));
         _mm512_mask_storeu_epi32(pp.add(i / 2).cast(), mask16(rest.div_ceil(2)), v);
     }

@@ -259,8 +259,10 @@ pub fn gemm_bf16_with(
     // Tasks are (row block, run of panels) pairs. A block's activation pairs stay in the core's L2
     // while the task takes each of its panels in turn past them; blocks are split by panels too
     // when there are too few of them to balance the threads.
-    let block_rows = (BLOCK_PAIR_BYTES / (kp.max(1) * 4))
-        .max(TILE_ROWS)
+    // Blocks of whole tiles, as many as the budget asks for, of about equal size.
+    let max_rows = (BLOCK_PAIR_BYTES / (kp.max(1) * 4) / TILE_ROWS).max(1) * TILE_ROWS;
+    let block_rows = rows
+        .div_ceil(rows.div_ceil(max_rows))
         .next_multiple_of(TILE_ROWS)
         .min(rows);
     let blocks = rows.div_ceil(block_rows);

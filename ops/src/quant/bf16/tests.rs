@@ -161,6 +161,9 @@ fn every_kernel_agrees_with_the_reference_on_many_rows() {
     for e in 0..epilogues(&[]).len() {
         check_kernels(517, 65, 130, e);
     }
+    // Long rows: the activations of a task's block of rows fill its budget, and the rows take
+    // several blocks.
+    check_kernels(100, 4097, 70, 4);
 }
 
 #[test]
@@ -286,6 +289,7 @@ fn parallel_pools_compute_what_one_thread_does() {
         (130, 300, 200),
         (1, 3072, 130),
         (96, 767, 64),
+        (100, 4097, 70),
     ] {
         let x = pseudo_random(rows * k, 21);
         let w = pseudo_random(k * n, 22);
