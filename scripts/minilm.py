@@ -249,10 +249,10 @@ def main():
     texts = sentences()
     acc_feeds = {n: [tokenize(tok, texts[i:i + n]) for i in range(0, len(texts), n)]
                  for n in ACCURACY_BATCHES}
-    longest = max(texts, key=lambda s: len(tok(s)["input_ids"]))
-    bench_feeds = {b: tokenize(tok, [longest] if b == 1 else texts[:b]) for b in batches}
     if any(b > len(texts) for b in batches):
         sys.exit(f"minilm.py: at most {len(texts)} sentences per batch")
+    longest = max(texts, key=lambda s: len(tok(s)["input_ids"]))
+    bench_feeds = {b: tokenize(tok, [longest] if b == 1 else texts[:b]) for b in batches}
 
     torch_model = Torch(path)
     onnx_path = os.path.join(a.out, "minilm.onnx")
@@ -311,12 +311,13 @@ def main():
             diff = max([diff] + [float(np.abs((h - r)[f["attention_mask"] == 1]).max())
                                  for h, r, f in zip(hid, refs[n], feeds)])
         rows.append(row + [f"{diff:.2e}"])
-    # Speed: all engines, each cell, in the same run.
+    # Speed: cell by cell, every engine within a cell one after the other, so that a change in the
+    # machine's other load falls on the engines of a cell alike.
     cells = [(b, t) for t in thread_counts for b in batches]
     load_before = os.getloadavg()[0]  # other work on the machine shows in the timings
     times = {}
-    for (label, eng), row in zip(engines, rows):
-        for b, t in cells:
+    for b, t in cells:
+        for (label, eng), row in zip(engines, rows):
             if eng is None:
                 row.append("n/a")
                 continue
