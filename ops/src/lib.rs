@@ -5,6 +5,8 @@
 //! `assert!` only where a wrong length would otherwise read out of bounds in `unsafe` code.
 
 pub mod activation;
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attention;
 pub mod element;
 pub mod fff;
