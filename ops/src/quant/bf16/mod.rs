@@ -18,6 +18,8 @@
 //! the reference. Non-finite inputs give non-finite or meaningless, but defined, results.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod dpbf16;
 #[cfg(test)]
 mod tests;
@@ -134,6 +136,9 @@ pub struct Bf16Kernel(Kind);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
+    /// `tdpbf16ps` on AMX tiles (AMX-BF16), activations rounded with AVX-512 BF16.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     /// `vdpbf16ps` (AVX-512 BF16).
     #[cfg(target_arch = "x86_64")]
     Dpbf16,
@@ -144,6 +149,8 @@ enum Kind {
 impl std::fmt::Debug for Bf16Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            Kind::Amx => write!(f, "amx-bf16"),
             #[cfg(target_arch = "x86_64")]
             Kind::Dpbf16 => write!(f, "avx512-bf16"),
             Kind::Widen(isa) => write!(f, "widen-{isa:?}"),
@@ -157,7 +164,7 @@ impl Bf16Kernel {
     fn convert(self, x: &[f32], k: usize, pairs: &mut [u32]) {
         match self.0 {
             #[cfg(target_arch = "x86_64")]
-            Kind::Dpbf16 => dpbf16::convert(x, k, pairs),
+            Kind::Amx | Kind::Dpbf16 => dpbf16::convert(x, k, pairs),
             Kind::Widen(_) => widen::convert(x, k, pairs),
         }
     }
@@ -171,6 +178,8 @@ impl Bf16Kernel {
         match self.0 {
             #[cfg(target_arch = "x86_64")]
             Kind::Dpbf16 => dpbf16::tile(m, pairs, kp, panel, tile),
+            #[cfg(target_arch = "x86_64")]
+            Kind::Amx => unreachable!("the AMX kernel runs its own tiles"),
             Kind::Widen(isa) => widen::tile(isa, m, pairs, kp, panel, tile),
         }
     }
@@ -183,6 +192,10 @@ type Tile = [f32; TILE_ROWS * COLS];
 /// then the widening fallback on each instruction set (tests run them all).
 pub fn kernels() -> Vec<Bf16Kernel> {
     let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    if amx::detected() {
+        v.push(Bf16Kernel(Kind::Amx));
+    }
     #[cfg(target_arch = "x86_64")]
     if dpbf16::detected() {
         v.push(Bf16Kernel(Kind::Dpbf16));
@@ -240,6 +253,12 @@ pub fn gemm_bf16_with(
 
     // Taken out of the thread's cell and put back after, so a nested call would allocate its own.
     let mut scratch = PAIRS.take();
+    #[cfg(target_arch = "x86_64")]
+    if kernel.0 == Kind::Amx {
+        amx::gemm(x, rows, w, epi, out, &mut scratch, threads, parallel);
+        PAIRS.set(scratch);
+        return;
+    }
     if scratch.len() < rows * kp {
         scratch.resize(rows * kp, 0);
     }
@@ -309,7 +328,7 @@ pub fn gemm_bf16_with(
 }
 
 /// Applies the epilogue to one row of sums (the real columns of a panel) and stores it in `out`.
-fn finish_row(sums: &mut [f32], bias: Option<&[f32]>, epi: Epilogue, out: &mut [f32]) {
+pub(super) fn finish_row(sums: &mut [f32], bias: Option<&[f32]>, epi: Epilogue, out: &mut [f32]) {
     match (epi.activation, bias) {
         (Some(act), _) => bias_act_rows(act, sums, bias),
         (None, Some(b)) => sums.iter_mut().zip(b).for_each(|(s, &b)| *s += b),

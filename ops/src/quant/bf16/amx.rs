@@ -1,0 +1,254 @@
+//! The AMX-BF16 kernel: `tdpbf16ps` multiplies a tile of 16 rows of 16 activation pairs by a tile
+//! of 16 pairs of 16 columns and adds both products of each pair to a 16x16 tile of f32 sums
+//! (8192 multiply-adds an instruction).
+//!
+//! The packed weights are read in place: 16 pairs of a panel (16 groups of 256 bytes) are, for
+//! each of its 4 blocks of 16 columns, a B tile of 16 rows of 64 bytes with a row stride of 256
+//! bytes. The activations are rounded (as the AVX-512 BF16 kernel rounds them) into rows padded
+//! with zero pairs to a multiple of 16 pairs, and the rows padded with zero rows to a multiple of
+//! 16, so every A tile is whole. The last, partial 16 pairs of a panel are copied once per panel
+//! into zero-padded scratch, so no tile reads past the weights either.
+//!
+//! Each step of 16 pairs takes one A tile (16 rows) and the 4 B tiles of a panel into 4 tiles of
+//! sums (16 rows of 64 columns); the sums are stored into scratch and finished by the same
+//! epilogue as the other kernels, only the real rows and columns.
+
+use rayon::prelude::*;
+
+use super::{dpbf16, finish_row, Bf16Weights, BLOCK_PAIR_BYTES, COLS, GROUP};
+use crate::amx::{self as tiles, Product, TileConfig};
+use crate::element::Bf16;
+use crate::matmul::SharedPtr;
+use crate::quant::Epilogue;
+
+/// Rows of an A tile and of the sums.
+const ROWS: usize = 16;
+
+/// Pairs of `k` a `tdpbf16ps` takes: 64 bytes of an A tile row, the 16 rows of a B tile.
+const STEP: usize = 16;
+
+/// Bytes of one pair of `k` of a panel (64 columns of 2 bf16): the row stride of a B tile.
+const GROUP_BYTES: usize = COLS * GROUP * 2;
+
+/// Whether this CPU and OS let the kernel run: AMX-BF16 tiles, and AVX-512 BF16 for the rounding.
+pub(super) fn detected() -> bool {
+    dpbf16::detected() && tiles::available(Product::Bf16)
+}
+
+/// Every tile 16 rows of 64 bytes: sums in 0 to 3, activations in 4, weights in 5 to 7.
+const CONFIG: TileConfig = TileConfig::new()
+    .tile(0, 16, 64)
+    .tile(1, 16, 64)
+    .tile(2, 16, 64)
+    .tile(3, 16, 64)
+    .tile(4, 16, 64)
+    .tile(5, 16, 64)
+    .tile(6, 16, 64)
+    .tile(7, 16, 64);
+
+/// 16 rows of 64 f32 sums, aligned for `tilestored`.
+#[repr(C, align(64))]
+struct Sums([f32; ROWS * COLS]);
+
+/// 16 pairs of a panel, the weights of a partial last step padded with zeros.
+#[repr(C, align(64))]
+struct Tail([Bf16; STEP * COLS * GROUP]);
+
+/// `out = epilogue(bf16(x) w)` (see [`super::gemm_bf16`]), the pairs rounded into `scratch`;
+/// `rows` and `n` are not zero and the lengths are checked by the caller.
+///
+/// Only called with a kernel made after [`detected`].
+pub(super) fn gemm(
+    x: &[f32],
+    rows: usize,
+    w: Bf16Weights,
+    epi: Epilogue,
+    out: &mut [f32],
+    scratch: &mut Vec<u32>,
+    threads: usize,
+    parallel: bool,
+) {
+    let (k, n) = (w.k(), w.n());
+    let kp = k.div_ceil(GROUP);
+    let steps = kp / STEP;
+    let rest = kp % STEP;
+    // Pairs a padded row holds, and the padded rows.
+    let stride = kp.next_multiple_of(STEP);
+    let rows16 = rows.next_multiple_of(ROWS);
+    if scratch.len() < rows16 * stride {
+        scratch.resize(rows16 * stride, 0);
+    }
+    let pairs = &mut scratch[..rows16 * stride];
+    let convert = |first: usize, block: &mut [u32]| {
+        for (i, row) in block.chunks_exact_mut(stride).enumerate() {
+            let r = first + i;
+            if r < rows {
+                dpbf16::convert(&x[r * k..(r + 1) * k], k, &mut row[..kp]);
+                row[kp..].fill(0);
+            } else {
+                row.fill(0);
+            }
+        }
+    };
+    if stride > 0 {
+        if parallel {
+            let chunk = rows16.div_ceil(threads);
+            pairs
+                .par_chunks_mut(chunk * stride)
+                .enumerate()
+                .for_each(|(c, block)| convert(c * chunk, block));
+        } else {
+            convert(0, pairs);
+        }
+    }
+    let pairs = &*pairs;
+
+    // Tasks as in `gemm_bf16_with`: (row block, run of panels), blocks of whole tiles of rows.
+    let panels = n.div_ceil(COLS);
+    let max_rows = (BLOCK_PAIR_BYTES / (stride.max(1) * 4) / ROWS).max(1) * ROWS;
+    let block_rows = rows16
+        .div_ceil(rows16.div_ceil(max_rows))
+        .next_multiple_of(ROWS);
+    let blocks = rows16.div_ceil(block_rows);
+    let groups = if parallel && blocks < 4 * threads {
+        (4 * threads).div_ceil(blocks).min(panels)
+    } else {
+        1
+    };
+    let group_panels = panels.div_ceil(groups);
+    let groups = panels.div_ceil(group_panels);
+    let base = SharedPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        let (b, q) = (t / groups, t % groups);
+        let first_row = b * block_rows;
+        let end_row = rows16.min(first_row + block_rows);
+        let mut sums = Sums([0.0; ROWS * COLS]);
+        let mut tail = Tail([Bf16(0); STEP * COLS * GROUP]);
+        // SAFETY: a kernel of this kind is made only after `detected`; every tile used below is
+        // configured.
+        unsafe { CONFIG.load() };
+        for p in q * group_panels..panels.min((q + 1) * group_panels) {
+            let (panel, width) = w.panel(p);
+            let first = p * COLS;
+            let bias = epi.bias.map(|b| &b[first..first + width]);
+            if rest > 0 {
+                let have = rest * COLS * GROUP;
+                tail.0[..have].copy_from_slice(&panel[steps * STEP * COLS * GROUP..]);
+                tail.0[have..].fill(Bf16(0));
+            }
+            for r in (first_row..end_row).step_by(ROWS) {
+                let a = pairs[r * stride..(r + ROWS) * stride].as_ptr();
+                // SAFETY: the tiles are configured (above). `a` starts 16 whole padded rows of
+                // `stride` pairs, so each A tile (16 rows of 16 pairs from pair `STEP * s` of
+                // each row, `s < stride / 16`) lies inside them. The panel holds `kp` pairs of
+                // 256 bytes, so the B tiles of step `s < steps` (16 pairs from pair `STEP * s`)
+                // lie inside it, and those of the partial step lie inside `tail`, 16 pairs long.
+                // `sums` holds 16 rows of 256 bytes, as the 4 stores of 16 rows of 64 bytes write.
+                unsafe {
+                    zero_sums();
+                    for s in 0..steps {
+                        step(
+                            a.add(s * STEP),
+                            stride * 4,
+                            panel.as_ptr().add(s * STEP * COLS * GROUP),
+                        );
+                    }
+                    if rest > 0 {
+                        step(a.add(steps * STEP), stride * 4, tail.0.as_ptr());
+                    }
+                    store_sums(sums.0.as_mut_ptr());
+                }
+                for (i, row) in sums
+                    .0
+                    .chunks_exact_mut(COLS)
+                    .take(rows.min(r + ROWS) - r.min(rows))
+                    .enumerate()
+                {
+                    // SAFETY: `out` holds `rows * n` values (checked by the caller) and row
+                    // `r + i` is below `rows`; columns `first..first + width` lie within `n`.
+                    // Each (row block, panel) pair belongs to one task, so this slice is written
+                    // by this task alone, while `out` stays borrowed mutably for the whole call.
+                    let out_row = unsafe {
+                        std::slice::from_raw_parts_mut(base.get().add((r + i) * n + first), width)
+                    };
+                    finish_row(&mut row[..width], bias, epi, out_row);
+                }
+            }
+        }
+        // SAFETY: as for the configuration.
+        unsafe { tiles::release() };
+    };
+    let tasks = blocks * groups;
+    if parallel {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+/// Zeroes the 4 tiles of sums.
+///
+/// # Safety
+/// The tiles are configured by [`CONFIG`].
+#[inline(always)]
+unsafe fn zero_sums() {
+    // SAFETY: the caller loaded the configuration; `tilezero` touches only the tiles.
+    unsafe {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem, preserves_flags)
+        );
+    }
+}
+
+/// Adds 16 pairs of `k` to the sums: the A tile of 16 rows at `a` (row stride `a_stride` bytes)
+/// times the 4 B tiles of 16 columns of the 16 pair groups at `b`.
+///
+/// # Safety
+/// The tiles are configured by [`CONFIG`]; `a` starts 16 rows of 64 readable bytes `a_stride`
+/// apart, and `b` 16 readable groups of 256 bytes.
+#[inline(always)]
+unsafe fn step(a: *const u32, a_stride: usize, b: *const Bf16) {
+    // SAFETY: the caller promises the configuration and the memory the loads read.
+    unsafe {
+        std::arch::asm!(
+            "tileloadd tmm4, [{a} + {sa}*1]",
+            "tileloadd tmm5, [{b} + {sb}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm5",
+            "tileloadd tmm7, [{b} + {sb}*1 + 128]",
+            "tdpbf16ps tmm1, tmm4, tmm6",
+            "tileloadd tmm5, [{b} + {sb}*1 + 192]",
+            "tdpbf16ps tmm2, tmm4, tmm7",
+            "tdpbf16ps tmm3, tmm4, tmm5",
+            a = in(reg) a,
+            sa = in(reg) a_stride,
+            b = in(reg) b,
+            sb = in(reg) GROUP_BYTES,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+}
+
+/// Stores the 4 tiles of sums as 16 rows of 64 f32 at `t`.
+///
+/// # Safety
+/// The tiles are configured by [`CONFIG`]; `t` starts 16 * 64 writable f32.
+#[inline(always)]
+unsafe fn store_sums(t: *mut f32) {
+    // SAFETY: the caller promises the configuration and the memory the stores write.
+    unsafe {
+        std::arch::asm!(
+            "tilestored [{t} + {s}*1], tmm0",
+            "tilestored [{t} + {s}*1 + 64], tmm1",
+            "tilestored [{t} + {s}*1 + 128], tmm2",
+            "tilestored [{t} + {s}*1 + 192], tmm3",
+            t = in(reg) t,
+            s = in(reg) COLS * 4,
+            options(nostack, preserves_flags)
+        );
+    }
+}
