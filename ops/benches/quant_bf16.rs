@@ -1,7 +1,7 @@
 //! The bf16 GEMM (`fff_ops::quant::bf16`) against the f32 panel GEMM (`fff_ops::panels`) on the
 //! projections of a BERT-base encoder at batch 1 and 8 of sequence 128, on 1 and 2 threads, in the
 //! same run, variants alternating: median milliseconds, GFLOP/s and the speed-up over f32 of every
-//! bf16 kernel this CPU runs (`vdpbf16ps`, then the widening fallback on each instruction set: what
+//! bf16 kernel this CPU runs (AMX tiles, `vdpbf16ps`, then the widening fallback on each instruction set: what
 //! CPUs without AVX-512 BF16 run). One thread runs on the calling thread, as a one-thread model
 //! does, and is also timed in CPU time of that thread, which other processes sharing the cores do
 //! not inflate.

@@ -55,7 +55,8 @@ struct Sums([f32; ROWS * COLS]);
 struct Tail([Bf16; STEP * COLS * GROUP]);
 
 /// `out = epilogue(bf16(x) w)` (see [`super::gemm_bf16`]), the pairs rounded into `scratch`;
-/// `rows` and `n` are not zero and the lengths are checked by the caller.
+/// `rows` and `n` are not zero and the lengths are checked by the caller; `pool` is the number of
+/// threads to share the work among, `None` to run on the calling thread alone.
 ///
 /// Only called with a kernel made after [`detected`].
 pub(super) fn gemm(
@@ -65,9 +66,9 @@ pub(super) fn gemm(
     epi: Epilogue,
     out: &mut [f32],
     scratch: &mut Vec<u32>,
-    threads: usize,
-    parallel: bool,
+    pool: Option<usize>,
 ) {
+    let (threads, parallel) = (pool.unwrap_or(1), pool.is_some());
     let (k, n) = (w.k(), w.n());
     let kp = k.div_ceil(GROUP);
     let steps = kp / STEP;

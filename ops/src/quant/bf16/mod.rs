@@ -11,11 +11,15 @@
 //! sums and differs from the others only in the order it adds them:
 //! `out = epilogue(Σ_k bf16(x[r][k]) * w[k][c])`.
 //!
-//! Kernels ([`kernels`], best first): `vdpbf16ps` on AVX-512 BF16, then the exact widening
-//! fallback (bf16 shifted into f32, fused multiply-adds) on each instruction set the CPU has.
-//! The AVX-512 BF16 instructions treat subnormal inputs as zero and flush subnormal results, so
-//! there values below 2^-126 in magnitude (far below anything a model computes) may differ from
-//! the reference. Non-finite inputs give non-finite or meaningless, but defined, results.
+//! Kernels ([`kernels`], best first): `tdpbf16ps` on AMX tiles (AMX-BF16, where the OS grants the
+//! tile state; 16 rows by 64 columns of sums over 16 pairs of `k` a step, reading the same packed
+//! panels as B tiles), then `vdpbf16ps` on AVX-512 BF16, then the exact widening fallback (bf16
+//! shifted into f32, fused multiply-adds) on each instruction set the CPU has. (On Sapphire
+//! Rapids `vdpbf16ps` does not beat the widening f32 kernel: it issues on one port where fused
+//! multiply-adds issue on two, so both do 32 multiply-adds a cycle.)
+//! The AMX and AVX-512 BF16 instructions treat subnormal inputs as zero and flush subnormal
+//! results, so there values below 2^-126 in magnitude (far below anything a model computes) may
+//! differ from the reference. Non-finite inputs give non-finite or meaningless, but defined, results.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -188,7 +192,8 @@ impl Bf16Kernel {
 /// The sums of a tile: [`TILE_ROWS`] rows of [`COLS`].
 type Tile = [f32; TILE_ROWS * COLS];
 
-/// Every bf16 kernel this CPU can run, fastest first: `vdpbf16ps` where AVX-512 BF16 is present,
+/// Every bf16 kernel this CPU can run, fastest first: AMX tiles where AMX-BF16 runs, `vdpbf16ps`
+/// where AVX-512 BF16 is present,
 /// then the widening fallback on each instruction set (tests run them all).
 pub fn kernels() -> Vec<Bf16Kernel> {
     let mut v = Vec::new();
@@ -255,7 +260,15 @@ pub fn gemm_bf16_with(
     let mut scratch = PAIRS.take();
     #[cfg(target_arch = "x86_64")]
     if kernel.0 == Kind::Amx {
-        amx::gemm(x, rows, w, epi, out, &mut scratch, threads, parallel);
+        amx::gemm(
+            x,
+            rows,
+            w,
+            epi,
+            out,
+            &mut scratch,
+            parallel.then_some(threads),
+        );
         PAIRS.set(scratch);
         return;
     }

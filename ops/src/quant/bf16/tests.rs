@@ -166,6 +166,37 @@ fn every_kernel_agrees_with_the_reference_on_many_rows() {
     check_kernels(100, 4097, 70, 4);
 }
 
+/// The tails of the AMX tiles: pairs of `k` not a multiple of 16 (odd `k` too), rows not a
+/// multiple of 16, columns not a multiple of 16 or 64, with every epilogue.
+#[test]
+fn every_kernel_agrees_with_the_reference_on_tile_tails() {
+    let epilogues = epilogues(&[]).len();
+    for k in [1, 2, 3, 33, 64, 100, 770] {
+        for n in [1, 17, 70] {
+            for rows in [1, 3, 17] {
+                check_kernels(rows, k, n, (rows + k + n) % epilogues);
+            }
+        }
+    }
+    for e in 0..epilogues {
+        check_kernels(517, 100, 70, e);
+        check_kernels(17, 770, 17, e);
+    }
+    check_kernels(517, 770, 70, 2);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_comes_first_where_it_runs() {
+    let kernels = kernels();
+    assert_eq!(amx::detected(), kernels[0].0 == Kind::Amx, "{kernels:?}");
+    assert_eq!(
+        amx::detected(),
+        format!("{:?}", kernels[0]) == "amx-bf16",
+        "{kernels:?}"
+    );
+}
+
 #[test]
 fn empty_products_still_apply_the_epilogue() {
     let bias = [0.5f32, -1.0, 2.0];
