@@ -46,8 +46,13 @@ const CONFIG: TileConfig = TileConfig::new()
     .tile(6, 16, 64)
     .tile(7, 16, 64);
 
+/// Steps a run takes: 128 pairs of a panel, 32 KiB, that stay in L1 while each tile of rows of
+/// the block takes them in turn.
+const RUN_STEPS: usize = 8;
+
 /// 16 rows of 64 f32 sums, aligned for `tilestored`.
 #[repr(C, align(64))]
+#[derive(Clone)]
 struct Sums([f32; ROWS * COLS]);
 
 /// 16 pairs of a panel, the weights of a partial last step padded with zeros.
@@ -73,6 +78,7 @@ pub(super) fn gemm(
     let kp = k.div_ceil(GROUP);
     let steps = kp / STEP;
     let rest = kp % STEP;
+    let all_steps = kp.div_ceil(STEP);
     // Pairs a padded row holds, and the padded rows.
     let stride = kp.next_multiple_of(STEP);
     let rows16 = rows.next_multiple_of(ROWS);
@@ -123,7 +129,9 @@ pub(super) fn gemm(
         let (b, q) = (t / groups, t % groups);
         let first_row = b * block_rows;
         let end_row = rows16.min(first_row + block_rows);
-        let mut sums = Sums([0.0; ROWS * COLS]);
+        // The sums of every tile of rows of the block, 16 rows of 64 each, kept across the runs
+        // of steps.
+        let mut sums = vec![Sums([0.0; ROWS * COLS]); (end_row - first_row) / ROWS];
         let mut tail = Tail([Bf16(0); STEP * COLS * GROUP]);
         // SAFETY: a kernel of this kind is made only after `detected`; every tile used below is
         // configured.
@@ -137,40 +145,52 @@ pub(super) fn gemm(
                 tail.0[..have].copy_from_slice(&panel[steps * STEP * COLS * GROUP..]);
                 tail.0[have..].fill(Bf16(0));
             }
-            for r in (first_row..end_row).step_by(ROWS) {
-                let a = pairs[r * stride..(r + ROWS) * stride].as_ptr();
-                // SAFETY: the tiles are configured (above). `a` starts 16 whole padded rows of
-                // `stride` pairs, so each A tile (16 rows of 16 pairs from pair `STEP * s` of
-                // each row, `s < stride / 16`) lies inside them. The panel holds `kp` pairs of
-                // 256 bytes, so the B tiles of step `s < steps` (16 pairs from pair `STEP * s`)
-                // lie inside it, and those of the partial step lie inside `tail`, 16 pairs long.
-                // `sums` holds 16 rows of 256 bytes, as the 4 stores of 16 rows of 64 bytes write.
-                unsafe {
-                    zero_sums();
-                    for s in 0..steps {
-                        step(
-                            a.add(s * STEP),
-                            stride * 4,
-                            panel.as_ptr().add(s * STEP * COLS * GROUP),
-                        );
+            // Runs of steps whose weights stay in L1 while every tile of rows takes them.
+            for c0 in (0..all_steps.max(1)).step_by(RUN_STEPS) {
+                let run = c0..all_steps.min(c0 + RUN_STEPS);
+                for (i, tile_sums) in sums.iter_mut().enumerate() {
+                    let r = first_row + i * ROWS;
+                    let a = pairs[r * stride..(r + ROWS) * stride].as_ptr();
+                    let t = tile_sums.0.as_mut_ptr();
+                    // SAFETY: the tiles are configured (above). `a` starts 16 whole padded rows
+                    // of `stride` pairs, so each A tile (16 rows of 16 pairs from pair `STEP * s`
+                    // of each row, `s < stride / 16`) lies inside them. The panel holds `kp`
+                    // pairs of 256 bytes, so the B tiles of step `s < steps` (16 pairs from pair
+                    // `STEP * s`) lie inside it, and those of the partial step lie inside `tail`,
+                    // 16 pairs long. `t` holds 16 rows of 256 bytes, as the 4 loads and stores
+                    // of 16 rows of 64 bytes read and write.
+                    unsafe {
+                        if c0 == 0 {
+                            zero_sums();
+                        } else {
+                            load_sums(t);
+                        }
+                        for s in run.clone() {
+                            let b = if s < steps {
+                                panel.as_ptr().add(s * STEP * COLS * GROUP)
+                            } else {
+                                tail.0.as_ptr()
+                            };
+                            step(a.add(s * STEP), stride * 4, b);
+                        }
+                        store_sums(t);
                     }
-                    if rest > 0 {
-                        step(a.add(steps * STEP), stride * 4, tail.0.as_ptr());
-                    }
-                    store_sums(sums.0.as_mut_ptr());
                 }
-                for (i, row) in sums
+            }
+            for (i, tile_sums) in sums.iter_mut().enumerate() {
+                let r = first_row + i * ROWS;
+                for (j, row) in tile_sums
                     .0
                     .chunks_exact_mut(COLS)
                     .take(rows.min(r + ROWS) - r.min(rows))
                     .enumerate()
                 {
                     // SAFETY: `out` holds `rows * n` values (checked by the caller) and row
-                    // `r + i` is below `rows`; columns `first..first + width` lie within `n`.
+                    // `r + j` is below `rows`; columns `first..first + width` lie within `n`.
                     // Each (row block, panel) pair belongs to one task, so this slice is written
                     // by this task alone, while `out` stays borrowed mutably for the whole call.
                     let out_row = unsafe {
-                        std::slice::from_raw_parts_mut(base.get().add((r + i) * n + first), width)
+                        std::slice::from_raw_parts_mut(base.get().add((r + j) * n + first), width)
                     };
                     finish_row(&mut row[..width], bias, epi, out_row);
                 }
@@ -229,6 +249,26 @@ unsafe fn step(a: *const u32, a_stride: usize, b: *const Bf16) {
             sa = in(reg) a_stride,
             b = in(reg) b,
             sb = in(reg) GROUP_BYTES,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+}
+
+/// Loads the 4 tiles of sums from 16 rows of 64 f32 at `t`.
+///
+/// # Safety
+/// The tiles are configured by [`CONFIG`]; `t` starts 16 * 64 readable f32.
+#[inline(always)]
+unsafe fn load_sums(t: *const f32) {
+    // SAFETY: the caller promises the configuration and the memory the loads read.
+    unsafe {
+        std::arch::asm!(
+            "tileloadd tmm0, [{t} + {s}*1]",
+            "tileloadd tmm1, [{t} + {s}*1 + 64]",
+            "tileloadd tmm2, [{t} + {s}*1 + 128]",
+            "tileloadd tmm3, [{t} + {s}*1 + 192]",
+            t = in(reg) t,
+            s = in(reg) COLS * 4,
             options(nostack, readonly, preserves_flags)
         );
     }
