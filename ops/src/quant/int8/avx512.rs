@@ -68,8 +68,31 @@ unsafe fn tile<const R: usize>(
             }
         }
     }
-    // The epilogue, 16 columns at a time; lanes past the real columns are masked off, so the
-    // loads and stores below touch only the `width` values of each slice and output row.
+    // SAFETY: rows `r0..r0 + R` of the block and of `dst`, as the caller promises.
+    unsafe { epilogue(b, width, r0, R, |r, v| acc[r][v], dst, dst_stride) }
+}
+
+/// The epilogue of rows `r0..r0 + rows` of the block, whose raw sums of columns `16 v..16 v + 16`
+/// of row `r0 + r` are `sums(r, v)`: subtracts `128 col_sums`, scales by the row's and the
+/// columns' scales, adds the bias, applies ReLU, adds onto the output, and stores the `width` real
+/// columns. Shared with the AMX kernel, which stores its tiles' sums and reads them back.
+///
+/// # Safety
+/// The CPU has AVX-512F; `shape` has checked the block, `r0 + rows <= m`, `width` is the block's,
+/// and `dst` addresses rows `r0..r0 + rows` of `width` values, `dst_stride` apart, that nothing
+/// else reads or writes during the call. Inlined into callers with AVX-512F enabled.
+#[inline(always)]
+pub(super) unsafe fn epilogue(
+    b: &Block,
+    width: usize,
+    r0: usize,
+    rows: usize,
+    sums: impl Fn(usize, usize) -> __m512i,
+    dst: *mut f32,
+    dst_stride: usize,
+) {
+    // 16 columns at a time; lanes past the real columns are masked off, so the loads and stores
+    // below touch only the `width` values of each slice and output row.
     let zero = _mm512_setzero_ps();
     for v in 0..4 {
         let lanes = width.saturating_sub(16 * v).min(16);
@@ -84,9 +107,9 @@ unsafe fn tile<const R: usize>(
         let bias = b
             .bias
             .map(|bias| _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(c)));
-        for (r, acc) in acc.iter().enumerate() {
+        for r in 0..rows {
             let out = dst.add((r0 + r) * dst_stride + c);
-            let sums = _mm512_sub_epi32(acc[v], offset);
+            let sums = _mm512_sub_epi32(sums(r, v), offset);
             let row_scale = _mm512_set1_ps(*b.x_scales.get_unchecked(r0 + r));
             let mut f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sums), row_scale), scale);
             if let Some(bias) = bias {

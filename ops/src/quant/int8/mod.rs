@@ -27,6 +27,7 @@
 //! `vpmaddubsw`, the activations' signs moved onto the weights so that its i16 pair sums cannot
 //! saturate; and a portable one. Every kernel is tested against [`gemm_i8_reference`].
 
+mod amx;
 mod avx512;
 mod pack;
 mod portable;
@@ -74,6 +75,9 @@ pub struct I8Kernel(Kind);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
+    /// AMX-INT8 tiles, with an AVX-512F/BW/VL epilogue.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     /// AVX-512F/BW/VL with VNNI, 512-bit.
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
@@ -102,6 +106,8 @@ impl I8Kernel {
     pub fn name(self) -> &'static str {
         match self.0 {
             #[cfg(target_arch = "x86_64")]
+            Kind::Amx => "amx-int8",
+            #[cfg(target_arch = "x86_64")]
             Kind::Avx512Vnni => "avx512-vnni",
             #[cfg(target_arch = "x86_64")]
             Kind::AvxVnni => "avx-vnni",
@@ -126,8 +132,11 @@ pub fn kernels() -> Vec<I8Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        let avx512_vnni =
-            has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni");
+        let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
+        if avx512 && crate::amx::available(crate::amx::Product::Int8) {
+            v.push(I8Kernel(Kind::Amx));
+        }
+        let avx512_vnni = avx512 && has!("avx512vnni");
         if avx512_vnni {
             v.push(I8Kernel(Kind::Avx512Vnni));
         }
@@ -338,6 +347,8 @@ unsafe fn run(kernel: I8Kernel, block: &Block, dst: *mut f32, dst_stride: usize)
     match kernel.0 {
         // SAFETY (all arms): an `I8Kernel` is made only by `kernels`, after detecting the
         // features its kernel is compiled for; `dst` is as the caller promises.
+        #[cfg(target_arch = "x86_64")]
+        Kind::Amx => unsafe { amx::block(block, dst, dst_stride) },
         #[cfg(target_arch = "x86_64")]
         Kind::Avx512Vnni => unsafe { avx512::block(block, dst, dst_stride) },
         #[cfg(target_arch = "x86_64")]
