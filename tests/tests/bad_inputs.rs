@@ -383,7 +383,7 @@ fn plan_of_another_version_is_rejected() {
         &plan,
         &[
             "format version 99 is not supported",
-            "reads version 1",
+            "reads versions 1 to 2",
             "recompile",
         ],
     );
