@@ -46,16 +46,13 @@ fn detect() -> Support {
     if std::env::var_os("FFF_NO_AMX").is_some() {
         return none;
     }
-    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0 says it exists.
-    let leaf7 = unsafe {
-        if __cpuid(0).eax < 7 {
-            return none;
-        }
-        __cpuid_count(7, 0)
-    };
+    // Leaf 7 is read only where leaf 0 says it exists.
+    if __cpuid(0).eax < 7 {
+        return none;
+    }
+    let leaf7 = __cpuid_count(7, 0);
     let tile = leaf7.edx & (1 << 24) != 0;
-    // SAFETY: as above.
-    let osxsave = unsafe { __cpuid(1) }.ecx & (1 << 27) != 0;
+    let osxsave = __cpuid(1).ecx & (1 << 27) != 0;
     if !tile || !osxsave {
         return none;
     }
@@ -124,7 +121,14 @@ impl TileConfig {
 
     /// Tile `t` (0 to 7) holds `rows` rows (1 to 16) of `bytes` bytes (4 to 64, a multiple of 4).
     pub const fn tile(mut self, t: usize, rows: u8, bytes: u16) -> TileConfig {
-        assert!(t < 8 && rows >= 1 && rows <= 16 && bytes >= 4 && bytes <= 64 && bytes % 4 == 0);
+        assert!(
+            t < 8
+                && rows >= 1
+                && rows <= 16
+                && bytes >= 4
+                && bytes <= 64
+                && bytes.is_multiple_of(4)
+        );
         self.rows[t] = rows;
         self.colsb[t] = bytes;
         self
