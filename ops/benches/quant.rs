@@ -2,7 +2,8 @@
 //! projection shapes of a BERT-base encoder at sequence 128, batch 1 and 8 (128 and 1024 rows), on 1
 //! and 2 threads, in the same run, variants alternating, weights warm in cache. "int8" multiplies
 //! rows quantised beforehand; "+ quantise" includes quantising the f32 rows (`linear_i8`). Then
-//! every int8 kernel this CPU runs, on one thread. Prints Markdown tables of medians, in GMAC/s
+//! every int8 kernel this CPU runs (AMX-INT8 first where the CPU and OS allow it), on 1 and 2
+//! threads. Prints Markdown tables of medians, in GMAC/s
 //! (multiply-adds: rows x k x n).
 //!
 //!   cargo bench -p fff-ops --bench quant [-- ROWSxKxN,..]
@@ -88,19 +89,16 @@ fn main() {
         }
     }
     println!();
-    println!("One thread, rows quantised beforehand:");
+    println!("Every kernel, rows quantised beforehand, kernels alternating: ms and GMAC/s");
     println!();
-    print!("| rows x k x n |");
-    for kernel in kernels() {
-        print!(" {kernel:?} GMAC/s |");
+    let all = kernels();
+    print!("| rows x k x n | threads |");
+    for kernel in &all {
+        print!(" {kernel:?} ms | GMAC/s |");
     }
     println!();
-    println!("|---{}", "| --- ".repeat(kernels().len()) + "|");
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .expect("pool");
-    for &(m, k, n) in shapes.iter().take(3) {
+    println!("| --- | --- |{}", " --- | --- |".repeat(all.len()));
+    for &(m, k, n) in &shapes {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
         let w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
         let packed = quantize_pack(&w, k, n);
@@ -108,19 +106,34 @@ fn main() {
         q.quantize(&x, m, k);
         let mut out = vec![0.0f32; m * n];
         let macs = (m * n * k) as f64;
-        print!("| {m}x{k}x{n} |");
-        for kernel in kernels() {
-            let runs = if kernel.name() == "portable" { 3 } else { 50 };
-            let mut times = Vec::new();
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            // The slow kernels run three times only; the fast ones alternate for about 2e10
+            // multiply-adds each.
+            let slow = |kernel: I8Kernel| matches!(kernel.name(), "portable" | "avx2");
+            let runs = ((2e10 / macs) as usize).clamp(10, 2000);
+            let mut times = vec![Vec::with_capacity(runs); all.len()];
             pool.install(|| {
-                for _ in 0..runs {
-                    let t = Instant::now();
-                    gemm_i8_with(kernel, &q, packed.view(), Epilogue::default(), &mut out);
-                    times.push(t.elapsed().as_secs_f64());
+                for run in 0..runs + 2 {
+                    for (kernel, times) in all.iter().zip(&mut times) {
+                        if slow(*kernel) && run >= 3 {
+                            continue;
+                        }
+                        let t = Instant::now();
+                        gemm_i8_with(*kernel, &q, packed.view(), Epilogue::default(), &mut out);
+                        times.push(t.elapsed().as_secs_f64());
+                    }
                 }
             });
-            print!(" {:.1} |", macs / median(times) / 1e9);
+            print!("| {m}x{k}x{n} | {threads} |");
+            for t in times {
+                let t = median(t);
+                print!(" {:.3} | {:.0} |", t * 1e3, macs / t / 1e9);
+            }
+            println!();
         }
-        println!();
     }
 }

@@ -22,7 +22,10 @@
 //! weight column with one gets scale NaN, and so NaN outputs in that column.
 //!
 //! # Kernels
-//! Chosen at run time ([`kernels`], best first): AVX-512 VNNI on zmm, tiles of 6 rows x 64 columns;
+//! Chosen at run time ([`kernels`], best first): AMX-INT8 (`tdpbusd` on tile registers, where the
+//! CPU has AMX and the OS lets the process use it, [`crate::amx`]), strips of 16 rows x 64 columns
+//! in four i32 tiles, the weights read in place as tiles of 16 groups x 16 columns (rows 256 bytes
+//! apart), then the AVX-512 epilogue; AVX-512 VNNI on zmm, tiles of 6 rows x 64 columns;
 //! AVX-VNNI (VEX) and AVX-512 VNNI on ymm, the same 256-bit kernel written once; AVX2 with
 //! `vpmaddubsw`, the activations' signs moved onto the weights so that its i16 pair sums cannot
 //! saturate; and a portable one. Every kernel is tested against [`gemm_i8_reference`].
@@ -61,7 +64,7 @@ pub const GROUP: usize = 4;
 pub const MAX_K: usize = i32::MAX as usize / (255 * 127);
 
 /// Rows a task hands to a kernel at once; the bound of the scratch tile the GELU epilogue uses. A
-/// multiple of every kernel's tile height (6 and 4).
+/// multiple of every kernel's tile height (16, 6 and 4).
 const CHUNK_ROWS: usize = 48;
 
 /// Products smaller than this many multiply-adds run on the calling thread: waking the pool costs

@@ -256,6 +256,29 @@ fn every_kernel_equals_the_reference_on_odd_sizes() {
     }
 }
 
+/// The AMX kernel's tails: `k` not a multiple of its 64-deep steps, widths not a multiple of its
+/// 16-column tiles, strips of fewer than 16 rows.
+#[test]
+fn every_kernel_equals_the_reference_on_tile_tails() {
+    let ks = [4, 68, 100, 770];
+    let ns = [1, 17, 70];
+    for (ki, &k) in ks.iter().enumerate() {
+        for (ni, &n) in ns.iter().enumerate() {
+            let w = quantize_pack(&pseudo_random(k * n, (k * 37 + n) as u32), k, n);
+            for rows in [1, 3, 17, 49, 517] {
+                let x = quantized(&pseudo_random(rows * k, (rows * 3 + k) as u32), rows, k);
+                let one = [(ki + ni + rows) % 7];
+                let epis: &[usize] = if rows < 100 {
+                    &[0, 1, 2, 3, 4, 5, 6]
+                } else {
+                    &one
+                };
+                check_kernels(&x, &w, epis, &format!("{rows}x{k}x{n}"));
+            }
+        }
+    }
+}
+
 #[test]
 fn kernels_handle_zero_depth_and_empty_shapes() {
     let w = quantize_pack(&[], 0, 5);
@@ -450,4 +473,11 @@ fn the_best_kernel_comes_first_and_portable_last() {
     let all = kernels();
     assert_eq!(all[0], I8Kernel::best());
     assert_eq!(all.last().unwrap().name(), "portable");
+    #[cfg(target_arch = "x86_64")]
+    if crate::amx::available(crate::amx::Product::Int8)
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        assert_eq!(all[0].name(), "amx-int8");
+    }
 }
