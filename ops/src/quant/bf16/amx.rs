@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::{dpbf16, finish_row, Bf16Weights, BLOCK_PAIR_BYTES, COLS, GROUP};
+use super::{dpbf16, finish_row, Bf16Weights, Tasks, COLS, GROUP};
 use crate::amx::{self as tiles, Product, TileConfig};
 use crate::element::Bf16;
 use crate::matmul::SharedPtr;
@@ -125,25 +125,19 @@ pub(super) fn gemm(
     }
     let pairs = &*pairs;
 
-    // Tasks as in `gemm_bf16_with`: (row block, run of panels), blocks of whole tiles of rows.
+    // Tasks as in `gemm_bf16_with`, blocks of whole tiles of rows.
     let panels = n.div_ceil(COLS);
-    let max_rows = (BLOCK_PAIR_BYTES / (stride.max(1) * 4) / ROWS).max(1) * ROWS;
-    let block_rows = rows16
-        .div_ceil(rows16.div_ceil(max_rows))
-        .next_multiple_of(ROWS);
-    let blocks = rows16.div_ceil(block_rows);
-    let groups = if parallel && blocks < 4 * threads {
-        (4 * threads).div_ceil(blocks).min(panels)
-    } else {
-        1
-    };
-    let group_panels = panels.div_ceil(groups);
-    let groups = panels.div_ceil(group_panels);
+    let split = Tasks::new(
+        rows16,
+        ROWS,
+        stride * 4,
+        panels,
+        parallel.then_some(threads),
+    );
     let base = SharedPtr(out.as_mut_ptr());
     let task = |t: usize| {
-        let (b, q) = (t / groups, t % groups);
-        let first_row = b * block_rows;
-        let end_row = rows16.min(first_row + block_rows);
+        let (row_range, panel_range) = split.task(t);
+        let (first_row, end_row) = (row_range.start, row_range.end);
         // The sums of every tile of rows of the block, 16 rows of 64 each, kept across the runs
         // of steps.
         let mut sums = vec![Sums([0.0; ROWS * COLS]); (end_row - first_row) / ROWS];
@@ -151,7 +145,7 @@ pub(super) fn gemm(
         // SAFETY: a kernel of this kind is made only after `detected`; every tile used below is
         // configured.
         unsafe { CONFIG.load() };
-        for p in q * group_panels..panels.min((q + 1) * group_panels) {
+        for p in panel_range {
             let (panel, width) = w.panel(p);
             let first = p * COLS;
             let bias = epi.bias.map(|b| &b[first..first + width]);
@@ -214,11 +208,10 @@ pub(super) fn gemm(
         // SAFETY: as for the configuration.
         unsafe { tiles::release() };
     };
-    let tasks = blocks * groups;
     if parallel {
-        (0..tasks).into_par_iter().for_each(task);
+        (0..split.count()).into_par_iter().for_each(task);
     } else {
-        (0..tasks).for_each(task);
+        (0..split.count()).for_each(task);
     }
 }
 

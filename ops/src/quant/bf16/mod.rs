@@ -289,30 +289,13 @@ pub fn gemm_bf16_with(
     let pairs = &*pairs;
 
     let panels = n.div_ceil(COLS);
-    // Tasks are (row block, run of panels) pairs. A block's activation pairs stay in the core's L2
-    // while the task takes each of its panels in turn past them; blocks are split by panels too
-    // when there are too few of them to balance the threads.
-    // Blocks of whole tiles, as many as the budget asks for, of about equal size.
-    let max_rows = (BLOCK_PAIR_BYTES / (kp.max(1) * 4) / TILE_ROWS).max(1) * TILE_ROWS;
-    let block_rows = rows
-        .div_ceil(rows.div_ceil(max_rows))
-        .next_multiple_of(TILE_ROWS)
-        .min(rows);
-    let blocks = rows.div_ceil(block_rows);
-    let groups = if parallel && blocks < 4 * threads {
-        (4 * threads).div_ceil(blocks).min(panels)
-    } else {
-        1
-    };
-    let group_panels = panels.div_ceil(groups);
-    let groups = panels.div_ceil(group_panels);
+    let split = Tasks::new(rows, TILE_ROWS, kp * 4, panels, parallel.then_some(threads));
     let base = SharedPtr(out.as_mut_ptr());
     let task = |t: usize| {
-        let (b, q) = (t / groups, t % groups);
-        let first_row = b * block_rows;
-        let end_row = rows.min(first_row + block_rows);
+        let (row_range, panel_range) = split.task(t);
+        let (first_row, end_row) = (row_range.start, row_range.end);
         let mut tile: Tile = [0.0; TILE_ROWS * COLS];
-        for p in q * group_panels..panels.min((q + 1) * group_panels) {
+        for p in panel_range {
             let (panel, width) = w.panel(p);
             let first = p * COLS;
             let bias = epi.bias.map(|b| &b[first..first + width]);
@@ -332,13 +315,70 @@ pub fn gemm_bf16_with(
             }
         }
     };
-    let tasks = blocks * groups;
     if parallel {
-        (0..tasks).into_par_iter().for_each(task);
+        (0..split.count()).into_par_iter().for_each(task);
     } else {
-        (0..tasks).for_each(task);
+        (0..split.count()).for_each(task);
     }
     PAIRS.set(scratch);
+}
+
+/// How a product's work is shared: tasks are (row block, run of panels) pairs. A block's activation
+/// pairs stay in the core's L2 while the task takes each of its panels in turn past them; blocks
+/// are split by panels too when there are too few of them to balance the threads.
+struct Tasks {
+    rows: usize,
+    block_rows: usize,
+    panels: usize,
+    groups: usize,
+    group_panels: usize,
+}
+
+impl Tasks {
+    /// `rows` in blocks of whole tiles of `tile_rows`, as many as [`BLOCK_PAIR_BYTES`] asks for
+    /// at `row_bytes` of pairs a row, of about equal size; with `threads`, at least 4 tasks a
+    /// thread where the panels allow.
+    fn new(
+        rows: usize,
+        tile_rows: usize,
+        row_bytes: usize,
+        panels: usize,
+        threads: Option<usize>,
+    ) -> Tasks {
+        let max_rows = (BLOCK_PAIR_BYTES / row_bytes.max(1) / tile_rows).max(1) * tile_rows;
+        let block_rows = rows
+            .div_ceil(rows.div_ceil(max_rows))
+            .next_multiple_of(tile_rows)
+            .min(rows);
+        let blocks = rows.div_ceil(block_rows);
+        let groups = match threads {
+            Some(threads) if blocks < 4 * threads => (4 * threads).div_ceil(blocks).min(panels),
+            _ => 1,
+        };
+        let group_panels = panels.div_ceil(groups);
+        Tasks {
+            rows,
+            block_rows,
+            panels,
+            groups: panels.div_ceil(group_panels),
+            group_panels,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.rows.div_ceil(self.block_rows) * self.groups
+    }
+
+    /// Task `t`'s rows and panels.
+    fn task(&self, t: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (b, q) = (t / self.groups, t % self.groups);
+        let first_row = b * self.block_rows;
+        let panels = q * self.group_panels..self.panels.min((q + 1) * self.group_panels);
+        (
+            first_row..self.rows.min(first_row + self.block_rows),
+            panels,
+        )
+    }
 }
 
 /// Applies the epilogue to one row of sums (the real columns of a panel) and stores it in `out`.
