@@ -33,12 +33,16 @@
 mod amx;
 mod avx512;
 mod pack;
+mod per_tensor;
+mod per_tensor_x86;
 mod portable;
 mod reference;
 mod rows;
 mod rows_x86;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_per_tensor;
 #[cfg(test)]
 mod tests_u8;
 mod ymm;
@@ -48,6 +52,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 pub use pack::{pack_codes, packed_len, quantize_pack, I8Weights, PackedI8};
+pub use per_tensor::{dequantize_i8, dequantize_u8, dynamic_quantize_u8, quantize_i8, quantize_u8};
 pub use reference::gemm_i8_reference;
 pub use rows::{quantize_row, QuantRows};
 
