@@ -17,6 +17,23 @@
 //!   applied while the tile is in registers; GELU is applied to the finished rows of a tile, by
 //!   [`bias_act_rows`].
 //!
+//! # ONNX-quantised models
+//! Models quantised by ONNX Runtime bring their codes; the same layout and kernels take them:
+//! - [`pack_codes`] packs int8 weight codes as given (zero point 0, any code in [-128, 127]) with
+//!   the caller's column scales, at compile time.
+//! - [`gemm_u8`] multiplies u8 activations with one zero point for the whole tensor (as
+//!   DynamicQuantizeLinear and QuantizeLinear per tensor make them): `acc = Σ_k (x - x_zero) q`,
+//!   taken as `Σ u q - x_zero col_sums` (the kernels' `128` generalised), exact in i32, then
+//!   `epilogue(acc as f32 * scale[c])` with one multiply: bitwise what `Mul(Cast(MatMulInteger(x,
+//!   W, x_zero, 0)), scale)` and the bias, activation and residual compute. On AVX2 it runs a
+//!   kernel that widens both operands to i16 (`vpmaddwd`), since `vpmaddubsw`'s sign trick needs
+//!   activations offset by 128 and no code of -128. [`I8Weights::with_scales`] swaps in the
+//!   column scales of one call (the activations' scale times the weights').
+//! - [`quantize_u8`], [`quantize_i8`], [`dequantize_u8`], [`dequantize_i8`] and
+//!   [`dynamic_quantize_u8`] are QuantizeLinear, DequantizeLinear and DynamicQuantizeLinear per
+//!   tensor, bit for bit (round half to even of the f32 quotient, saturation); the latter's
+//!   all-zero, non-finite and overflowing inputs are defined on it.
+//!
 //! Non-finite values are not quantised: a row of activations with a NaN or infinity gets scale NaN
 //! (zero codes), so its outputs are NaN (ReLU turns them into 0, as [`Activation::apply`] does); a
 //! weight column with one gets scale NaN, and so NaN outputs in that column.
@@ -28,7 +45,9 @@
 //! apart), then the AVX-512 epilogue; AVX-512 VNNI on zmm, tiles of 6 rows x 64 columns;
 //! AVX-VNNI (VEX) and AVX-512 VNNI on ymm, the same 256-bit kernel written once; AVX2 with
 //! `vpmaddubsw`, the activations' signs moved onto the weights so that its i16 pair sums cannot
-//! saturate; and a portable one. Every kernel is tested against [`gemm_i8_reference`].
+//! saturate (for [`gemm_u8`], the widening AVX2 kernel instead); and a portable one. Every kernel
+//! is tested against [`gemm_i8_reference`], and on [`gemm_u8`] against the ONNX formula computed
+//! from the unpacked codes.
 
 mod amx;
 mod avx512;

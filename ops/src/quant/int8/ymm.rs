@@ -1,7 +1,8 @@
-//! The 256-bit kernels: one tile of R rows x 16 columns (2 ymm of i32 sums a row), written once
-//! over the instruction that adds a group's four products into a lane ([`Dot`]) and built three
-//! times: AVX-VNNI (VEX `vpdpbusd`, Alder Lake and later, Zen 5), AVX-512 VNNI on ymm (the same
-//! code on CPUs with AVX-512 VNNI, where it is tested when AVX-VNNI is missing) and AVX2.
+//! The 256-bit kernels: one tile of R rows x 16 columns, written once over how a group's four
+//! products are added into each column's sum ([`Dot`]) and built four times: AVX-VNNI (VEX
+//! `vpdpbusd`, Alder Lake and later, Zen 5), AVX-512 VNNI on ymm (the same code on CPUs with
+//! AVX-512 VNNI, where it is tested when AVX-VNNI is missing), AVX2 with `vpmaddubsw` (rows offset
+//! by 128 only) and AVX2 widening to i16 (any codes, for [`super::gemm_u8`]).
 
 #![cfg(target_arch = "x86_64")]
 
