@@ -73,7 +73,7 @@ unsafe fn tile<const R: usize>(
 }
 
 /// The epilogue of rows `r0..r0 + rows` of the block, whose raw sums of columns `16 v..16 v + 16`
-/// of row `r0 + r` are `sums(r, v)`: subtracts `128 col_sums`, scales by the row's and the
+/// of row `r0 + r` are `sums(r, v)`: subtracts `x_zero col_sums`, scales by the row's and the
 /// columns' scales, adds the bias, applies ReLU, adds onto the output, and stores the `width` real
 /// columns. Shared with the AMX kernel, which stores its tiles' sums and reads them back.
 ///
@@ -94,6 +94,7 @@ pub(super) unsafe fn epilogue(
     // 16 columns at a time; lanes past the real columns are masked off, so the loads and stores
     // below touch only the `width` values of each slice and output row.
     let zero = _mm512_setzero_ps();
+    let x_zero = _mm512_set1_epi32(b.x_zero);
     for v in 0..4 {
         let lanes = width.saturating_sub(16 * v).min(16);
         if lanes == 0 {
@@ -101,8 +102,10 @@ pub(super) unsafe fn epilogue(
         }
         let mask = (((1u32 << lanes) - 1) & 0xffff) as __mmask16;
         let c = 16 * v;
-        let offset =
-            _mm512_slli_epi32::<7>(_mm512_maskz_loadu_epi32(mask, b.col_sums.as_ptr().add(c)));
+        let offset = _mm512_mullo_epi32(
+            _mm512_maskz_loadu_epi32(mask, b.col_sums.as_ptr().add(c)),
+            x_zero,
+        );
         let scale = _mm512_maskz_loadu_ps(mask, b.w_scales.as_ptr().add(c));
         let bias = b
             .bias

@@ -17,6 +17,23 @@
 //!   applied while the tile is in registers; GELU is applied to the finished rows of a tile, by
 //!   [`bias_act_rows`].
 //!
+//! # ONNX-quantised models
+//! Models quantised by ONNX Runtime bring their codes; the same layout and kernels take them:
+//! - [`pack_codes`] packs int8 weight codes as given (zero point 0, any code in [-128, 127]) with
+//!   the caller's column scales, at compile time.
+//! - [`gemm_u8`] multiplies u8 activations with one zero point for the whole tensor (as
+//!   DynamicQuantizeLinear and QuantizeLinear per tensor make them): `acc = Σ_k (x - x_zero) q`,
+//!   taken as `Σ u q - x_zero col_sums` (the kernels' `128` generalised), exact in i32, then
+//!   `epilogue(acc as f32 * scale[c])` with one multiply: bitwise what `Mul(Cast(MatMulInteger(x,
+//!   W, x_zero, 0)), scale)` and the bias, activation and residual compute. On AVX2 it runs a
+//!   kernel that widens both operands to i16 (`vpmaddwd`), since `vpmaddubsw`'s sign trick needs
+//!   activations offset by 128 and no code of -128. [`I8Weights::with_scales`] swaps in the
+//!   column scales of one call (the activations' scale times the weights').
+//! - [`quantize_u8`], [`quantize_i8`], [`dequantize_u8`], [`dequantize_i8`] and
+//!   [`dynamic_quantize_u8`] are QuantizeLinear, DequantizeLinear and DynamicQuantizeLinear per
+//!   tensor, bit for bit (round half to even of the f32 quotient, saturation); the latter's
+//!   all-zero, non-finite and overflowing inputs are defined on it.
+//!
 //! Non-finite values are not quantised: a row of activations with a NaN or infinity gets scale NaN
 //! (zero codes), so its outputs are NaN (ReLU turns them into 0, as [`Activation::apply`] does); a
 //! weight column with one gets scale NaN, and so NaN outputs in that column.
@@ -28,24 +45,33 @@
 //! apart), then the AVX-512 epilogue; AVX-512 VNNI on zmm, tiles of 6 rows x 64 columns;
 //! AVX-VNNI (VEX) and AVX-512 VNNI on ymm, the same 256-bit kernel written once; AVX2 with
 //! `vpmaddubsw`, the activations' signs moved onto the weights so that its i16 pair sums cannot
-//! saturate; and a portable one. Every kernel is tested against [`gemm_i8_reference`].
+//! saturate (for [`gemm_u8`], the widening AVX2 kernel instead); and a portable one. Every kernel
+//! is tested against [`gemm_i8_reference`], and on [`gemm_u8`] against the ONNX formula computed
+//! from the unpacked codes.
 
 mod amx;
 mod avx512;
 mod pack;
+mod per_tensor;
+mod per_tensor_x86;
 mod portable;
 mod reference;
 mod rows;
 mod rows_x86;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_per_tensor;
+#[cfg(test)]
+mod tests_u8;
 mod ymm;
 
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-pub use pack::{packed_len, quantize_pack, I8Weights, PackedI8};
+pub use pack::{pack_codes, packed_len, quantize_pack, I8Weights, PackedI8};
+pub use per_tensor::{dequantize_i8, dequantize_u8, dynamic_quantize_u8, quantize_i8, quantize_u8};
 pub use reference::gemm_i8_reference;
 pub use rows::{quantize_row, QuantRows};
 
@@ -59,9 +85,11 @@ pub const COLS: usize = 64;
 /// Consecutive `k` a 32-bit lane of packed weights holds: the four products `vpdpbusd` sums.
 pub const GROUP: usize = 4;
 
-/// The deepest product the scheme takes: `vpdpbusd` sums `u * q` with `u` up to 255 and `|q|` up
-/// to 127, so the raw sums stay within i32 while `255 * 127 * k <= i32::MAX`, k <= 66311.
-pub const MAX_K: usize = i32::MAX as usize / (255 * 127);
+/// The deepest product the scheme takes: the kernels sum `u * q` with `u` up to 255 and `|q|` up to
+/// 128 (codes of -128 come with ONNX weights, [`pack_codes`]), and take off `zero * col_sum`
+/// with `zero` up to 255, so every sum stays within i32 while `255 * 128 * k <= i32::MAX`,
+/// k <= 65793.
+pub const MAX_K: usize = i32::MAX as usize / (255 * 128);
 
 /// Rows a task hands to a kernel at once; the bound of the scratch tile the GELU epilogue uses. A
 /// multiple of every kernel's tile height (16, 6 and 4).
@@ -181,16 +209,121 @@ pub fn linear_i8(x: &[f32], rows: usize, w: I8Weights, epi: Epilogue, out: &mut 
 
 /// [`gemm_i8`] with the given kernel (tests and benches compare them).
 pub fn gemm_i8_with(kernel: I8Kernel, x: &QuantRows, w: I8Weights, epi: Epilogue, out: &mut [f32]) {
-    let (rows, k, n) = (x.rows(), w.k(), w.n());
     assert_eq!(
         x.k(),
-        k,
-        "gemm_i8: rows of {} values, weights of {k}",
-        x.k()
+        w.k(),
+        "gemm_i8: rows of {} values, weights of {}",
+        x.k(),
+        w.k()
     );
-    assert_eq!(out.len(), rows * n, "gemm_i8: out is not [rows, n]");
+    let rows = Rows {
+        codes: x.codes(),
+        rows: x.rows(),
+        stride: x.stride(),
+        scales: Some(x.scales()),
+        zero: 128,
+        full_range: false,
+    };
+    gemm_rows(kernel, &rows, w, epi, out)
+}
+
+/// `out = epilogue(acc * w.scales()[c])` with `acc[r][c] = Σ_k (x[r][k] - x_zero) q[k][c]` exact in
+/// i32, for ONNX-quantised activations: `x` row-major `[rows, w.k()]` u8 codes with one zero point
+/// for the whole tensor (DynamicQuantizeLinear, QuantizeLinear per tensor), and weights of any
+/// codes in [-128, 127] ([`pack_codes`]). The integer sum is exact and converted to f32 once, then
+/// multiplied once by the column's scale (after a row scale of exactly 1.0, which changes no bit):
+/// bitwise what the ONNX graph `Mul(Cast<f32>(MatMulInteger(x, W, x_zero, 0)), scale)` computes,
+/// then the bias, the activation and the residual as [`Epilogue`] says. So a scale that is the
+/// product of the activations' and the weights' scales is the caller's to multiply (once per
+/// column, [`I8Weights::with_scales`]), as the graph does.
+///
+/// Rows whose `k` is not a multiple of [`GROUP`] are copied into a buffer kept per thread, padded
+/// with zero bytes (which the zero codes padding the weights make add nothing; the zero point is
+/// taken off the real codes' sums only). Every kernel takes these operands exactly except the
+/// AVX2 `vpmaddubsw` one, whose i16 pair sums would saturate at 255 x -128 x 2: on AVX2 this entry
+/// point runs an exact variant that widens both operands to i16 and sums pairs with `vpmaddwd`.
+/// Parallel on the current rayon pool as [`gemm_i8`] is.
+pub fn gemm_u8(x: &[u8], rows: usize, x_zero: u8, w: I8Weights, epi: Epilogue, out: &mut [f32]) {
+    gemm_u8_with(I8Kernel::best(), x, rows, x_zero, w, epi, out)
+}
+
+/// [`gemm_u8`] with the given kernel (tests and benches compare them).
+pub fn gemm_u8_with(
+    kernel: I8Kernel,
+    x: &[u8],
+    rows: usize,
+    x_zero: u8,
+    w: I8Weights,
+    epi: Epilogue,
+    out: &mut [f32],
+) {
+    let k = w.k();
+    assert_eq!(
+        Some(x.len()),
+        rows.checked_mul(k),
+        "gemm_u8: x is not [rows, k = {k}]"
+    );
+    let stride = k.div_ceil(GROUP) * GROUP;
+    let operands = |codes| Rows {
+        codes,
+        rows,
+        stride,
+        scales: None,
+        zero: x_zero as i32,
+        full_range: true,
+    };
+    if stride == k {
+        return gemm_rows(kernel, &operands(x), w, epi, out);
+    }
+    thread_local! {
+        static PADDED: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    // Taken out rather than borrowed, as in `linear_i8`: a pool thread waiting inside this call
+    // may run another call's `gemm_u8`.
+    let mut padded = PADDED.take();
+    padded.clear();
+    padded.resize(rows * stride, 0);
+    for (to, from) in padded.chunks_exact_mut(stride).zip(x.chunks_exact(k)) {
+        to[..k].copy_from_slice(from);
+    }
+    gemm_rows(kernel, &operands(&padded), w, epi, out);
+    PADDED.set(padded);
+}
+
+/// The activations of a product as the kernels read them.
+struct Rows<'a> {
+    /// `rows * stride` bytes.
+    codes: &'a [u8],
+    rows: usize,
+    /// Bytes per row: `k` rounded up to whole groups.
+    stride: usize,
+    /// One per row; `None`: 1.0 for every row.
+    scales: Option<&'a [f32]>,
+    /// The code of 0, taken off every code: `zero * col_sums` off the sums.
+    zero: i32,
+    /// Codes may take any u8 value and weights -128, so only kernels exact over the whole u8 x i8
+    /// range may run (not AVX2's `vpmaddubsw`).
+    full_range: bool,
+}
+
+/// Row scales of 1.0 for the rows of a chunk whose activations have none.
+static ONES: [f32; CHUNK_ROWS] = [1.0; CHUNK_ROWS];
+
+/// The product of `x` and `w` into `out` (`[rows, n]`), on the pool when it is large enough.
+fn gemm_rows(kernel: I8Kernel, x: &Rows, w: I8Weights, epi: Epilogue, out: &mut [f32]) {
+    let (rows, k, n) = (x.rows, w.k(), w.n());
+    assert_eq!(
+        x.stride,
+        k.div_ceil(GROUP) * GROUP,
+        "int8 product: rows and weights differ in k"
+    );
+    assert_eq!(x.codes.len(), rows * x.stride, "int8 product: rows");
+    if let Some(scales) = x.scales {
+        assert_eq!(scales.len(), rows, "int8 product: one scale per row");
+    }
+    assert_eq!(out.len(), rows * n, "int8 product: out is not [rows, n]");
     if let Some(bias) = epi.bias {
-        assert_eq!(bias.len(), n, "gemm_i8: one bias per output column");
+        assert_eq!(bias.len(), n, "int8 product: one bias per output column");
     }
     if rows == 0 || n == 0 {
         return;
@@ -231,7 +364,7 @@ pub fn gemm_i8_with(kernel: I8Kernel, x: &QuantRows, w: I8Weights, epi: Epilogue
 #[allow(clippy::too_many_arguments)]
 unsafe fn chunk(
     kernel: I8Kernel,
-    x: &QuantRows,
+    x: &Rows,
     w: I8Weights,
     epi: Epilogue,
     p: usize,
@@ -242,13 +375,15 @@ unsafe fn chunk(
 ) {
     let c0 = p * COLS;
     let width = COLS.min(n - c0);
-    let stride = x.stride();
+    let stride = x.stride;
     let panel_len = stride / GROUP * COLS * GROUP;
     let bias = epi.bias.map(|b| &b[c0..c0 + width]);
     let mut block = Block {
-        x: &x.codes()[r * stride..(r + m) * stride],
+        x: &x.codes[r * stride..(r + m) * stride],
         stride,
-        x_scales: &x.scales()[r..r + m],
+        x_scales: x.scales.map_or(&ONES[..m], |s| &s[r..r + m]),
+        x_zero: x.zero,
+        full_range: x.full_range,
         panel: &w.data()[p * panel_len..(p + 1) * panel_len],
         w_scales: &w.scales()[c0..c0 + width],
         col_sums: &w.col_sums()[c0..c0 + width],
@@ -303,6 +438,11 @@ struct Block<'a> {
     stride: usize,
     /// One per row (`m`).
     x_scales: &'a [f32],
+    /// The code of 0 in `x`: the kernels take `x_zero * col_sums` off their sums (the AVX2
+    /// `vpmaddubsw` one, which runs only on rows offset by 128, takes the offset off the codes).
+    x_zero: i32,
+    /// Whether `x` may hold any byte and the weights -128 ([`Rows::full_range`]).
+    full_range: bool,
     /// The panel's codes, `stride / GROUP` groups of `COLS * GROUP` bytes.
     panel: &'a [i8],
     /// One per real column of the panel (`width`, 1 to `COLS`).
@@ -358,6 +498,8 @@ unsafe fn run(kernel: I8Kernel, block: &Block, dst: *mut f32, dst_stride: usize)
         Kind::AvxVnni => unsafe { ymm::block_avx_vnni(block, dst, dst_stride) },
         #[cfg(target_arch = "x86_64")]
         Kind::Avx512VnniYmm => unsafe { ymm::block_avx512_vnni(block, dst, dst_stride) },
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx2 if block.full_range => unsafe { ymm::block_avx2_wide(block, dst, dst_stride) },
         #[cfg(target_arch = "x86_64")]
         Kind::Avx2 => unsafe { ymm::block_avx2(block, dst, dst_stride) },
         Kind::Portable => unsafe { portable::block(block, dst, dst_stride) },

@@ -92,6 +92,38 @@ pub fn quantize_pack(w: &[f32], k: usize, n: usize) -> PackedI8 {
     }
 }
 
+/// Packs the row-major `[k, n]` int8 codes `codes` as they are (no quantisation: weights that an
+/// ONNX model brings already quantised, zero point 0, any code in [-128, 127]) with one `scales`
+/// per column, and sums each column's codes: at compile time, for [`super::gemm_u8`]. `None`
+/// unless `codes` holds `k n` values and `scales` `n`, and `k` is at most [`MAX_K`].
+///
+/// Codes of -128 are for [`super::gemm_u8`] only: [`super::gemm_i8`]'s AVX2 kernel moves signs
+/// onto the codes, which -128 does not survive.
+pub fn pack_codes(codes: &[i8], scales: &[f32], k: usize, n: usize) -> Option<PackedI8> {
+    if k.checked_mul(n) != Some(codes.len()) || scales.len() != n || k > MAX_K {
+        return None;
+    }
+    let groups = k.div_ceil(GROUP);
+    let mut data = vec![0i8; checked_packed_len(k, n)?];
+    let mut col_sums = vec![0i32; n];
+    for (kk, row) in codes.chunks_exact(n.max(1)).enumerate() {
+        let (g, t) = (kk / GROUP, kk % GROUP);
+        for (c, (&q, sum)) in row.iter().zip(&mut col_sums).enumerate() {
+            // At most 128 k <= 128 MAX_K in magnitude: no overflow.
+            *sum += q as i32;
+            let (p, j) = (c / COLS, c % COLS);
+            data[((p * groups + g) * COLS + j) * GROUP + t] = q;
+        }
+    }
+    Some(PackedI8 {
+        data,
+        scales: scales.to_vec(),
+        col_sums,
+        k,
+        n,
+    })
+}
+
 /// Quantised weights as the kernels read them, borrowed (from a [`PackedI8`], or from a plan in
 /// memory).
 #[derive(Clone, Copy, Debug)]
@@ -105,9 +137,9 @@ pub struct I8Weights<'a> {
 
 impl<'a> I8Weights<'a> {
     /// `None` unless `data` holds [`packed_len`]`(k, n)` codes, `scales` and `col_sums` one value
-    /// per column, `k` is at most [`MAX_K`] and every column sum lies within `127 k` in
-    /// magnitude. The sums must be those of the codes, as [`quantize_pack`] makes them: the
-    /// kernels that take activations offset by 128 subtract `128 col_sums`, the AVX2 one does
+    /// per column, `k` is at most [`MAX_K`] and every column sum lies within `128 k` in
+    /// magnitude. The sums must be those of the codes, as [`quantize_pack`] and [`pack_codes`]
+    /// make them: the kernels subtract `zero col_sums`, but [`super::gemm_i8`]'s AVX2 one does
     /// not read them, so wrong sums give wrong (but defined) results that differ by kernel.
     pub fn new(
         data: &'a [i8],
@@ -122,7 +154,7 @@ impl<'a> I8Weights<'a> {
             && col_sums.len() == n
             && col_sums
                 .iter()
-                .all(|&s| s.unsigned_abs() as usize <= 127 * k);
+                .all(|&s| s.unsigned_abs() as usize <= 128 * k);
         fits.then_some(I8Weights {
             data,
             scales,
@@ -130,6 +162,13 @@ impl<'a> I8Weights<'a> {
             k,
             n,
         })
+    }
+
+    /// The same codes with other column scales (`None` unless one per column): for a product
+    /// whose scales are known only at run time, such as the activations' scale times the
+    /// weights' (computed once per column by the caller, as an ONNX graph does).
+    pub fn with_scales(self, scales: &'a [f32]) -> Option<Self> {
+        (scales.len() == self.n).then_some(I8Weights { scales, ..self })
     }
 
     /// Rows of the weights (the product's depth).

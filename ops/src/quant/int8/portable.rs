@@ -27,7 +27,7 @@ pub(super) unsafe fn block(b: &Block, dst: *mut f32, dst_stride: usize) {
             for (r, acc) in acc.iter_mut().take(rows).enumerate() {
                 let x = &b.x[(r0 + r) * b.stride + g * GROUP..][..GROUP];
                 for (&a, codes) in x.iter().zip(&spread) {
-                    // At most 255 x 127 = 32385: the product fits i16.
+                    // Within 255 x -128 = -32640 and 255 x 127 = 32385: the product fits i16.
                     let a = a as i16;
                     for (acc, &q) in acc.iter_mut().zip(codes) {
                         *acc += (a * q) as i32;
@@ -40,7 +40,7 @@ pub(super) unsafe fn block(b: &Block, dst: *mut f32, dst_stride: usize) {
             // SAFETY: row `r` of the destination, `width` values, is this call's alone (above).
             let out = unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_stride), width) };
             for (c, o) in out.iter_mut().enumerate() {
-                let acc = acc[c].wrapping_sub(b.col_sums[c].wrapping_mul(128));
+                let acc = acc[c].wrapping_sub(b.col_sums[c].wrapping_mul(b.x_zero));
                 let mut v = acc as f32 * b.x_scales[r] * b.w_scales[c];
                 if let Some(bias) = b.bias {
                     v += bias[c];

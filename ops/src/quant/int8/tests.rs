@@ -2,14 +2,14 @@ use super::*;
 use crate::matmul::pseudo_random;
 
 /// Code `q[kk][c]` of packed weights, located from the layout's definition.
-fn code_at(p: &PackedI8, kk: usize, c: usize) -> i8 {
+pub(super) fn code_at(p: &PackedI8, kk: usize, c: usize) -> i8 {
     let groups = p.k.div_ceil(4);
     let panel = c / 64;
     p.data[panel * groups * 256 + (kk / 4) * 256 + (c % 64) * 4 + kk % 4]
 }
 
 /// Equal values, or both NaN (`-0.0 == 0.0`: ReLU may keep either).
-fn same(a: f32, b: f32) -> bool {
+pub(super) fn same(a: f32, b: f32) -> bool {
     a == b || (a.is_nan() && b.is_nan())
 }
 
@@ -191,7 +191,7 @@ fn every_row_pass_equals_the_scalar_definition() {
 }
 
 /// Every epilogue the kernels distinguish.
-fn epilogues(bias: &[f32]) -> Vec<Epilogue<'_>> {
+pub(super) fn epilogues(bias: &[f32]) -> Vec<Epilogue<'_>> {
     let e = |bias, activation, accumulate| Epilogue {
         bias,
         activation,
@@ -441,13 +441,13 @@ fn weights_views_check_their_lengths_and_sums() {
     assert!(I8Weights::new(d, s, &c[1..], 10, 3).is_none());
     assert!(I8Weights::new(d, s, c, 13, 3).is_none());
     assert!(I8Weights::new(d, s, c, 12, 3).is_some()); // the same groups
-    let wrong = [c[0], 127 * 10 + 1, c[2]];
+    let wrong = [c[0], 128 * 10 + 1, c[2]];
     assert!(I8Weights::new(d, s, &wrong, 10, 3).is_none());
     let deep = vec![0i8; packed_len(MAX_K + 1, 1)];
     assert!(I8Weights::new(&deep, &[0.0], &[0], MAX_K + 1, 1).is_none());
-    assert_eq!(MAX_K, 66_311);
-    assert!(255 * 127 * MAX_K as i64 <= i32::MAX as i64);
-    assert!(255 * 127 * (MAX_K as i64 + 1) > i32::MAX as i64);
+    assert_eq!(MAX_K, 65_793);
+    assert!(255 * 128 * MAX_K as i64 <= i32::MAX as i64);
+    assert!(255 * 128 * (MAX_K as i64 + 1) > i32::MAX as i64);
 }
 
 #[test]

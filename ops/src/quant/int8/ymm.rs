@@ -1,7 +1,8 @@
-//! The 256-bit kernels: one tile of R rows x 16 columns (2 ymm of i32 sums a row), written once
-//! over the instruction that adds a group's four products into a lane ([`Dot`]) and built three
-//! times: AVX-VNNI (VEX `vpdpbusd`, Alder Lake and later, Zen 5), AVX-512 VNNI on ymm (the same
-//! code on CPUs with AVX-512 VNNI, where it is tested when AVX-VNNI is missing) and AVX2.
+//! The 256-bit kernels: one tile of R rows x 16 columns, written once over how a group's four
+//! products are added into each column's sum ([`Dot`]) and built four times: AVX-VNNI (VEX
+//! `vpdpbusd`, Alder Lake and later, Zen 5), AVX-512 VNNI on ymm (the same code on CPUs with
+//! AVX-512 VNNI, where it is tested when AVX-VNNI is missing), AVX2 with `vpmaddubsw` (rows offset
+//! by 128 only) and AVX2 widening to i16 (any codes, for [`super::gemm_u8`]).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -9,39 +10,93 @@ use std::arch::x86_64::*;
 
 use super::{Block, COLS, GROUP};
 
-/// How a tile adds the products of one group of four `k` into each column's i32 sum.
+/// How a tile adds the products of one group of four `k` into the i32 sums of a strip of 16
+/// columns.
 trait Dot {
-    /// Whether the activations keep their offset of 128, so that the sums need `128 col_sums`
-    /// taken off.
+    /// Whether the activations keep their offset (`x_zero`), so that the sums need `x_zero
+    /// col_sums` taken off.
     const OFFSET: bool;
-    /// A row's broadcast group of four activation bytes, prepared once for both weight vectors.
+    /// A row's broadcast group of four activation bytes, prepared once for the strip.
     type Row: Copy;
+    /// A group's codes of the strip (64 bytes), prepared once for the tile's rows.
+    type Codes: Copy;
+    /// A row's sums of the strip, in the implementation's arrangement.
+    type Sums: Copy;
 
     /// # Safety
     /// The CPU has the instructions of the implementation.
-    unsafe fn prepare(a: __m256i) -> Self::Row;
+    unsafe fn zero() -> Self::Sums;
 
-    /// `acc` plus, in each 32-bit lane, the four products of the bytes of `a` and `w`.
+    /// # Safety
+    /// As [`Dot::zero`]; `w` addresses 64 readable bytes.
+    unsafe fn codes(w: *const i8) -> Self::Codes;
+
+    /// # Safety
+    /// As [`Dot::zero`].
+    unsafe fn prepare(a: i32) -> Self::Row;
+
+    /// `acc` plus the four products of the row's bytes and each column's codes.
     ///
     /// # Safety
-    /// As [`Dot::prepare`].
-    unsafe fn dot(acc: __m256i, a: Self::Row, w: __m256i) -> __m256i;
+    /// As [`Dot::zero`].
+    unsafe fn dot(acc: &mut Self::Sums, a: Self::Row, w: &Self::Codes);
+
+    /// The sums of columns 0-7 and 8-15, in order.
+    ///
+    /// # Safety
+    /// As [`Dot::zero`].
+    unsafe fn finish(acc: Self::Sums) -> [__m256i; 2];
 }
 
-/// AVX-VNNI's `vpdpbusd` (VEX): u8 x s8 products, four summed into each lane.
-struct AvxVnni;
+/// The `vpdpbusd` kernels: u8 x s8 products, four summed into each lane, exact for any operands.
+trait Dpbusd {
+    /// # Safety
+    /// The CPU has the instruction.
+    unsafe fn dpbusd(acc: __m256i, a: __m256i, w: __m256i) -> __m256i;
+}
 
-impl Dot for AvxVnni {
+impl<D: Dpbusd> Dot for D {
     const OFFSET: bool = true;
     type Row = __m256i;
+    type Codes = [__m256i; 2];
+    type Sums = [__m256i; 2];
 
     #[inline(always)]
-    unsafe fn prepare(a: __m256i) -> __m256i {
-        a
+    unsafe fn zero() -> [__m256i; 2] {
+        [_mm256_setzero_si256(); 2]
     }
 
     #[inline(always)]
-    unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
+    unsafe fn codes(w: *const i8) -> [__m256i; 2] {
+        [
+            _mm256_loadu_si256(w.cast()),
+            _mm256_loadu_si256(w.add(32).cast()),
+        ]
+    }
+
+    #[inline(always)]
+    unsafe fn prepare(a: i32) -> __m256i {
+        _mm256_set1_epi32(a)
+    }
+
+    #[inline(always)]
+    unsafe fn dot(acc: &mut [__m256i; 2], a: __m256i, w: &[__m256i; 2]) {
+        acc[0] = D::dpbusd(acc[0], a, w[0]);
+        acc[1] = D::dpbusd(acc[1], a, w[1]);
+    }
+
+    #[inline(always)]
+    unsafe fn finish(acc: [__m256i; 2]) -> [__m256i; 2] {
+        acc
+    }
+}
+
+/// AVX-VNNI's `vpdpbusd` (VEX).
+struct AvxVnni;
+
+impl Dpbusd for AvxVnni {
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(acc, a, w)
     }
 }
@@ -49,43 +104,105 @@ impl Dot for AvxVnni {
 /// AVX-512 VNNI's `vpdpbusd` on ymm (EVEX).
 struct Avx512VnniYmm;
 
-impl Dot for Avx512VnniYmm {
-    const OFFSET: bool = true;
-    type Row = __m256i;
-
+impl Dpbusd for Avx512VnniYmm {
     #[inline(always)]
-    unsafe fn prepare(a: __m256i) -> __m256i {
-        a
-    }
-
-    #[inline(always)]
-    unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
+    unsafe fn dpbusd(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, a, w)
     }
 }
 
 /// AVX2: `vpmaddubsw` multiplies u8 by s8 and adds pairs into i16 with saturation, which 255 x 127
-/// x 2 would reach. So the activations lose their offset (s8, -127 to 127), `vpmaddubsw` takes
-/// their magnitudes and the weights with the activations' signs moved onto them (`vpsignb`; the
-/// weights are never -128), and each pair is at most 2 x 127 x 127 = 32258: no saturation.
-/// `vpmaddwd` by ones then adds the pairs into i32.
+/// x 2 would reach. So the activations lose their offset of 128 (s8, -127 to 127), `vpmaddubsw`
+/// takes their magnitudes and the weights with the activations' signs moved onto them (`vpsignb`;
+/// the weights are never -128), and each pair is at most 2 x 127 x 127 = 32258: no saturation.
+/// `vpmaddwd` by ones then adds the pairs into i32. Only for [`super::QuantRows`]' codes (offset
+/// 128, never 0) and [`super::quantize_pack`]'s weights (never -128).
 struct SignedPairs;
 
 impl Dot for SignedPairs {
     const OFFSET: bool = false;
     /// The magnitudes and the signed values.
     type Row = (__m256i, __m256i);
+    type Codes = [__m256i; 2];
+    type Sums = [__m256i; 2];
 
     #[inline(always)]
-    unsafe fn prepare(a: __m256i) -> (__m256i, __m256i) {
-        let signed = _mm256_xor_si256(a, _mm256_set1_epi8(-128));
+    unsafe fn zero() -> [__m256i; 2] {
+        [_mm256_setzero_si256(); 2]
+    }
+
+    #[inline(always)]
+    unsafe fn codes(w: *const i8) -> [__m256i; 2] {
+        [
+            _mm256_loadu_si256(w.cast()),
+            _mm256_loadu_si256(w.add(32).cast()),
+        ]
+    }
+
+    #[inline(always)]
+    unsafe fn prepare(a: i32) -> (__m256i, __m256i) {
+        let signed = _mm256_xor_si256(_mm256_set1_epi32(a), _mm256_set1_epi8(-128));
         (_mm256_abs_epi8(signed), signed)
     }
 
     #[inline(always)]
-    unsafe fn dot(acc: __m256i, (abs, signed): (__m256i, __m256i), w: __m256i) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(abs, _mm256_sign_epi8(w, signed));
-        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    unsafe fn dot(acc: &mut [__m256i; 2], (abs, signed): (__m256i, __m256i), w: &[__m256i; 2]) {
+        for (acc, &w) in acc.iter_mut().zip(w) {
+            let pairs = _mm256_maddubs_epi16(abs, _mm256_sign_epi8(w, signed));
+            *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn finish(acc: [__m256i; 2]) -> [__m256i; 2] {
+        acc
+    }
+}
+
+/// AVX2, exact for any u8 activations and any i8 codes (those of [`super::gemm_u8`]): both widened
+/// to i16, `vpmaddwd` multiplies and adds pairs into i32 (at most 2 x 255 x 128 = 65280, far from
+/// saturating). A column's four products then lie in two lanes (`k` 0-1 and 2-3), kept apart in
+/// four registers of 4 columns each and added (`vphaddd`) once, when the tile is done.
+struct WidePairs;
+
+impl Dot for WidePairs {
+    const OFFSET: bool = true;
+    /// The four activations as i16, repeated across the register.
+    type Row = __m256i;
+    /// Columns `4 i..4 i + 4`, four i16 codes each.
+    type Codes = [__m256i; 4];
+    /// Lane `2 j + h` of register `i`: column `4 i + j`, `k` pair `h`, within each 128-bit half
+    /// (columns `4 i`, `4 i + 1` in the low half, `4 i + 2`, `4 i + 3` in the high one).
+    type Sums = [__m256i; 4];
+
+    #[inline(always)]
+    unsafe fn zero() -> [__m256i; 4] {
+        [_mm256_setzero_si256(); 4]
+    }
+
+    #[inline(always)]
+    unsafe fn codes(w: *const i8) -> [__m256i; 4] {
+        [0, 1, 2, 3].map(|i| _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(16 * i).cast())))
+    }
+
+    #[inline(always)]
+    unsafe fn prepare(a: i32) -> __m256i {
+        _mm256_cvtepu8_epi16(_mm_set1_epi32(a))
+    }
+
+    #[inline(always)]
+    unsafe fn dot(acc: &mut [__m256i; 4], a: __m256i, w: &[__m256i; 4]) {
+        for (acc, &w) in acc.iter_mut().zip(w) {
+            *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(w, a));
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn finish(acc: [__m256i; 4]) -> [__m256i; 2] {
+        // `vphaddd` of registers 0 and 1 gives columns [0 1 4 5 | 2 3 6 7]; the 64-bit
+        // permutation puts them in order.
+        let order = |a, b| _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(a, b));
+        [order(acc[0], acc[1]), order(acc[2], acc[3])]
     }
 }
 
@@ -110,7 +227,8 @@ pub(super) unsafe fn block_avx512_vnni(b: &Block, dst: *mut f32, dst_stride: usi
     unsafe { block::<Avx512VnniYmm, 6>(b, dst, dst_stride) }
 }
 
-/// [`block_avx_vnni`] with AVX2 alone. 4 rows a tile: the sign trick needs two more registers.
+/// [`block_avx_vnni`] with AVX2 alone, for rows offset by 128 and weights never -128
+/// ([`SignedPairs`]). 4 rows a tile: the sign trick needs two more registers.
 ///
 /// # Safety
 /// The CPU has AVX2; `dst` as for [`block_avx_vnni`].
@@ -118,6 +236,17 @@ pub(super) unsafe fn block_avx512_vnni(b: &Block, dst: *mut f32, dst_stride: usi
 pub(super) unsafe fn block_avx2(b: &Block, dst: *mut f32, dst_stride: usize) {
     // SAFETY: as this function's own contract.
     unsafe { block::<SignedPairs, 4>(b, dst, dst_stride) }
+}
+
+/// [`block_avx_vnni`] with AVX2 alone, exact for any codes ([`WidePairs`]). 2 rows a tile: each
+/// takes four registers of sums, and the codes widened four more.
+///
+/// # Safety
+/// The CPU has AVX2; `dst` as for [`block_avx_vnni`].
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn block_avx2_wide(b: &Block, dst: *mut f32, dst_stride: usize) {
+    // SAFETY: as this function's own contract.
+    unsafe { block::<WidePairs, 2>(b, dst, dst_stride) }
 }
 
 /// The block in strips of 16 columns, each strip's rows in tiles of `R` (the strip's codes, a
@@ -162,27 +291,25 @@ unsafe fn tile<D: Dot, const R: usize>(
     dst: *mut f32,
     dst_stride: usize,
 ) {
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    let mut acc = [D::zero(); R];
     let x = b.x.as_ptr().add(r0 * b.stride);
     // Strip `strip` of each group: 16 columns x 4 codes, 64 bytes at `64 strip`.
     let w = b.panel.as_ptr().add(strip * 16 * GROUP);
     for g in 0..groups {
         // The strip of group `g` lies within the panel's `groups * COLS * GROUP` bytes, and bytes
         // `g * GROUP..` of each row within its `stride = groups * GROUP` (checked by `shape`).
-        let wg = w.add(g * COLS * GROUP);
-        let w0 = _mm256_loadu_si256(wg.cast());
-        let w1 = _mm256_loadu_si256(wg.add(32).cast());
+        let codes = D::codes(w.add(g * COLS * GROUP));
         for (r, acc) in acc.iter_mut().enumerate() {
             let a = x
                 .add(r * b.stride + g * GROUP)
                 .cast::<i32>()
                 .read_unaligned();
-            let a = D::prepare(_mm256_set1_epi32(a));
-            acc[0] = D::dot(acc[0], a, w0);
-            acc[1] = D::dot(acc[1], a, w1);
+            D::dot(acc, D::prepare(a), &codes);
         }
     }
+    let acc = acc.map(|acc| D::finish(acc));
     let zero = _mm256_setzero_ps();
+    let x_zero = _mm256_set1_epi32(b.x_zero);
     for half in 0..2 {
         let c = 16 * strip + 8 * half;
         let lanes = width.saturating_sub(c).min(8);
@@ -200,7 +327,7 @@ unsafe fn tile<D: Dot, const R: usize>(
             } else {
                 _mm256_maskload_epi32(b.col_sums.as_ptr().add(c), mask)
             };
-            _mm256_slli_epi32::<7>(sums)
+            _mm256_mullo_epi32(sums, x_zero)
         } else {
             _mm256_setzero_si256()
         };
