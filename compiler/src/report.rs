@@ -80,12 +80,42 @@ pub struct Quantized {
     pub reason: Option<String>,
 }
 
+/// What the `integer-products` rewrite did with one product of a model quantised before import (or
+/// with an activation it could not fuse into one).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntegerProduct {
+    /// The node's name.
+    pub node: String,
+    /// How the model wrote it: `MatMulInteger` (dynamic quantisation) or `QDQ MatMul`.
+    pub form: &'static str,
+    /// `k -> n`, where known (0 when the operands did not get that far).
+    pub k: usize,
+    pub n: usize,
+    /// Whether it became an `IntegerLinear`.
+    pub lowered: bool,
+    /// What it became, or why it stayed as the model wrote it.
+    pub detail: String,
+}
+
+impl fmt::Display for IntegerProduct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "'{}' ({}", self.node, self.form)?;
+        if self.k > 0 {
+            write!(f, ", {} -> {}", self.k, self.n)?;
+        }
+        let verb = if self.lowered { "became" } else { "kept as written" };
+        write!(f, "): {verb}: {}", self.detail)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub rewritten: Vec<Rewritten>,
     pub refused: Vec<Refused>,
     /// Every candidate of `--quantize`, in graph order.
     pub quantized: Vec<Quantized>,
+    /// Every product of an already quantised model, in the order they were judged.
+    pub integer_products: Vec<IntegerProduct>,
     /// Candidates already judged (their anchor nodes), so later rounds of the pipeline skip them. Keyed
     /// on node ids, which are never reused: a node made later at a removed anchor's index is new.
     considered: HashSet<NodeId>,

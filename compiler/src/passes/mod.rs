@@ -12,6 +12,7 @@ pub mod feedforward;
 pub mod gather_rows;
 pub mod gelu;
 pub mod identity_elimination;
+pub mod integer_products;
 pub mod layer_norm;
 pub mod linear;
 pub mod pack_weights;
@@ -67,6 +68,7 @@ const fn lowering(
 /// Every step, in the order they run.
 pub const PIPELINE: &[Step] = &[
     rewrite("shape-inference", shape_inference::run),
+    rewrite("integer-products", integer_products::run),
     rewrite("constant-folding", constant_folding::run),
     rewrite("identity-elimination", identity_elimination::run),
     rewrite("gather-rows", gather_rows::run),

@@ -214,6 +214,7 @@ fn compile(
         }
     }
     quantize::report(&g, options, explain);
+    quantize::report_integer_products(&g, explain);
     if options.weights == Weights::Bf16 && !quantize::has_conditional_layers(&g) {
         eprintln!(
             "note: --weights bf16 stores conditional feedforward weights only, and this model has none: \

@@ -117,3 +117,28 @@ fn read_calibration(path: &Path, model: &Model) -> Result<Vec<(String, Tensor)>>
         )
     })
 }
+
+/// One line per product of a model that was quantised before import: what it became, or with
+/// `explain` also each one left as the model wrote it and why (and activations not fused).
+pub fn report_integer_products(g: &Graph, explain: bool) {
+    let lowered = g.report.integer_products.iter().filter(|p| p.lowered);
+    for (i, p) in lowered.enumerate() {
+        eprintln!("int8 {i}: {p}");
+    }
+    let kept: Vec<_> = g
+        .report
+        .integer_products
+        .iter()
+        .filter(|p| !p.lowered)
+        .collect();
+    if explain {
+        for p in &kept {
+            eprintln!("not lowered: {p}");
+        }
+    } else if !kept.is_empty() {
+        eprintln!(
+            "{} quantised products or activations kept as the model wrote them (--explain lists them)",
+            kept.len()
+        );
+    }
+}
