@@ -15,6 +15,19 @@ fn compiled_graphs_of_fixtures() {
     }
 }
 
+/// The models quantised before import: where each product became an IntegerLinear and what stayed.
+#[test]
+fn compiled_graphs_of_quantised_fixtures() {
+    for &name in fixtures::QUANTISED {
+        let g = fff_compiler::compile_path(
+            &fixtures::get(name).onnx,
+            &fff_compiler::Options::default(),
+        )
+        .unwrap();
+        insta::assert_snapshot!(name, fff_compiler::dump::dump(&g));
+    }
+}
+
 /// A dense encoder compiled with `--panel-cols 16`: every packed weight of the snapshot above, as
 /// panels 16 columns wide.
 #[test]

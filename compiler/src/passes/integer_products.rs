@@ -380,7 +380,11 @@ fn lower(
     original: &dyn Fn(&Probes) -> std::result::Result<Tensor, String>,
 ) -> bool {
     let (k, n) = (product.k, product.n);
-    let packed = qi8::pack_codes(product.w.as_slice().expect("standard layout"), k, n);
+    // The scales are the op's input, per call; the packed weights carry placeholders.
+    let Some(packed) = qi8::pack_codes(&product.w.iter().copied().collect::<Vec<_>>(), &vec![1.0; n], k, n)
+    else {
+        return refuse(g, name, form, Some((k, n)), "the weights do not fit the int8 layout".into());
+    };
     let w_packed = Tensor::I8(
         ArrayD::from_shape_vec(IxDyn(&IntegerLinear::packed_shape(k, n)), packed.data)
             .expect("packed length"),

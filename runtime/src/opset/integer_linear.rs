@@ -217,7 +217,7 @@ fn accumulate(
         activation: p.activation.map(FffActivation::kernel),
         accumulate,
     };
-    qi8::gemm_u8(codes, rows, k, zero, weights, epi, out);
+    qi8::gemm_u8(codes, rows, zero, weights, epi, out);
     Ok(())
 }
 
