@@ -343,7 +343,7 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
                         Tensor::I64(a) => Scalar::I64(a.iter().copied().next().unwrap_or(0)),
                         Tensor::I32(a) => Scalar::I32(a.iter().copied().next().unwrap_or(0)),
                         Tensor::Bool(a) => Scalar::Bool(a.iter().copied().next().unwrap_or(false)),
-                        Tensor::BF16(_) | Tensor::I8(_) => {
+                        Tensor::BF16(_) | Tensor::I8(_) | Tensor::U8(_) => {
                             return Err(cx.err(format!("a {} 'value' is not supported", t.dtype())));
                         }
                     }
