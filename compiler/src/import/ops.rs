@@ -50,8 +50,14 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
             _ => Err(unsupported(cx)),
         };
     }
+    if n.domain == "com.microsoft" {
+        return super::quant::import_microsoft(g, cx, inputs)?.ok_or_else(|| unsupported(cx));
+    }
     if !(n.domain.is_empty() || n.domain == "ai.onnx") {
         return Err(unsupported(cx));
+    }
+    if let Some(out) = super::quant::import_default(g, cx, inputs)? {
+        return Ok(out);
     }
     let op_type = n.op_type.as_str();
     let simple_unary = match op_type {
