@@ -169,7 +169,7 @@ pub fn probe_inputs(g: &PlanGraph) -> Vec<(String, Tensor)> {
                         .expect("len"),
                 ),
                 DType::Bool => Tensor::Bool(ArrayD::from_elem(s, true)),
-                DType::BF16 | DType::I8 => Tensor::zeros(i.dtype, &shape),
+                DType::BF16 | DType::I8 | DType::U8 => Tensor::zeros(i.dtype, &shape),
             };
             (i.name.clone(), t)
         })

@@ -113,6 +113,15 @@ impl OnnxBuilder {
         name
     }
 
+    /// An initializer of any type, built by the caller (e.g. uint8 weights of a quantised model);
+    /// returns its name (made unique if taken).
+    pub fn initializer(&mut self, mut t: TensorProto) -> String {
+        t.name = self.fresh(&t.name);
+        let name = t.name.clone();
+        self.graph.initializer.push(t);
+        name
+    }
+
     /// A node of the default domain with one output, whose name is returned.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         self.node_in("", op, inputs, attrs, 1).remove(0)

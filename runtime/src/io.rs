@@ -194,6 +194,7 @@ fn v2_datatype(dtype: DType) -> &'static str {
         DType::Bool => "BOOL",
         DType::BF16 => "BF16",
         DType::I8 => "INT8",
+        DType::U8 => "UINT8",
     }
 }
 
@@ -277,6 +278,16 @@ fn build(
                 Value::Number(n) => {
                     let x = integer(n).map_err(|why| bad(i, v, why))?;
                     i8::try_from(x).map_err(|_| bad(i, v, ", out of int8 range"))
+                }
+                _ => Err(bad(i, v, "")),
+            })?,
+        )),
+        DType::U8 => Tensor::U8(from_vec(
+            s,
+            convert(leaves, |i, v| match v {
+                Value::Number(n) => {
+                    let x = integer(n).map_err(|why| bad(i, v, why))?;
+                    u8::try_from(x).map_err(|_| bad(i, v, ", out of uint8 range"))
                 }
                 _ => Err(bad(i, v, "")),
             })?,
@@ -383,6 +394,7 @@ enum Elements<'a> {
     Bool(ndarray::iter::Iter<'a, bool, IxDyn>),
     BF16(ndarray::iter::Iter<'a, Bf16, IxDyn>),
     I8(ndarray::iter::Iter<'a, i8, IxDyn>),
+    U8(ndarray::iter::Iter<'a, u8, IxDyn>),
 }
 
 impl<'a> Elements<'a> {
@@ -394,6 +406,7 @@ impl<'a> Elements<'a> {
             Tensor::Bool(a) => Elements::Bool(a.iter()),
             Tensor::BF16(a) => Elements::BF16(a.iter()),
             Tensor::I8(a) => Elements::I8(a.iter()),
+            Tensor::U8(a) => Elements::U8(a.iter()),
         }
     }
 
@@ -419,6 +432,9 @@ impl<'a> Elements<'a> {
                 write_int(out, *it.next().expect("element count matches the shape"))
             }
             Elements::I8(it) => {
+                write_int(out, *it.next().expect("element count matches the shape"))
+            }
+            Elements::U8(it) => {
                 write_int(out, *it.next().expect("element count matches the shape"))
             }
             Elements::Bool(it) => {

@@ -653,7 +653,7 @@ fn mapped_view(
             // SAFETY: validate() checked that the range lies in the weights section and holds exactly
             // `n` elements; the section starts at a multiple of 64 from a page-aligned map or an
             // 8-byte-aligned buffer, and each constant's offset is a multiple of its element size
-            // (asserted above); every bit pattern is a valid f32/i64/i32/bf16/i8. The bytes outlive every
+            // (asserted above); every bit pattern is a valid f32/i64/i32/bf16/i8/u8. The bytes outlive every
             // use of the view, as the function's comment says.
             let s: &'static [$t] = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<$t>(), n) };
             TensorView::$variant(ArrayViewD::from_shape(IxDyn(shape), s).expect("validated size"))
@@ -665,6 +665,7 @@ fn mapped_view(
         DType::I32 => view!(i32, I32),
         DType::BF16 => view!(Bf16, BF16),
         DType::I8 => view!(i8, I8),
+        DType::U8 => view!(u8, U8),
         DType::Bool => unreachable!("bool constants are decoded at load"),
     }
 }

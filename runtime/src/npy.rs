@@ -1,6 +1,6 @@
 //! Inputs and outputs as NumPy files, so that large inputs need no JSON: `.npy` holds one array, `.npz`
-//! holds arrays by name. float32, int64, int32 and bool arrays in C order are read; outputs are written
-//! as float32/int64/int32/bool arrays in an `.npz`.
+//! holds arrays by name. float32, int64, int32, int8, uint8 and bool arrays in C order are read;
+//! outputs are written as float32/int64/int32/int8/uint8/bool arrays in an `.npz`.
 
 use std::io::Read;
 use std::path::Path;
@@ -107,6 +107,8 @@ fn check_header<R: Read>(
             (TypeChar::Int, 8) => Some(DType::I64),
             (TypeChar::Int, 4) => Some(DType::I32),
             (TypeChar::Bool, 1) => Some(DType::Bool),
+            (TypeChar::Int, 1) => Some(DType::I8),
+            (TypeChar::Uint, 1) => Some(DType::U8),
             _ => None,
         },
         _ => None,
@@ -180,9 +182,11 @@ fn tensor_from_npy<R: Read>(npy: NpyFile<R>, what: &str) -> Result<Tensor> {
         (TypeChar::Int, 8) => Tensor::I64(array!(i64)),
         (TypeChar::Int, 4) => Tensor::I32(array!(i32)),
         (TypeChar::Bool, 1) => Tensor::Bool(array!(bool)),
+        (TypeChar::Int, 1) => Tensor::I8(array!(i8)),
+        (TypeChar::Uint, 1) => Tensor::U8(array!(u8)),
         _ => {
             return Err(bad(format!(
-                "has element type {ts}; fff reads float32, int64, int32 and bool"
+                "has element type {ts}; fff reads float32, int64, int32, int8, uint8 and bool"
             )))
         }
     };
@@ -237,6 +241,7 @@ fn write_npz_to<W: std::io::Write + std::io::Seek>(
             // NumPy has no bfloat16: written widened (exactly) to float32.
             Tensor::BF16(a) => put!(a.mapv(|v| v.to_f32()), f32),
             Tensor::I8(a) => put!(a, i8),
+            Tensor::U8(a) => put!(a, u8),
         }
     }
     npz.zip_writer()

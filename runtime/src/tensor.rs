@@ -17,8 +17,11 @@ pub enum DType {
     /// bfloat16: only as reduced-precision weights of FastFeedForward (`fffc compile --weights
     /// bf16`); no op computes in it.
     BF16,
-    /// int8: only as quantised weights (`fffc compile --quantize int8`); no op computes in it.
+    /// int8: quantised weights (`fffc compile --quantize int8`) and the values of imported quantised
+    /// models (QuantizeLinear, MatMulInteger, ...); data-movement ops carry it, float maths refuses it.
     I8,
+    /// uint8: the values of imported quantised models (ONNX Runtime's activations), as `I8`.
+    U8,
 }
 
 pub use fff_ops::element::Bf16;
@@ -31,11 +34,11 @@ impl DType {
             DType::I64 => 8,
             DType::Bool => 1,
             DType::BF16 => 2,
-            DType::I8 => 1,
+            DType::I8 | DType::U8 => 1,
         }
     }
 
-    /// The name ONNX and users know: `float32`, `int64`, `int32`, `bool`.
+    /// The name ONNX and users know: `float32`, `int64`, `int32`, `bool`, `uint8`, ...
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "float32",
@@ -44,6 +47,7 @@ impl DType {
             DType::Bool => "bool",
             DType::BF16 => "bfloat16",
             DType::I8 => "int8",
+            DType::U8 => "uint8",
         }
     }
 
@@ -51,6 +55,8 @@ impl DType {
     pub fn from_onnx(code: i32) -> Option<DType> {
         match code {
             1 => Some(DType::F32),
+            2 => Some(DType::U8),
+            3 => Some(DType::I8),
             6 => Some(DType::I32),
             7 => Some(DType::I64),
             9 => Some(DType::Bool),
@@ -60,6 +66,11 @@ impl DType {
 
     pub fn is_float(self) -> bool {
         self == DType::F32
+    }
+
+    /// The 8-bit integer types of quantised values, which float maths refuses.
+    pub fn is_quantised(self) -> bool {
+        matches!(self, DType::I8 | DType::U8)
     }
 }
 
@@ -78,6 +89,7 @@ pub enum Tensor {
     Bool(ArrayD<bool>),
     BF16(ArrayD<Bf16>),
     I8(ArrayD<i8>),
+    U8(ArrayD<u8>),
 }
 
 /// A borrowed tensor.
@@ -89,6 +101,7 @@ pub enum TensorView<'a> {
     Bool(ArrayViewD<'a, bool>),
     BF16(ArrayViewD<'a, Bf16>),
     I8(ArrayViewD<'a, i8>),
+    U8(ArrayViewD<'a, u8>),
 }
 
 /// Applies the same generic expression to whichever variant a tensor or view holds.
@@ -102,6 +115,7 @@ macro_rules! dispatch {
             $enum::Bool($a) => $body,
             $enum::BF16($a) => $body,
             $enum::I8($a) => $body,
+            $enum::U8($a) => $body,
         }
     };
 }
@@ -117,6 +131,7 @@ macro_rules! map_tensor {
             $enum::Bool($a) => $crate::tensor::Tensor::Bool($body),
             $enum::BF16($a) => $crate::tensor::Tensor::BF16($body),
             $enum::I8($a) => $crate::tensor::Tensor::I8($body),
+            $enum::U8($a) => $crate::tensor::Tensor::U8($body),
         }
     };
 }
@@ -130,6 +145,7 @@ impl Tensor {
             Tensor::Bool(_) => DType::Bool,
             Tensor::BF16(_) => DType::BF16,
             Tensor::I8(_) => DType::I8,
+            Tensor::U8(_) => DType::U8,
         }
     }
 
@@ -153,6 +169,7 @@ impl Tensor {
             Tensor::Bool(a) => TensorView::Bool(a.view()),
             Tensor::BF16(a) => TensorView::BF16(a.view()),
             Tensor::I8(a) => TensorView::I8(a.view()),
+            Tensor::U8(a) => TensorView::U8(a.view()),
         }
     }
 
@@ -166,6 +183,7 @@ impl Tensor {
             DType::Bool => Tensor::Bool(ArrayD::from_elem(s, false)),
             DType::BF16 => Tensor::BF16(ArrayD::from_elem(s, Bf16(0))),
             DType::I8 => Tensor::I8(ArrayD::zeros(s)),
+            DType::U8 => Tensor::U8(ArrayD::zeros(s)),
         }
     }
 
@@ -191,6 +209,7 @@ impl Tensor {
             Tensor::Bool(a) => a.iter().map(|&v| v as u8).collect(),
             Tensor::BF16(a) => a.iter().flat_map(|v| v.0.to_le_bytes()).collect(),
             Tensor::I8(a) => a.iter().map(|&v| v as u8).collect(),
+            Tensor::U8(a) => a.iter().copied().collect(),
         }
     }
 
@@ -210,6 +229,7 @@ impl Tensor {
             Tensor::Bool(a) => a.iter().fold(h, |h, &v| feed(h, &[v as u8])),
             Tensor::BF16(a) => a.iter().fold(h, |h, v| feed(h, &v.0.to_le_bytes())),
             Tensor::I8(a) => a.iter().fold(h, |h, &v| feed(h, &[v as u8])),
+            Tensor::U8(a) => a.iter().fold(h, |h, &v| feed(h, &[v])),
         }
     }
 
@@ -261,6 +281,7 @@ impl Tensor {
                     .collect(),
             )),
             DType::I8 => Tensor::I8(from_vec(s, bytes.iter().map(|&b| b as i8).collect())),
+            DType::U8 => Tensor::U8(from_vec(s, bytes.to_vec())),
         };
         Ok(t)
     }
@@ -296,6 +317,7 @@ impl<'a> TensorView<'a> {
             TensorView::Bool(a) => TensorView::Bool(a.view()),
             TensorView::BF16(a) => TensorView::BF16(a.view()),
             TensorView::I8(a) => TensorView::I8(a.view()),
+            TensorView::U8(a) => TensorView::U8(a.view()),
         }
     }
 
@@ -307,6 +329,7 @@ impl<'a> TensorView<'a> {
             TensorView::Bool(_) => DType::Bool,
             TensorView::BF16(_) => DType::BF16,
             TensorView::I8(_) => DType::I8,
+            TensorView::U8(_) => DType::U8,
         }
     }
 
@@ -351,6 +374,13 @@ impl<'a> TensorView<'a> {
         }
     }
 
+    pub fn u8(&self) -> Result<&ArrayViewD<'a, u8>> {
+        match self {
+            TensorView::U8(a) => Ok(a),
+            other => Err(Error::dtype("uint8", other.dtype())),
+        }
+    }
+
     pub fn i32(&self) -> Result<&ArrayViewD<'a, i32>> {
         match self {
             TensorView::I32(a) => Ok(a),
@@ -389,6 +419,7 @@ impl<'a> TensorView<'a> {
             TensorView::Bool(a) => *a.iter().next().unwrap() as u8 as f64,
             TensorView::BF16(a) => a.iter().next().unwrap().to_f32() as f64,
             TensorView::I8(a) => *a.iter().next().unwrap() as f64,
+            TensorView::U8(a) => *a.iter().next().unwrap() as f64,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 mod attrs;
 mod ops;
+mod quant;
 mod single_assignment;
 pub mod tensor;
 
@@ -67,7 +68,16 @@ pub fn import_model(proto: &ModelProto, model_dir: Option<&Path>) -> Result<Grap
     let mut g = Graph::default();
     let mut values: HashMap<String, OutletId> = HashMap::new();
     for init in &graph.initializer {
-        let t = tensor::tensor_from_proto(init, model_dir).map_err(CompileError::Parse)?;
+        let t = tensor::tensor_from_proto(init, model_dir).map_err(|e| {
+            // Name a node that reads it, so that (for example) an int16 zero point is reported at
+            // the QuantizeLinear that uses it.
+            match graph.node.iter().find(|n| n.input.contains(&init.name)) {
+                Some(n) => {
+                    CompileError::Parse(format!("{e}, read by node '{}' ({})", n.name, n.op_type))
+                }
+                None => CompileError::Parse(e),
+            }
+        })?;
         values.insert(init.name.clone(), g.add_const(&init.name, t));
     }
     for input in &graph.input {

@@ -50,8 +50,14 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
             _ => Err(unsupported(cx)),
         };
     }
+    if n.domain == "com.microsoft" {
+        return super::quant::import_microsoft(g, cx, inputs)?.ok_or_else(|| unsupported(cx));
+    }
     if !(n.domain.is_empty() || n.domain == "ai.onnx") {
         return Err(unsupported(cx));
+    }
+    if let Some(out) = super::quant::import_default(g, cx, inputs)? {
+        return Ok(out);
     }
     let op_type = n.op_type.as_str();
     let simple_unary = match op_type {
@@ -343,7 +349,7 @@ pub fn import_node(g: &mut Graph, cx: &NodeCtx, inputs: &[Option<OutletId>]) -> 
                         Tensor::I64(a) => Scalar::I64(a.iter().copied().next().unwrap_or(0)),
                         Tensor::I32(a) => Scalar::I32(a.iter().copied().next().unwrap_or(0)),
                         Tensor::Bool(a) => Scalar::Bool(a.iter().copied().next().unwrap_or(false)),
-                        Tensor::BF16(_) | Tensor::I8(_) => {
+                        Tensor::BF16(_) | Tensor::I8(_) | Tensor::U8(_) => {
                             return Err(cx.err(format!("a {} 'value' is not supported", t.dtype())));
                         }
                     }

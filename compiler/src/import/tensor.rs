@@ -43,9 +43,19 @@ pub fn tensor_from_proto(t: &TensorProto, model_dir: Option<&Path>) -> Result<Te
         DType::I64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::I32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::Bool => t.int32_data.iter().map(|&v| (v != 0) as u8).collect(),
-        DType::BF16 | DType::I8 => {
-            return Err(format!("tensor '{}': {dtype} is not supported", t.name))
+        // ONNX stores 8-bit integers one per int32_data entry; a value out of range is a damaged file.
+        DType::U8 | DType::I8 => {
+            let (lo, hi) = if dtype == DType::U8 {
+                (0, 255)
+            } else {
+                (-128, 127)
+            };
+            if let Some(v) = t.int32_data.iter().find(|v| !(lo..=hi).contains(*v)) {
+                return Err(format!("tensor '{}': {v} is out of {dtype} range", t.name));
+            }
+            t.int32_data.iter().map(|&v| v as u8).collect()
         }
+        DType::BF16 => return Err(format!("tensor '{}': {dtype} is not supported", t.name)),
     };
     Tensor::from_le_bytes(dtype, &shape, &bytes).map_err(|e| format!("tensor '{}': {e}", t.name))
 }

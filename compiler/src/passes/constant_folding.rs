@@ -4,9 +4,10 @@
 //! evaluator, and its outputs are replaced by constants; so is an integer value whose elements shape
 //! inference proved (such as `Shape -> Gather` of a fixed axis). Folding is skipped where it would store a
 //! constant much larger than its inputs (for example `ConstantOfShape` or `Expand` to a big shape), so
-//! the plan does not grow.
+//! the plan does not grow. A `DequantizeLinear` of integer weights that a `MatMul` or `Gemm` reads is
+//! kept (see [`keeps_integer_weights`]).
 
-use fff_runtime::opset::{eval, with_element_limit};
+use fff_runtime::opset::{eval, with_element_limit, DequantizeLinear, Op};
 use fff_runtime::{Tensor, TensorView};
 
 use crate::error::{CompileError, Result};
@@ -22,6 +23,9 @@ pub fn run(g: &mut Graph) -> Result<bool> {
             continue;
         };
         let inputs = g.inputs_of(n);
+        if keeps_integer_weights(g, n, op, &inputs) {
+            continue;
+        }
         let all_const = inputs.iter().flatten().all(|o| g.const_value(*o).is_some());
         let outputs: Vec<Option<Tensor>> = if all_const {
             let views: Vec<Option<TensorView>> = inputs
@@ -62,6 +66,24 @@ pub fn run(g: &mut Graph) -> Result<bool> {
         }
     }
     Ok(changed)
+}
+
+/// Whether `n` is a `DequantizeLinear` of uint8/int8 constant weights read by a `MatMul` or `Gemm`.
+/// Folding it would store the weights as f32 and lose the integer codes and scales that the
+/// quantised lowering moves onto the int8 kernels; that lowering folds whatever it leaves.
+fn keeps_integer_weights(
+    g: &Graph,
+    n: petgraph::stable_graph::NodeIndex,
+    op: &Op,
+    inputs: &[Option<OutletId>],
+) -> bool {
+    let x = inputs.get(DequantizeLinear::X).copied().flatten();
+    matches!(op, Op::DequantizeLinear { .. })
+        && x.and_then(|x| g.const_value(x))
+            .is_some_and(|t| t.dtype().is_quantised())
+        && g.consumers(OutletId::new(n, 0))
+            .iter()
+            .any(|&(c, _)| matches!(g.op(c), Some(Op::MatMul | Op::Gemm { .. })))
 }
 
 /// An integer tensor of rank 0 or 1 whose elements are all proven.

@@ -97,6 +97,7 @@ pub(super) enum Buf {
     Bool(Vec<bool>),
     BF16(Vec<Bf16>),
     I8(Vec<i8>),
+    U8(Vec<u8>),
 }
 
 impl Buf {
@@ -108,6 +109,7 @@ impl Buf {
             DType::Bool => Buf::Bool(Vec::new()),
             DType::BF16 => Buf::BF16(Vec::new()),
             DType::I8 => Buf::I8(Vec::new()),
+            DType::U8 => Buf::U8(Vec::new()),
         }
     }
 
@@ -121,6 +123,7 @@ impl Buf {
             Buf::Bool(v) => Tensor::Bool(from_vec(s, v)),
             Buf::BF16(v) => Tensor::BF16(from_vec(s, v)),
             Buf::I8(v) => Tensor::I8(from_vec(s, v)),
+            Buf::U8(v) => Tensor::U8(from_vec(s, v)),
         }
     }
 
@@ -132,6 +135,7 @@ impl Buf {
             Buf::Bool(v) => v.len(),
             Buf::BF16(v) => v.len(),
             Buf::I8(v) => v.len(),
+            Buf::U8(v) => v.len(),
         }
     }
 
@@ -205,6 +209,15 @@ impl Buf {
                 match leaf {
                     Value::Number(n) => {
                         integer(n).and_then(|x| i8::try_from(x).map_err(|_| ", out of int8 range"))
+                    }
+                    _ => Err(""),
+                },
+            ),
+            Buf::U8(v) => put(
+                v,
+                match leaf {
+                    Value::Number(n) => {
+                        integer(n).and_then(|x| u8::try_from(x).map_err(|_| ", out of uint8 range"))
                     }
                     _ => Err(""),
                 },

@@ -145,7 +145,7 @@ pub fn unary(op: UnaryOp, x: &TensorView) -> Result<Tensor> {
             Not => Tensor::Bool(a.mapv(|v| !v)),
             _ => return Err(unsupported()),
         },
-        TensorView::BF16(_) | TensorView::I8(_) => return Err(unsupported()),
+        TensorView::BF16(_) | TensorView::I8(_) | TensorView::U8(_) => return Err(unsupported()),
     })
 }
 
@@ -294,8 +294,15 @@ pub fn binary(op: BinaryOp, a: &TensorView, b: &TensorView) -> Result<Tensor> {
             };
             Ok(Tensor::Bool(zip_broadcast(x, y, f)?))
         }
-        (TensorView::BF16(_), TensorView::BF16(_)) => Err(unsupported()),
-        _ => unreachable!("dtypes checked equal above"),
+        // Quantised codes are compared (as ONNX allows) but not computed on: their arithmetic is
+        // that of the quantisation ops, and wrapping u8 sums would only hide a mistake.
+        (TensorView::I8(x), TensorView::I8(y)) if op.is_comparison() => {
+            Ok(Tensor::Bool(zip_broadcast(x, y, compare_fn(op))?))
+        }
+        (TensorView::U8(x), TensorView::U8(y)) if op.is_comparison() => {
+            Ok(Tensor::Bool(zip_broadcast(x, y, compare_fn(op))?))
+        }
+        _ => Err(unsupported()),
     }
 }
 
@@ -317,7 +324,7 @@ fn pow(a: &TensorView, b: &TensorView) -> Result<Tensor> {
             TensorView::F32(y) => y.to_owned(),
             TensorView::I64(y) => y.mapv(|v| v as f32),
             TensorView::I32(y) => y.mapv(|v| v as f32),
-            TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) => {
+            TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) | TensorView::U8(_) => {
                 return Err(Error::invalid(format!(
                     "Pow does not take a {} exponent",
                     b.dtype()
@@ -352,9 +359,9 @@ fn pow(a: &TensorView, b: &TensorView) -> Result<Tensor> {
                 (p as f64).powf(q as f64) as i32
             })?))
         }
-        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) => Err(Error::invalid(
-            format!("Pow does not take a {} base", a.dtype()),
-        )),
+        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) | TensorView::U8(_) => Err(
+            Error::invalid(format!("Pow does not take a {} base", a.dtype())),
+        ),
     }
 }
 
@@ -395,6 +402,8 @@ pub fn where_(cond: &TensorView, x: &TensorView, y: &TensorView) -> Result<Tenso
         (TensorView::I32(p), TensorView::I32(q)) => pick!(p, q, I32),
         (TensorView::Bool(p), TensorView::Bool(q)) => pick!(p, q, Bool),
         (TensorView::BF16(p), TensorView::BF16(q)) => pick!(p, q, BF16),
+        (TensorView::I8(p), TensorView::I8(q)) => pick!(p, q, I8),
+        (TensorView::U8(p), TensorView::U8(q)) => pick!(p, q, U8),
         _ => unreachable!("dtypes checked equal above"),
     })
 }
@@ -422,26 +431,34 @@ pub fn clip(x: &TensorView, min: Option<&TensorView>, max: Option<&TensorView>) 
                 v.max(lo.unwrap_or(i32::MIN)).min(hi.unwrap_or(i32::MAX))
             })))
         }
-        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) => {
+        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) | TensorView::U8(_) => {
             Err(Error::invalid(format!("Clip does not take {}", x.dtype())))
         }
     }
 }
 
+/// Cast. Float to integer rounds toward zero and saturates at the target's range, NaN giving 0 (as
+/// Rust's `as` does; ONNX leaves out-of-range values undefined); integer to integer saturates too, so
+/// `Cast<uint8>(300)` is 255 and `Cast<int8>(-1000)` is -128; to bool is `!= 0`.
 pub fn cast(x: &TensorView, to: DType) -> Result<Tensor> {
     // A cast to a wider type is the one way an element-wise op outgrows its input.
     if to.size() > x.dtype().size() {
         check_alloc(x.shape(), to)?;
+    }
+    /// Narrows with saturation; every source goes through i64 (floats by `as`, which saturates).
+    fn sat<T: TryFrom<i64> + Bounded>(v: i64) -> T {
+        T::try_from(v).unwrap_or_else(|_| if v < 0 { T::MIN } else { T::MAX })
     }
     macro_rules! from {
         ($a:expr, $to_f32:expr, $to_i64:expr, $to_bool:expr) => {
             match to {
                 DType::F32 => Tensor::F32($a.mapv($to_f32)),
                 DType::I64 => Tensor::I64($a.mapv($to_i64)),
-                DType::I32 => Tensor::I32($a.mapv(|v| ($to_i64)(v) as i32)),
+                DType::I32 => Tensor::I32($a.mapv(|v| sat::<i32>(($to_i64)(v)))),
                 DType::Bool => Tensor::Bool($a.mapv($to_bool)),
                 DType::BF16 => Tensor::BF16($a.mapv(|v| Bf16::from_f32(($to_f32)(v)))),
-                DType::I8 => Tensor::I8($a.mapv(|v| ($to_i64)(v) as i8)),
+                DType::I8 => Tensor::I8($a.mapv(|v| sat::<i8>(($to_i64)(v)))),
+                DType::U8 => Tensor::U8($a.mapv(|v| sat::<u8>(($to_i64)(v)))),
             }
         };
     }
@@ -457,8 +474,25 @@ pub fn cast(x: &TensorView, to: DType) -> Result<Tensor> {
             |v: Bf16| v.to_f32() != 0.0
         ),
         TensorView::I8(a) => from!(a, |v: i8| v as f32, |v: i8| v as i64, |v: i8| v != 0),
+        TensorView::U8(a) => from!(a, |v: u8| v as f32, |v: u8| v as i64, |v: u8| v != 0),
     })
 }
+
+/// The bounds [`cast`] saturates at.
+trait Bounded {
+    const MIN: Self;
+    const MAX: Self;
+}
+
+macro_rules! bounded {
+    ($($t:ty),*) => {$(
+        impl Bounded for $t {
+            const MIN: Self = <$t>::MIN;
+            const MAX: Self = <$t>::MAX;
+        }
+    )*};
+}
+bounded!(i32, i8, u8);
 
 /// The shape rule of the element-wise ops.
 pub(super) fn infer(op: &Op, ins: Facts) -> Inferred {

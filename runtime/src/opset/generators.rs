@@ -100,7 +100,7 @@ pub fn range(start: &TensorView, limit: &TensorView, delta: &TensorView) -> Resu
             let (s, d) = (s as i32, d as i32);
             Tensor::I32(ArrayD::from_shape_fn(IxDyn(&[n]), |i| s + i[0] as i32 * d))
         }
-        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) => {
+        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) | TensorView::U8(_) => {
             return Err(Error::invalid(format!(
                 "Range does not take {}",
                 start.dtype()

@@ -115,6 +115,7 @@ fn reshaped(t: Tensor, shape: &[usize]) -> std::result::Result<Tensor, Tensor> {
         Tensor::Bool(a) => go!(a, Bool),
         Tensor::BF16(a) => go!(a, BF16),
         Tensor::I8(a) => go!(a, I8),
+        Tensor::U8(a) => go!(a, U8),
     }
 }
 

@@ -399,7 +399,7 @@ pub fn cumsum(x: &TensorView, axis: &TensorView, exclusive: bool, reverse: bool)
         TensorView::F32(a) => go!(a, F32, 0.0f32),
         TensorView::I64(a) => go!(a, I64, 0i64),
         TensorView::I32(a) => go!(a, I32, 0i32),
-        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) => {
+        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) | TensorView::U8(_) => {
             return Err(Error::invalid(format!(
                 "CumSum does not take {}",
                 x.dtype()

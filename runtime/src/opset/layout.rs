@@ -260,6 +260,7 @@ pub fn concat(inputs: &[&TensorView], axis: i64) -> Result<Tensor> {
         TensorView::Bool(_) => cat!(Bool),
         TensorView::BF16(_) => cat!(BF16),
         TensorView::I8(_) => cat!(I8),
+        TensorView::U8(_) => cat!(U8),
     })
 }
 

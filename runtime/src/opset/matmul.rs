@@ -164,7 +164,10 @@ pub(super) fn infer(op: &Op, ins: Facts) -> Inferred {
     })
 }
 
-fn matmul_shape(a: Option<Vec<Dim>>, b: Option<Vec<Dim>>) -> Result<Option<Vec<Dim>>, String> {
+pub(super) fn matmul_shape(
+    a: Option<Vec<Dim>>,
+    b: Option<Vec<Dim>>,
+) -> Result<Option<Vec<Dim>>, String> {
     let (a, b) = match (a, b) {
         (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => (a, b),
         _ => return Ok(None),

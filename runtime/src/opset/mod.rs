@@ -23,7 +23,9 @@ pub mod layer_norm;
 pub mod layout;
 pub mod linear;
 pub mod matmul;
+pub mod matmul_integer;
 pub mod quant_linear;
+pub mod quantize;
 pub mod reduce;
 pub mod softmax;
 mod util;
@@ -39,7 +41,9 @@ pub use generators::Scalar;
 pub use index::ScatterReduction;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
+pub use matmul_integer::MatMulInteger;
 pub use quant_linear::{Precision, QuantLinear};
+pub use quantize::{DequantizeLinear, DynamicQuantizeLinear, QuantizeLinear, ScaleLayout};
 pub use reduce::ReduceOp;
 pub use util::{broadcast_shapes, norm_axis, with_element_limit, MAX_ELEMENTS};
 
@@ -174,6 +178,22 @@ pub enum Op {
         activation: FffActivation,
         branch: FffBranch,
     },
+    /// x, y_scale, y_zero_point? -> y (`to`: uint8 or int8), y = saturate(round_half_even(x / y_scale)
+    /// + y_zero_point); the scale per tensor, per `axis`, or in blocks of `block_size` along it (see
+    /// [`quantize`]).
+    QuantizeLinear {
+        axis: i64,
+        block_size: usize,
+        to: DType,
+    },
+    /// x (uint8, int8 or int32), x_scale, x_zero_point? -> y (float32) = (x - x_zero_point) * x_scale
+    DequantizeLinear { axis: i64, block_size: usize },
+    /// x (float32) -> y (uint8), y_scale (float32 scalar), y_zero_point (uint8 scalar), as ONNX
+    /// defines it
+    DynamicQuantizeLinear,
+    /// A (u8/i8), B (u8/i8), a_zero_point?, b_zero_point? -> Y (int32) = (A - a_zp)(B - b_zp), numpy
+    /// matmul rules
+    MatMulInteger,
 }
 
 /// An f32 attribute, compared and hashed by its bit pattern, so that ops are `Eq + Hash` and can key
@@ -246,12 +266,62 @@ impl Op {
     pub fn fixed_outputs(&self) -> Option<usize> {
         match self {
             Op::Split { .. } => None,
+            Op::DynamicQuantizeLinear => Some(DynamicQuantizeLinear::OUTPUTS),
             _ => Some(1),
+        }
+    }
+
+    /// Whether this op is one of quantisation's, which plans from format version 2 on hold.
+    pub fn is_quantisation(&self) -> bool {
+        matches!(
+            self,
+            Op::QuantLinear { .. }
+                | Op::QuantizeLinear { .. }
+                | Op::DequantizeLinear { .. }
+                | Op::DynamicQuantizeLinear
+                | Op::MatMulInteger
+        )
+    }
+
+    /// Whether this op computes in float32 only, so that quantised (uint8, int8) operands are a
+    /// mistake (a dequantisation left out) to report rather than a value to compute on: the products,
+    /// the normalisations, float maths and arithmetic. Comparisons and data movement take them.
+    fn is_float_only(&self) -> bool {
+        match self {
+            Op::Binary(b) => !b.is_comparison(),
+            Op::Unary(_)
+            | Op::MatMul
+            | Op::Gemm { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::LayerNorm { .. }
+            | Op::Attention { .. }
+            | Op::FastFeedForward { .. }
+            | Op::Einsum { .. }
+            | Op::Linear
+            | Op::PackedLinear { .. }
+            | Op::Clip
+            | Op::Reduce { .. }
+            | Op::CumSum { .. } => true,
+            _ => false,
         }
     }
 
     /// The output facts of this op given its input facts, one per output (its shape rule).
     pub fn infer(&self, ins: Facts, n_outputs: usize) -> Inferred {
+        if self.is_float_only() {
+            if let Some((slot, dt)) = ins
+                .iter()
+                .enumerate()
+                .find_map(|(i, f)| f.and_then(|f| f.dtype).map(|d| (i, d)))
+                .filter(|(_, d)| d.is_quantised())
+            {
+                return Err(format!(
+                    "{} does not take {dt} (input {slot}): quantised values must be dequantised first",
+                    self.name()
+                ));
+            }
+        }
         match self {
             Op::Identity
             | Op::Unary(_)
@@ -304,6 +374,16 @@ impl Op {
                 ..
             } => attention::infer([q_perm, k_perm, v_perm], ins),
             Op::FastFeedForward { .. } => fast_feedforward::infer(ins),
+            Op::QuantizeLinear {
+                axis,
+                block_size,
+                to,
+            } => quantize::infer_quantize(ins, *axis, *block_size, *to),
+            Op::DequantizeLinear { axis, block_size } => {
+                quantize::infer_dequantize(ins, *axis, *block_size)
+            }
+            Op::DynamicQuantizeLinear => quantize::infer_dynamic(ins),
+            Op::MatMulInteger => matmul_integer::infer(ins),
         }
     }
 
@@ -360,6 +440,15 @@ impl Op {
             Op::QuantLinear { .. } => arity(QuantLinear::REQUIRED, QuantLinear::INPUTS),
             Op::Attention { .. } => arity(Attention::REQUIRED, Attention::INPUTS),
             Op::FastFeedForward { .. } => arity(FastFeedForward::REQUIRED, FastFeedForward::INPUTS),
+            Op::QuantizeLinear { .. } => arity(QuantizeLinear::REQUIRED, QuantizeLinear::INPUTS),
+            Op::DequantizeLinear { .. } => {
+                arity(DequantizeLinear::REQUIRED, DequantizeLinear::INPUTS)
+            }
+            Op::DynamicQuantizeLinear => arity(
+                DynamicQuantizeLinear::REQUIRED,
+                DynamicQuantizeLinear::INPUTS,
+            ),
+            Op::MatMulInteger => arity(MatMulInteger::REQUIRED, MatMulInteger::INPUTS),
         }
     }
 
@@ -413,6 +502,27 @@ impl Op {
                     present(QuantLinear::W_SCALE).is_some()
                         && present(QuantLinear::W_SUM).is_some(),
                 )
+            }
+            Op::QuantizeLinear { to, .. } if !to.is_quantised() => Err(format!(
+                "QuantizeLinear to {to}: quantised values are uint8 or int8"
+            )),
+            Op::QuantizeLinear {
+                axis, block_size, ..
+            }
+            | Op::DequantizeLinear { axis, block_size } => {
+                // The scale's layout over x, where both are constants; values computed at run time
+                // are checked by the evaluator.
+                let shape =
+                    |slot: usize| inputs.get(slot).copied().flatten().and_then(constant_shape);
+                match (shape(QuantizeLinear::X), shape(QuantizeLinear::SCALE)) {
+                    (Some(x), Some(s)) => {
+                        let known = |d: &[usize]| d.iter().map(|&v| Some(v)).collect::<Vec<_>>();
+                        ScaleLayout::of(&known(&x), &known(&s), *axis, *block_size)
+                            .map(|_| ())
+                            .map_err(|e| format!("{}: {e}", self.name()))
+                    }
+                    _ => Ok(()),
+                }
             }
             _ => Ok(()),
         }
@@ -634,6 +744,35 @@ fn eval_checked(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Res
             *trees,
             *activation,
             *branch,
+        )),
+        Op::QuantizeLinear {
+            axis,
+            block_size,
+            to,
+        } => one(quantize::quantize_linear(
+            input(inputs, QuantizeLinear::X)?,
+            input(inputs, QuantizeLinear::SCALE)?,
+            optional(inputs, QuantizeLinear::ZERO_POINT),
+            *axis,
+            *block_size,
+            *to,
+        )),
+        Op::DequantizeLinear { axis, block_size } => one(quantize::dequantize_linear(
+            input(inputs, DequantizeLinear::X)?,
+            input(inputs, DequantizeLinear::SCALE)?,
+            optional(inputs, DequantizeLinear::ZERO_POINT),
+            *axis,
+            *block_size,
+        )),
+        Op::DynamicQuantizeLinear => {
+            quantize::dynamic_quantize_linear(input(inputs, DynamicQuantizeLinear::X)?)
+                .map(|outs| SmallVec::from_iter(outs))
+        }
+        Op::MatMulInteger => one(matmul_integer::matmul_integer(
+            input(inputs, MatMulInteger::A)?,
+            input(inputs, MatMulInteger::B)?,
+            optional(inputs, MatMulInteger::A_ZERO),
+            optional(inputs, MatMulInteger::B_ZERO),
         )),
     }
 }

@@ -79,7 +79,7 @@ pub fn reduce(
         TensorView::F32(a) => go!(a, F32, f32, 0.0, 1.0, |c: usize| c as f32),
         TensorView::I64(a) => go!(a, I64, i64, 0, 1, |c: usize| (c as i64).max(1)),
         TensorView::I32(a) => go!(a, I32, i32, 0, 1, |c: usize| (c as i32).max(1)),
-        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) => {
+        TensorView::Bool(_) | TensorView::BF16(_) | TensorView::I8(_) | TensorView::U8(_) => {
             return Err(Error::invalid(format!(
                 "Reduce{op:?} does not take {}",
                 x.dtype()
@@ -115,6 +115,7 @@ pub fn argmax(x: &TensorView, axis: i64, keepdims: bool, select_last: bool) -> R
         TensorView::Bool(a) => go(a, ax, select_last),
         TensorView::BF16(_) => return Err(Error::invalid("ArgMax does not take bfloat16")),
         TensorView::I8(a) => go(a, ax, select_last),
+        TensorView::U8(a) => go(a, ax, select_last),
     };
     if keepdims {
         out.insert_axis_inplace(Axis(ax));

@@ -22,21 +22,25 @@ use std::ops::Range;
 
 use super::graph::PlanGraph;
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 pub const MAGIC: [u8; 8] = *b"FFFPLAN\0";
-/// The newest format version this runtime reads and writes. Version 2 adds quantised weights (int8
-/// constants and `QuantLinear`); plans without them are written as version 1, which runtimes that
-/// predate quantisation still read. A runtime refuses versions newer than its own, naming both.
+/// The newest format version this runtime reads and writes. Version 2 adds quantisation: int8 and
+/// uint8 values (constants, inputs, casts) and the ops `QuantLinear`, `QuantizeLinear`,
+/// `DequantizeLinear`, `DynamicQuantizeLinear` and `MatMulInteger`; plans without them are written as
+/// version 1, which runtimes that predate quantisation still read. A runtime refuses versions newer
+/// than its own, naming both.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// The version a plan needs: the oldest that has everything it holds.
 pub fn version_of(graph: &PlanGraph) -> u32 {
-    let quantised = graph.constants.iter().any(|c| c.dtype == DType::I8)
-        || graph
-            .nodes
-            .iter()
-            .any(|n| matches!(n.op, crate::opset::Op::QuantLinear { .. }));
+    use crate::opset::Op;
+    let quantised = graph.constants.iter().any(|c| c.dtype.is_quantised())
+        || graph.inputs.iter().any(|i| i.dtype.is_quantised())
+        || graph.nodes.iter().any(|n| match &n.op {
+            Op::Cast { to } => to.is_quantised(),
+            op => op.is_quantisation(),
+        });
     if quantised {
         2
     } else {

@@ -110,7 +110,11 @@ pub fn probes(
                 Some(fff_runtime::DType::Bool) => {
                     Tensor::Bool(ArrayD::from_elem(IxDyn(&shape), true))
                 }
-                Some(dt @ (fff_runtime::DType::BF16 | fff_runtime::DType::I8)) => {
+                // Quantised codes: 0 is a valid code of every quantised input.
+                Some(dt @ (fff_runtime::DType::I8 | fff_runtime::DType::U8)) => {
+                    Tensor::zeros(dt, &shape)
+                }
+                Some(dt @ fff_runtime::DType::BF16) => {
                     return Err(format!("a model input is {dt}"))
                 }
                 None => return Err("a model input has no known type".into()),
