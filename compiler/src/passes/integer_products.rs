@@ -611,7 +611,11 @@ fn bias_values(g: &Graph, b: OutletId, n: usize, out: &crate::ir::Fact) -> Optio
     let fits = t.len() == n
         && t.ndim() <= rank
         && t.shape().last() == Some(&n);
-    fits.then(|| Tensor::F32(t.clone().into_shape_with_order(IxDyn(&[n])).ok()?.into_dyn()))
+    if !fits {
+        return None;
+    }
+    let values: Vec<f32> = t.iter().copied().collect();
+    ArrayD::from_shape_vec(IxDyn(&[n]), values).ok().map(Tensor::F32)
 }
 
 /// `Gelu(IntegerLinear)` or `Relu(IntegerLinear)`, the product without a residual or activation yet.

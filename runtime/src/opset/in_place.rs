@@ -5,8 +5,8 @@
 //! dtype, or an output shape larger than the buffer).
 
 use super::{
-    elementwise, layer_norm, layout, linear, quant_linear, softmax, LayerNorm, Linear, Op,
-    QuantLinear,
+    elementwise, integer_linear, layer_norm, layout, linear, quant_linear, softmax, IntegerLinear,
+    LayerNorm, Linear, Op, QuantLinear,
 };
 use crate::error::Result;
 use crate::tensor::{Tensor, TensorView};
@@ -32,6 +32,7 @@ pub fn candidates(op: &Op) -> &'static [usize] {
         Op::LayerNorm { .. } => layer_norm::IN_PLACE,
         Op::Linear | Op::PackedLinear { .. } => linear::IN_PLACE,
         Op::QuantLinear { .. } => quant_linear::IN_PLACE,
+        Op::IntegerLinear { .. } => integer_linear::IN_PLACE,
         _ => &[],
     }
 }
@@ -88,6 +89,16 @@ fn eval_checked(
             a,
             inputs,
         ),
+        Op::IntegerLinear { n, activation } if index == IntegerLinear::R => {
+            integer_linear::in_place(
+                integer_linear::Params {
+                    n: *n,
+                    activation: *activation,
+                },
+                a,
+                inputs,
+            )
+        }
         Op::Softmax { axis, coerce_2d } => softmax::in_place(a, *axis, *coerce_2d, false),
         Op::LogSoftmax { axis, coerce_2d } => softmax::in_place(a, *axis, *coerce_2d, true),
         _ => Ok(InPlace::Declined(Tensor::F32(a))),

@@ -209,15 +209,14 @@ fn accumulate(
         }
         None => None,
     };
-    let codes = contiguous(x.u8()?);
-    let codes = codes.as_slice().expect("contiguous");
+    let codes = standard_slice(x.u8()?);
     let rows = codes.len() / k.max(1);
     let epi = Epilogue {
         bias: bias.as_deref(),
         activation: p.activation.map(FffActivation::kernel),
         accumulate,
     };
-    qi8::gemm_u8(codes, rows, zero, weights, epi, out);
+    qi8::gemm_u8(&codes, rows, zero, weights, epi, out);
     Ok(())
 }
 

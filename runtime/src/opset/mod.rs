@@ -19,6 +19,7 @@ pub mod fast_feedforward;
 pub mod generators;
 pub mod in_place;
 pub mod index;
+pub mod integer_linear;
 pub mod layer_norm;
 pub mod layout;
 pub mod linear;
@@ -42,6 +43,7 @@ pub use index::ScatterReduction;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use matmul_integer::MatMulInteger;
+pub use integer_linear::IntegerLinear;
 pub use quant_linear::{Precision, QuantLinear};
 pub use quantize::{DequantizeLinear, DynamicQuantizeLinear, QuantizeLinear, ScaleLayout};
 pub use reduce::ReduceOp;
@@ -194,6 +196,14 @@ pub enum Op {
     /// A (u8/i8), B (u8/i8), a_zero_point?, b_zero_point? -> Y (int32) = (A - a_zp)(B - b_zp), numpy
     /// matmul rules
     MatMulInteger,
+    /// `X [..., k] uint8, W, B? [n], R?, SCALE, W_SUM [n], X_ZERO? -> Y [..., n] =
+    /// act(float32(Σ (X - X_ZERO) W) * SCALE + B) + R`, W int8 codes packed for the int8 kernels (see
+    /// [`integer_linear`]). Written by the compiler's `integer-products` rewrite of models quantised
+    /// before import.
+    IntegerLinear {
+        n: usize,
+        activation: Option<FffActivation>,
+    },
 }
 
 /// An f32 attribute, compared and hashed by its bit pattern, so that ops are `Eq + Hash` and can key
@@ -276,6 +286,7 @@ impl Op {
         matches!(
             self,
             Op::QuantLinear { .. }
+                | Op::IntegerLinear { .. }
                 | Op::QuantizeLinear { .. }
                 | Op::DequantizeLinear { .. }
                 | Op::DynamicQuantizeLinear
@@ -384,6 +395,13 @@ impl Op {
             }
             Op::DynamicQuantizeLinear => quantize::infer_dynamic(ins),
             Op::MatMulInteger => matmul_integer::infer(ins),
+            Op::IntegerLinear { n, activation } => integer_linear::infer(
+                integer_linear::Params {
+                    n: *n,
+                    activation: *activation,
+                },
+                ins,
+            ),
         }
     }
 
@@ -393,6 +411,7 @@ impl Op {
         match self {
             Op::Linear | Op::PackedLinear { .. } => linear::TAKES_BUFFERS,
             Op::QuantLinear { .. } => quant_linear::TAKES_BUFFERS,
+            Op::IntegerLinear { .. } => integer_linear::TAKES_BUFFERS,
             Op::FastFeedForward { .. } => fast_feedforward::TAKES_BUFFERS,
             Op::Attention { .. } => attention::TAKES_BUFFERS,
             Op::LayerNorm { .. } => layer_norm::TAKES_BUFFERS,
@@ -449,6 +468,7 @@ impl Op {
                 DynamicQuantizeLinear::INPUTS,
             ),
             Op::MatMulInteger => arity(MatMulInteger::REQUIRED, MatMulInteger::INPUTS),
+            Op::IntegerLinear { .. } => arity(IntegerLinear::REQUIRED, IntegerLinear::INPUTS),
         }
     }
 
@@ -492,6 +512,10 @@ impl Op {
                     shape(FastFeedForward::W_IN).as_deref(),
                     shape(FastFeedForward::W_OUT).as_deref(),
                 )
+            }
+            Op::IntegerLinear { n, .. } => {
+                let w = inputs.get(IntegerLinear::W).copied().flatten();
+                IntegerLinear::validate(*n, w.and_then(constant_shape).as_deref())
             }
             Op::QuantLinear { n, precision, .. } => {
                 let present = |slot: usize| inputs.get(slot).copied().flatten();
@@ -711,6 +735,21 @@ fn eval_checked(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Res
                 residual: optional(inputs, QuantLinear::R),
                 scale: optional(inputs, QuantLinear::W_SCALE),
                 sum: optional(inputs, QuantLinear::W_SUM),
+            },
+        )),
+        Op::IntegerLinear { n, activation } => one(integer_linear::integer_linear(
+            integer_linear::Params {
+                n: *n,
+                activation: *activation,
+            },
+            input(inputs, IntegerLinear::X)?,
+            input(inputs, IntegerLinear::W)?,
+            integer_linear::Side {
+                bias: optional(inputs, IntegerLinear::B),
+                residual: optional(inputs, IntegerLinear::R),
+                scale: input(inputs, IntegerLinear::SCALE)?,
+                sum: input(inputs, IntegerLinear::W_SUM)?,
+                zero: optional(inputs, IntegerLinear::X_ZERO),
             },
         )),
         Op::Attention {
