@@ -601,8 +601,8 @@ fn microsoft_integer_to_float_forms() {
 
 // ---- data movement and casts on the 8-bit types ----
 
-/// uint8 and int8 values move through Transpose, Reshape, Gather, Concat, Slice, Unsqueeze and
-/// Flatten unchanged, and Cast converts to and from them: float toward zero then saturating, NaN to
+/// uint8 and int8 values move through Transpose, Reshape, Gather, Concat, Slice, Unsqueeze,
+/// Flatten, Expand, Split, Identity and Shape unchanged, and Cast converts to and from them: float toward zero then saturating, NaN to
 /// 0, integers saturating.
 #[test]
 fn data_movement_and_casts_on_8_bit_values() {
@@ -639,6 +639,25 @@ fn data_movement_and_casts_on_8_bit_values() {
     u.inits
         .push(fff_models::onnx::tensor_i64("ax", &[1], vec![0]));
     assert_eq!(u.output().shape(), &[1, 2, 3]);
+    let mut e = Single::new("Expand", &["x", "shape"]).input("x", i8_in(&[1, 2], &[-7, 7]));
+    e.inits
+        .push(fff_models::onnx::tensor_i64("shape", &[2], vec![2, 2]));
+    assert_eq!(i8s(&e.output()), [-7, 7, -7, 7]);
+    let split = Single::new("Split", &["x"])
+        .opset(18)
+        .attr("axis", Attr::Int(1))
+        .attr("num_outputs", Attr::Int(3))
+        .input("x", x.clone())
+        .outputs(3)
+        .run()
+        .unwrap();
+    assert_eq!(u8s(&split[2]), [2, 255]);
+    let id = Single::new("Identity", &["x"])
+        .input("x", x.clone())
+        .output();
+    assert_eq!(id, x);
+    let shape = Single::new("Shape", &["x"]).input("x", x.clone()).output();
+    assert_eq!(shape, Tensor::vec_i64(vec![2, 3]));
 
     let cast = |x: Tensor, to: Elem| {
         Single::new("Cast", &["x"])

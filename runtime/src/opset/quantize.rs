@@ -288,6 +288,8 @@ pub fn dequantize_linear(
             "an int32 x takes no zero point other than 0",
         ));
     }
+    // The f32 result (and the widened x) may be four times x's bytes.
+    check_alloc(x.shape(), DType::F32)?;
     let xv: Vec<f32> = match x {
         TensorView::U8(a) => a.iter().map(|&v| v as f32).collect(),
         TensorView::I8(a) => a.iter().map(|&v| v as f32).collect(),
@@ -299,7 +301,6 @@ pub fn dequantize_linear(
             )))
         }
     };
-    check_alloc(x.shape(), DType::F32)?;
     let mut y = vec![0f32; xv.len()];
     layout.for_each(x.shape(), |xi, si| {
         let z = zp.as_ref().map_or(0.0, |z| z[si] as f32);
