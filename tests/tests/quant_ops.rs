@@ -138,7 +138,7 @@ impl Single {
                     Attr::Int(i) => Attr::Int(*i),
                     Attr::Ints(v) => Attr::Ints(v.clone()),
                     Attr::Float(f) => Attr::Float(*f),
-                    Attr::Str(s) => Attr::Str(*s),
+                    Attr::Str(s) => Attr::Str(s),
                     Attr::Tensor(t) => Attr::Tensor(t.clone()),
                 };
                 (*k, a)
@@ -225,9 +225,7 @@ fn quantize(x: Tensor, scale: TensorProto, zp: Option<TensorProto>) -> Single {
     } else {
         &["x", "scale"]
     };
-    let mut s = Single::new("QuantizeLinear", ins)
-        .input("x", x)
-        .init(scale);
+    let mut s = Single::new("QuantizeLinear", ins).input("x", x).init(scale);
     if let Some(zp) = zp {
         s = s.init(zp);
     }
@@ -281,7 +279,10 @@ fn quantize_linear_rounds_ties_to_even_and_saturates() {
         .output())
     };
     assert_eq!(run_i8(0), [0, 2, 2, 0, -2, -2, 127, -128]);
-    assert_eq!(run_i8(-128), [-128, -126, -126, -128, -128, -128, 127, -128]);
+    assert_eq!(
+        run_i8(-128),
+        [-128, -126, -126, -128, -128, -128, 127, -128]
+    );
     assert_eq!(run_i8(127), [127, 127, 127, 127, 125, 125, 127, -128]);
     // No zero point: uint8 with zero point 0; output_dtype int8 picks int8.
     let y = quantize(f32_in(&[8], &x), f32_init("scale", &[], &[1.0]), None).output();
@@ -323,7 +324,9 @@ fn quantize_linear_blocked() {
     let y = quantize(
         f32_in(
             &[3, 4],
-            &[6.0, 12.0, 50.0, 5.0, 1.0, 8.0, 4.0, 5.0, 0.0, 20.0, 10.0, 4.0],
+            &[
+                6.0, 12.0, 50.0, 5.0, 1.0, 8.0, 4.0, 5.0, 0.0, 20.0, 10.0, 4.0,
+            ],
         ),
         f32_init("scale", &[3, 2], &[1.5, 2.5, 3.0, 4.9, 5.1, 6.9]),
         Some(u8_init("zp", &[3, 2], &[0, 1, 1, 0, 2, 3])),
@@ -334,7 +337,10 @@ fn quantize_linear_blocked() {
     assert_eq!(u8s(&y), [4, 8, 21, 3, 1, 4, 1, 1, 2, 6, 4, 4]);
 
     let y = quantize(
-        f32_in(&[2, 5], &[1.0, 2.0, 3.0, 4.0, 5.0, -1.0, -2.0, -3.0, -4.0, -5.0]),
+        f32_in(
+            &[2, 5],
+            &[1.0, 2.0, 3.0, 4.0, 5.0, -1.0, -2.0, -3.0, -4.0, -5.0],
+        ),
         f32_init("scale", &[2, 3], &[1.0, 2.0, 4.0, 1.0, 2.0, 4.0]),
         Some(i8_init("zp", &[2, 3], &[0, 0, 0, 0, 0, 0])),
     )
@@ -411,7 +417,11 @@ fn dequantize_linear_blocked() {
     let x: Vec<u8> = (0..24).collect();
     let y = dequantize(
         u8_in(&[3, 8], &x),
-        f32_init("scale", &[3, 3], &[2.0, 1.0, 3.0, 2.0, 1.0, 3.0, 2.0, 1.0, 3.0]),
+        f32_init(
+            "scale",
+            &[3, 3],
+            &[2.0, 1.0, 3.0, 2.0, 1.0, 3.0, 2.0, 1.0, 3.0],
+        ),
         None,
     )
     .attr("block_size", Attr::Int(3))
@@ -439,12 +449,20 @@ fn dynamic(shape: &[usize], x: &[f32]) -> (Vec<u8>, f32, u8) {
 #[test]
 fn dynamic_quantize_linear() {
     let (y, scale, zp) = dynamic(&[6], &[0.0, 2.0, -3.0, -2.5, 1.34, 0.5]);
-    assert_eq!((y.as_slice(), scale, zp), (&[153, 255, 0, 26, 221, 179][..], 0.019607844, 153));
+    assert_eq!(
+        (y.as_slice(), scale, zp),
+        (&[153, 255, 0, 26, 221, 179][..], 0.019607844, 153)
+    );
 
     let (y, scale, zp) = dynamic(&[6], &[-1.0, -2.1, -1.3, -2.5, -3.34, -4.0]);
-    assert_eq!((y.as_slice(), scale, zp), (&[191, 121, 172, 96, 42, 0][..], 0.015686275, 255));
+    assert_eq!(
+        (y.as_slice(), scale, zp),
+        (&[191, 121, 172, 96, 42, 0][..], 0.015686275, 255)
+    );
 
-    let x = [1.0, 2.1, 1.3, 2.5, 3.34, 4.0, 1.5, 2.6, 3.9, 4.0, 3.0, 2.345];
+    let x = [
+        1.0, 2.1, 1.3, 2.5, 3.34, 4.0, 1.5, 2.6, 3.9, 4.0, 3.0, 2.345,
+    ];
     let (y, scale, zp) = dynamic(&[3, 4], &x);
     let want = [64, 134, 83, 159, 213, 255, 96, 166, 249, 255, 191, 149];
     assert_eq!((y.as_slice(), scale, zp), (&want[..], 0.015686275, 0));
@@ -538,13 +556,18 @@ fn microsoft_integer_to_float_forms() {
     for i in 0..2 {
         for j in 0..2 {
             let s: i64 = (0..3)
-                .map(|p| (a[i * 3 + p] as i64 - a_zp as i64) * (b[p * 2 + j] as i64 - b_zp[j] as i64))
+                .map(|p| {
+                    (a[i * 3 + p] as i64 - a_zp as i64) * (b[p * 2 + j] as i64 - b_zp[j] as i64)
+                })
                 .sum();
             want.push(s as f64 * a_scale as f64 * b_scale[j] as f64 + bias[j] as f64);
         }
     }
     for (g, w) in f32s(&y).iter().zip(&want) {
-        assert!((*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0), "{g} vs {w}");
+        assert!(
+            (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
+            "{g} vs {w}"
+        );
     }
 
     // DynamicQuantizeMatMul quantises A as DynamicQuantizeLinear does (spec case 1's values: scale
@@ -569,19 +592,24 @@ fn microsoft_integer_to_float_forms() {
         }
     }
     for (g, w) in f32s(&y).iter().zip(&want) {
-        assert!((*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0), "{g} vs {w}");
+        assert!(
+            (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
+            "{g} vs {w}"
+        );
     }
 }
 
 // ---- data movement and casts on the 8-bit types ----
 
-/// uint8 and int8 values move through Transpose, Reshape, Gather, Concat, Slice, Unsqueeze and
-/// Flatten unchanged, and Cast converts to and from them: float toward zero then saturating, NaN to
+/// uint8 and int8 values move through Transpose, Reshape, Gather, Concat, Slice, Unsqueeze,
+/// Flatten, Expand, Split, Identity and Shape unchanged, and Cast converts to and from them: float toward zero then saturating, NaN to
 /// 0, integers saturating.
 #[test]
 fn data_movement_and_casts_on_8_bit_values() {
     let x = u8_in(&[2, 3], &[0, 1, 2, 253, 254, 255]);
-    let t = Single::new("Transpose", &["x"]).input("x", x.clone()).output();
+    let t = Single::new("Transpose", &["x"])
+        .input("x", x.clone())
+        .output();
     assert_eq!(u8s(&t), [0, 253, 1, 254, 2, 255]);
     let c = Single::new("Concat", &["x", "x"])
         .attr("axis", Attr::Int(0))
@@ -589,7 +617,8 @@ fn data_movement_and_casts_on_8_bit_values() {
         .output();
     assert_eq!(u8s(&c), [0, 1, 2, 253, 254, 255, 0, 1, 2, 253, 254, 255]);
     let mut g = Single::new("Gather", &["x", "idx"]).input("x", x.clone());
-    g.inits.push(fff_models::onnx::tensor_i64("idx", &[2], vec![1, 0]));
+    g.inits
+        .push(fff_models::onnx::tensor_i64("idx", &[2], vec![1, 0]));
     assert_eq!(u8s(&g.output()), [253, 254, 255, 0, 1, 2]);
     let mut r = Single::new("Reshape", &["x", "shape"]).input("x", x.clone());
     r.inits
@@ -601,12 +630,34 @@ fn data_movement_and_casts_on_8_bit_values() {
         .output();
     assert_eq!(i8s(&f), [-128, -1, 0, 127]);
     let mut s = Single::new("Slice", &["x", "st", "en"]).input("x", x.clone());
-    s.inits.push(fff_models::onnx::tensor_i64("st", &[1], vec![1]));
-    s.inits.push(fff_models::onnx::tensor_i64("en", &[1], vec![2]));
+    s.inits
+        .push(fff_models::onnx::tensor_i64("st", &[1], vec![1]));
+    s.inits
+        .push(fff_models::onnx::tensor_i64("en", &[1], vec![2]));
     assert_eq!(u8s(&s.output()), [253, 254, 255]);
     let mut u = Single::new("Unsqueeze", &["x", "ax"]).input("x", x.clone());
-    u.inits.push(fff_models::onnx::tensor_i64("ax", &[1], vec![0]));
+    u.inits
+        .push(fff_models::onnx::tensor_i64("ax", &[1], vec![0]));
     assert_eq!(u.output().shape(), &[1, 2, 3]);
+    let mut e = Single::new("Expand", &["x", "shape"]).input("x", i8_in(&[1, 2], &[-7, 7]));
+    e.inits
+        .push(fff_models::onnx::tensor_i64("shape", &[2], vec![2, 2]));
+    assert_eq!(i8s(&e.output()), [-7, 7, -7, 7]);
+    let split = Single::new("Split", &["x"])
+        .opset(18)
+        .attr("axis", Attr::Int(1))
+        .attr("num_outputs", Attr::Int(3))
+        .input("x", x.clone())
+        .outputs(3)
+        .run()
+        .unwrap();
+    assert_eq!(u8s(&split[2]), [2, 255]);
+    let id = Single::new("Identity", &["x"])
+        .input("x", x.clone())
+        .output();
+    assert_eq!(id, x);
+    let shape = Single::new("Shape", &["x"]).input("x", x.clone()).output();
+    assert_eq!(shape, Tensor::vec_i64(vec![2, 3]));
 
     let cast = |x: Tensor, to: Elem| {
         Single::new("Cast", &["x"])
@@ -615,12 +666,16 @@ fn data_movement_and_casts_on_8_bit_values() {
             .output()
     };
     let floats = f32_in(&[7], &[-1.9, 1.9, 255.7, 300.0, -300.0, f32::NAN, 127.9]);
-    assert_eq!(u8s(&cast(floats.clone(), Elem::Uint8)), [0, 1, 255, 255, 0, 0, 127]);
+    assert_eq!(
+        u8s(&cast(floats.clone(), Elem::Uint8)),
+        [0, 1, 255, 255, 0, 0, 127]
+    );
     assert_eq!(
         i8s(&cast(floats, Elem::Int8)),
         [-1, 1, 127, 127, -128, 0, 127]
     );
-    let ints = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[4]), vec![-1000, -1, 200, 1000]).unwrap());
+    let ints =
+        Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[4]), vec![-1000, -1, 200, 1000]).unwrap());
     assert_eq!(u8s(&cast(ints.clone(), Elem::Uint8)), [0, 0, 200, 255]);
     assert_eq!(i8s(&cast(ints, Elem::Int8)), [-128, -1, 127, 127]);
     assert_eq!(
@@ -637,21 +692,28 @@ fn data_movement_and_casts_on_8_bit_values() {
 #[test]
 fn bad_constant_scales_are_refused_naming_the_node() {
     for s in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-        quantize(f32_in(&[2], &[1.0, 2.0]), f32_init("scale", &[], &[s]), None)
-            .refused(&["QuantizeLinear", "scale"]);
+        quantize(
+            f32_in(&[2], &[1.0, 2.0]),
+            f32_init("scale", &[], &[s]),
+            None,
+        )
+        .refused(&["QuantizeLinear", "scale"]);
         dequantize(u8_in(&[2], &[1, 2]), f32_init("scale", &[], &[s]), None)
             .refused(&["DequantizeLinear", "scale"]);
     }
-    Single::new("QLinearMatMul", &["a", "as", "azp", "b", "bs", "bzp", "ys", "yzp"])
-        .input("a", u8_in(&[1, 1], &[1]))
-        .input("b", u8_in(&[1, 1], &[1]))
-        .init(f32_init("as", &[], &[1.0]))
-        .init(u8_init("azp", &[], &[0]))
-        .init(f32_init("bs", &[], &[1.0]))
-        .init(u8_init("bzp", &[], &[0]))
-        .init(f32_init("ys", &[], &[0.0]))
-        .init(u8_init("yzp", &[], &[0]))
-        .refused(&["y_scale"]);
+    Single::new(
+        "QLinearMatMul",
+        &["a", "as", "azp", "b", "bs", "bzp", "ys", "yzp"],
+    )
+    .input("a", u8_in(&[1, 1], &[1]))
+    .input("b", u8_in(&[1, 1], &[1]))
+    .init(f32_init("as", &[], &[1.0]))
+    .init(u8_init("azp", &[], &[0]))
+    .init(f32_init("bs", &[], &[1.0]))
+    .init(u8_init("bzp", &[], &[0]))
+    .init(f32_init("ys", &[], &[0.0]))
+    .init(u8_init("yzp", &[], &[0]))
+    .refused(&["y_scale"]);
 }
 
 /// Zero points of the wrong type or shape, scales that do not fit x per axis or per block.
@@ -715,14 +777,22 @@ fn zero_points_and_scale_shapes_that_do_not_fit_are_refused() {
 /// output types.
 #[test]
 fn unsupported_quantised_types_are_refused_by_name() {
-    let mut s = quantize(f32_in(&[2], &[1.0, 2.0]), f32_init("scale", &[], &[1.0]), None);
+    let mut s = quantize(
+        f32_in(&[2], &[1.0, 2.0]),
+        f32_init("scale", &[], &[1.0]),
+        None,
+    );
     s.ins.push("zp");
     s.inits.push(proto("zp", Elem::Int16, &[], vec![0, 0]));
     s.refused(&["int16"]);
     for (code, name) in [(17, "float8"), (22, "int4"), (5, "int16")] {
-        quantize(f32_in(&[2], &[1.0, 2.0]), f32_init("scale", &[], &[1.0]), None)
-            .attr("output_dtype", Attr::Int(code))
-            .refused(&[name]);
+        quantize(
+            f32_in(&[2], &[1.0, 2.0]),
+            f32_init("scale", &[], &[1.0]),
+            None,
+        )
+        .attr("output_dtype", Attr::Int(code))
+        .refused(&[name]);
     }
 }
 
@@ -749,10 +819,17 @@ fn float_ops_refuse_quantised_operands() {
         .input("a", u8_in(&[2], &[1, 2]))
         .input("b", u8_in(&[2], &[1, 3]))
         .output();
-    assert_eq!(eq, Tensor::Bool(ArrayD::from_shape_vec(IxDyn(&[2]), vec![true, false]).unwrap()));
+    assert_eq!(
+        eq,
+        Tensor::Bool(ArrayD::from_shape_vec(IxDyn(&[2]), vec![true, false]).unwrap())
+    );
     // The evaluator refuses on its own (as for a plan written by hand).
     let a = u8_in(&[1, 1], &[1]);
-    let r = fff_runtime::opset::eval(&fff_runtime::op::Op::MatMul, &[Some(a.view()), Some(a.view())], 1);
+    let r = fff_runtime::opset::eval(
+        &fff_runtime::op::Op::MatMul,
+        &[Some(a.view()), Some(a.view())],
+        1,
+    );
     assert!(r.is_err(), "{r:?}");
 }
 
@@ -781,8 +858,12 @@ fn bad_run_time_scales_are_refused_naming_the_node() {
 /// node.
 #[test]
 fn fffc_refuses_a_bad_scale_naming_the_node() {
-    let (bytes, node) = quantize(f32_in(&[2], &[1.0, 2.0]), f32_init("scale", &[], &[0.0]), None)
-        .bytes();
+    let (bytes, node) = quantize(
+        f32_in(&[2], &[1.0, 2.0]),
+        f32_init("scale", &[], &[0.0]),
+        None,
+    )
+    .bytes();
     let dir = std::env::temp_dir().join(format!("fff-quant-ops-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let onnx = dir.join("bad_scale.onnx");
@@ -815,8 +896,71 @@ fn quantised_plans_are_version_2() {
             fff_compiler::compile_to_plan_bytes(&bytes, &fff_compiler::Options::default()).unwrap();
         u32::from_le_bytes(plan[8..12].try_into().unwrap())
     };
-    let q = quantize(f32_in(&[2], &[1.0, 2.0]), f32_init("scale", &[], &[1.0]), None);
+    let q = quantize(
+        f32_in(&[2], &[1.0, 2.0]),
+        f32_init("scale", &[], &[1.0]),
+        None,
+    );
     assert_eq!(version(&q), 2);
     let f = Single::new("Relu", &["x"]).input("x", f32_in(&[2], &[1.0, 2.0]));
     assert_eq!(version(&f), 1);
+}
+
+/// A DequantizeLinear of constant int8 weights that a MatMul reads is not folded (the quantised
+/// lowering needs the integer codes), and the product is still right; one read by anything else is.
+#[test]
+fn integer_weights_of_products_stay_unfolded() {
+    let w = [-3i8, 5, 127, -128, 0, 1];
+    let scale = [0.5f32, 0.25];
+    let build = |consumer: &'static str| {
+        let mut b = OnnxBuilder::new(21);
+        let x = b.input("x", Elem::Float, &[D::N(2), D::N(3)]);
+        let wq = b.initializer(i8_init("w", &[3, 2], &w));
+        let s = b.initializer(f32_init("s", &[2], &scale));
+        let wf = b.node("DequantizeLinear", &[&wq, &s], vec![("axis", Attr::Int(1))]);
+        let y = if consumer == "MatMul" {
+            b.node("MatMul", &[&x, &wf], vec![])
+        } else {
+            let xt = b.node("Transpose", &[&x], vec![]);
+            b.node("Add", &[&xt, &wf], vec![])
+        };
+        b.rename(&y, "y");
+        b.output("y", Elem::Float, &[]);
+        b.to_bytes()
+    };
+    let ops = |bytes: &[u8]| -> Vec<String> {
+        let g = fff_compiler::compile_bytes(bytes, &fff_compiler::Options::default()).unwrap();
+        g.topo_order()
+            .into_iter()
+            .filter_map(|n| g.op(n).map(|op| op.name()))
+            .collect()
+    };
+    let matmul = build("MatMul");
+    assert!(
+        ops(&matmul).contains(&"DequantizeLinear".to_string()),
+        "{:?}",
+        ops(&matmul)
+    );
+    assert!(!ops(&build("Add")).contains(&"DequantizeLinear".to_string()));
+
+    let plan =
+        fff_compiler::compile_to_plan_bytes(&matmul, &fff_compiler::Options::default()).unwrap();
+    let model = Model::from_bytes(&plan).unwrap();
+    let x = [1.0f32, -2.0, 0.5, 3.0, 0.0, -1.0];
+    let y = model
+        .run(vec![("x".to_string(), f32_in(&[2, 3], &x))])
+        .unwrap()
+        .remove(0)
+        .1;
+    let mut want = vec![];
+    for i in 0..2 {
+        for j in 0..2 {
+            want.push(
+                (0..3)
+                    .map(|p| x[i * 3 + p] * w[p * 2 + j] as f32 * scale[j])
+                    .sum::<f32>(),
+            );
+        }
+    }
+    assert_eq!(f32s(&y), want);
 }

@@ -447,7 +447,7 @@ pub fn cast(x: &TensorView, to: DType) -> Result<Tensor> {
     }
     /// Narrows with saturation; every source goes through i64 (floats by `as`, which saturates).
     fn sat<T: TryFrom<i64> + Bounded>(v: i64) -> T {
-        T::try_from(v).unwrap_or_else(|_| if v < 0 { T::MIN } else { T::MAX })
+        T::try_from(v).unwrap_or(if v < 0 { T::MIN } else { T::MAX })
     }
     macro_rules! from {
         ($a:expr, $to_f32:expr, $to_i64:expr, $to_bool:expr) => {

@@ -180,9 +180,9 @@ pub enum Op {
         activation: FffActivation,
         branch: FffBranch,
     },
-    /// x, y_scale, y_zero_point? -> y (`to`: uint8 or int8), y = saturate(round_half_even(x / y_scale)
-    /// + y_zero_point); the scale per tensor, per `axis`, or in blocks of `block_size` along it (see
-    /// [`quantize`]).
+    /// x, y_scale, y_zero_point? -> y (`to`: uint8 or int8),
+    /// y = saturate(round_half_even(x / y_scale) + y_zero_point); the scale per tensor, per `axis`, or
+    /// in blocks of `block_size` along it (see [`quantize`]).
     QuantizeLinear {
         axis: i64,
         block_size: usize,
@@ -805,7 +805,7 @@ fn eval_checked(op: &Op, inputs: &[Option<TensorView>], n_outputs: usize) -> Res
         )),
         Op::DynamicQuantizeLinear => {
             quantize::dynamic_quantize_linear(input(inputs, DynamicQuantizeLinear::X)?)
-                .map(|outs| SmallVec::from_iter(outs))
+                .map(SmallVec::from_iter)
         }
         Op::MatMulInteger => one(matmul_integer::matmul_integer(
             input(inputs, MatMulInteger::A)?,

@@ -131,21 +131,20 @@ impl ScaleLayout {
                 (0..shape.iter().product()).for_each(|i| f(i, 0));
                 return;
             }
-            ScaleLayout::Axis { axis } => (axis, 0),
-            ScaleLayout::Blocked { axis, block } => (axis, block),
+            ScaleLayout::Axis { axis } => (axis, None),
+            ScaleLayout::Blocked { axis, block } => (axis, Some(block)),
         };
         let outer: usize = shape[..ax].iter().product();
         let d = shape[ax];
         let inner: usize = shape[ax + 1..].iter().product();
-        let blocks = if block == 0 { 0 } else { d.div_ceil(block) };
+        let blocks = block.map_or(0, |b| d.div_ceil(b));
         let mut xi = 0;
         for o in 0..outer {
             for j in 0..d {
                 for i in 0..inner {
-                    let si = if block == 0 {
-                        j
-                    } else {
-                        (o * blocks + j / block) * inner + i
+                    let si = match block {
+                        None => j,
+                        Some(b) => (o * blocks + j / b) * inner + i,
                     };
                     f(xi, si);
                     xi += 1;
@@ -289,6 +288,8 @@ pub fn dequantize_linear(
             "an int32 x takes no zero point other than 0",
         ));
     }
+    // The f32 result (and the widened x) may be four times x's bytes.
+    check_alloc(x.shape(), DType::F32)?;
     let xv: Vec<f32> = match x {
         TensorView::U8(a) => a.iter().map(|&v| v as f32).collect(),
         TensorView::I8(a) => a.iter().map(|&v| v as f32).collect(),
@@ -300,7 +301,6 @@ pub fn dequantize_linear(
             )))
         }
     };
-    check_alloc(x.shape(), DType::F32)?;
     let mut y = vec![0f32; xv.len()];
     layout.for_each(x.shape(), |xi, si| {
         let z = zp.as_ref().map_or(0.0, |z| z[si] as f32);
