@@ -8,6 +8,7 @@
 //! `ceil(D / block_size)`, the last block possibly partial, as the ONNX reference allows). A zero point
 //! has its scale's shape and the quantised type.
 
+use fff_ops::quant::int8 as qi8;
 use ndarray::{ArrayD, IxDyn};
 
 use super::fact::{dtype_of, fact, shape_of, Dim, Facts, Inferred};
@@ -256,15 +257,35 @@ pub fn quantize_linear(
     check_scales(&s).map_err(Error::invalid)?;
     let zp = zero_points(zero_point, scale.shape(), to)?;
     let xv = standard_slice(xs);
+    let shape = IxDyn(x.shape());
+    if layout == ScaleLayout::Tensor {
+        // One scale: the vectorised kernels, which compute the same codes.
+        let z = zp.as_ref().map_or(0, |z| z[0]);
+        return Ok(match to {
+            DType::U8 => {
+                let mut y = vec![0u8; xv.len()];
+                qi8::quantize_u8(&xv, s[0], z as u8, &mut y);
+                Tensor::U8(from_vec(shape, y))
+            }
+            _ => {
+                let mut y = vec![0i8; xv.len()];
+                qi8::quantize_i8(&xv, s[0], z as i8, &mut y);
+                Tensor::I8(from_vec(shape, y))
+            }
+        });
+    }
     let mut codes = vec![0i32; xv.len()];
     layout.for_each(x.shape(), |xi, si| {
-        // `as` saturates (NaN gives 0, so NaN quantises to the zero point); the zero point is added
-        // in i32 before the clamp, as ONNX does.
-        let q = (xv[xi] / s[si]).round_ties_even() as i32;
+        // The zero point is added in i32 before the clamp, as ONNX does; a NaN quotient gives the
+        // lowest code, as the kernels of the per-tensor case do.
+        let q = xv[xi] / s[si];
         let z = zp.as_ref().map_or(0, |z| z[si]);
-        codes[xi] = q.saturating_add(z).clamp(lo, hi);
+        codes[xi] = if q.is_nan() {
+            lo
+        } else {
+            (q.round_ties_even() as i32).saturating_add(z).clamp(lo, hi)
+        };
     });
-    let shape = IxDyn(x.shape());
     Ok(match to {
         DType::U8 => Tensor::U8(from_vec(shape, codes.iter().map(|&c| c as u8).collect())),
         _ => Tensor::I8(from_vec(shape, codes.iter().map(|&c| c as i8).collect())),
@@ -290,6 +311,19 @@ pub fn dequantize_linear(
     }
     // The f32 result (and the widened x) may be four times x's bytes.
     check_alloc(x.shape(), DType::F32)?;
+    if layout == ScaleLayout::Tensor {
+        // One scale: the vectorised kernels, which compute the same values.
+        let z = zp.as_ref().map_or(0, |z| z[0]);
+        let mut y = vec![0f32; x.len()];
+        match x {
+            TensorView::U8(a) => qi8::dequantize_u8(&standard_slice(a), s[0], z as u8, &mut y),
+            TensorView::I8(a) => qi8::dequantize_i8(&standard_slice(a), s[0], z as i8, &mut y),
+            _ => {}
+        }
+        if matches!(x, TensorView::U8(_) | TensorView::I8(_)) {
+            return Ok(Tensor::F32(from_vec(IxDyn(x.shape()), y)));
+        }
+    }
     let xv: Vec<f32> = match x {
         TensorView::U8(a) => a.iter().map(|&v| v as f32).collect(),
         TensorView::I8(a) => a.iter().map(|&v| v as f32).collect(),
@@ -336,7 +370,9 @@ pub fn dynamic_scale(x: &[f32]) -> Result<(f32, u8)> {
 }
 
 /// DynamicQuantizeLinear: x (float32) -> y (uint8), y_scale (float32 scalar), y_zero_point (uint8
-/// scalar), `y = saturate(round_half_even(x / y_scale) + y_zero_point)`. A plain loop for now.
+/// scalar), `y = saturate(round_half_even(x / y_scale) + y_zero_point)`, on the vectorised kernel
+/// (`fff_ops::quant::int8::dynamic_quantize_u8`, tested against the scalar formula; its scale and zero
+/// point are [`dynamic_scale`]'s).
 pub fn dynamic_quantize_linear(x: &TensorView) -> Result<[Tensor; 3]> {
     let xs = x.f32().map_err(|_| {
         Error::invalid(format!(
@@ -345,12 +381,13 @@ pub fn dynamic_quantize_linear(x: &TensorView) -> Result<[Tensor; 3]> {
         ))
     })?;
     let xv = standard_slice(xs);
-    let (scale, zp) = dynamic_scale(&xv)?;
-    let z = zp as f32;
-    let y: Vec<u8> = xv
-        .iter()
-        .map(|&v| ((v / scale).round_ties_even() + z).clamp(0.0, 255.0) as u8)
-        .collect();
+    let mut y = vec![0u8; xv.len()];
+    let (scale, zp) = qi8::dynamic_quantize_u8(&xv, &mut y);
+    if !scale.is_finite() {
+        // Checked again for the message: the kernel gives NaN or infinity for these.
+        dynamic_scale(&xv)?;
+        return Err(Error::invalid("DynamicQuantizeLinear: no finite range"));
+    }
     Ok([
         Tensor::U8(from_vec(IxDyn(x.shape()), y)),
         Tensor::scalar_f32(scale),
