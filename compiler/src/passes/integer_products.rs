@@ -424,8 +424,7 @@ fn lower(
         k,
         n,
         lowered: true,
-        detail: "IntegerLinear (uint8 activations with one zero point, int8 weights, exact int32 sums)"
-            .into(),
+        detail: "IntegerLinear".into(),
     });
     true
 }
@@ -573,7 +572,11 @@ fn absorb_add(g: &mut Graph, add: NodeIndex) -> bool {
     };
     let mut operands = g.inputs_of(product.node);
     operands.resize(IntegerLinear::INPUTS_LEN, None);
-    if operands[IntegerLinear::R].is_some() || g.fact(other).dtype != Some(DType::F32) {
+    if operands[IntegerLinear::R].is_some()
+        || g.fact(other).dtype != Some(DType::F32)
+        || folds_to_constant(g, other, 4)
+    {
+        // A value that constant folding is about to make a constant may be a bias: next round.
         return false;
     }
     // A bias goes before the activation; once there is one, a constant is a residual.
@@ -593,6 +596,18 @@ fn absorb_add(g: &mut Graph, add: NodeIndex) -> bool {
     let op = g.op(product.node).cloned().expect("an op");
     g.replace_with_op(OutletId::new(add, 0), &name, op, &trimmed(operands));
     true
+}
+
+/// Whether `o` is computed from constants only (within `depth` ops), so constant folding will make
+/// it one.
+fn folds_to_constant(g: &Graph, o: OutletId, depth: usize) -> bool {
+    if g.const_value(o).is_some() || depth == 0 || g.op(o.node).is_none() {
+        return false;
+    }
+    g.inputs_of(o.node)
+        .into_iter()
+        .flatten()
+        .all(|i| g.const_value(i).is_some() || folds_to_constant(g, i, depth - 1))
 }
 
 /// An IntegerLinear's output that a fusion may swallow.
