@@ -103,7 +103,11 @@ impl fmt::Display for IntegerProduct {
         if self.k > 0 {
             write!(f, ", {} -> {}", self.k, self.n)?;
         }
-        let verb = if self.lowered { "became" } else { "kept as written" };
+        let verb = if self.lowered {
+            "became"
+        } else {
+            "kept as written"
+        };
         write!(f, "): {verb}: {}", self.detail)
     }
 }

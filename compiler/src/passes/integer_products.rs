@@ -99,7 +99,13 @@ fn dynamic_form(g: &mut Graph, mul: NodeIndex) -> bool {
     if already_refused(g, &name) {
         return false;
     }
-    let product = match product_of(g, ins[0], ins[1], ins.get(2).copied().flatten(), ins.get(3).copied().flatten()) {
+    let product = match product_of(
+        g,
+        ins[0],
+        ins[1],
+        ins.get(2).copied().flatten(),
+        ins.get(3).copied().flatten(),
+    ) {
         Ok(p) => p,
         Err(reason) => return refuse(g, &name, "MatMulInteger", None, reason),
     };
@@ -200,7 +206,9 @@ fn qdq_form(g: &mut Graph, matmul: NodeIndex) -> bool {
     let (x_axis, w_axis, x_block, w_block) = (xdq.axis, wdq.axis, xdq.block_size, wdq.block_size);
     let scales = QdqScales {
         x: g.const_value(xs).map(|t| t.as_ref().clone()),
-        w: g.const_value(ws).map(|t| t.as_ref().clone()).expect("checked constant"),
+        w: g.const_value(ws)
+            .map(|t| t.as_ref().clone())
+            .expect("checked constant"),
     };
     let ws = scales.w.clone();
     let original = move |ins: &Probes| -> std::result::Result<Tensor, String> {
@@ -259,9 +267,10 @@ fn dequantize(g: &Graph, o: OutletId) -> Option<Dequantize> {
 
 /// Whether `o` holds one value by its fact (a scalar or a one-element tensor).
 fn one_value(g: &Graph, o: OutletId) -> bool {
-    g.fact(o).shape.as_ref().is_some_and(|s| {
-        s.iter().all(|d| *d == Dim::Known(1))
-    })
+    g.fact(o)
+        .shape
+        .as_ref()
+        .is_some_and(|s| s.iter().all(|d| *d == Dim::Known(1)))
 }
 
 /// The product `X W` when the operands fit the int8 kernels: X uint8 of rank >= 2 with one zero
@@ -278,7 +287,11 @@ fn product_of(
     };
     match g.fact(x).dtype {
         Some(DType::U8) => {}
-        Some(dt) => return Err(format!("the activations are {dt}; the int8 kernels take uint8")),
+        Some(dt) => {
+            return Err(format!(
+                "the activations are {dt}; the int8 kernels take uint8"
+            ))
+        }
         None => return Err("the activations' type is unknown".into()),
     }
     if g.fact(x).shape.as_ref().is_none_or(|s| s.len() < 2) {
@@ -321,7 +334,12 @@ fn product_of(
 
 /// Checks that `s` is float32 and broadcasts onto `[..., n]` along the last axis only, without
 /// changing the product's rank (`out` is the fact of the multiply's result).
-fn column_scale(g: &Graph, s: OutletId, n: usize, out: &crate::ir::Fact) -> std::result::Result<(), String> {
+fn column_scale(
+    g: &Graph,
+    s: OutletId,
+    n: usize,
+    out: &crate::ir::Fact,
+) -> std::result::Result<(), String> {
     if g.fact(s).dtype != Some(DType::F32) {
         return Err("the scale is not float32".into());
     }
@@ -336,7 +354,9 @@ fn column_scale(g: &Graph, s: OutletId, n: usize, out: &crate::ir::Fact) -> std:
     if shape.len() <= rank && leading_ones && last_fits {
         Ok(())
     } else {
-        Err(format!("the scale {shape:?} is not one value or one per column"))
+        Err(format!(
+            "the scale {shape:?} is not one value or one per column"
+        ))
     }
 }
 
@@ -381,9 +401,19 @@ fn lower(
 ) -> bool {
     let (k, n) = (product.k, product.n);
     // The scales are the op's input, per call; the packed weights carry placeholders.
-    let Some(packed) = qi8::pack_codes(&product.w.iter().copied().collect::<Vec<_>>(), &vec![1.0; n], k, n)
-    else {
-        return refuse(g, name, form, Some((k, n)), "the weights do not fit the int8 layout".into());
+    let Some(packed) = qi8::pack_codes(
+        &product.w.iter().copied().collect::<Vec<_>>(),
+        &vec![1.0; n],
+        k,
+        n,
+    ) else {
+        return refuse(
+            g,
+            name,
+            form,
+            Some((k, n)),
+            "the weights do not fit the int8 layout".into(),
+        );
     };
     let w_packed = Tensor::I8(
         ArrayD::from_shape_vec(IxDyn(&IntegerLinear::packed_shape(k, n)), packed.data)
@@ -438,7 +468,13 @@ fn already_refused(g: &Graph, name: &str) -> bool {
 }
 
 /// Records a candidate left as it is.
-fn refuse(g: &mut Graph, name: &str, form: &'static str, shape: Option<(usize, usize)>, why: String) -> bool {
+fn refuse(
+    g: &mut Graph,
+    name: &str,
+    form: &'static str,
+    shape: Option<(usize, usize)>,
+    why: String,
+) -> bool {
     let (k, n) = shape.unwrap_or((0, 0));
     if !already_refused(g, name) {
         g.report.integer_products.push(IntegerProduct {
@@ -500,7 +536,10 @@ fn agree_on_probes(
             Some(t) => t.as_ref().clone(),
             None => {
                 let dims: Vec<usize> = match g.fact(o).shape.as_ref() {
-                    Some(s) => s.iter().map(|d| if *d == Dim::Known(1) { 1 } else { len }).collect(),
+                    Some(s) => s
+                        .iter()
+                        .map(|d| if *d == Dim::Known(1) { 1 } else { len })
+                        .collect(),
                     None => vec![],
                 };
                 Tensor::F32(ArrayD::from_shape_fn(IxDyn(&dims), |_| {
@@ -537,7 +576,11 @@ fn compare(want: &Tensor, got: &Tensor, exactness: Exactness) -> std::result::Re
         return Err("the replacement's result is not float32".into());
     };
     if a.shape() != b.shape() {
-        return Err(format!("shapes differ on probes: {:?} and {:?}", a.shape(), b.shape()));
+        return Err(format!(
+            "shapes differ on probes: {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        ));
     }
     let peak = a.iter().fold(0f32, |m, v| m.max(v.abs()));
     let mut worst = 0f32;
@@ -550,7 +593,11 @@ fn compare(want: &Tensor, got: &Tensor, exactness: Exactness) -> std::result::Re
             worst = worst.max((x - y).abs());
         }
     }
-    if worst > 0.0 || a.iter().zip(b.iter()).any(|(x, y)| x.is_nan() != y.is_nan()) {
+    if worst > 0.0
+        || a.iter()
+            .zip(b.iter())
+            .any(|(x, y)| x.is_nan() != y.is_nan())
+    {
         return Err(format!(
             "the integer kernel's result differed from the graph's on probes (max abs {worst:e})"
         ));
@@ -563,7 +610,9 @@ fn absorb_add(g: &mut Graph, add: NodeIndex) -> bool {
     let Some((a, b)) = binary_operands(g, add, BinaryOp::Add) else {
         return false;
     };
-    let Some((product, other)) = fusable(g, a).map(|p| (p, b)).or_else(|| fusable(g, b).map(|p| (p, a)))
+    let Some((product, other)) = fusable(g, a)
+        .map(|p| (p, b))
+        .or_else(|| fusable(g, b).map(|p| (p, a)))
     else {
         return false;
     };
@@ -581,7 +630,13 @@ fn absorb_add(g: &mut Graph, add: NodeIndex) -> bool {
     }
     // A bias goes before the activation; once there is one, a constant is a residual.
     let takes_bias = operands[IntegerLinear::B].is_none()
-        && matches!(g.op(product.node), Some(Op::IntegerLinear { activation: None, .. }));
+        && matches!(
+            g.op(product.node),
+            Some(Op::IntegerLinear {
+                activation: None,
+                ..
+            })
+        );
     let as_bias = takes_bias
         .then(|| bias_values(g, other, n, g.fact(OutletId::new(add, 0))))
         .flatten();
@@ -623,14 +678,14 @@ fn bias_values(g: &Graph, b: OutletId, n: usize, out: &crate::ir::Fact) -> Optio
         return None;
     };
     let rank = out.shape.as_ref()?.len();
-    let fits = t.len() == n
-        && t.ndim() <= rank
-        && t.shape().last() == Some(&n);
+    let fits = t.len() == n && t.ndim() <= rank && t.shape().last() == Some(&n);
     if !fits {
         return None;
     }
     let values: Vec<f32> = t.iter().copied().collect();
-    ArrayD::from_shape_vec(IxDyn(&[n]), values).ok().map(Tensor::F32)
+    ArrayD::from_shape_vec(IxDyn(&[n]), values)
+        .ok()
+        .map(Tensor::F32)
 }
 
 /// `Gelu(IntegerLinear)` or `Relu(IntegerLinear)`, the product without a residual or activation yet.
@@ -647,7 +702,11 @@ fn absorb_activation(g: &mut Graph, node: NodeIndex) -> bool {
     let Some(product) = fusable(g, input) else {
         return false;
     };
-    let Some(&Op::IntegerLinear { n, activation: None }) = g.op(product.node) else {
+    let Some(&Op::IntegerLinear {
+        n,
+        activation: None,
+    }) = g.op(product.node)
+    else {
         return false;
     };
     let operands = g.inputs_of(product.node);
@@ -706,9 +765,11 @@ fn activation_agrees(
             let t = match g.const_value(*o) {
                 Some(t) => t.as_ref().clone(),
                 None => match slot {
-                    IntegerLinear::X => Tensor::U8(ArrayD::from_shape_fn(IxDyn(&[rows, k]), |_| {
-                        rng.next() as u8
-                    })),
+                    IntegerLinear::X => {
+                        Tensor::U8(ArrayD::from_shape_fn(IxDyn(&[rows, k]), |_| {
+                            rng.next() as u8
+                        }))
+                    }
                     IntegerLinear::X_ZERO => {
                         Tensor::U8(ArrayD::from_elem(IxDyn(&[]), rng.next() as u8))
                     }

@@ -347,6 +347,8 @@ fn precisions(g: &fff_runtime::plan::PlanGraph) -> Vec<(String, &'static str, us
     for n in &g.nodes {
         let p = match &n.op {
             Op::QuantLinear { precision, .. } => precision.name(),
+            Op::IntegerLinear { .. } => "int8",
+            Op::MatMulInteger => "8-bit integer",
             Op::FastFeedForward { .. } => {
                 dtype_of(n.inputs.get(FastFeedForward::W_IN).copied().flatten())
                     .unwrap_or("float32")
