@@ -13,17 +13,16 @@
 //! `n`, computed at run time (the activations' scale times the weights') or constant.
 
 use fff_ops::quant::{int8 as qi8, Epilogue};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 
-use super::elementwise;
-use super::fact::{broadcast, dtype_of, fact, shape_of, Dim, Facts, Inferred};
+use super::fact::{dtype_of, fact, shape_of, Dim, Facts, Inferred};
 use super::in_place::InPlace;
+use super::linear::{projection_shape, with_residual};
 use super::quant_linear::{Precision, QuantLinear};
-use super::util::{check_alloc, contiguous, standard_slice};
-use super::{BinaryOp, FffActivation};
-use crate::buffers;
+use super::util::standard_slice;
+use super::FffActivation;
 use crate::error::{Error, Result};
-use crate::tensor::{from_vec, DType, Tensor, TensorView};
+use crate::tensor::{DType, Tensor, TensorView};
 
 /// The input slots of [`super::Op::IntegerLinear`].
 pub struct IntegerLinear;
@@ -93,30 +92,9 @@ pub struct Side<'v, 'a> {
 
 /// `act(X W * SCALE + B) + R`; see the module's doc.
 pub fn integer_linear(p: Params, x: &TensorView, w: &TensorView, ins: Side) -> Result<Tensor> {
-    let shape = output_shape(p, x)?;
-    check_alloc(&shape, DType::F32)?;
-    if let Some(r) = ins.residual {
-        if r.shape() == shape.as_slice() {
-            let mut out = buffers::for_overwrite(r.len());
-            out.copy_from_slice(contiguous(r.f32()?).as_slice().expect("contiguous"));
-            accumulate(p, x, w, ins, true, &mut out)?;
-            return Ok(Tensor::F32(from_vec(IxDyn(&shape), out)));
-        }
-        // R broadcasts: the product first, then the Add it stands for.
-        let product = integer_linear(
-            p,
-            x,
-            w,
-            Side {
-                residual: None,
-                ..ins
-            },
-        )?;
-        return elementwise::binary(BinaryOp::Add, &product.view(), r);
-    }
-    let mut out = buffers::for_overwrite(shape.iter().product::<usize>());
-    accumulate(p, x, w, ins, false, &mut out)?;
-    Ok(Tensor::F32(from_vec(IxDyn(&shape), out)))
+    with_residual(output_shape(p, x)?, ins.residual, |acc, out| {
+        accumulate(p, x, w, ins, acc, out)
+    })
 }
 
 /// The shape of the product: X's with its last dim `n`.
@@ -227,20 +205,7 @@ pub(super) fn infer(p: Params, ins: Facts) -> Inferred {
             return Err(format!("IntegerLinear takes uint8 codes, not {dt}"));
         }
     }
-    let product = shape_of(ins, IntegerLinear::X).map(|mut s| {
-        if let Some(last) = s.last_mut() {
-            *last = Dim::Known(p.n as i64);
-        }
-        s
-    });
-    let shape = match (product, ins.get(IntegerLinear::R).copied().flatten()) {
-        (product, None) => product,
-        (Some(pr), Some(_)) => match shape_of(ins, IntegerLinear::R) {
-            Some(r) => Some(broadcast(&pr, &r)?),
-            None => None,
-        },
-        (None, Some(_)) => None,
-    };
+    let shape = projection_shape(ins, shape_of(ins, IntegerLinear::X), Dim::Known(p.n as i64))?;
     Ok(vec![fact(Some(DType::F32), shape)])
 }
 

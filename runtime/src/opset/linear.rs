@@ -218,22 +218,59 @@ pub(super) fn infer(op: &Op, ins: Facts) -> Inferred {
             .and_then(|s| s.get(1).cloned())
             .unwrap_or(Dim::Unknown),
     };
-    let product = s0.map(|mut s| {
+    Ok(vec![fact(dt0, projection_shape(ins, s0, n)?)])
+}
+
+/// The shape of a projection of X (`x`, `[..., k]`) to `n` columns with a residual added with
+/// broadcasting: the shape rule every projection op shares (X in slot 0, R in slot 3).
+pub(super) fn projection_shape(
+    ins: Facts,
+    x: Option<Vec<Dim>>,
+    n: Dim,
+) -> std::result::Result<Option<Vec<Dim>>, String> {
+    let product = x.map(|mut s| {
         if let Some(last) = s.last_mut() {
             *last = n;
         }
         s
     });
-    // A residual is added with broadcasting.
-    let shape = match (product, ins.get(Linear::R).copied().flatten()) {
+    Ok(match (product, ins.get(Linear::R).copied().flatten()) {
         (product, None) => product,
         (Some(p), Some(_)) => match shape_of(ins, Linear::R) {
             Some(r) => Some(broadcast(&p, &r)?),
             None => None,
         },
         (None, Some(_)) => None,
-    };
-    Ok(vec![fact(dt0, shape)])
+    })
+}
+
+/// A projection's result `product + R` as a new tensor of `shape` (X's with its last dim the
+/// outputs): `product(accumulate, out)` writes the product into `out`, or adds it when
+/// `accumulate`. R of the result's shape is copied and accumulated onto in one pass; R that
+/// broadcasts is added after, as the Add it stands for.
+pub(super) fn with_residual(
+    shape: Vec<usize>,
+    residual: Option<&TensorView>,
+    product: impl Fn(bool, &mut [f32]) -> Result<()>,
+) -> Result<Tensor> {
+    check_alloc(&shape, crate::tensor::DType::F32)?;
+    match residual {
+        Some(r) if r.shape() == shape.as_slice() => {
+            let mut out = buffers::for_overwrite(r.len());
+            out.copy_from_slice(contiguous(r.f32()?).as_slice().expect("contiguous"));
+            product(true, &mut out)?;
+            Ok(Tensor::F32(from_vec(IxDyn(&shape), out)))
+        }
+        _ => {
+            let mut out = buffers::for_overwrite(shape.iter().product::<usize>());
+            product(false, &mut out)?;
+            let out = Tensor::F32(from_vec(IxDyn(&shape), out));
+            match residual {
+                Some(r) => elementwise::binary(BinaryOp::Add, &out.view(), r),
+                None => Ok(out),
+            }
+        }
+    }
 }
 
 /// The op with its residual given as `owned`: accumulated onto it when it has the result's shape.

@@ -1,7 +1,7 @@
 //! MatMul (numpy semantics) and Gemm, on the GEMM kernel of `fff_ops`.
 
 use fff_ops::matmul::{gemm as gemm_kernel, MatRef};
-use ndarray::IxDyn;
+use ndarray::{ArrayViewD, IxDyn};
 
 use super::fact::{broadcast, dtype_of, fact, shape_of, Dim, Facts, Inferred};
 use super::util::{check_alloc, contiguous};
@@ -13,47 +13,92 @@ use crate::tensor::{from_vec, DType, Tensor, TensorView};
 /// Both write their result into a buffer from the recycler.
 pub(super) const TAKES_BUFFERS: bool = true;
 
+/// Two numpy-matmul operands as matrices over a common batch: rank-1 operands promoted (A to a row,
+/// B to a column), the inner dims checked, the batch dims broadcast.
+pub(super) struct Batched<'a, T> {
+    /// A with rank-1 promoted; [`Batched::broadcast`] gives it over the batch.
+    a: ArrayViewD<'a, T>,
+    b: ArrayViewD<'a, T>,
+    pub batch: Vec<usize>,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// The result's shape: the batch, then `m` and `n` unless that operand was rank 1.
+    pub shape: Vec<usize>,
+}
+
+impl<'a, T> Batched<'a, T> {
+    /// `op` names the op in errors; the result of `out` elements is checked against the memory budget.
+    pub(super) fn new(
+        op: &str,
+        a: ArrayViewD<'a, T>,
+        b: ArrayViewD<'a, T>,
+        out: DType,
+    ) -> Result<Self> {
+        if a.ndim() == 0 || b.ndim() == 0 {
+            return Err(Error::invalid(format!("{op} of a scalar")));
+        }
+        let (a_vec, b_vec) = (a.ndim() == 1, b.ndim() == 1);
+        let (a_shape, b_shape) = (a.shape().to_vec(), b.shape().to_vec());
+        let a2 = if a_vec {
+            a.insert_axis(ndarray::Axis(0))
+        } else {
+            a
+        };
+        let b2 = if b_vec {
+            b.insert_axis(ndarray::Axis(1))
+        } else {
+            b
+        };
+        let (ar, br) = (a2.ndim(), b2.ndim());
+        let (m, k) = (a2.shape()[ar - 2], a2.shape()[ar - 1]);
+        let (k2, n) = (b2.shape()[br - 2], b2.shape()[br - 1]);
+        if k != k2 {
+            return Err(Error::invalid(format!(
+                "{op} of {a_shape:?} and {b_shape:?}: inner dims differ"
+            )));
+        }
+        let batch = broadcast_shapes(&a2.shape()[..ar - 2], &b2.shape()[..br - 2])?;
+        let mut full = batch.clone();
+        full.extend([m, n]);
+        check_alloc(&full, out)?;
+        let mut shape = batch.clone();
+        if !a_vec {
+            shape.push(m);
+        }
+        if !b_vec {
+            shape.push(n);
+        }
+        Ok(Batched {
+            a: a2,
+            b: b2,
+            batch,
+            m,
+            k,
+            n,
+            shape,
+        })
+    }
+
+    /// A as `[batch.., m, k]` and B as `[batch.., k, n]`, broadcast (stride 0) where they lack the
+    /// batch.
+    pub(super) fn broadcast(&self) -> (ArrayViewD<'_, T>, ArrayViewD<'_, T>) {
+        let (batch, m, k, n) = (&self.batch[..], self.m, self.k, self.n);
+        let a = self.a.broadcast(IxDyn(&[batch, &[m, k]].concat()));
+        let b = self.b.broadcast(IxDyn(&[batch, &[k, n]].concat()));
+        (
+            a.expect("broadcastable by construction"),
+            b.expect("broadcastable by construction"),
+        )
+    }
+}
+
 pub fn matmul(a: &TensorView, b: &TensorView) -> Result<Tensor> {
     let (a, b) = (a.f32()?, b.f32()?);
     let (a, b) = (contiguous(a), contiguous(b));
-    // Rank-1 operands are promoted to matrices and the added axis removed afterwards (numpy rules).
-    let a_vec = a.ndim() == 1;
-    let b_vec = b.ndim() == 1;
-    let a2 = if a_vec {
-        a.view().insert_axis(ndarray::Axis(0))
-    } else {
-        a.view()
-    };
-    let b2 = if b_vec {
-        b.view().insert_axis(ndarray::Axis(1))
-    } else {
-        b.view()
-    };
-    if a2.ndim() < 2 || b2.ndim() < 2 {
-        return Err(Error::invalid("MatMul of a scalar"));
-    }
-    let (ar, br) = (a2.ndim(), b2.ndim());
-    let (m, k) = (a2.shape()[ar - 2], a2.shape()[ar - 1]);
-    let (k2, n) = (b2.shape()[br - 2], b2.shape()[br - 1]);
-    if k != k2 {
-        return Err(Error::invalid(format!(
-            "MatMul of {:?} and {:?}: inner dims differ",
-            a.shape(),
-            b.shape()
-        )));
-    }
-    let batch = broadcast_shapes(&a2.shape()[..ar - 2], &b2.shape()[..br - 2])?;
-    let a_b = a2
-        .broadcast(IxDyn(&[&batch[..], &[m, k]].concat()))
-        .expect("broadcastable by construction");
-    let b_b = b2
-        .broadcast(IxDyn(&[&batch[..], &[k, n]].concat()))
-        .expect("broadcastable by construction");
-    let mut shape = batch;
-    shape.extend([m, n]);
-    check_alloc(&shape, DType::F32)?;
-    shape.truncate(shape.len() - 2);
-    let batch = shape;
+    let mm = Batched::new("MatMul", a.view(), b.view(), DType::F32)?;
+    let (a_b, b_b) = mm.broadcast();
+    let (batch, m, k, n) = (&mm.batch, mm.m, mm.k, mm.n);
     let nb: usize = batch.iter().product();
     let mut out = buffers::zeroed(nb * m * n);
     let a_flat = a.as_slice().expect("contiguous");
@@ -76,14 +121,7 @@ pub fn matmul(a: &TensorView, b: &TensorView) -> Result<Tensor> {
         let bm = MatRef::row_major(&b_flat[bo..bo + k * n], k, n);
         gemm_kernel(am, bm, &mut out[i * m * n..(i + 1) * m * n], 1.0, 0.0);
     }
-    let mut shape = batch;
-    if !a_vec {
-        shape.push(m);
-    }
-    if !b_vec {
-        shape.push(n);
-    }
-    Ok(Tensor::F32(from_vec(IxDyn(&shape), out)))
+    Ok(Tensor::F32(from_vec(IxDyn(&mm.shape), out)))
 }
 
 pub fn gemm(

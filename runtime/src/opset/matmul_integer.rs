@@ -11,6 +11,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use super::broadcast_shapes;
 use super::elementwise::zip_broadcast;
 use super::fact::{dtype_of, fact, shape_of, Facts, Inferred};
+use super::matmul::Batched;
 use super::util::check_alloc;
 use crate::error::{Error, Result};
 use crate::tensor::{from_vec, DType, Tensor, TensorView};
@@ -113,40 +114,9 @@ pub fn matmul_integer(
 
 /// numpy matmul of i32 arrays with wrapping sums, in i-k-j order over contiguous rows.
 fn matmul_i32(a: ArrayViewD<i32>, b: ArrayViewD<i32>) -> Result<ArrayD<i32>> {
-    let (a_vec, b_vec) = (a.ndim() == 1, b.ndim() == 1);
-    if a.ndim() == 0 || b.ndim() == 0 {
-        return Err(Error::invalid("MatMulInteger of a scalar"));
-    }
-    let a2 = if a_vec {
-        a.insert_axis(ndarray::Axis(0))
-    } else {
-        a
-    };
-    let b2 = if b_vec {
-        b.insert_axis(ndarray::Axis(1))
-    } else {
-        b
-    };
-    let (ar, br) = (a2.ndim(), b2.ndim());
-    let (m, k) = (a2.shape()[ar - 2], a2.shape()[ar - 1]);
-    let (k2, n) = (b2.shape()[br - 2], b2.shape()[br - 1]);
-    if k != k2 {
-        return Err(Error::invalid(format!(
-            "MatMulInteger of {:?} and {:?}: inner dims differ",
-            a2.shape(),
-            b2.shape()
-        )));
-    }
-    let batch = broadcast_shapes(&a2.shape()[..ar - 2], &b2.shape()[..br - 2])?;
-    let mut full = batch.clone();
-    full.extend([m, n]);
-    check_alloc(&full, DType::I32)?;
-    let a_b = a2
-        .broadcast(IxDyn(&[&batch[..], &[m, k]].concat()))
-        .expect("broadcastable by construction");
-    let b_b = b2
-        .broadcast(IxDyn(&[&batch[..], &[k, n]].concat()))
-        .expect("broadcastable by construction");
+    let mm = Batched::new("MatMulInteger", a, b, DType::I32)?;
+    let (a_b, b_b) = mm.broadcast();
+    let (batch, m, k, n) = (&mm.batch, mm.m, mm.k, mm.n);
     let nb: usize = batch.iter().product();
     let mut out = vec![0i32; nb * m * n];
     let mut a_mat = vec![0i32; m * k];
@@ -179,14 +149,7 @@ fn matmul_i32(a: ArrayViewD<i32>, b: ArrayViewD<i32>) -> Result<ArrayD<i32>> {
             index[d] = 0;
         }
     }
-    let mut shape = batch;
-    if !a_vec {
-        shape.push(m);
-    }
-    if !b_vec {
-        shape.push(n);
-    }
-    Ok(from_vec(IxDyn(&shape), out))
+    Ok(from_vec(IxDyn(&mm.shape), out))
 }
 
 /// Copies the matrix at batch `index` of `v` into `out`, in standard order.

@@ -8,17 +8,16 @@
 //! - bf16: W `[ceil(n / 64), ceil(k / 2), 64, 2]` bfloat16; X is rounded to bf16 per call, sums in f32.
 
 use fff_ops::quant::{bf16 as qbf16, int8 as qi8, Epilogue};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 
-use super::elementwise;
-use super::fact::{broadcast, dtype_of, fact, shape_of, Dim, Facts, Inferred};
+use super::fact::{dtype_of, fact, shape_of, Dim, Facts, Inferred};
 use super::in_place::InPlace;
-use super::util::{check_alloc, contiguous, standard_slice};
-use super::{BinaryOp, FffActivation};
-use crate::buffers;
+use super::linear::{projection_shape, with_residual};
+use super::util::{contiguous, standard_slice};
+use super::FffActivation;
 use crate::error::{Error, Result};
-use crate::tensor::{from_vec, DType, Tensor, TensorView};
+use crate::tensor::{DType, Tensor, TensorView};
 
 /// The stored precision of a [`super::Op::QuantLinear`]'s weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -174,30 +173,9 @@ fn slice<'a, T>(a: &'a ndarray::ArrayViewD<'_, T>) -> Result<&'a [T]> {
 
 /// `act(X W + B) + R`; see the module's doc.
 pub fn quant_linear(p: Params, x: &TensorView, w: &TensorView, ins: Side) -> Result<Tensor> {
-    let shape = output_shape(p, x)?;
-    check_alloc(&shape, DType::F32)?;
-    if let Some(r) = ins.residual {
-        if r.shape() == shape.as_slice() {
-            let mut out = buffers::for_overwrite(r.len());
-            out.copy_from_slice(contiguous(r.f32()?).as_slice().expect("contiguous"));
-            accumulate(p, x, w, ins, true, &mut out)?;
-            return Ok(Tensor::F32(from_vec(IxDyn(&shape), out)));
-        }
-        // R broadcasts: the product first, then the Add it stands for.
-        let product = quant_linear(
-            p,
-            x,
-            w,
-            Side {
-                residual: None,
-                ..ins
-            },
-        )?;
-        return elementwise::binary(BinaryOp::Add, &product.view(), r);
-    }
-    let mut out = buffers::for_overwrite(shape.iter().product::<usize>());
-    accumulate(p, x, w, ins, false, &mut out)?;
-    Ok(Tensor::F32(from_vec(IxDyn(&shape), out)))
+    with_residual(output_shape(p, x)?, ins.residual, |acc, out| {
+        accumulate(p, x, w, ins, acc, out)
+    })
 }
 
 /// The optional inputs.
@@ -275,20 +253,7 @@ fn accumulate(
 /// The shape rule.
 pub(super) fn infer(p: Params, ins: Facts) -> Inferred {
     let dt0 = dtype_of(ins, QuantLinear::X);
-    let product = shape_of(ins, QuantLinear::X).map(|mut s| {
-        if let Some(last) = s.last_mut() {
-            *last = Dim::Known(p.n as i64);
-        }
-        s
-    });
-    let shape = match (product, ins.get(QuantLinear::R).copied().flatten()) {
-        (product, None) => product,
-        (Some(pr), Some(_)) => match shape_of(ins, QuantLinear::R) {
-            Some(r) => Some(broadcast(&pr, &r)?),
-            None => None,
-        },
-        (None, Some(_)) => None,
-    };
+    let shape = projection_shape(ins, shape_of(ins, QuantLinear::X), Dim::Known(p.n as i64))?;
     Ok(vec![fact(dt0, shape)])
 }
 
