@@ -95,6 +95,8 @@ element!(i64, I64);
 element!(i32, I32);
 element!(bool, Bool);
 element!(Bf16, BF16);
+element!(u8, U8);
+element!(i8, I8);
 
 fn mismatch(wanted: DType, got: DType) -> Error {
     Error::invalid(format!("the tensor holds {got}, not {wanted}"))

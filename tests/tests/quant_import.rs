@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{bin, random_inputs, read_expected};
+use common::{bin, min_row_cosine, random_inputs, read_expected};
 use fff_compiler::passes::{run_steps, Kind, Step, PIPELINE};
 use fff_compiler::Options;
 use fff_models::fixtures;
@@ -21,28 +21,12 @@ fn agreement(got: &Tensor, want: &[f64]) -> (f64, f64) {
     let Tensor::F32(a) = got else {
         panic!("float32 output expected")
     };
-    let d = *a.shape().last().unwrap();
-    let got: Vec<f64> = a.iter().map(|&v| v as f64).collect();
-    let max_abs = got
+    let max_abs = a
         .iter()
         .zip(want)
-        .map(|(x, y)| (x - y).abs())
+        .map(|(&x, y)| (x as f64 - y).abs())
         .fold(0.0, f64::max);
-    let cos = got
-        .chunks(d)
-        .zip(want.chunks(d))
-        .map(|(x, y)| {
-            let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
-            let nx: f64 = x.iter().map(|p| p * p).sum::<f64>().sqrt();
-            let ny: f64 = y.iter().map(|q| q * q).sum::<f64>().sqrt();
-            if nx == 0.0 && ny == 0.0 {
-                1.0
-            } else {
-                dot / (nx * ny)
-            }
-        })
-        .fold(1.0, f64::min);
-    (cos, max_abs)
+    (min_row_cosine(got, a.shape(), want), max_abs)
 }
 
 /// Plans compiled by the whole pipeline, or by the pipeline without `integer-products` (every

@@ -191,32 +191,12 @@ impl Single {
     }
 }
 
-fn u8s(t: &Tensor) -> Vec<u8> {
-    match t {
-        Tensor::U8(a) => a.iter().copied().collect(),
-        other => panic!("expected uint8, got {}", other.dtype()),
-    }
-}
-
-fn i8s(t: &Tensor) -> Vec<i8> {
-    match t {
-        Tensor::I8(a) => a.iter().copied().collect(),
-        other => panic!("expected int8, got {}", other.dtype()),
-    }
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    match t {
-        Tensor::F32(a) => a.iter().copied().collect(),
-        other => panic!("expected float32, got {}", other.dtype()),
-    }
-}
-
-fn i32s(t: &Tensor) -> Vec<i32> {
-    match t {
-        Tensor::I32(a) => a.iter().copied().collect(),
-        other => panic!("expected int32, got {}", other.dtype()),
-    }
+/// The elements of `t`, which must hold `T`.
+fn values<T>(t: &Tensor) -> Vec<T>
+where
+    Vec<T>: TryFrom<Tensor, Error = fff_runtime::Error>,
+{
+    Vec::try_from(t.clone()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn quantize(x: Tensor, scale: TensorProto, zp: Option<TensorProto>) -> Single {
@@ -251,7 +231,11 @@ fn quantize_linear_per_tensor() {
         )
         .opset(opset)
         .output();
-        assert_eq!(u8s(&y), [128, 129, 130, 255, 1, 0], "opset {opset}");
+        assert_eq!(
+            values::<u8>(&y),
+            [128, 129, 130, 255, 1, 0],
+            "opset {opset}"
+        );
     }
 }
 
@@ -261,22 +245,26 @@ fn quantize_linear_per_tensor() {
 fn quantize_linear_rounds_ties_to_even_and_saturates() {
     let x = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 300.0, -300.0];
     let run_u8 = |zp: u8| {
-        u8s(&quantize(
-            f32_in(&[8], &x),
-            f32_init("scale", &[], &[1.0]),
-            Some(u8_init("zp", &[], &[zp])),
+        values::<u8>(
+            &quantize(
+                f32_in(&[8], &x),
+                f32_init("scale", &[], &[1.0]),
+                Some(u8_init("zp", &[], &[zp])),
+            )
+            .output(),
         )
-        .output())
     };
     assert_eq!(run_u8(0), [0, 2, 2, 0, 0, 0, 255, 0]);
     assert_eq!(run_u8(255), [255, 255, 255, 255, 253, 253, 255, 0]);
     let run_i8 = |zp: i8| {
-        i8s(&quantize(
-            f32_in(&[8], &x),
-            f32_init("scale", &[], &[1.0]),
-            Some(i8_init("zp", &[], &[zp])),
+        values::<i8>(
+            &quantize(
+                f32_in(&[8], &x),
+                f32_init("scale", &[], &[1.0]),
+                Some(i8_init("zp", &[], &[zp])),
+            )
+            .output(),
         )
-        .output())
     };
     assert_eq!(run_i8(0), [0, 2, 2, 0, -2, -2, 127, -128]);
     assert_eq!(
@@ -286,11 +274,11 @@ fn quantize_linear_rounds_ties_to_even_and_saturates() {
     assert_eq!(run_i8(127), [127, 127, 127, 127, 125, 125, 127, -128]);
     // No zero point: uint8 with zero point 0; output_dtype int8 picks int8.
     let y = quantize(f32_in(&[8], &x), f32_init("scale", &[], &[1.0]), None).output();
-    assert_eq!(u8s(&y), [0, 2, 2, 0, 0, 0, 255, 0]);
+    assert_eq!(values::<u8>(&y), [0, 2, 2, 0, 0, 0, 255, 0]);
     let y = quantize(f32_in(&[8], &x), f32_init("scale", &[], &[1.0]), None)
         .attr("output_dtype", Attr::Int(Elem::Int8 as i64))
         .output();
-    assert_eq!(i8s(&y), [0, 2, 2, 0, -2, -2, 127, -128]);
+    assert_eq!(values::<i8>(&y), [0, 2, 2, 0, -2, -2, 127, -128]);
 }
 
 /// The spec's `quantizelinear_axis` case: one scale and zero point per channel (axis 1).
@@ -313,7 +301,11 @@ fn quantize_linear_per_axis() {
         if let Some(a) = axis {
             s = s.attr("axis", Attr::Int(a));
         }
-        assert_eq!(u8s(&s.output()), want, "opset {opset}, axis {axis:?}");
+        assert_eq!(
+            values::<u8>(&s.output()),
+            want,
+            "opset {opset}, axis {axis:?}"
+        );
     }
 }
 
@@ -334,7 +326,7 @@ fn quantize_linear_blocked() {
     .attr("axis", Attr::Int(1))
     .attr("block_size", Attr::Int(2))
     .output();
-    assert_eq!(u8s(&y), [4, 8, 21, 3, 1, 4, 1, 1, 2, 6, 4, 4]);
+    assert_eq!(values::<u8>(&y), [4, 8, 21, 3, 1, 4, 1, 1, 2, 6, 4, 4]);
 
     let y = quantize(
         f32_in(
@@ -347,7 +339,7 @@ fn quantize_linear_blocked() {
     .attr("block_size", Attr::Int(2))
     .output();
     // 5 / 4 = 1.25 -> 1; -3 / 2 = -1.5 -> -2; -5 / 4 = -1.25 -> -1.
-    assert_eq!(i8s(&y), [1, 2, 2, 2, 1, -1, -2, -2, -2, -1]);
+    assert_eq!(values::<i8>(&y), [1, 2, 2, 2, 1, -1, -2, -2, -2, -1]);
 }
 
 // ---- DequantizeLinear ----
@@ -362,7 +354,11 @@ fn dequantize_linear_per_tensor() {
         )
         .opset(opset)
         .output();
-        assert_eq!(f32s(&y), [-256.0, -250.0, 0.0, 254.0], "opset {opset}");
+        assert_eq!(
+            values::<f32>(&y),
+            [-256.0, -250.0, 0.0, 254.0],
+            "opset {opset}"
+        );
     }
     // int8 with zero points at both ends of the range; int32 with none.
     for (zp, want) in [(-128i8, [0.0, 255.0, 128.0]), (127, [-255.0, 0.0, -127.0])] {
@@ -372,11 +368,11 @@ fn dequantize_linear_per_tensor() {
             Some(i8_init("zp", &[], &[zp])),
         )
         .output();
-        assert_eq!(f32s(&y), want, "zero point {zp}");
+        assert_eq!(values::<f32>(&y), want, "zero point {zp}");
     }
     let x = Tensor::I32(ArrayD::from_shape_vec(IxDyn(&[3]), vec![-1000, 0, 7]).unwrap());
     let y = dequantize(x, f32_init("scale", &[], &[0.5]), None).output();
-    assert_eq!(f32s(&y), [-500.0, 0.0, 3.5]);
+    assert_eq!(values::<f32>(&y), [-500.0, 0.0, 3.5]);
 }
 
 /// The spec's `dequantizelinear_axis` case (the inverse of `quantizelinear_axis`).
@@ -396,7 +392,7 @@ fn dequantize_linear_per_axis() {
     )
     .opset(13)
     .output();
-    assert_eq!(f32s(&y), want);
+    assert_eq!(values::<f32>(&y), want);
 }
 
 /// Blocked dequantisation, whole blocks and a partial last block, as the ONNX reference's tests.
@@ -412,7 +408,7 @@ fn dequantize_linear_blocked() {
     .attr("block_size", Attr::Int(2))
     .output();
     let want = [0, 1, 4, 6, 12, 15, 24, 28, 40, 45, 60, 66].map(|v| v as f32);
-    assert_eq!(f32s(&y), want);
+    assert_eq!(values::<f32>(&y), want);
 
     let x: Vec<u8> = (0..24).collect();
     let y = dequantize(
@@ -430,7 +426,7 @@ fn dequantize_linear_blocked() {
         0, 2, 4, 3, 4, 5, 18, 21, 16, 18, 20, 11, 12, 13, 42, 45, 32, 34, 36, 19, 20, 21, 66, 69,
     ]
     .map(|v| v as f32);
-    assert_eq!(f32s(&y), want);
+    assert_eq!(values::<f32>(&y), want);
 }
 
 // ---- DynamicQuantizeLinear ----
@@ -442,7 +438,11 @@ fn dynamic(shape: &[usize], x: &[f32]) -> (Vec<u8>, f32, u8) {
         .outputs(3)
         .run()
         .unwrap();
-    (u8s(&outs[0]), f32s(&outs[1])[0], u8s(&outs[2])[0])
+    (
+        values::<u8>(&outs[0]),
+        values::<f32>(&outs[1])[0],
+        values::<u8>(&outs[2])[0],
+    )
 }
 
 /// The spec's three `dynamicquantizelinear` cases, and an all-zero input.
@@ -485,7 +485,10 @@ fn matmul_integer() {
         .init(u8_init("azp", &[], &[12]))
         .init(u8_init("bzp", &[], &[0]))
         .output();
-    assert_eq!(i32s(&y), [-38, -83, -44, -98, -50, -113, -56, -128]);
+    assert_eq!(
+        values::<i32>(&y),
+        [-38, -83, -44, -98, -50, -113, -56, -128]
+    );
 
     // Per row of A ([M]) and per column of B ([N]), int8 B: worked out by hand.
     let y = Single::new("MatMulInteger", &["a", "b", "azp", "bzp"])
@@ -495,7 +498,7 @@ fn matmul_integer() {
         .init(i8_init("bzp", &[2], &[0, 127]))
         .output();
     // Row 0: (0, -255); row 1: (0, 1). Column 0: (-128, 1); column 1: (0, -128).
-    assert_eq!(i32s(&y), [-255, 32640, 1, -128]);
+    assert_eq!(values::<i32>(&y), [-255, 32640, 1, -128]);
 }
 
 fn qlinear_matmul(a_shape: &[usize], a: Vec<u8>, b_shape: &[usize], b: Vec<u8>) -> Vec<u8> {
@@ -512,7 +515,7 @@ fn qlinear_matmul(a_shape: &[usize], a: Vec<u8>, b_shape: &[usize], b: Vec<u8>) 
     .init(f32_init("ys", &[], &[0.0107]))
     .init(u8_init("yzp", &[], &[118]))
     .output();
-    u8s(&y)
+    values::<u8>(&y)
 }
 
 /// The spec's `qlinearmatmul_2D` and `_3D` cases (uint8), through the QDQ decomposition.
@@ -563,7 +566,7 @@ fn microsoft_integer_to_float_forms() {
             want.push(s as f64 * a_scale as f64 * b_scale[j] as f64 + bias[j] as f64);
         }
     }
-    for (g, w) in f32s(&y).iter().zip(&want) {
+    for (g, w) in values::<f32>(&y).iter().zip(&want) {
         assert!(
             (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
             "{g} vs {w}"
@@ -591,7 +594,7 @@ fn microsoft_integer_to_float_forms() {
             want.push(s as f64 * a_scale * b_scale[j] as f64);
         }
     }
-    for (g, w) in f32s(&y).iter().zip(&want) {
+    for (g, w) in values::<f32>(&y).iter().zip(&want) {
         assert!(
             (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
             "{g} vs {w}"
@@ -610,16 +613,19 @@ fn data_movement_and_casts_on_8_bit_values() {
     let t = Single::new("Transpose", &["x"])
         .input("x", x.clone())
         .output();
-    assert_eq!(u8s(&t), [0, 253, 1, 254, 2, 255]);
+    assert_eq!(values::<u8>(&t), [0, 253, 1, 254, 2, 255]);
     let c = Single::new("Concat", &["x", "x"])
         .attr("axis", Attr::Int(0))
         .input("x", x.clone())
         .output();
-    assert_eq!(u8s(&c), [0, 1, 2, 253, 254, 255, 0, 1, 2, 253, 254, 255]);
+    assert_eq!(
+        values::<u8>(&c),
+        [0, 1, 2, 253, 254, 255, 0, 1, 2, 253, 254, 255]
+    );
     let mut g = Single::new("Gather", &["x", "idx"]).input("x", x.clone());
     g.inits
         .push(fff_models::onnx::tensor_i64("idx", &[2], vec![1, 0]));
-    assert_eq!(u8s(&g.output()), [253, 254, 255, 0, 1, 2]);
+    assert_eq!(values::<u8>(&g.output()), [253, 254, 255, 0, 1, 2]);
     let mut r = Single::new("Reshape", &["x", "shape"]).input("x", x.clone());
     r.inits
         .push(fff_models::onnx::tensor_i64("shape", &[1], vec![6]));
@@ -628,13 +634,13 @@ fn data_movement_and_casts_on_8_bit_values() {
         .attr("axis", Attr::Int(0))
         .input("x", i8_in(&[2, 2], &[-128, -1, 0, 127]))
         .output();
-    assert_eq!(i8s(&f), [-128, -1, 0, 127]);
+    assert_eq!(values::<i8>(&f), [-128, -1, 0, 127]);
     let mut s = Single::new("Slice", &["x", "st", "en"]).input("x", x.clone());
     s.inits
         .push(fff_models::onnx::tensor_i64("st", &[1], vec![1]));
     s.inits
         .push(fff_models::onnx::tensor_i64("en", &[1], vec![2]));
-    assert_eq!(u8s(&s.output()), [253, 254, 255]);
+    assert_eq!(values::<u8>(&s.output()), [253, 254, 255]);
     let mut u = Single::new("Unsqueeze", &["x", "ax"]).input("x", x.clone());
     u.inits
         .push(fff_models::onnx::tensor_i64("ax", &[1], vec![0]));
@@ -642,7 +648,7 @@ fn data_movement_and_casts_on_8_bit_values() {
     let mut e = Single::new("Expand", &["x", "shape"]).input("x", i8_in(&[1, 2], &[-7, 7]));
     e.inits
         .push(fff_models::onnx::tensor_i64("shape", &[2], vec![2, 2]));
-    assert_eq!(i8s(&e.output()), [-7, 7, -7, 7]);
+    assert_eq!(values::<i8>(&e.output()), [-7, 7, -7, 7]);
     let split = Single::new("Split", &["x"])
         .opset(18)
         .attr("axis", Attr::Int(1))
@@ -651,7 +657,7 @@ fn data_movement_and_casts_on_8_bit_values() {
         .outputs(3)
         .run()
         .unwrap();
-    assert_eq!(u8s(&split[2]), [2, 255]);
+    assert_eq!(values::<u8>(&split[2]), [2, 255]);
     let id = Single::new("Identity", &["x"])
         .input("x", x.clone())
         .output();
@@ -667,23 +673,32 @@ fn data_movement_and_casts_on_8_bit_values() {
     };
     let floats = f32_in(&[7], &[-1.9, 1.9, 255.7, 300.0, -300.0, f32::NAN, 127.9]);
     assert_eq!(
-        u8s(&cast(floats.clone(), Elem::Uint8)),
+        values::<u8>(&cast(floats.clone(), Elem::Uint8)),
         [0, 1, 255, 255, 0, 0, 127]
     );
     assert_eq!(
-        i8s(&cast(floats, Elem::Int8)),
+        values::<i8>(&cast(floats, Elem::Int8)),
         [-1, 1, 127, 127, -128, 0, 127]
     );
     let ints =
         Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[4]), vec![-1000, -1, 200, 1000]).unwrap());
-    assert_eq!(u8s(&cast(ints.clone(), Elem::Uint8)), [0, 0, 200, 255]);
-    assert_eq!(i8s(&cast(ints, Elem::Int8)), [-128, -1, 127, 127]);
     assert_eq!(
-        f32s(&cast(i8_in(&[2], &[-128, 127]), Elem::Float)),
+        values::<u8>(&cast(ints.clone(), Elem::Uint8)),
+        [0, 0, 200, 255]
+    );
+    assert_eq!(values::<i8>(&cast(ints, Elem::Int8)), [-128, -1, 127, 127]);
+    assert_eq!(
+        values::<f32>(&cast(i8_in(&[2], &[-128, 127]), Elem::Float)),
         [-128.0, 127.0]
     );
-    assert_eq!(u8s(&cast(i8_in(&[2], &[-5, 5]), Elem::Uint8)), [0, 5]);
-    assert_eq!(i8s(&cast(u8_in(&[2], &[200, 5]), Elem::Int8)), [127, 5]);
+    assert_eq!(
+        values::<u8>(&cast(i8_in(&[2], &[-5, 5]), Elem::Uint8)),
+        [0, 5]
+    );
+    assert_eq!(
+        values::<i8>(&cast(u8_in(&[2], &[200, 5]), Elem::Int8)),
+        [127, 5]
+    );
 }
 
 // ---- bad inputs ----
@@ -963,5 +978,5 @@ fn integer_weights_of_float_products_are_dequantised_once() {
             );
         }
     }
-    assert_eq!(f32s(&y), want);
+    assert_eq!(values::<f32>(&y), want);
 }

@@ -7,35 +7,12 @@ mod common;
 
 use std::process::Command;
 
-use common::{bin, read_expected};
+use common::{bin, min_row_cosine, read_expected};
 use fff_compiler::{Options, Quantize};
 use fff_models::fixtures;
 use fff_runtime::io::parse_inputs;
 use fff_runtime::op::{FastFeedForward, Op};
 use fff_runtime::{DType, Model, Tensor};
-
-/// The smallest cosine similarity between rows (the last axis) of `got` and the reference.
-fn min_row_cosine(got: &Tensor, shape: &[usize], want: &[f64]) -> f64 {
-    assert_eq!(got.shape(), shape);
-    let Tensor::F32(a) = got else {
-        panic!("float32 output expected")
-    };
-    let d = *shape.last().unwrap();
-    let got: Vec<f64> = a.iter().map(|&v| v as f64).collect();
-    got.chunks(d)
-        .zip(want.chunks(d))
-        .map(|(x, y)| {
-            let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
-            let nx: f64 = x.iter().map(|p| p * p).sum::<f64>().sqrt();
-            let ny: f64 = y.iter().map(|q| q * q).sum::<f64>().sqrt();
-            if nx == 0.0 && ny == 0.0 {
-                1.0
-            } else {
-                dot / (nx * ny)
-            }
-        })
-        .fold(1.0, f64::min)
-}
 
 fn compile_with(onnx: &std::path::Path, quantize: Quantize) -> (Model, Vec<u8>) {
     let bytes = std::fs::read(onnx).unwrap();

@@ -46,7 +46,7 @@ use fff_runtime::{DType, Tensor, TensorView};
 use ndarray::{ArrayD, IxDyn};
 use petgraph::stable_graph::NodeIndex;
 
-use super::pattern::binary_operands;
+use super::pattern::{binary_operands, read_once, trimmed};
 use crate::error::Result;
 use crate::ir::{Dim, Graph, OutletId};
 use crate::report::IntegerProduct;
@@ -144,11 +144,6 @@ fn cast_of_integer_product(g: &Graph, o: OutletId) -> Option<OutletId> {
     (g.op(mmi.node) == Some(&Op::MatMulInteger)).then_some(cast)
 }
 
-/// `o` if it is an op's output that one reader takes and the graph does not output.
-fn read_once(g: &Graph, o: OutletId) -> Option<OutletId> {
-    super::pattern::read_once(g, o)
-}
-
 /// The QDQ form at `matmul`.
 fn qdq_form(g: &mut Graph, matmul: NodeIndex) -> bool {
     let ins = g.inputs_of(matmul);
@@ -202,7 +197,6 @@ fn qdq_form(g: &mut Graph, matmul: NodeIndex) -> bool {
         1,
     );
     let scale = OutletId::new(scale, 0);
-    g.set_fact(scale, crate::ir::Fact::unknown());
     let (x_axis, w_axis, x_block, w_block) = (xdq.axis, wdq.axis, xdq.block_size, wdq.block_size);
     let scales = QdqScales {
         x: g.const_value(xs).map(|t| t.as_ref().clone()),
@@ -487,14 +481,6 @@ fn refuse(
         });
     }
     false
-}
-
-/// The inputs without trailing absent ones.
-fn trimmed(mut inputs: Vec<Option<OutletId>>) -> Vec<Option<OutletId>> {
-    while inputs.last() == Some(&None) {
-        inputs.pop();
-    }
-    inputs
 }
 
 /// Evaluates `op` on owned tensors.

@@ -30,3 +30,11 @@ pub fn scalar(g: &Graph, o: OutletId, max_rank: usize) -> Option<f32> {
     let a = v.f32().ok()?;
     (a.len() == 1 && a.ndim() <= max_rank).then(|| a.iter().copied().next().unwrap_or(0.0))
 }
+
+/// Op inputs without their trailing absent ones (optional slots after the last one given).
+pub fn trimmed(mut inputs: Vec<Option<OutletId>>) -> Vec<Option<OutletId>> {
+    while inputs.last() == Some(&None) {
+        inputs.pop();
+    }
+    inputs
+}

@@ -49,7 +49,7 @@ use fff_runtime::op::{
 use fff_runtime::{DType, Tensor};
 use ndarray::{ArrayD, IxDyn};
 
-use super::pattern::binary_operands;
+use super::pattern::{binary_operands, trimmed};
 use crate::error::Result;
 use crate::ir::{Graph, OutletId};
 use crate::report::Quantized;
@@ -287,14 +287,6 @@ fn packed(
             let data = Tensor::BF16(ArrayD::from_shape_vec(shape, data).expect("packed length"));
             inputs[QuantLinear::W] = Some(g.add_const(&format!("{name}/bf16"), data));
         }
-    }
-    inputs
-}
-
-/// The inputs without trailing absent ones.
-fn trimmed(mut inputs: Vec<Option<OutletId>>) -> Vec<Option<OutletId>> {
-    while inputs.last() == Some(&None) {
-        inputs.pop();
     }
     inputs
 }

@@ -194,3 +194,26 @@ pub fn bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The smallest cosine similarity between rows (the last axis) of `got` and the reference.
+pub fn min_row_cosine(got: &Tensor, shape: &[usize], want: &[f64]) -> f64 {
+    assert_eq!(got.shape(), shape);
+    let Tensor::F32(a) = got else {
+        panic!("float32 output expected")
+    };
+    let d = *shape.last().unwrap();
+    let got: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+    got.chunks(d)
+        .zip(want.chunks(d))
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+            let nx: f64 = x.iter().map(|p| p * p).sum::<f64>().sqrt();
+            let ny: f64 = y.iter().map(|q| q * q).sum::<f64>().sqrt();
+            if nx == 0.0 && ny == 0.0 {
+                1.0
+            } else {
+                dot / (nx * ny)
+            }
+        })
+        .fold(1.0, f64::min)
+}

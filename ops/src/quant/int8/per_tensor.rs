@@ -202,6 +202,15 @@ pub(super) fn quantize<T: Code>(width: Width, x: &[f32], scale: f32, zero: T, ou
         },
         Width::Scalar => quantize_scalar(x, scale, zero, out),
     };
+    in_pieces(x, out, piece);
+}
+
+/// Runs `piece` on matching pieces of `x` and `out`: on the pool for large inputs, else at once.
+fn in_pieces<A: Sync, B: Send>(
+    x: &[A],
+    out: &mut [B],
+    piece: impl Fn((&[A], &mut [B])) + Sync + Send,
+) {
     if crate::threads::available() > 1 && x.len() >= PARALLEL_VALUES {
         x.par_chunks(PIECE)
             .zip(out.par_chunks_mut(PIECE))
@@ -241,13 +250,7 @@ pub(super) fn dequantize<T: Code>(width: Width, x: &[T], scale: f32, zero: T, ou
         },
         Width::Scalar => dequantize_scalar(x, scale, zero, out),
     };
-    if crate::threads::available() > 1 && x.len() >= PARALLEL_VALUES {
-        x.par_chunks(PIECE)
-            .zip(out.par_chunks_mut(PIECE))
-            .for_each(piece);
-    } else {
-        piece((x, out));
-    }
+    in_pieces(x, out, piece);
 }
 
 /// The definition, one value at a time.
