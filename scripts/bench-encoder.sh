@@ -62,34 +62,9 @@ if [ "$have_ort" = 1 ]; then
 fi
 # Flush the freshly written plans first: their write-back would otherwise overlap the first timings.
 sync
-median() { python3 -c "import json,sys; print('%.2f' % json.load(sys.stdin)['median_ms'])"; }
-# ratio SLOWER FASTER: how many times faster the second is; n/a where either is.
-ratio() {
-  case "$1$2" in *n/a*) echo n/a ;; *) python3 -c "print('%.2fx' % ($1 / $2))" ;; esac
-}
-fff_ms() { # PLAN BATCH THREADS
-  if [ -f "$1" ]; then
-    $bin/fffrun "$1" "$out/in-$2.json" --bench --runs "$runs" --threads "$3" | median
-  else
-    echo n/a
-  fi
-}
-ort_ms() { # MODEL BATCH THREADS
-  if [ "$have_ort" = 1 ] && [ -f "$1" ]; then
-    python3 "$ort" bench "$1" --shape "input_ids=$2x$seq" --shape "attention_mask=$2x$seq" \
-      --threads "$3" --runs "$runs" | median
-  else
-    echo n/a
-  fi
-}
-input() { # token ids below 512 and an all-ones mask, [batch, seq]
-  python3 -c "
-import json, random
-random.seed(0)
-b, s = $1, $seq
-print(json.dumps({'input_ids': [[random.randrange(512) for _ in range(s)] for _ in range(b)],
-                  'attention_mask': [[1] * s for _ in range(b)]}))" > "$out/in-$1.json"
-}
+# median, ratio, fff_ms, ort_ms and input.
+# shellcheck source=scripts/bench-encoder-lib.sh
+. scripts/bench-encoder-lib.sh
 echo "ms per call, median of $runs runs; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo
 echo "| batch | threads | fff f32 FFF | fff int8 FFF | fff bf16 FFF | fff f32 dense | fff int8 dense | ORT f32 FFF (masking) | ORT int8 FFF (masking) | ORT f32 dense | ORT int8 dense |"

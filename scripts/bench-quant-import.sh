@@ -56,31 +56,10 @@ if [ -n "${FFF_INT8_FLAGS:-}" ] || $bin/fffc compile --help | grep -q -- --quant
 fi
 # Flush the freshly written plans first: their write-back would otherwise overlap the first timings.
 sync
-# The helpers of scripts/bench-encoder.sh.
-median() { python3 -c "import json,sys; print('%.2f' % json.load(sys.stdin)['median_ms'])"; }
-# ratio SLOWER FASTER: how many times faster the second is; n/a where either is.
-ratio() {
-  case "$1$2" in *n/a*) echo n/a ;; *) python3 -c "print('%.2fx' % ($1 / $2))" ;; esac
-}
-fff_ms() { # PLAN BATCH THREADS
-  if [ -f "$1" ]; then
-    $bin/fffrun "$1" "$out/in-$2.json" --bench --runs "$runs" --threads "$3" | median
-  else
-    echo n/a
-  fi
-}
-ort_ms() { # MODEL BATCH THREADS
-  python3 "$ort" bench "$1" --shape "input_ids=$2x$seq" --shape "attention_mask=$2x$seq" \
-    --threads "$3" --runs "$runs" | median
-}
-input() { # token ids below 512 and an all-ones mask, [batch, seq]
-  python3 -c "
-import json, random
-random.seed(0)
-b, s = $1, $seq
-print(json.dumps({'input_ids': [[random.randrange(512) for _ in range(s)] for _ in range(b)],
-                  'attention_mask': [[1] * s for _ in range(b)]}))" > "$out/in-$1.json"
-}
+# median, ratio, fff_ms, ort_ms and input, as bench-encoder.sh times them.
+have_ort=1
+# shellcheck source=scripts/bench-encoder-lib.sh
+. scripts/bench-encoder-lib.sh
 echo "Dense encoder ($layers layers, hidden $hidden, $heads heads, FF 3072, sequence $seq) quantised by ONNX Runtime's"
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 echo "quantize_dynamic (defaults); ms per call, median of $runs runs; $cpu; load average $(cut -d' ' -f1 /proc/loadavg)"
