@@ -11,6 +11,19 @@ use fff_runtime::plan::{
 use crate::error::{CompileError, Result};
 use crate::ir::{Dim, Graph, NodeKind, OutletId};
 
+/// Symbolic dims as the plan names them: an unknown dim of `owner` becomes the symbol `owner_dimN`.
+fn plan_dims(shape: &[Dim], owner: &str) -> Vec<PlanDim> {
+    shape
+        .iter()
+        .enumerate()
+        .map(|(axis, d)| match d {
+            Dim::Known(v) => PlanDim::Fixed(*v as usize),
+            Dim::Sym(s) => PlanDim::Sym(s.clone()),
+            Dim::Unknown => PlanDim::Sym(format!("{owner}_dim{axis}")),
+        })
+        .collect()
+}
+
 pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
     let order = g.topo_order();
     let mut ids: HashMap<OutletId, usize> = HashMap::new();
@@ -26,15 +39,7 @@ pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
             .shape
             .as_ref()
             .ok_or_else(|| CompileError::Graph(format!("input '{}' has no rank", node.name)))?;
-        let shape = shape
-            .iter()
-            .enumerate()
-            .map(|(axis, d)| match d {
-                Dim::Known(v) => PlanDim::Fixed(*v as usize),
-                Dim::Sym(s) => PlanDim::Sym(s.clone()),
-                Dim::Unknown => PlanDim::Sym(format!("{}_dim{axis}", node.name)),
-            })
-            .collect();
+        let shape = plan_dims(shape, &node.name);
         ids.insert(OutletId::new(n, 0), next);
         inputs.push(PlanInput {
             name: node.name.clone(),
@@ -84,9 +89,14 @@ pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
     let outputs = g
         .outputs()
         .iter()
-        .map(|(name, o)| PlanOutput {
-            name: name.clone(),
-            value: ids[o],
+        .map(|(name, o)| {
+            let fact = &g.node(o.node).outputs[o.slot];
+            PlanOutput {
+                name: name.clone(),
+                value: ids[o],
+                dtype: fact.dtype,
+                shape: fact.shape.as_ref().map(|s| plan_dims(s, name)),
+            }
         })
         .collect();
     let graph = PlanGraph {
@@ -96,6 +106,7 @@ pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
         outputs,
         constants,
         nodes,
+        text: None,
     };
     Ok((graph, weights.into_bytes()))
 }

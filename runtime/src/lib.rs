@@ -20,8 +20,9 @@
 //! # Ok::<(), fff_runtime::Error>(())
 //! ```
 //!
-//! Features: `io` (JSON and NumPy inputs and outputs, [`io`] and [`npy`]) and `cli` (the `fffrun`
-//! binary), both on by default; `default-features = false` leaves the library alone.
+//! Features: `io` (JSON and NumPy inputs and outputs, [`io`] and [`npy`]), `text` (the tokenizer of
+//! plans compiled with one: [`Model::embed`]) and `cli` (the `fffrun` binary), all on by default;
+//! `default-features = false` leaves the library alone.
 
 pub mod budget;
 pub mod buffers;
@@ -36,6 +37,7 @@ pub mod keep_warm;
 pub mod opset;
 pub mod panel_width;
 pub mod tensor;
+pub mod text;
 
 pub use convert::Element;
 /// The op set under the name the plan format and the compiler use for it.

@@ -193,6 +193,9 @@ pub struct Model {
     recyclable: Vec<bool>,
     /// Bytes of values one call may hold at once ([`Options::max_memory`], resolved at load).
     max_memory: usize,
+    /// The plan's tokenizer, parsed on first use (see [`Model::tokenizer`]).
+    #[cfg(feature = "text")]
+    pub(crate) text_tokenizer: std::sync::OnceLock<std::result::Result<crate::text::TextTokenizer, String>>,
 }
 
 impl Model {
@@ -306,6 +309,8 @@ impl Model {
             recycler: Arc::default(),
             spare_slots: Mutex::default(),
             max_memory,
+            #[cfg(feature = "text")]
+            text_tokenizer: std::sync::OnceLock::new(),
         })
     }
 

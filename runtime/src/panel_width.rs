@@ -164,6 +164,8 @@ mod tests {
             outputs: vec![PlanOutput {
                 name: "w".into(),
                 value: 3,
+                dtype: None,
+                shape: None,
             }],
             constants: vec![],
             nodes: vec![
@@ -173,6 +175,7 @@ mod tests {
                 node(Op::Binary(BinaryOp::Add), &[2, 6], 7),
                 node(linear(), &[0, 3], 7),
             ],
+            text: None,
         };
         let constant = |v: usize| {
             (1..=3).contains(&v).then(|| {
@@ -221,6 +224,7 @@ mod tests {
                 node(Op::Binary(BinaryOp::Add), &[4, 7], 8),
                 ff_node(5, 6, 9),
             ],
+            text: None,
         };
         let (w_in, w_out) = (vec![0.5f32; 2 * 64], vec![0.25f32; 64 * 64]);
         let constant = |v: usize| match v {

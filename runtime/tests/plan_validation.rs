@@ -26,6 +26,8 @@ fn valid() -> (PlanGraph, Vec<u8>) {
         outputs: vec![PlanOutput {
             name: "y".into(),
             value: 2,
+            dtype: None,
+            shape: None,
         }],
         constants: vec![PlanConstant {
             value: 1,
@@ -40,6 +42,7 @@ fn valid() -> (PlanGraph, Vec<u8>) {
             inputs: vec![Some(0), Some(1)],
             outputs: vec![2],
         }],
+        text: None,
     };
     (graph, w.into_bytes())
 }

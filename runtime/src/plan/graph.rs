@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::op::Op;
 use crate::tensor::DType;
+use crate::text::TextConfig;
 
 /// One dimension of a model input: a fixed size or a named symbol (`batch`, `seq`) that every input
 /// using the same name must agree on.
@@ -36,6 +37,12 @@ pub struct PlanInput {
 pub struct PlanOutput {
     pub name: String,
     pub value: usize,
+    /// The output's element type and symbolic shape as the compiler inferred them; absent in plans
+    /// written before they were recorded, and where inference could not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<DType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<Dim>>,
 }
 
 /// A constant: `len` bytes at `offset` in the weights section, little-endian, row-major.
@@ -66,4 +73,7 @@ pub struct PlanGraph {
     pub outputs: Vec<PlanOutput>,
     pub constants: Vec<PlanConstant>,
     pub nodes: Vec<PlanNode>,
+    /// The tokenizer and text defaults (`fffc compile --tokenizer`); see [`crate::text`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextConfig>,
 }

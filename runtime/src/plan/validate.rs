@@ -31,6 +31,9 @@ pub fn validate(g: &PlanGraph, weights_len: usize) -> Result<()> {
             None => Err(Error::plan(format!("value {v} ({what}) is out of range"))),
         }
     };
+    if let Some(text) = &g.text {
+        validate_text(g, text)?;
+    }
     let mut names = HashSet::new();
     for i in &g.inputs {
         if !names.insert(&i.name) {
@@ -90,6 +93,34 @@ pub fn validate(g: &PlanGraph, weights_len: usize) -> Result<()> {
         }
         if !defined.get(o.value).copied().unwrap_or(false) {
             return bad(format!("output '{}' is never computed", o.name));
+        }
+    }
+    Ok(())
+}
+
+/// The text section names inputs the plan has, of integer types, and a usable length.
+fn validate_text(g: &PlanGraph, text: &crate::text::TextConfig) -> Result<()> {
+    if text.max_length == 0 {
+        return Err(Error::plan("the text section's max length is 0"));
+    }
+    let r = &text.roles;
+    for name in [Some(&r.ids), r.mask.as_ref(), r.type_ids.as_ref(), r.positions.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        match g.inputs.iter().find(|i| &i.name == name) {
+            Some(i) if matches!(i.dtype, crate::tensor::DType::I64 | crate::tensor::DType::I32) => {}
+            Some(i) => {
+                return Err(Error::plan(format!(
+                    "the text section fills input '{name}', which is {}, with token ids",
+                    i.dtype
+                )))
+            }
+            None => {
+                return Err(Error::plan(format!(
+                    "the text section names input '{name}', which the plan does not have"
+                )))
+            }
         }
     }
     Ok(())
