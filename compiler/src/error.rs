@@ -36,6 +36,10 @@ pub enum CompileError {
     /// the step that made it.
     #[error("the graph is invalid after step '{step}': {violation}")]
     Broken { step: String, violation: String },
+    /// The tokenizer or sentence-transformers folder given with `--tokenizer` is unreadable, or does
+    /// not fit the model.
+    #[error("tokenizer: {0}")]
+    Text(String),
     /// A compile option the compiler cannot take.
     #[error("invalid option: {0}")]
     Option(String),

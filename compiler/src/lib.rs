@@ -9,6 +9,7 @@ pub mod passes;
 pub mod plan_writer;
 pub mod quant_cost;
 pub mod report;
+pub mod text;
 
 use std::path::Path;
 
@@ -53,6 +54,8 @@ pub struct Options {
     pub stop_after: Option<String>,
     /// Check the graph with [`ir::verify`] after every step: on by default in debug builds and tests.
     pub verify: bool,
+    /// The tokenizer and text defaults to store in the plan (`--tokenizer`): see [`text`].
+    pub text: Option<text::TextOptions>,
 }
 
 impl Default for Options {
@@ -63,6 +66,7 @@ impl Default for Options {
             panel_cols: fff_ops::panels::PANEL_COLS,
             stop_after: None,
             verify: cfg!(debug_assertions),
+            text: None,
         }
     }
 }
@@ -82,9 +86,27 @@ pub fn compile_bytes(bytes: &[u8], options: &Options) -> Result<Graph> {
     Ok(g)
 }
 
-/// Compiles ONNX bytes straight to the bytes of a plan file.
+/// Compiles ONNX bytes straight to the bytes of a plan file, with the text section
+/// [`Options::text`] asks for.
 pub fn compile_to_plan_bytes(bytes: &[u8], options: &Options) -> Result<Vec<u8>> {
     let g = compile_bytes(bytes, options)?;
-    let (graph, weights) = plan_writer::to_plan(&g)?;
+    plan_bytes(&g, options)
+}
+
+/// The bytes of the plan file for a compiled graph, with the text section [`Options::text`] asks
+/// for (its tokenizer read and checked against the model here).
+pub fn plan_bytes(g: &Graph, options: &Options) -> Result<Vec<u8>> {
+    let (mut graph, weights) = plan_writer::to_plan(g)?;
+    if let Some(text) = &options.text {
+        graph.text = Some(text::text_section(text, g, &graph)?.0);
+    }
     Ok(fff_runtime::plan::encode(&graph, &weights))
+}
+
+/// Compiles the ONNX file `input` into the plan file `output` (written atomically), as
+/// `fffc compile` does without its reports.
+pub fn compile_file(input: &Path, output: &Path, options: &Options) -> Result<()> {
+    let g = compile_path(input, options)?;
+    let bytes = plan_bytes(&g, options)?;
+    plan_writer::write_bytes(&bytes, output)
 }

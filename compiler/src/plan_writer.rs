@@ -114,9 +114,13 @@ pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
 /// Writes the plan file for `g`.
 pub fn write_plan(g: &Graph, path: &Path) -> Result<()> {
     let (graph, weights) = to_plan(g)?;
-    let bytes = plan::encode(&graph, &weights);
+    write_bytes(&plan::encode(&graph, &weights), path)
+}
+
+/// Writes a plan file's bytes.
+pub fn write_bytes(bytes: &[u8], path: &Path) -> Result<()> {
     // Atomic: a plan may be memory-mapped by a running process, which must never see it half-written.
-    fff_runtime::files::write_atomic(path, |w| std::io::Write::write_all(w, &bytes)).map_err(|e| {
+    fff_runtime::files::write_atomic(path, |w| std::io::Write::write_all(w, bytes)).map_err(|e| {
         CompileError::Write {
             path: path.display().to_string(),
             cause: e,
