@@ -21,6 +21,7 @@ use fff_runtime::fff_stats::run_with_fff_usage;
 use fff_runtime::io::{read_inputs_file, write_outputs, JsonStyle};
 use fff_runtime::model::{Options, MAX_THREADS};
 use fff_runtime::npy::{read_npy, read_npz_inputs, write_npz};
+use fff_runtime::text::{EmbedOptions, Pooling, Roles, Tokens};
 use fff_runtime::{Model, Tensor, TensorView};
 
 /// Runs a compiled fff model (.fff) on the CPU.
@@ -38,9 +39,38 @@ struct Args {
     #[arg(value_name = "MODEL.fff")]
     model: PathBuf,
 
-    /// The inputs: JSON, or `.npy` (one input), or `.npz` (arrays named as the inputs).
-    #[arg(value_name = "INPUT")]
-    input: PathBuf,
+    /// The inputs: JSON, or `.npy` (one input), or `.npz` (arrays named as the inputs). For a plan
+    /// with a tokenizer, JSON may carry text instead: `{"text": ["...", ...]}`, or a v2 request with
+    /// one BYTES input.
+    #[arg(value_name = "INPUT", required_unless_present = "text", conflicts_with = "text")]
+    input: Option<PathBuf>,
+
+    /// A text to embed (repeatable: one batch, one row per text in order), for plans compiled with
+    /// --tokenizer. Prints {"embedding": [[...], ...]}, or the model's outputs with --pooling none.
+    #[arg(long, value_name = "TEXT")]
+    text: Vec<String>,
+
+    /// How text embeddings pool token vectors: cls, mean, max, or none (the model's outputs)
+    /// [default: the plan's].
+    #[arg(long, value_name = "MODE", value_parser = pooling)]
+    pooling: Option<Pooling>,
+
+    /// Normalise text embeddings to unit length [default: the plan's].
+    #[arg(long, conflicts_with = "no_normalize")]
+    normalize: bool,
+
+    /// Do not normalise text embeddings, whatever the plan's default.
+    #[arg(long)]
+    no_normalize: bool,
+
+    /// Truncate texts to this many tokens, at most the model's limit [default: the plan's].
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    max_length: Option<usize>,
+
+    /// Which model input takes which part of the tokens: ids=NAME,mask=NAME,type_ids=NAME,
+    /// positions=NAME [default: the plan's, recognised by name].
+    #[arg(long, value_name = "MAP")]
+    input_map: Option<String>,
 
     /// Write the outputs (or, with --bench, the timings) to this file instead of stdout; a name ending
     /// in `.npz` writes NumPy arrays.
@@ -89,6 +119,10 @@ struct Args {
     fff_stats: bool,
 }
 
+fn pooling(text: &str) -> Result<Pooling, String> {
+    text.parse().map_err(|e: fff_runtime::Error| e.to_string())
+}
+
 /// Parses a count that must be at least 1.
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
@@ -115,6 +149,16 @@ struct BenchReport {
     min_ms: f64,
     runs: usize,
     threads: usize,
+    /// With text: the median time of tokenising the batch, which `median_ms` includes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokenize_ms: Option<f64>,
+}
+
+/// Texts to embed, tokenised, with how to embed them.
+struct TextJob {
+    tokens: Tokens,
+    texts: Vec<String>,
+    options: EmbedOptions,
 }
 
 fn main() -> ExitCode {
@@ -138,10 +182,9 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     if let Some(output) = &args.output {
-        fff_runtime::files::refuse_overwriting_inputs(
-            output,
-            &[("the model", &args.model), ("the input file", &args.input)],
-        )?;
+        let mut inputs = vec![("the model", args.model.as_path())];
+        inputs.extend(args.input.as_deref().map(|i| ("the input file", i)));
+        fff_runtime::files::refuse_overwriting_inputs(output, &inputs)?;
     }
     // 0 asks the runtime for one thread per core.
     let threads = args.threads.unwrap_or(0);
@@ -155,7 +198,26 @@ fn run(args: &Args) -> Result<()> {
     let model = Model::load_with(&args.model, options)
         .with_context(|| format!("cannot load model {}", args.model.display()))?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
-    let (inputs, style) = read_inputs(&args.input, &model)?;
+    let (inputs, style, text) = match &args.input {
+        None => {
+            let job = text_job(&model, args, args.text.clone())?;
+            (model.token_inputs(&job.tokens, &job.options)?, JsonStyle::Plain, Some(job))
+        }
+        Some(path) => match read_text_request(path, &model)? {
+            Some((texts, style)) => {
+                let job = text_job(&model, args, texts)?;
+                (model.token_inputs(&job.tokens, &job.options)?, style, Some(job))
+            }
+            None => {
+                let (inputs, style) = read_inputs(path, &model)?;
+                (inputs, style, None)
+            }
+        },
+    };
+    // With text, the outputs are pooled unless no pooling applies.
+    let pooled = text
+        .as_ref()
+        .filter(|job| model.embed_settings(&job.options).0 != Pooling::None);
 
     let report = if args.fff_stats {
         let (_, usage) = run_with_fff_usage(&model, inputs)?;
@@ -171,19 +233,27 @@ fn run(args: &Args) -> Result<()> {
     } else if args.profile {
         profile(&model, &inputs, args.runs)?
     } else if args.bench {
-        let times = bench(&model, &inputs, args.runs)?;
+        let (times, tokenize_ms) = match &text {
+            Some(job) => bench_text(&model, job, args.runs)?,
+            None => (bench(&model, &inputs, args.runs)?, None),
+        };
         let report = BenchReport {
             load_ms,
             median_ms: median(&times),
             min_ms: times[0],
             runs: args.runs,
             threads: model.threads(),
+            tokenize_ms,
         };
         let mut line = serde_json::to_string(&report).context("cannot format the timings")?;
         line.push('\n');
         line
     } else {
-        let outputs = model.run(inputs)?;
+        let mut outputs = model.run(inputs)?;
+        if let Some(job) = pooled {
+            let embedding = model.pool_outputs(&outputs, &job.tokens, &job.options)?;
+            outputs = vec![("embedding".to_string(), embedding.into())];
+        }
         if let Some(path) = args.output.as_deref().filter(|p| has_extension(p, "npz")) {
             return Ok(write_npz(path, &outputs)?);
         }
@@ -192,6 +262,78 @@ fn run(args: &Args) -> Result<()> {
         text
     };
     emit(args.output.as_deref(), &report)
+}
+
+/// Tokenises `texts` as the flags ask, saying on stderr which texts were cut to the length limit.
+fn text_job(model: &Model, args: &Args, texts: Vec<String>) -> Result<TextJob> {
+    let config = model.text_config().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no tokenizer, so it takes token ids, not text; compile it with \
+             `fffc compile MODEL.onnx --tokenizer tokenizer.json`",
+            args.model.display()
+        )
+    })?;
+    let options = EmbedOptions {
+        pooling: args.pooling,
+        normalize: match (args.normalize, args.no_normalize) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        max_length: args.max_length,
+        input_map: match &args.input_map {
+            Some(m) => Roles::parse_map(m)?,
+            None => Vec::new(),
+        },
+        output: None,
+    };
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let tokens = model.tokenize(&refs, &options)?;
+    if !tokens.truncated.is_empty() {
+        let which: Vec<String> = tokens.truncated.iter().map(|i| i.to_string()).collect();
+        let from = match args.max_length {
+            Some(_) => "--max-length".to_string(),
+            None => config.max_length_from.clone(),
+        };
+        eprintln!(
+            "note: text{} {} {} longer than {} tokens ({from}) and {} truncated",
+            if which.len() > 1 { "s" } else { "" },
+            which.join(", "),
+            if which.len() > 1 { "are" } else { "is" },
+            tokens.max_length,
+            if which.len() > 1 { "were" } else { "was" },
+        );
+    }
+    Ok(TextJob {
+        tokens,
+        texts,
+        options,
+    })
+}
+
+/// The texts of a JSON input file that carries text (`{"text": [...]}` or a v2 BYTES input), if it
+/// does and the model has no input of that name.
+fn read_text_request(path: &Path, model: &Model) -> Result<Option<(Vec<String>, JsonStyle)>> {
+    if has_extension(path, "npy") || has_extension(path, "npz") {
+        return Ok(None);
+    }
+    let takes_text_input = model.inputs().iter().any(|i| i.name == "text");
+    if takes_text_input {
+        return Ok(None);
+    }
+    // A file of token ids can be large and is streamed by `read_inputs`; text requests are small, and
+    // are looked for only in files of at most this size.
+    const MAX_TEXT_REQUEST: u64 = 64 << 20;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read input file {}", path.display()))?
+        .len();
+    if size > MAX_TEXT_REQUEST {
+        return Ok(None);
+    }
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read input file {}", path.display()))?;
+    Ok(fff_runtime::io::parse_text_request(&bytes)
+        .with_context(|| format!("in input file {}", path.display()))?)
 }
 
 fn has_extension(path: &Path, ext: &str) -> bool {
@@ -264,6 +406,39 @@ fn bench(model: &Model, inputs: &[(String, Tensor)], runs: usize) -> Result<Vec<
     }
     times.sort_by(f64::total_cmp);
     Ok(times)
+}
+
+/// Times `runs` whole embed calls (tokenise, run, pool) after a warm-up, and the median time of their
+/// tokenising alone.
+fn bench_text(model: &Model, job: &TextJob, runs: usize) -> Result<(Vec<f64>, Option<f64>)> {
+    let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+    let call = || -> Result<(f64, f64)> {
+        let start = Instant::now();
+        let tokens = model.tokenize(&texts, &job.options)?;
+        let tokenized = start.elapsed().as_secs_f64() * 1e3;
+        let inputs = model.token_inputs(&tokens, &job.options)?;
+        let outputs = model.run(inputs)?;
+        if model.embed_settings(&job.options).0 != Pooling::None {
+            model.pool_outputs(&outputs, &tokens, &job.options)?;
+        }
+        let total = start.elapsed().as_secs_f64() * 1e3;
+        model.recycle(outputs);
+        Ok((total, tokenized))
+    };
+    let start = Instant::now();
+    while start.elapsed() < WARM_UP {
+        call()?;
+    }
+    let mut times = Vec::with_capacity(runs);
+    let mut tokenizing = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (total, tokenized) = call()?;
+        times.push(total);
+        tokenizing.push(tokenized);
+    }
+    times.sort_by(f64::total_cmp);
+    tokenizing.sort_by(f64::total_cmp);
+    Ok((times, Some(median(&tokenizing))))
 }
 
 /// Warm-up runs, then `runs` profiled runs; a text table of the median time per op kind (largest

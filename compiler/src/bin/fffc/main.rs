@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use fff_compiler::{Options, Quantize, Weights};
+use fff_compiler::text::TextOptions;
 use fff_runtime::op::{FastFeedForward, Op};
+use fff_runtime::text::{Pooling, Roles};
 use fff_runtime::Model;
 use serde_json::json;
 
@@ -82,6 +84,25 @@ enum Command {
         /// Inputs (JSON as fffrun reads them, or .npz) to measure the quantised plan on.
         #[arg(long, value_name = "INPUT", requires = "quantize")]
         calibrate: Option<PathBuf>,
+        /// Store a Hugging Face tokenizer in the plan, so that `fffrun --text` and `Model::embed`
+        /// take text: a tokenizer.json, or a sentence-transformers model folder (whose length limit,
+        /// pooling and normalisation become the plan's defaults).
+        #[arg(long, value_name = "PATH")]
+        tokenizer: Option<PathBuf>,
+        /// The plan's default pooling for text [default: the folder's, else none].
+        #[arg(long, value_name = "MODE", requires = "tokenizer", value_parser = pooling)]
+        pooling: Option<Pooling>,
+        /// Normalise text embeddings to unit length by default [default: the folder's, else no].
+        #[arg(long, requires = "tokenizer")]
+        normalize: bool,
+        /// Truncate texts to this many tokens [default: the folder's or tokenizer's limit, at most
+        /// the model's position table].
+        #[arg(long, value_name = "N", requires = "tokenizer")]
+        max_length: Option<usize>,
+        /// Which model input takes which part of the tokens, for inputs whose names do not say:
+        /// ids=NAME,mask=NAME,type_ids=NAME,positions=NAME.
+        #[arg(long, value_name = "MAP", requires = "tokenizer")]
+        input_map: Option<String>,
     },
     /// Describes a plan: inputs, outputs, op counts, weight bytes.
     Inspect {
@@ -104,6 +125,10 @@ enum QuantizeArg {
 enum WeightsArg {
     F32,
     Bf16,
+}
+
+fn pooling(s: &str) -> Result<Pooling, String> {
+    s.parse().map_err(|e: fff_runtime::Error| e.to_string())
 }
 
 fn step_name(s: &str) -> Result<String, String> {
@@ -137,7 +162,12 @@ fn main() -> ExitCode {
             panel_cols,
             quantize,
             calibrate,
-        } => compile(
+            tokenizer,
+            pooling,
+            normalize,
+            max_length,
+            input_map,
+        } => text_options(tokenizer, pooling, normalize, max_length, input_map).and_then(|text| compile(
             &input,
             output.as_deref(),
             &dump,
@@ -155,9 +185,10 @@ fn main() -> ExitCode {
                     QuantizeArg::Int8 => Quantize::Int8,
                     QuantizeArg::Bf16 => Quantize::Bf16,
                 },
+                text,
                 ..Options::default()
             },
-        ),
+        )),
         Command::Inspect { plan, json } => inspect(&plan, json),
     };
     match result {
@@ -167,6 +198,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The text section `--tokenizer` and its options ask for.
+fn text_options(
+    tokenizer: Option<PathBuf>,
+    pooling: Option<Pooling>,
+    normalize: bool,
+    max_length: Option<usize>,
+    input_map: Option<String>,
+) -> Result<Option<TextOptions>> {
+    let Some(tokenizer) = tokenizer else {
+        return Ok(None);
+    };
+    let input_map = match input_map {
+        Some(m) => Roles::parse_map(&m)?,
+        None => Vec::new(),
+    };
+    Ok(Some(TextOptions {
+        tokenizer,
+        pooling,
+        normalize: normalize.then_some(true),
+        max_length,
+        input_map,
+    }))
 }
 
 fn compile(
@@ -227,7 +282,16 @@ fn compile(
     let Some(out) = out else {
         return Ok(());
     };
-    fff_compiler::plan_writer::write_plan(&g, &out)?;
+    let (mut plan, weights) = fff_compiler::plan_writer::to_plan(&g)?;
+    if let Some(text) = &options.text {
+        let (config, notes) = fff_compiler::text::text_section(text, &g, &plan)?;
+        for note in notes {
+            eprintln!("note: {note}");
+        }
+        eprintln!("text: {}", text_summary(&config));
+        plan.text = Some(config);
+    }
+    fff_compiler::plan_writer::write_bytes(&fff_runtime::plan::encode(&plan, &weights), &out)?;
     eprintln!(
         "wrote {} ({} ops, {} inputs, {} outputs)",
         out.display(),
@@ -250,6 +314,33 @@ fn compile(
 }
 
 mod quantize;
+
+/// One line on a plan's text section, for `compile` and `inspect`.
+fn text_summary(t: &fff_runtime::text::TextConfig) -> String {
+    format!(
+        "tokenizer from {}; max length {} ({}); pooling {}; normalize {}; inputs {}",
+        t.source,
+        t.max_length,
+        t.max_length_from,
+        t.pooling.map_or("none (the model's outputs)", |p| p.name()),
+        if t.normalize { "yes" } else { "no" },
+        t.roles.describe()
+    )
+}
+
+/// The text section as `inspect --json` shows it (without the tokenizer itself).
+fn text_json(t: &fff_runtime::text::TextConfig) -> serde_json::Value {
+    json!({
+        "source": t.source,
+        "max_length": t.max_length,
+        "max_length_from": t.max_length_from,
+        "model_limit": t.model_limit,
+        "pooling": t.pooling.map(|p| p.name()),
+        "normalize": t.normalize,
+        "roles": t.roles,
+        "tokenizer_bytes": t.tokenizer.len(),
+    })
+}
 
 fn inspect(path: &Path, as_json: bool) -> Result<()> {
     let model = Model::load(path).with_context(|| format!("cannot load {}", path.display()))?;
@@ -294,7 +385,8 @@ fn inspect(path: &Path, as_json: bool) -> Result<()> {
         let v = json!({
             "producer": g.producer,
             "inputs": g.inputs.iter().map(|i| json!({"name": i.name, "dtype": i.dtype.name(), "shape": i.shape})).collect::<Vec<_>>(),
-            "outputs": g.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+            "outputs": g.outputs.iter().map(|o| json!({"name": o.name, "dtype": o.dtype.map(|d| d.name()), "shape": o.shape})).collect::<Vec<_>>(),
+            "text": g.text.as_ref().map(text_json),
             "nodes": g.nodes.len(),
             "op_counts": op_counts,
             "constants": g.constants.len(),
@@ -314,7 +406,13 @@ fn inspect(path: &Path, as_json: bool) -> Result<()> {
     }
     writeln!(text, "outputs:")?;
     for o in &g.outputs {
-        writeln!(text, "  {}", o.name)?;
+        match (o.dtype, &o.shape) {
+            (Some(d), Some(s)) => writeln!(text, "  {}: {d} {}", o.name, shape(s))?,
+            _ => writeln!(text, "  {}", o.name)?,
+        }
+    }
+    if let Some(t) = &g.text {
+        writeln!(text, "text: {}", text_summary(t))?;
     }
     writeln!(text, "ops ({} nodes):", g.nodes.len())?;
     for (op, n) in &op_counts {
