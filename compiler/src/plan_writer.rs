@@ -95,7 +95,16 @@ pub fn to_plan(g: &Graph) -> Result<(PlanGraph, Vec<u8>)> {
                 name: name.clone(),
                 value: ids[o],
                 dtype: fact.dtype,
-                shape: fact.shape.as_ref().map(|s| plan_dims(s, name)),
+                // Informational only (outputs bind nothing): an unknown dim is shown as `?`.
+                shape: fact.shape.as_ref().map(|s| {
+                    s.iter()
+                        .map(|d| match d {
+                            Dim::Known(v) => PlanDim::Fixed(*v as usize),
+                            Dim::Sym(s) => PlanDim::Sym(s.clone()),
+                            Dim::Unknown => PlanDim::Sym("?".to_string()),
+                        })
+                        .collect()
+                }),
             }
         })
         .collect();

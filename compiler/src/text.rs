@@ -53,14 +53,14 @@ struct Source {
 }
 
 /// Reads `path`: a tokenizer file, or a folder (sentence-transformers when it has `modules.json`).
-fn read_source(path: &Path) -> Result<Source> {
+/// With `pooling_given`, the folder's pooling is not read (the caller's replaces it).
+fn read_source(path: &Path, pooling_given: bool) -> Result<Source> {
     if !path.is_dir() {
-        let tokenizer = read_text(path)?;
-        let max_length = truncation_of(&tokenizer);
+        // A bare tokenizer.json: its own truncation setting is left from training or export (all-
+        // MiniLM-L6-v2's says 128 where the model takes 512), so the model's limit applies.
         return Ok(Source {
-            tokenizer,
+            tokenizer: read_text(path)?,
             described: path.display().to_string(),
-            max_length,
             ..Source::default()
         });
     }
@@ -81,6 +81,7 @@ fn read_source(path: &Path) -> Result<Source> {
         let sub = path.join(m.get("path").and_then(Value::as_str).unwrap_or(""));
         match kind.rsplit('.').next().unwrap_or("") {
             "Transformer" => source = Some(transformer_module(&sub, path)?),
+            "Pooling" if pooling_given => {}
             "Pooling" => pooling = Some(pooling_mode(&sub.join("config.json"))?),
             "Normalize" => normalize = true,
             other => {
@@ -107,10 +108,16 @@ fn read_source(path: &Path) -> Result<Source> {
 
 /// The Transformer module of a sentence-transformers folder: its tokenizer and `max_seq_length`.
 fn transformer_module(dir: &Path, folder: &Path) -> Result<Source> {
-    let mut source = folder_tokenizer(dir, &format!("sentence-transformers folder {}", folder.display()))?;
+    let mut source = folder_tokenizer(
+        dir,
+        &format!("sentence-transformers folder {}", folder.display()),
+    )?;
     let config = dir.join("sentence_bert_config.json");
     if config.exists() {
-        if let Some(n) = read_json(&config)?.get("max_seq_length").and_then(Value::as_u64) {
+        if let Some(n) = read_json(&config)?
+            .get("max_seq_length")
+            .and_then(Value::as_u64)
+        {
             source.max_length = Some((n as usize, "the folder's max_seq_length".to_string()));
         }
     }
@@ -128,9 +135,9 @@ fn folder_tokenizer(dir: &Path, described: &str) -> Result<Source> {
         )));
     }
     let tokenizer = read_text(&file)?;
-    let mut max_length = truncation_of(&tokenizer);
+    let mut max_length = None;
     let config = dir.join("tokenizer_config.json");
-    if max_length.is_none() && config.exists() {
+    if config.exists() {
         // Tokenizers without a limit state a huge one (1e30); only a plausible length is one.
         max_length = read_json(&config)?
             .get("model_max_length")
@@ -146,16 +153,22 @@ fn folder_tokenizer(dir: &Path, described: &str) -> Result<Source> {
     })
 }
 
-/// The truncation length a `tokenizer.json` sets for itself, if any.
-fn truncation_of(tokenizer: &str) -> Option<(usize, String)> {
-    let v: Value = serde_json::from_str(tokenizer).ok()?;
-    let n = v.get("truncation")?.get("max_length")?.as_u64()?;
-    Some((n as usize, "the tokenizer's truncation".to_string()))
-}
-
-/// The pooling a sentence-transformers `1_Pooling/config.json` sets: exactly one of CLS, mean or max.
+/// The pooling a sentence-transformers `1_Pooling/config.json` sets: exactly one of CLS, mean or max,
+/// as `"pooling_mode": "mean"` (sentence-transformers 6) or as `pooling_mode_*` flags (earlier).
 fn pooling_mode(path: &Path) -> Result<Pooling> {
     let config = read_json(path)?;
+    if let Some(mode) = config.get("pooling_mode").and_then(Value::as_str) {
+        return match mode {
+            "cls" | "cls_token" => Ok(Pooling::Cls),
+            "mean" | "mean_tokens" => Ok(Pooling::Mean),
+            "max" | "max_tokens" => Ok(Pooling::Max),
+            other => Err(text_err(format!(
+                "{} asks for pooling '{other}', which fff does not do; fff pools by one of cls, mean \
+                 or max: give --pooling to choose one",
+                path.display()
+            ))),
+        };
+    }
     let on = |key: &str| config.get(key).and_then(Value::as_bool).unwrap_or(false);
     let modes: Vec<Pooling> = [
         ("pooling_mode_cls_token", Pooling::Cls),
@@ -249,7 +262,9 @@ impl Tables<'_> {
         if let Some(t) = self.g.const_value(o) {
             return t.view().ints().is_ok_and(|v| {
                 let width = t.shape().last().copied().unwrap_or(0);
-                width > 1 && v.chunks(width).all(|c| c.iter().enumerate().all(|(i, &x)| x == i as i64))
+                width > 1
+                    && v.chunks(width)
+                        .all(|c| c.iter().enumerate().all(|(i, &x)| x == i as i64))
             });
         }
         match self.g.op(o.node) {
@@ -300,12 +315,14 @@ pub fn text_section(
     g: &Graph,
     plan: &PlanGraph,
 ) -> Result<(TextConfig, Vec<String>)> {
-    let source = read_source(&options.tokenizer)?;
-    let roles = Roles::resolve(&plan.inputs, &options.input_map).map_err(|e| text_err(e.to_string()))?;
+    let source = read_source(&options.tokenizer, options.pooling.is_some())?;
+    let roles =
+        Roles::resolve(&plan.inputs, &options.input_map).map_err(|e| text_err(e.to_string()))?;
     let tables = Tables { g };
     let positions = tables.positions();
     let model_limit = positions.iter().map(|(rows, _)| *rows).min();
-    let (max_length, max_length_from) = match (options.max_length, &source.max_length, model_limit) {
+    let (max_length, max_length_from) = match (options.max_length, &source.max_length, model_limit)
+    {
         (Some(n), _, _) => (n, "--max-length".to_string()),
         (None, Some((n, from)), Some(limit)) if *n > limit => (
             limit,
@@ -313,12 +330,10 @@ pub fn text_section(
         ),
         (None, Some((n, from)), _) => (*n, from.clone()),
         (None, None, Some(limit)) => (limit, "the model's position table".to_string()),
-        (None, None, None) => {
-            return Err(text_err(
-                "cannot tell the longest sequence the model takes (no position table was found and \
+        (None, None, None) => return Err(text_err(
+            "cannot tell the longest sequence the model takes (no position table was found and \
                  the tokenizer states no limit); give --max-length",
-            ))
-        }
+        )),
     };
     if let Some(limit) = model_limit.filter(|&l| max_length > l) {
         return Err(text_err(format!(

@@ -195,7 +195,8 @@ pub struct Model {
     max_memory: usize,
     /// The plan's tokenizer, parsed on first use (see [`Model::tokenizer`]).
     #[cfg(feature = "text")]
-    pub(crate) text_tokenizer: std::sync::OnceLock<std::result::Result<crate::text::TextTokenizer, String>>,
+    pub(crate) text_tokenizer:
+        std::sync::OnceLock<std::result::Result<crate::text::TextTokenizer, String>>,
 }
 
 impl Model {

@@ -42,7 +42,11 @@ struct Args {
     /// The inputs: JSON, or `.npy` (one input), or `.npz` (arrays named as the inputs). For a plan
     /// with a tokenizer, JSON may carry text instead: `{"text": ["...", ...]}`, or a v2 request with
     /// one BYTES input.
-    #[arg(value_name = "INPUT", required_unless_present = "text", conflicts_with = "text")]
+    #[arg(
+        value_name = "INPUT",
+        required_unless_present = "text",
+        conflicts_with = "text"
+    )]
     input: Option<PathBuf>,
 
     /// A text to embed (repeatable: one batch, one row per text in order), for plans compiled with
@@ -201,12 +205,20 @@ fn run(args: &Args) -> Result<()> {
     let (inputs, style, text) = match &args.input {
         None => {
             let job = text_job(&model, args, args.text.clone())?;
-            (model.token_inputs(&job.tokens, &job.options)?, JsonStyle::Plain, Some(job))
+            (
+                model.token_inputs(&job.tokens, &job.options)?,
+                JsonStyle::Plain,
+                Some(job),
+            )
         }
         Some(path) => match read_text_request(path, &model)? {
             Some((texts, style)) => {
                 let job = text_job(&model, args, texts)?;
-                (model.token_inputs(&job.tokens, &job.options)?, style, Some(job))
+                (
+                    model.token_inputs(&job.tokens, &job.options)?,
+                    style,
+                    Some(job),
+                )
             }
             None => {
                 let (inputs, style) = read_inputs(path, &model)?;
@@ -296,7 +308,7 @@ fn text_job(model: &Model, args: &Args, texts: Vec<String>) -> Result<TextJob> {
             None => config.max_length_from.clone(),
         };
         eprintln!(
-            "note: text{} {} {} longer than {} tokens ({from}) and {} truncated",
+            "note: the text{} at index {} {} longer than {} tokens ({from}) and {} truncated",
             if which.len() > 1 { "s" } else { "" },
             which.join(", "),
             if which.len() > 1 { "are" } else { "is" },
@@ -330,8 +342,8 @@ fn read_text_request(path: &Path, model: &Model) -> Result<Option<(Vec<String>, 
     if size > MAX_TEXT_REQUEST {
         return Ok(None);
     }
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read input file {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read input file {}", path.display()))?;
     Ok(fff_runtime::io::parse_text_request(&bytes)
         .with_context(|| format!("in input file {}", path.display()))?)
 }

@@ -56,7 +56,10 @@ pub fn parse_text_request(json: &[u8]) -> Result<Option<(Vec<String>, JsonStyle)
     let name = entry.get("name").and_then(Value::as_str).unwrap_or("?");
     let mut flat = Vec::new();
     flatten(entry.get("data").unwrap_or(&Value::Null), &mut flat);
-    let texts = strings(&flat.into_iter().cloned().collect::<Vec<_>>(), &format!("input '{name}'"))?;
+    let texts = strings(
+        &flat.into_iter().cloned().collect::<Vec<_>>(),
+        &format!("input '{name}'"),
+    )?;
     if let Some(shape) = entry.get("shape").and_then(Value::as_array) {
         let count = shape
             .iter()
@@ -105,24 +108,33 @@ mod tests {
     #[test]
     fn reads_both_forms_and_leaves_tensor_requests() {
         let (t, s) = texts(r#"{"text": ["a", "b"]}"#).unwrap().unwrap();
-        assert_eq!((t, s), (vec!["a".to_string(), "b".to_string()], JsonStyle::Plain));
+        assert_eq!(
+            (t, s),
+            (vec!["a".to_string(), "b".to_string()], JsonStyle::Plain)
+        );
         let (t, _) = texts(r#"{"text": "solo"}"#).unwrap().unwrap();
         assert_eq!(t, ["solo"]);
         let v2 = r#"{"inputs": [{"name": "t", "shape": [2, 1], "datatype": "BYTES", "data": [["x"], ["y"]]}]}"#;
         let (t, s) = texts(v2).unwrap().unwrap();
         assert_eq!((t.len(), s), (2, JsonStyle::V2));
         assert!(texts(r#"{"input_ids": [[1, 2]]}"#).unwrap().is_none());
-        assert!(texts(r#"{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}]}"#)
-            .unwrap()
-            .is_none());
+        assert!(texts(
+            r#"{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}]}"#
+        )
+        .unwrap()
+        .is_none());
     }
 
     #[test]
     fn refuses_what_is_not_text() {
         assert!(texts(r#"{"text": [1]}"#).is_err());
         assert!(texts(r#"{"text": {"a": 1}}"#).is_err());
-        let wrong_count = r#"{"inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": ["x"]}]}"#;
-        assert!(texts(wrong_count).unwrap_err().to_string().contains("shape"));
+        let wrong_count =
+            r#"{"inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": ["x"]}]}"#;
+        assert!(texts(wrong_count)
+            .unwrap_err()
+            .to_string()
+            .contains("shape"));
         // A lone surrogate escape and raw bytes that are not UTF-8.
         assert!(texts(r#"{"text": ["\udc00"]}"#).is_err());
         let mut raw = br#"{"text": [""#.to_vec();

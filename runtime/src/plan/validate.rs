@@ -104,12 +104,21 @@ fn validate_text(g: &PlanGraph, text: &crate::text::TextConfig) -> Result<()> {
         return Err(Error::plan("the text section's max length is 0"));
     }
     let r = &text.roles;
-    for name in [Some(&r.ids), r.mask.as_ref(), r.type_ids.as_ref(), r.positions.as_ref()]
-        .into_iter()
-        .flatten()
+    for name in [
+        Some(&r.ids),
+        r.mask.as_ref(),
+        r.type_ids.as_ref(),
+        r.positions.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         match g.inputs.iter().find(|i| &i.name == name) {
-            Some(i) if matches!(i.dtype, crate::tensor::DType::I64 | crate::tensor::DType::I32) => {}
+            Some(i)
+                if matches!(
+                    i.dtype,
+                    crate::tensor::DType::I64 | crate::tensor::DType::I32
+                ) => {}
             Some(i) => {
                 return Err(Error::plan(format!(
                     "the text section fills input '{name}', which is {}, with token ids",

@@ -215,9 +215,10 @@ impl Model {
                          are one vector per token; choose cls, mean or max",
                     ));
                 }
-                let tokens_view = chosen.view().into_dimensionality::<Ix3>().map_err(|e| {
-                    Error::Internal(format!("a rank-3 output is not 3-D: {e}"))
-                })?;
+                let tokens_view = chosen
+                    .view()
+                    .into_dimensionality::<Ix3>()
+                    .map_err(|e| Error::Internal(format!("a rank-3 output is not 3-D: {e}")))?;
                 pool(tokens_view, tokens.mask.view(), pooling)?
             }
             2 if chosen.shape()[0] == batch => chosen
@@ -225,12 +226,10 @@ impl Model {
                 .into_dimensionality::<Ix2>()
                 .map_err(|e| Error::Internal(format!("a rank-2 output is not 2-D: {e}")))?
                 .to_owned(),
-            _ => {
-                return Err(Error::invalid(format!(
-                    "the chosen output is {:?}; expected [{batch}, {seq}, width] or [{batch}, width]",
-                    chosen.shape()
-                )))
-            }
+            _ => return Err(Error::invalid(format!(
+                "the chosen output is {:?}; expected [{batch}, {seq}, width] or [{batch}, width]",
+                chosen.shape()
+            ))),
         };
         if normalize {
             normalize_rows(&mut vectors);

@@ -9,7 +9,11 @@ use crate::error::{Error, Result};
 
 /// Pools `tokens` `[batch, seq, width]` with `mask` `[batch, seq]` (nonzero for a real token).
 /// `Pooling::None` is refused: it keeps the token vectors.
-pub fn pool(tokens: ArrayView3<f32>, mask: ArrayView2<i64>, pooling: Pooling) -> Result<Array2<f32>> {
+pub fn pool(
+    tokens: ArrayView3<f32>,
+    mask: ArrayView2<i64>,
+    pooling: Pooling,
+) -> Result<Array2<f32>> {
     let (batch, seq, width) = tokens.dim();
     if mask.dim() != (batch, seq) {
         return Err(Error::invalid(format!(
@@ -69,7 +73,11 @@ pub fn pool(tokens: ArrayView3<f32>, mask: ArrayView2<i64>, pooling: Pooling) ->
 /// Divides every row by its L2 norm (by 1e-12 at least, so a zero row stays zero).
 pub fn normalize_rows(rows: &mut Array2<f32>) {
     for mut row in rows.axis_iter_mut(Axis(0)) {
-        let norm = row.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        let norm = row
+            .iter()
+            .map(|&x| f64::from(x).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let scale = 1.0 / norm.max(1e-12);
         row.mapv_inplace(|x| (f64::from(x) * scale) as f32);
     }
@@ -88,9 +96,18 @@ mod tests {
     fn pools_over_the_kept_tokens_only() {
         let mask = array![[1i64, 1, 0]];
         let t = tokens();
-        assert_eq!(pool(t.view(), mask.view(), Pooling::Cls).unwrap(), array![[1.0, 2.0]]);
-        assert_eq!(pool(t.view(), mask.view(), Pooling::Mean).unwrap(), array![[2.0, -1.0]]);
-        assert_eq!(pool(t.view(), mask.view(), Pooling::Max).unwrap(), array![[3.0, 2.0]]);
+        assert_eq!(
+            pool(t.view(), mask.view(), Pooling::Cls).unwrap(),
+            array![[1.0, 2.0]]
+        );
+        assert_eq!(
+            pool(t.view(), mask.view(), Pooling::Mean).unwrap(),
+            array![[2.0, -1.0]]
+        );
+        assert_eq!(
+            pool(t.view(), mask.view(), Pooling::Max).unwrap(),
+            array![[3.0, 2.0]]
+        );
         assert!(pool(t.view(), mask.view(), Pooling::None).is_err());
         assert!(pool(t.view(), array![[1i64, 1]].view(), Pooling::Mean).is_err());
     }

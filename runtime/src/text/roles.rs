@@ -75,7 +75,10 @@ impl Roles {
                      (ids=, mask=, type_ids= or positions=)"
                 )));
             };
-            let at = ROLE_NAMES.iter().position(|r| *r == role).expect("a role name");
+            let at = ROLE_NAMES
+                .iter()
+                .position(|r| *r == role)
+                .expect("a role name");
             if let Some(other) = &slots[at] {
                 return Err(Error::invalid(format!(
                     "the model inputs '{other}' and '{name}' both look like the {role}; name them with an input map"

@@ -60,9 +60,7 @@ impl TextTokenizer {
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
             }))
-            .map_err(|e| {
-                Error::invalid(format!("cannot truncate to {max_length} tokens: {e}"))
-            })?;
+            .map_err(|e| Error::invalid(format!("cannot truncate to {max_length} tokens: {e}")))?;
         Ok(TextTokenizer { inner, max_length })
     }
 

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use fff_compiler::{Options, Quantize, Weights};
 use fff_compiler::text::TextOptions;
+use fff_compiler::{Options, Quantize, Weights};
 use fff_runtime::op::{FastFeedForward, Op};
 use fff_runtime::text::{Pooling, Roles};
 use fff_runtime::Model;
@@ -167,28 +167,30 @@ fn main() -> ExitCode {
             normalize,
             max_length,
             input_map,
-        } => text_options(tokenizer, pooling, normalize, max_length, input_map).and_then(|text| compile(
-            &input,
-            output.as_deref(),
-            &dump,
-            explain,
-            calibrate.as_deref(),
-            &Options {
-                weights: match weights {
-                    WeightsArg::F32 => Weights::F32,
-                    WeightsArg::Bf16 => Weights::Bf16,
+        } => text_options(tokenizer, pooling, normalize, max_length, input_map).and_then(|text| {
+            compile(
+                &input,
+                output.as_deref(),
+                &dump,
+                explain,
+                calibrate.as_deref(),
+                &Options {
+                    weights: match weights {
+                        WeightsArg::F32 => Weights::F32,
+                        WeightsArg::Bf16 => Weights::Bf16,
+                    },
+                    panel_cols,
+                    stop_after,
+                    quantize: match quantize {
+                        QuantizeArg::F32 => Quantize::F32,
+                        QuantizeArg::Int8 => Quantize::Int8,
+                        QuantizeArg::Bf16 => Quantize::Bf16,
+                    },
+                    text,
+                    ..Options::default()
                 },
-                panel_cols,
-                stop_after,
-                quantize: match quantize {
-                    QuantizeArg::F32 => Quantize::F32,
-                    QuantizeArg::Int8 => Quantize::Int8,
-                    QuantizeArg::Bf16 => Quantize::Bf16,
-                },
-                text,
-                ..Options::default()
-            },
-        )),
+            )
+        }),
         Command::Inspect { plan, json } => inspect(&plan, json),
     };
     match result {
