@@ -38,7 +38,7 @@ mod plain_stream;
 mod text_request;
 mod v2_stream;
 
-pub use text_request::parse_text_request;
+pub use text_request::{looks_like_text_request, parse_text_request};
 
 /// Parses a JSON request into named tensors typed as `specs` (the model's inputs) declare, and reports
 /// which form it was in. Fails on malformed JSON, an input the model does not have, ragged lists,

@@ -333,14 +333,23 @@ fn read_text_request(path: &Path, model: &Model) -> Result<Option<(Vec<String>, 
     if takes_text_input {
         return Ok(None);
     }
-    // A file of token ids can be large and is streamed by `read_inputs`; text requests are small, and
-    // are looked for only in files of at most this size.
-    const MAX_TEXT_REQUEST: u64 = 64 << 20;
+    // A file of token ids can be large and is streamed by `read_inputs`: it is only looked through
+    // here, keeping nothing, and read whole only when it carries text.
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read input file {}", path.display()))?;
+    if !fff_runtime::io::looks_like_text_request(file) {
+        return Ok(None);
+    }
+    // Texts are read whole; past this size a request is refused rather than read.
+    const MAX_TEXT_REQUEST: u64 = 256 << 20;
     let size = std::fs::metadata(path)
         .with_context(|| format!("cannot read input file {}", path.display()))?
         .len();
     if size > MAX_TEXT_REQUEST {
-        return Ok(None);
+        anyhow::bail!(
+            "the text request {} is {size} bytes; text requests may be at most {MAX_TEXT_REQUEST} bytes",
+            path.display()
+        );
     }
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read input file {}", path.display()))?;

@@ -2,10 +2,43 @@
 //! Inference Protocol v2 request whose one input has datatype `BYTES` (its `data` the strings, flat or
 //! nested, as many as its `shape` says).
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::JsonStyle;
 use crate::error::{Error, Result};
+
+/// The keys of a request that tell a text request from one of tensors, read without keeping the rest.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    text: Option<IgnoredAny>,
+    #[serde(default)]
+    inputs: Option<Vec<ProbeEntry>>,
+}
+
+#[derive(Deserialize)]
+struct ProbeEntry {
+    #[serde(default)]
+    datatype: Option<String>,
+}
+
+/// Whether the JSON `reader` yields looks like a text request: a `"text"` key, or a v2 input of
+/// datatype `BYTES`. Reads as a stream, keeping nothing else (a request of tensors can be large);
+/// JSON that does not parse is not a text request here, and is reported by the reader of tensors.
+pub fn looks_like_text_request(reader: impl std::io::Read) -> bool {
+    let mut de =
+        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, reader));
+    match Probe::deserialize(&mut de) {
+        Ok(p) => {
+            p.text.is_some()
+                || p.inputs
+                    .is_some_and(|i| i.iter().any(|e| e.datatype.as_deref() == Some("BYTES")))
+        }
+        Err(_) => false,
+    }
+}
 
 /// The texts of a text request, and its form; `None` when `json` is not a text request (a request of
 /// tensors). JSON that does not parse is an error here, naming where: bytes that are not UTF-8 are
@@ -123,6 +156,21 @@ mod tests {
         )
         .unwrap()
         .is_none());
+    }
+
+    #[test]
+    fn the_probe_tells_text_from_tensors() {
+        let probe = |s: &str| looks_like_text_request(s.as_bytes());
+        assert!(probe(r#"{"text": ["a"]}"#));
+        assert!(probe(
+            r#"{"id": "1", "inputs": [{"name": "t", "datatype": "BYTES", "data": ["a"]}]}"#
+        ));
+        assert!(!probe(r#"{"input_ids": [[1, 2]]}"#));
+        assert!(!probe(
+            r#"{"inputs": [{"name": "x", "datatype": "INT64", "data": [1]}]}"#
+        ));
+        assert!(!probe(r#"{"text": "#));
+        assert!(!probe("[1, 2]"));
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl Model {
                         "max length {n} is more than the model's {limit} positions"
                     )));
                 }
-                TextTokenizer::new(&text.tokenizer, n)?.encode(texts)
+                self.tokenizer()?.with_max_length(n)?.encode(texts)
             }
             _ => self.tokenizer()?.encode(texts),
         }
@@ -226,10 +226,12 @@ impl Model {
                 .into_dimensionality::<Ix2>()
                 .map_err(|e| Error::Internal(format!("a rank-2 output is not 2-D: {e}")))?
                 .to_owned(),
-            _ => return Err(Error::invalid(format!(
+            _ => {
+                return Err(Error::invalid(format!(
                 "the chosen output is {:?}; expected [{batch}, {seq}, width] or [{batch}, width]",
                 chosen.shape()
-            ))),
+            )))
+            }
         };
         if normalize {
             normalize_rows(&mut vectors);

@@ -64,6 +64,11 @@ impl TextTokenizer {
         Ok(TextTokenizer { inner, max_length })
     }
 
+    /// This tokenizer truncating at `max_length` instead (a copy: cheaper than parsing the file again).
+    pub fn with_max_length(&self, max_length: usize) -> Result<TextTokenizer> {
+        truncating(self.inner.clone(), max_length)
+    }
+
     /// The length texts are truncated to.
     pub fn max_length(&self) -> usize {
         self.max_length
@@ -120,4 +125,17 @@ impl TextTokenizer {
         }
         Ok(tokens)
     }
+}
+
+/// `inner` set to cut each text to `max_length` tokens, from the right.
+fn truncating(mut inner: Tokenizer, max_length: usize) -> Result<TextTokenizer> {
+    inner
+        .with_truncation(Some(TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        }))
+        .map_err(|e| Error::invalid(format!("cannot truncate to {max_length} tokens: {e}")))?;
+    Ok(TextTokenizer { inner, max_length })
 }
