@@ -5,7 +5,8 @@
 //! is converted into an owned tensor first, when the conversion is lossless in kind:
 //! - any integer array to the model's integer type, every value checked to fit;
 //! - any float array (float16, float64, ...) to float32;
-//! - a non-contiguous array (a transposed or strided view) to a contiguous copy of itself.
+//! - a non-contiguous array (a transposed or strided view) to a contiguous copy of itself, and so
+//!   an unaligned one (read from an odd offset of a buffer, a field of a structured array).
 //!
 //! Floats are never turned into integers nor integers into floats: that is an error naming the input,
 //! its dtype and the model's. Outputs go to NumPy without a copy: each array takes over the buffer the
@@ -48,6 +49,9 @@ impl Held<'_> {
     }
 }
 
+/// The most dimensions an input array may have: the most a NumPy array can be viewed with from Rust.
+const MAX_RANK: usize = 32;
+
 /// The runtime's element type that `dtype` is exactly (native byte order), if any.
 fn runtime_dtype(dtype: &Bound<'_, PyArrayDescr>) -> Option<DType> {
     let py = dtype.py();
@@ -84,10 +88,21 @@ fn as_ndarray<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyUntypedAr
         }
     };
     // Big-endian arrays: to native order first (a copy), then as any other array.
-    if array.dtype().is_native_byteorder() == Some(false) {
+    let array = if array.dtype().is_native_byteorder() == Some(false) {
         let native = array.dtype().call_method1("newbyteorder", ("=",))?;
-        return Ok(array
+        array
             .call_method1("astype", (native,))?
+            .cast_into::<PyUntypedArray>()?
+    } else {
+        array
+    };
+    // A Rust view needs aligned elements and strides in whole elements; NumPy allows neither (a
+    // buffer read at an odd offset, a field of a structured array). Such arrays are copied first.
+    let itemsize = array.dtype().itemsize() as isize;
+    let whole_strides = array.strides().iter().all(|s| s % itemsize.max(1) == 0);
+    if !array.is_aligned() || !whole_strides {
+        return Ok(array
+            .call_method1("copy", ("C",))?
             .cast_into::<PyUntypedArray>()?);
     }
     Ok(array)
@@ -166,6 +181,12 @@ pub fn hold<'py>(
     expected: Option<DType>,
 ) -> PyResult<Held<'py>> {
     let array = as_ndarray(value)?;
+    if array.ndim() > MAX_RANK {
+        return Err(fff_error(fff_runtime::Error::input(format!(
+            "input '{name}' has {} dimensions; at most {MAX_RANK} are read",
+            array.ndim()
+        ))));
+    }
     let dtype = array.dtype();
     let own = runtime_dtype(&dtype);
     let target = match (expected, own) {

@@ -91,6 +91,26 @@ def test_bool_ids_are_refused(model):
         model.run(inputs)
 
 
+def unaligned(inputs):
+    """The arrays at an odd address: a buffer read from its second byte."""
+    out = {}
+    for name, a in inputs.items():
+        a = np.frombuffer(b"\0" + a.tobytes(), dtype=a.dtype, offset=1).reshape(a.shape)
+        assert not a.flags.aligned
+        out[name] = a
+    return out
+
+
+def fields(inputs):
+    """The arrays as fields of a structured array: strides of 12 bytes, not a multiple of 8."""
+    out = {}
+    for name, a in inputs.items():
+        record = np.zeros(a.shape, dtype=[("value", np.int64), ("pad", np.int32)])
+        record["value"] = a
+        out[name] = record["value"]
+    return out
+
+
 def test_non_contiguous_arrays_give_the_same_result(model):
     reference = model.run(load_inputs())
     inputs = load_inputs()
@@ -100,7 +120,7 @@ def test_non_contiguous_arrays_give_the_same_result(model):
     strided = {name: np.repeat(a, 2, axis=1)[:, ::2] for name, a in inputs.items()}
     assert not strided["input_ids"].flags.c_contiguous
     reversed_twice = {name: a[::-1][::-1] for name, a in inputs.items()}
-    for variant in (transposed, strided, reversed_twice):
+    for variant in (transposed, strided, reversed_twice, unaligned(inputs), fields(inputs)):
         out = model.run(variant)
         for name in reference:
             np.testing.assert_array_equal(out[name], reference[name])
@@ -111,6 +131,13 @@ def test_big_endian_arrays_convert(model):
     inputs = {name: a.astype(">i8") for name, a in load_inputs().items()}
     out = model.run(inputs)
     np.testing.assert_array_equal(out["pooler_output"], reference["pooler_output"])
+
+
+def test_more_dimensions_than_rust_views_take_are_an_error(model):
+    inputs = load_inputs()
+    inputs["input_ids"] = np.zeros((1,) * 33, dtype=np.int64)
+    with pytest.raises(fff.Error, match="input 'input_ids' has 33 dimensions"):
+        model.run(inputs)
 
 
 def test_inputs_are_not_changed(model):
