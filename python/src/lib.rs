@@ -27,6 +27,8 @@ pub(crate) fn fff_error(e: impl std::fmt::Display) -> PyErr {
     Error::new_err(e.to_string())
 }
 
+/// Compile BERT-like ONNX models into fff plans (`compile`), run them on NumPy arrays and embed texts
+/// (`Model`); every failure raises `Error`.
 #[pymodule]
 fn fff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -11,7 +11,7 @@ use fff_runtime::Model;
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyMapping, PyString};
 
 use crate::arrays::{hold, to_numpy, Held};
 use crate::{fff_error, options};
@@ -68,7 +68,7 @@ impl PyModel {
         Ok(PyModel { model, path })
     }
 
-    /// Runs the model on `{input name: array}` and returns `{output name: array}` in the plan's order.
+    /// Runs the model on `{input name: array}` (a dict or another mapping) and returns `{output name: array}` in the plan's order.
     ///
     /// An array of the input's dtype that is C-contiguous is read in place, without a copy. Others are
     /// converted first: any integer array to the input's integer type (every value must fit, else
@@ -79,12 +79,14 @@ impl PyModel {
     /// NumPy arrays that own the buffers the run wrote (no copy).
     fn run<'py>(&self, inputs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
         let py = inputs.py();
-        let inputs = inputs
-            .cast::<PyDict>()
-            .map_err(|_| PyTypeError::new_err("inputs must be a dict of input name to array"))?;
+        let items = inputs
+            .cast::<PyMapping>()
+            .map_err(|_| PyTypeError::new_err("inputs must be a dict of input name to array"))?
+            .items()?;
         let specs = self.model.inputs();
-        let mut held: Vec<(String, Held<'py>)> = Vec::with_capacity(inputs.len());
-        for (key, value) in inputs.iter() {
+        let mut held: Vec<(String, Held<'py>)> = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            let (key, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item.extract()?;
             let name: String = key
                 .extract()
                 .map_err(|_| PyTypeError::new_err("input names must be str"))?;

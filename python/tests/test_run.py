@@ -1,5 +1,7 @@
 """Model.run against ONNX Runtime's outputs, and how input arrays are read or converted."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -54,6 +56,12 @@ def test_integer_inputs_of_other_widths_convert(model, dtype):
     out = model.run(inputs)
     for name in reference:
         np.testing.assert_array_equal(out[name], reference[name])
+
+
+def test_any_mapping_of_inputs(model):
+    reference = model.run(load_inputs())
+    out = model.run(types.MappingProxyType(load_inputs()))
+    np.testing.assert_array_equal(out["pooler_output"], reference["pooler_output"])
 
 
 def test_lists_go_through_asarray(model):
