@@ -19,8 +19,9 @@ class TensorInfo(TypedDict):
     name: str
     # A NumPy dtype name ("int64", "float32", ...); None for an output whose plan does not record it.
     dtype: Optional[str]
-    # Ints for fixed sizes, strs for symbolic ones ("batch", "seq"); None where the plan has no shape.
-    shape: Optional[list[Union[int, str]]]
+    # Ints for fixed sizes, strs for symbolic ones ("batch", "seq"), None for sizes the compiler could
+    # not tell (outputs only); the whole shape is None where the plan has none.
+    shape: Optional[list[Union[int, str, None]]]
 
 class TextRoles(TypedDict):
     ids: str

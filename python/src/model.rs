@@ -23,12 +23,14 @@ pub struct PyModel {
     path: PathBuf,
 }
 
-/// A plan shape as Python sees it: ints for fixed dimensions, names for symbolic ones.
+/// A plan shape as Python sees it: ints for fixed dimensions, names for symbolic ones, None for the
+/// output dimensions the compiler could not tell (`?` in the plan).
 fn shape_list<'py>(py: Python<'py>, shape: &[Dim]) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
     for d in shape {
         match d {
             Dim::Fixed(n) => list.append(n)?,
+            Dim::Sym(s) if s == "?" => list.append(py.None())?,
             Dim::Sym(s) => list.append(s)?,
         }
     }

@@ -11,14 +11,11 @@ def test_inputs_and_outputs(model):
         {"name": name, "dtype": "int64", "shape": ["batch", "seq"]}
         for name in ["input_ids", "attention_mask", "token_type_ids"]
     ]
-    # The symbolic sizes are named as the ONNX export declared them.
+    # Sizes the compiler could not tie to an input's are None (bert-tiny's position ids are a sliced
+    # constant, so its shape inference loses the batch and sequence names).
     assert model.outputs == [
-        {
-            "name": "last_hidden_state",
-            "dtype": "float32",
-            "shape": ["last_hidden_state_dim0", "last_hidden_state_dim1", 64],
-        },
-        {"name": "pooler_output", "dtype": "float32", "shape": ["pooler_output_dim0", 64]},
+        {"name": "last_hidden_state", "dtype": "float32", "shape": [None, None, 64]},
+        {"name": "pooler_output", "dtype": "float32", "shape": [None, 64]},
     ]
 
 
