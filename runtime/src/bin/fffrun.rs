@@ -353,8 +353,8 @@ fn read_text_request(path: &Path, model: &Model) -> Result<Option<(Vec<String>, 
     }
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read input file {}", path.display()))?;
-    Ok(fff_runtime::io::parse_text_request(&bytes)
-        .with_context(|| format!("in input file {}", path.display()))?)
+    fff_runtime::io::parse_text_request(&bytes)
+        .with_context(|| format!("in input file {}", path.display()))
 }
 
 fn has_extension(path: &Path, ext: &str) -> bool {
