@@ -1,0 +1,340 @@
+//! One model as served: its queue and the batcher task that drains it.
+//!
+//! Requests whose inputs agree on every dimension but the first (the batch axis) are concatenated
+//! along axis 0, up to `max_batch_size` rows, waiting at most `max_queue_delay` after the first; the
+//! batch runs once on a blocking thread (the model's own pool does the kernels) and its outputs are
+//! split back by rows. A batch that fails is run again request by request, so that one bad request
+//! fails alone. Models whose outputs do not all share the inputs' batch symbol at axis 0 run every
+//! request alone, as do text requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fff_runtime::model::{Model, Outputs};
+use fff_runtime::ndarray::{concatenate, Axis, Slice};
+use fff_runtime::plan::Dim;
+use fff_runtime::text::{EmbedOptions, Pooling};
+use fff_runtime::{DType, Error, Tensor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a request asks for.
+pub enum Work {
+    Tensors(Vec<(String, Tensor)>),
+    Texts {
+        texts: Vec<String>,
+        pooling: Option<Pooling>,
+        normalize: Option<bool>,
+    },
+}
+
+/// Why a run failed: the request's fault (400) or the server's (500).
+#[derive(Debug)]
+pub enum RunError {
+    Client(String),
+    Server(String),
+}
+
+pub type Reply = Result<Outputs, RunError>;
+
+struct Job {
+    work: Work,
+    reply: oneshot::Sender<Reply>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct BatchConfig {
+    pub max_batch: usize,
+    pub delay: Duration,
+    pub max_queue: usize,
+}
+
+/// A loaded model with its queue. Dropping the last handle closes the queue; the batcher then
+/// finishes what is queued and ends.
+pub struct Served {
+    pub name: String,
+    pub model: Arc<Model>,
+    /// Whether requests are batched together (see [`batch_axis`]).
+    pub batchable: bool,
+    tx: mpsc::Sender<Job>,
+    queue: Gauge,
+}
+
+/// The queue is full: the request is refused at once.
+pub struct QueueFull;
+
+impl Served {
+    /// Starts the model's batcher on the current tokio runtime.
+    pub fn start(
+        name: String,
+        model: Model,
+        config: BatchConfig,
+        queue: Gauge,
+        batch_sizes: Histogram,
+    ) -> Served {
+        let model = Arc::new(model);
+        let batchable = config.max_batch > 1 && batch_axis(&model);
+        let (tx, rx) = mpsc::channel(config.max_queue.max(1));
+        tokio::spawn(batcher(
+            model.clone(),
+            rx,
+            config,
+            batchable,
+            queue.clone(),
+            batch_sizes,
+        ));
+        Served {
+            name,
+            model,
+            batchable,
+            tx,
+            queue,
+        }
+    }
+
+    /// Queues `work`; the receiver gets the outputs (in the plan's order; for texts, `embedding`).
+    pub fn submit(&self, work: Work) -> Result<oneshot::Receiver<Reply>, QueueFull> {
+        let (reply, rx) = oneshot::channel();
+        // Counted before sending so that the batcher's decrement never comes first.
+        self.queue.inc();
+        match self.tx.try_send(Job { work, reply }) {
+            Ok(()) => Ok(rx),
+            Err(_) => {
+                self.queue.dec();
+                Err(QueueFull)
+            }
+        }
+    }
+}
+
+/// Whether a model's requests may be stacked along axis 0: every input and every output has the
+/// same named symbol there.
+pub fn batch_axis(model: &Model) -> bool {
+    let graph = model.graph();
+    let Some(Some(Dim::Sym(symbol))) = graph.inputs.first().map(|i| i.shape.first()) else {
+        return false;
+    };
+    if symbol == "?" || graph.outputs.is_empty() {
+        return false;
+    }
+    let is_batch = |shape: Option<&[Dim]>| {
+        matches!(shape.and_then(|s| s.first()), Some(Dim::Sym(s)) if s == symbol)
+    };
+    graph.inputs.iter().all(|i| is_batch(Some(&i.shape)))
+        && graph.outputs.iter().all(|o| is_batch(o.shape.as_deref()))
+}
+
+/// Rows of a tensor request, and what every request in its batch must share: each input's element
+/// type and dimensions after the first.
+fn batch_key(work: &Work) -> Option<(usize, Vec<(DType, Vec<usize>)>)> {
+    let Work::Tensors(inputs) = work else {
+        return None;
+    };
+    let rows = inputs.first()?.1.shape().first().copied()?;
+    if inputs.iter().any(|(_, t)| t.shape().first() != Some(&rows)) {
+        return None;
+    }
+    let key = inputs
+        .iter()
+        .map(|(_, t)| (t.dtype(), t.shape()[1..].to_vec()))
+        .collect();
+    Some((rows, key))
+}
+
+async fn batcher(
+    model: Arc<Model>,
+    mut rx: mpsc::Receiver<Job>,
+    config: BatchConfig,
+    batchable: bool,
+    queue: Gauge,
+    batch_sizes: Histogram,
+) {
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => {
+                    queue.dec();
+                    job
+                }
+                None => return,
+            },
+        };
+        // A request whose client has gone (timed out) is not run.
+        if first.reply.is_closed() {
+            continue;
+        }
+        let mut batch = vec![];
+        let key = batchable.then(|| batch_key(&first.work)).flatten();
+        batch.push(first);
+        if let Some((mut rows, key)) = key {
+            let deadline = tokio::time::Instant::now() + config.delay;
+            while rows < config.max_batch {
+                let next = if config.delay.is_zero() {
+                    rx.try_recv().ok()
+                } else {
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                };
+                let Some(job) = next else { break };
+                queue.dec();
+                if job.reply.is_closed() {
+                    continue;
+                }
+                match batch_key(&job.work) {
+                    Some((r, k)) if k == key && rows + r <= config.max_batch => {
+                        rows += r;
+                        batch.push(job);
+                    }
+                    _ => {
+                        carry = Some(job);
+                        break;
+                    }
+                }
+            }
+        }
+        let model = model.clone();
+        let sizes = batch_sizes.clone();
+        // The batcher waits for its batch: while it runs, the next requests gather in the queue.
+        let done = tokio::task::spawn_blocking(move || run_batch(&model, batch, &sizes)).await;
+        if let Err(e) = done {
+            eprintln!("fffserve: a batch's thread failed: {e}");
+        }
+    }
+}
+
+fn classify(e: Error) -> RunError {
+    match e {
+        Error::Plan(_) | Error::Internal(_) | Error::Io { .. } => RunError::Server(e.to_string()),
+        _ => RunError::Client(e.to_string()),
+    }
+}
+
+fn run_batch(model: &Model, mut batch: Vec<Job>, sizes: &Histogram) {
+    if batch.len() == 1 {
+        let job = batch.pop().expect("one job");
+        let reply = run_alone(model, job.work, sizes);
+        let _ = job.reply.send(reply);
+        return;
+    }
+    match run_stacked(model, &batch, sizes) {
+        Some(parts) => {
+            for (job, outputs) in batch.into_iter().zip(parts) {
+                let _ = job.reply.send(Ok(outputs));
+            }
+        }
+        None => {
+            // Retried one by one: the good requests succeed and the bad one fails alone.
+            for job in batch {
+                if job.reply.is_closed() {
+                    continue;
+                }
+                let reply = run_alone(model, job.work, sizes);
+                let _ = job.reply.send(reply);
+            }
+        }
+    }
+}
+
+fn rows_of(work: &Work) -> usize {
+    match work {
+        Work::Tensors(inputs) => inputs
+            .first()
+            .and_then(|(_, t)| t.shape().first().copied())
+            .unwrap_or(1),
+        Work::Texts { texts, .. } => texts.len(),
+    }
+}
+
+fn run_alone(model: &Model, work: Work, sizes: &Histogram) -> Reply {
+    sizes.observe(rows_of(&work) as f64);
+    match work {
+        Work::Tensors(inputs) => model.run(inputs).map_err(classify),
+        Work::Texts {
+            texts,
+            pooling,
+            normalize,
+        } => {
+            let options = EmbedOptions {
+                pooling,
+                normalize,
+                ..EmbedOptions::default()
+            };
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let tokens = model.tokenize(&refs, &options).map_err(classify)?;
+            let inputs = model.token_inputs(&tokens, &options).map_err(classify)?;
+            let outputs = model.run(inputs).map_err(classify)?;
+            let vectors = model
+                .pool_outputs(&outputs, &tokens, &options)
+                .map_err(classify)?;
+            Ok(vec![("embedding".to_string(), Tensor::F32(vectors.into_dyn()))])
+        }
+    }
+}
+
+/// Runs the batch as one call; `None` when it cannot be stacked or the run fails.
+fn run_stacked(model: &Model, batch: &[Job], sizes: &Histogram) -> Option<Vec<Outputs>> {
+    let inputs: Vec<&Vec<(String, Tensor)>> = batch
+        .iter()
+        .map(|j| match &j.work {
+            Work::Tensors(t) => Some(t),
+            Work::Texts { .. } => None,
+        })
+        .collect::<Option<_>>()?;
+    let rows: Vec<usize> = batch.iter().map(|j| rows_of(&j.work)).collect();
+    let total: usize = rows.iter().sum();
+    let mut stacked = Vec::with_capacity(inputs[0].len());
+    for (k, (name, _)) in inputs[0].iter().enumerate() {
+        let parts: Vec<&Tensor> = inputs.iter().map(|i| &i[k].1).collect();
+        stacked.push((name.clone(), concat(&parts)?));
+    }
+    let outputs = model.run(stacked).ok()?;
+    sizes.observe(total as f64);
+    if outputs.iter().any(|(_, t)| t.shape().first() != Some(&total)) {
+        return None;
+    }
+    let mut parts: Vec<Outputs> = vec![Vec::with_capacity(outputs.len()); batch.len()];
+    for (name, t) in &outputs {
+        let mut at = 0;
+        for (part, &r) in parts.iter_mut().zip(&rows) {
+            part.push((name.clone(), rows_slice(t, at, at + r)));
+            at += r;
+        }
+    }
+    Some(parts)
+}
+
+/// Tensors of one element type stacked along axis 0.
+fn concat(parts: &[&Tensor]) -> Option<Tensor> {
+    macro_rules! stack {
+        ($variant:ident) => {{
+            let views = parts
+                .iter()
+                .map(|t| match t {
+                    Tensor::$variant(a) => Some(a.view()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Tensor::$variant(concatenate(Axis(0), &views).ok()?)
+        }};
+    }
+    Some(match parts.first()? {
+        Tensor::F32(_) => stack!(F32),
+        Tensor::I64(_) => stack!(I64),
+        Tensor::I32(_) => stack!(I32),
+        Tensor::Bool(_) => stack!(Bool),
+        Tensor::BF16(_) => stack!(BF16),
+        Tensor::I8(_) => stack!(I8),
+        Tensor::U8(_) => stack!(U8),
+    })
+}
+
+/// Rows `from..to` of a tensor.
+fn rows_slice(t: &Tensor, from: usize, to: usize) -> Tensor {
+    let s = Slice::from(from..to);
+    fff_runtime::map_tensor!(t, Tensor, a => a.slice_axis(Axis(0), s).to_owned())
+}
