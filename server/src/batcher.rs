@@ -74,13 +74,18 @@ impl Served {
         batch_sizes: Histogram,
     ) -> Served {
         let model = Arc::new(model);
-        let batchable = config.max_batch > 1 && batch_axis(&model);
+        let batching = if config.max_batch > 1 {
+            batch_axis(&model)
+        } else {
+            Batching::Never
+        };
+        let batchable = batching != Batching::Never;
         let (tx, rx) = mpsc::channel(config.max_queue.max(1));
         tokio::spawn(batcher(
             model.clone(),
             rx,
             config,
-            batchable,
+            batching,
             queue.clone(),
             batch_sizes,
         ));
@@ -108,21 +113,51 @@ impl Served {
     }
 }
 
-/// Whether a model's requests may be stacked along axis 0: every input and every output has the
-/// same named symbol there.
-pub fn batch_axis(model: &Model) -> bool {
+/// Whether a model's requests are stacked along axis 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batching {
+    /// Every request runs alone.
+    Never,
+    /// Every input and every output has the same named size at axis 0.
+    Yes,
+    /// The inputs share a named size at axis 0 but the plan does not tell some outputs' first
+    /// size (`?`): the first batch also runs its requests alone and compares; batching goes on only
+    /// if the stacked outputs are the requests' own, row for row.
+    Unverified,
+}
+
+/// How a model's requests may be batched (see [`Batching`]).
+pub fn batch_axis(model: &Model) -> Batching {
     let graph = model.graph();
     let Some(Some(Dim::Sym(symbol))) = graph.inputs.first().map(|i| i.shape.first()) else {
-        return false;
+        return Batching::Never;
     };
     if symbol == "?" || graph.outputs.is_empty() {
-        return false;
+        return Batching::Never;
     }
-    let is_batch = |shape: Option<&[Dim]>| {
-        matches!(shape.and_then(|s| s.first()), Some(Dim::Sym(s)) if s == symbol)
-    };
-    graph.inputs.iter().all(|i| is_batch(Some(&i.shape)))
-        && graph.outputs.iter().all(|o| is_batch(o.shape.as_deref()))
+    let first = |shape: Option<&[Dim]>| shape.and_then(|s| s.first()).cloned();
+    if !graph
+        .inputs
+        .iter()
+        .all(|i| first(Some(&i.shape)) == Some(Dim::Sym(symbol.clone())))
+    {
+        return Batching::Never;
+    }
+    let mut unknown = false;
+    for o in &graph.outputs {
+        match first(o.shape.as_deref()) {
+            Some(Dim::Sym(s)) if s == *symbol => {}
+            // Rank unknown or first size unknown: to be checked on the first batch.
+            None => unknown = true,
+            Some(Dim::Sym(s)) if s == "?" => unknown = true,
+            Some(_) => return Batching::Never,
+        }
+    }
+    if unknown {
+        Batching::Unverified
+    } else {
+        Batching::Yes
+    }
 }
 
 /// Rows of a tensor request, and what every request in its batch must share: each input's element
@@ -146,7 +181,7 @@ async fn batcher(
     model: Arc<Model>,
     mut rx: mpsc::Receiver<Job>,
     config: BatchConfig,
-    batchable: bool,
+    mut batching: Batching,
     queue: Gauge,
     batch_sizes: Histogram,
 ) {
@@ -167,7 +202,9 @@ async fn batcher(
             continue;
         }
         let mut batch = vec![];
-        let key = batchable.then(|| batch_key(&first.work)).flatten();
+        let key = (batching != Batching::Never)
+            .then(|| batch_key(&first.work))
+            .flatten();
         batch.push(first);
         if let Some((mut rows, key)) = key {
             let deadline = tokio::time::Instant::now() + config.delay;
@@ -200,9 +237,11 @@ async fn batcher(
         let model = model.clone();
         let sizes = batch_sizes.clone();
         // The batcher waits for its batch: while it runs, the next requests gather in the queue.
-        let done = tokio::task::spawn_blocking(move || run_batch(&model, batch, &sizes)).await;
-        if let Err(e) = done {
-            eprintln!("fffserve: a batch's thread failed: {e}");
+        let done =
+            tokio::task::spawn_blocking(move || run_batch(&model, batch, batching, &sizes)).await;
+        match done {
+            Ok(now) => batching = now,
+            Err(e) => eprintln!("fffserve: a batch's thread failed: {e}"),
         }
     }
 }
@@ -214,30 +253,70 @@ fn classify(e: Error) -> RunError {
     }
 }
 
-fn run_batch(model: &Model, mut batch: Vec<Job>, sizes: &Histogram) {
+/// Runs a batch and answers its requests; returns how the model batches from now on.
+fn run_batch(model: &Model, mut batch: Vec<Job>, batching: Batching, sizes: &Histogram) -> Batching {
     if batch.len() == 1 {
         let job = batch.pop().expect("one job");
         let reply = run_alone(model, job.work, sizes);
         let _ = job.reply.send(reply);
-        return;
+        return batching;
     }
-    match run_stacked(model, &batch, sizes) {
-        Some(parts) => {
+    let stacked = run_stacked(model, &batch, sizes);
+    if batching == Batching::Yes {
+        if let Some(parts) = stacked {
             for (job, outputs) in batch.into_iter().zip(parts) {
                 let _ = job.reply.send(Ok(outputs));
             }
-        }
-        None => {
-            // Retried one by one: the good requests succeed and the bad one fails alone.
-            for job in batch {
-                if job.reply.is_closed() {
-                    continue;
-                }
-                let reply = run_alone(model, job.work, sizes);
-                let _ = job.reply.send(reply);
-            }
+            return batching;
         }
     }
+    // Run one by one: after a failed batch, so that the good requests succeed and the bad one fails
+    // alone; on the first batch of an unverified model, to compare.
+    let mut alone = Vec::with_capacity(batch.len());
+    for job in &batch {
+        let work = match &job.work {
+            Work::Tensors(t) => Work::Tensors(t.clone()),
+            Work::Texts { .. } => unreachable!("text requests are never batched"),
+        };
+        alone.push(run_alone(model, work, sizes));
+    }
+    let mut now = batching;
+    if batching == Batching::Unverified && alone.iter().all(Result::is_ok) {
+        let same = stacked.as_ref().is_some_and(|parts| {
+            parts
+                .iter()
+                .zip(&alone)
+                .all(|(p, a)| same_outputs(p, a.as_ref().expect("checked ok")))
+        });
+        now = if same { Batching::Yes } else { Batching::Never };
+        eprintln!(
+            "fffserve: {} requests stacked {} their own runs: batching is {}",
+            batch.len(),
+            if same { "match" } else { "do not match" },
+            if same { "on" } else { "off for this model" }
+        );
+    }
+    for (job, reply) in batch.into_iter().zip(alone) {
+        let _ = job.reply.send(reply);
+    }
+    now
+}
+
+/// Whether a request's share of a stacked run is its own run's outputs: the same names and shapes,
+/// and values within float rounding.
+fn same_outputs(a: &Outputs, b: &Outputs) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((na, ta), (nb, tb))| {
+            na == nb
+                && ta.shape() == tb.shape()
+                && match (ta, tb) {
+                    (Tensor::F32(x), Tensor::F32(y)) => x
+                        .iter()
+                        .zip(y.iter())
+                        .all(|(p, q)| (p - q).abs() <= 1e-3 * (1.0 + q.abs()) || p == q),
+                    _ => ta == tb,
+                }
+        })
 }
 
 fn rows_of(work: &Work) -> usize {

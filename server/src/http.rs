@@ -135,14 +135,13 @@ async fn model_metadata(State(st): St, Path(params): Path<HashMap<String, String
         "inputs": inputs,
         "outputs": outputs,
     });
+    meta["parameters"] = json!({ "dynamic_batching": served.batchable });
     if let Some(text) = served.model.text_config() {
         let (pooling, normalize) = served.model.embed_settings(&Default::default());
-        meta["parameters"] = json!({
-            "text": true,
-            "max_length": text.max_length,
-            "pooling": pooling.name(),
-            "normalize": normalize,
-        });
+        meta["parameters"]["text"] = json!(true);
+        meta["parameters"]["max_length"] = json!(text.max_length);
+        meta["parameters"]["pooling"] = json!(pooling.name());
+        meta["parameters"]["normalize"] = json!(normalize);
     }
     json_response(meta)
 }

@@ -45,6 +45,7 @@ fn health_and_metadata() {
         assert_eq!(m["name"], "bert");
         assert_eq!(m["versions"], json!(["1"]));
         assert_eq!(m["platform"], "fff");
+        assert_eq!(m["parameters"]["dynamic_batching"], true, "{m}");
         let inputs = m["inputs"].as_array().unwrap();
         assert_eq!(inputs.len(), 3);
         for i in inputs {
@@ -612,8 +613,12 @@ fn sigterm_finishes_the_request_in_flight() {
     let port = server.port;
     let pid = server.child.id() as i32;
     let client = std::thread::spawn(move || {
-        slow_request(port, INFER, &body, Duration::from_millis(2), || unsafe {
-            libc::kill(pid, libc::SIGTERM);
+        slow_request(port, INFER, &body, Duration::from_millis(2), || {
+            // Once the server has read the head, the request is in flight.
+            std::thread::sleep(Duration::from_millis(300));
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
         })
     });
     let r = client.join().unwrap();
