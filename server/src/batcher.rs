@@ -17,6 +17,8 @@ use fff_runtime::text::{EmbedOptions, Pooling};
 use fff_runtime::{DType, Error, Tensor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::ModelMetrics;
 use tokio::sync::{mpsc, oneshot};
 
 /// What a request asks for.
@@ -41,6 +43,7 @@ pub type Reply = Result<Outputs, RunError>;
 struct Job {
     work: Work,
     reply: oneshot::Sender<Reply>,
+    queued: std::time::Instant,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -66,13 +69,8 @@ pub struct QueueFull;
 
 impl Served {
     /// Starts the model's batcher on the current tokio runtime.
-    pub fn start(
-        name: String,
-        model: Model,
-        config: BatchConfig,
-        queue: Gauge,
-        batch_sizes: Histogram,
-    ) -> Served {
+    pub fn start(name: String, model: Model, config: BatchConfig, metrics: ModelMetrics) -> Served {
+        let queue = metrics.queue_depth.clone();
         let model = Arc::new(model);
         let batching = if config.max_batch > 1 {
             batch_axis(&model)
@@ -81,14 +79,7 @@ impl Served {
         };
         let batchable = batching != Batching::Never;
         let (tx, rx) = mpsc::channel(config.max_queue.max(1));
-        tokio::spawn(batcher(
-            model.clone(),
-            rx,
-            config,
-            batching,
-            queue.clone(),
-            batch_sizes,
-        ));
+        tokio::spawn(batcher(model.clone(), rx, config, batching, metrics));
         Served {
             name,
             model,
@@ -103,7 +94,12 @@ impl Served {
         let (reply, rx) = oneshot::channel();
         // Counted before sending so that the batcher's decrement never comes first.
         self.queue.inc();
-        match self.tx.try_send(Job { work, reply }) {
+        let queued = std::time::Instant::now();
+        match self.tx.try_send(Job {
+            work,
+            reply,
+            queued,
+        }) {
             Ok(()) => Ok(rx),
             Err(_) => {
                 self.queue.dec();
@@ -160,9 +156,12 @@ pub fn batch_axis(model: &Model) -> Batching {
     }
 }
 
+/// Each input's element type and sizes after the first.
+type BatchKey = Vec<(DType, Vec<usize>)>;
+
 /// Rows of a tensor request, and what every request in its batch must share: each input's element
 /// type and dimensions after the first.
-fn batch_key(work: &Work) -> Option<(usize, Vec<(DType, Vec<usize>)>)> {
+fn batch_key(work: &Work) -> Option<(usize, BatchKey)> {
     let Work::Tensors(inputs) = work else {
         return None;
     };
@@ -182,9 +181,9 @@ async fn batcher(
     mut rx: mpsc::Receiver<Job>,
     config: BatchConfig,
     mut batching: Batching,
-    queue: Gauge,
-    batch_sizes: Histogram,
+    metrics: ModelMetrics,
 ) {
+    let queue = metrics.queue_depth.clone();
     let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
@@ -235,7 +234,12 @@ async fn batcher(
             }
         }
         let model = model.clone();
-        let sizes = batch_sizes.clone();
+        let sizes = metrics.batch_size.clone();
+        for job in &batch {
+            metrics
+                .queue_wait
+                .observe(job.queued.elapsed().as_secs_f64());
+        }
         // The batcher waits for its batch: while it runs, the next requests gather in the queue.
         let done =
             tokio::task::spawn_blocking(move || run_batch(&model, batch, batching, &sizes)).await;
@@ -254,7 +258,12 @@ fn classify(e: Error) -> RunError {
 }
 
 /// Runs a batch and answers its requests; returns how the model batches from now on.
-fn run_batch(model: &Model, mut batch: Vec<Job>, batching: Batching, sizes: &Histogram) -> Batching {
+fn run_batch(
+    model: &Model,
+    mut batch: Vec<Job>,
+    batching: Batching,
+    sizes: &Histogram,
+) -> Batching {
     if batch.len() == 1 {
         let job = batch.pop().expect("one job");
         let reply = run_alone(model, job.work, sizes);
@@ -350,7 +359,10 @@ fn run_alone(model: &Model, work: Work, sizes: &Histogram) -> Reply {
             let vectors = model
                 .pool_outputs(&outputs, &tokens, &options)
                 .map_err(classify)?;
-            Ok(vec![("embedding".to_string(), Tensor::F32(vectors.into_dyn()))])
+            Ok(vec![(
+                "embedding".to_string(),
+                Tensor::F32(vectors.into_dyn()),
+            )])
         }
     }
 }
@@ -373,7 +385,10 @@ fn run_stacked(model: &Model, batch: &[Job], sizes: &Histogram) -> Option<Vec<Ou
     }
     let outputs = model.run(stacked).ok()?;
     sizes.observe(total as f64);
-    if outputs.iter().any(|(_, t)| t.shape().first() != Some(&total)) {
+    if outputs
+        .iter()
+        .any(|(_, t)| t.shape().first() != Some(&total))
+    {
         return None;
     }
     let mut parts: Vec<Outputs> = vec![Vec::with_capacity(outputs.len()); batch.len()];

@@ -27,11 +27,25 @@ pub struct Metrics {
     pub latency: HistogramFamily<ModelLabel>,
     pub queue_depth: Family<ModelLabel, Gauge>,
     pub batch_size: HistogramFamily<ModelLabel>,
+    pub queue_wait: HistogramFamily<ModelLabel>,
+}
+
+/// One model's share of the metrics, for its batcher.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    pub queue_depth: Gauge,
+    pub batch_size: Histogram,
+    pub queue_wait: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms to about 8 s.
     Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+fn wait_histogram() -> Histogram {
+    // 50 µs to about 1.6 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
 }
 
 fn batch_histogram() -> Histogram {
@@ -46,6 +60,7 @@ impl Metrics {
         let latency: HistogramFamily<ModelLabel> = Family::new_with_constructor(latency_histogram);
         let queue_depth = Family::<ModelLabel, Gauge>::default();
         let batch_size: HistogramFamily<ModelLabel> = Family::new_with_constructor(batch_histogram);
+        let queue_wait: HistogramFamily<ModelLabel> = Family::new_with_constructor(wait_histogram);
         registry.register(
             "fffserve_requests",
             "Inference requests by model and outcome",
@@ -66,12 +81,18 @@ impl Metrics {
             "Rows in each run of a model (requests' batch rows, summed over a dynamic batch)",
             batch_size.clone(),
         );
+        registry.register(
+            "fffserve_queue_wait_seconds",
+            "Time requests wait between their arrival in the queue and the start of their run",
+            queue_wait.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             queue_depth,
             batch_size,
+            queue_wait,
         }
     }
 
@@ -89,16 +110,15 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn queue(&self, model: &str) -> Gauge {
-        self.queue_depth.get_or_create_owned(&ModelLabel {
+    pub fn for_model(&self, model: &str) -> ModelMetrics {
+        let label = ModelLabel {
             model: model.to_string(),
-        })
-    }
-
-    pub fn batch(&self, model: &str) -> Histogram {
-        self.batch_size.get_or_create_owned(&ModelLabel {
-            model: model.to_string(),
-        })
+        };
+        ModelMetrics {
+            queue_depth: self.queue_depth.get_or_create_owned(&label),
+            batch_size: self.batch_size.get_or_create_owned(&label),
+            queue_wait: self.queue_wait.get_or_create_owned(&label),
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -100,8 +100,7 @@ impl Repo {
             name.to_string(),
             model,
             self.batch,
-            self.metrics.queue(name),
-            self.metrics.batch(name),
+            self.metrics.for_model(name),
         );
         self.failed.write().unwrap().remove(name);
         self.models

@@ -171,11 +171,17 @@ pub struct Request {
     pub binary_default: bool,
 }
 
-fn param_bool(params: &Map<String, Value>, key: &str, at: &str) -> Result<Option<bool>, BadRequest> {
+fn param_bool(
+    params: &Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<Option<bool>, BadRequest> {
     match params.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(format!("{at}parameters.{key} must be true or false, not {other}")),
+        Some(other) => Err(format!(
+            "{at}parameters.{key} must be true or false, not {other}"
+        )),
     }
 }
 
@@ -280,7 +286,10 @@ pub fn parse(body: &[u8], header_len: Option<usize>, model: &Model) -> Result<Re
                     ));
                 }
                 let at = format!("output '{}': ", o.name);
-                chosen.push((o.name.clone(), param_bool(&o.parameters, "binary_data", &at)?));
+                chosen.push((
+                    o.name.clone(),
+                    param_bool(&o.parameters, "binary_data", &at)?,
+                ));
             }
             Some(chosen)
         }
@@ -605,7 +614,12 @@ pub fn write_response(
         }
         json.extend_from_slice(b"{\"name\":");
         serde_json::to_writer(&mut json, name).expect("writing to a Vec cannot fail");
-        write!(json, ",\"datatype\":\"{}\",\"shape\":[", datatype(t.dtype())).unwrap();
+        write!(
+            json,
+            ",\"datatype\":\"{}\",\"shape\":[",
+            datatype(t.dtype())
+        )
+        .unwrap();
         for (k, d) in t.shape().iter().enumerate() {
             if k > 0 {
                 json.push(b',');
@@ -615,7 +629,12 @@ pub fn write_response(
         json.push(b']');
         if binary[i] {
             let bytes = t.to_le_bytes();
-            write!(json, ",\"parameters\":{{\"binary_data_size\":{}}}}}", bytes.len()).unwrap();
+            write!(
+                json,
+                ",\"parameters\":{{\"binary_data_size\":{}}}}}",
+                bytes.len()
+            )
+            .unwrap();
             tail.extend_from_slice(&bytes);
         } else {
             json.extend_from_slice(b",\"data\":");
@@ -641,7 +660,11 @@ pub fn write_response(
 
 /// A tensor's elements as one flat JSON list (NaN and infinities as `null`).
 fn write_data(out: &mut Vec<u8>, t: &Tensor) {
-    fn list<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, mut f: impl FnMut(&mut Vec<u8>, T)) {
+    fn list<T>(
+        out: &mut Vec<u8>,
+        items: impl Iterator<Item = T>,
+        mut f: impl FnMut(&mut Vec<u8>, T),
+    ) {
         out.push(b'[');
         for (i, x) in items.enumerate() {
             if i > 0 {

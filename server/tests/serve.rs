@@ -16,8 +16,8 @@ const INFER: &str = "/v2/models/bert/infer";
 fn library_outputs() -> Vec<(String, Tensor)> {
     let model = Model::load(repository().join("bert.fff")).unwrap();
     let input = read_json(&fixture("bert-tiny.input.json"));
-    let (inputs, _) =
-        fff_runtime::io::parse_inputs(&input.to_string(), model.inputs()).unwrap_or_else(|e| {
+    let (inputs, _) = fff_runtime::io::parse_inputs(&input.to_string(), model.inputs())
+        .unwrap_or_else(|e| {
             panic!("{e}");
         });
     model.run(inputs).unwrap()
@@ -64,7 +64,10 @@ fn health_and_metadata() {
     assert!(missing.json()["error"].as_str().unwrap().contains("nope"));
     assert_eq!(server.get("/v2/models/nope/ready").status, 404);
     assert_eq!(server.get("/v2/models/bert/versions/2").status, 404);
-    assert_eq!(server.post_json("/v2/models/nope/infer", &json!({})).status, 404);
+    assert_eq!(
+        server.post_json("/v2/models/nope/infer", &json!({})).status,
+        404
+    );
     assert_eq!(server.get("/v2/nothing/here").status, 404);
 }
 
@@ -105,7 +108,10 @@ fn int32_inputs_and_the_outputs_filter() {
     let outputs = r["outputs"].as_array().unwrap();
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0]["name"], "pooler_output");
-    let d = max_diff(&floats(&outputs[0]["data"]), &expected("pooler_output", 0..2));
+    let d = max_diff(
+        &floats(&outputs[0]["data"]),
+        &expected("pooler_output", 0..2),
+    );
     assert!(d < 1e-4, "{d}");
 
     // Values that do not fit the datatype are refused.
@@ -124,7 +130,10 @@ fn int32_inputs_and_the_outputs_filter() {
     bad["inputs"][1]["datatype"] = json!("FP32");
     let r = server.post_json(INFER, &bad);
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().unwrap().contains("attention_mask"));
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("attention_mask"));
 }
 
 /// A request in the binary tensor data extension: JSON header, then each input's bytes.
@@ -215,7 +224,10 @@ fn binary_requests_and_responses() {
     let server = Server::start(&[]);
     // Binary in (INT64 and INT32), JSON out.
     for (datatype, width) in [("INT64", 8), ("INT32", 4)] {
-        let r = post_binary(&server, &binary_request(datatype, width, Value::Null, false));
+        let r = post_binary(
+            &server,
+            &binary_request(datatype, width, Value::Null, false),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.header("inference-header-content-length").is_none());
         let out = r.json();
@@ -248,7 +260,12 @@ fn binary_requests_and_responses() {
     assert_eq!(binary[0].0, "pooler_output");
     assert!(max_diff(&binary[0].1, &expected("pooler_output", 0..2)) < 1e-4);
     let json_out = output(&header, "last_hidden_state");
-    assert!(max_diff(&floats(&json_out["data"]), &expected("last_hidden_state", 0..2)) < 1e-4);
+    assert!(
+        max_diff(
+            &floats(&json_out["data"]),
+            &expected("last_hidden_state", 0..2)
+        ) < 1e-4
+    );
 
     // A binary_data_size that does not match dtype x shape.
     let mut framed = binary_request("INT64", 8, Value::Null, false);
@@ -264,7 +281,8 @@ fn binary_requests_and_responses() {
 #[test]
 fn bytes_text_to_embedding() {
     let server = Server::start(&[]);
-    let texts: Vec<String> = serde_json::from_value(read_json(&fixture("text/texts.json"))).unwrap();
+    let texts: Vec<String> =
+        serde_json::from_value(read_json(&fixture("text/texts.json"))).unwrap();
     let expected_e = read_json(&fixture("text/expected.json"));
     let model = Model::load(repository().join("text.fff")).unwrap();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -343,7 +361,11 @@ fn bytes_text_to_embedding() {
         &body,
     );
     assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.json()["error"].as_str().unwrap().contains("element 1"), "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("element 1"),
+        "{}",
+        r.text()
+    );
 
     // Text to a model without a tokenizer.
     let r = server.post_json(INFER, &req);
@@ -351,7 +373,10 @@ fn bytes_text_to_embedding() {
 }
 
 /// `name{labels} value` lines of the Prometheus text format, comments skipped.
-fn parse_metrics(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// A sample: metric name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+fn parse_metrics(text: &str) -> Vec<Sample> {
     let mut samples = Vec::new();
     for line in text.lines() {
         if line.starts_with('#') || line.trim().is_empty() {
@@ -386,11 +411,7 @@ fn parse_metrics(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
     samples
 }
 
-fn sample(
-    samples: &[(String, Vec<(String, String)>, f64)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
         .find(|(n, l, _)| {
@@ -406,7 +427,10 @@ fn sample(
 fn metrics_count_requests() {
     let server = Server::start(&[]);
     for _ in 0..3 {
-        assert_eq!(server.post_json(INFER, &bert_request("INT64", 0..1)).status, 200);
+        assert_eq!(
+            server.post_json(INFER, &bert_request("INT64", 0..1)).status,
+            200
+        );
     }
     assert_eq!(server.post_json(INFER, &json!({"inputs": 5})).status, 400);
     let r = server.get("/metrics");
@@ -414,9 +438,17 @@ fn metrics_count_requests() {
     let text = r.text();
     let samples = parse_metrics(&text);
     let ok = [("model", "bert"), ("outcome", "success")];
-    assert_eq!(sample(&samples, "fffserve_requests_total", &ok), Some(3.0), "{text}");
+    assert_eq!(
+        sample(&samples, "fffserve_requests_total", &ok),
+        Some(3.0),
+        "{text}"
+    );
     let bad = [("model", "bert"), ("outcome", "client_error")];
-    assert_eq!(sample(&samples, "fffserve_requests_total", &bad), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&samples, "fffserve_requests_total", &bad),
+        Some(1.0),
+        "{text}"
+    );
     let bert = [("model", "bert")];
     assert_eq!(
         sample(&samples, "fffserve_request_duration_seconds_count", &bert),
@@ -424,21 +456,48 @@ fn metrics_count_requests() {
         "{text}"
     );
     assert_eq!(
-        sample(&samples, "fffserve_request_duration_seconds_bucket", &[("model", "bert"), ("le", "+Inf")]),
+        sample(
+            &samples,
+            "fffserve_request_duration_seconds_bucket",
+            &[("model", "bert"), ("le", "+Inf")]
+        ),
         Some(4.0)
     );
-    assert_eq!(sample(&samples, "fffserve_queue_depth", &bert), Some(0.0), "{text}");
-    assert_eq!(sample(&samples, "fffserve_batch_size_count", &bert), Some(3.0), "{text}");
-    assert_eq!(sample(&samples, "fffserve_batch_size_sum", &bert), Some(3.0), "{text}");
+    assert_eq!(
+        sample(&samples, "fffserve_queue_depth", &bert),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&samples, "fffserve_batch_size_count", &bert),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&samples, "fffserve_batch_size_sum", &bert),
+        Some(3.0),
+        "{text}"
+    );
 }
 
 #[test]
 fn malformed_requests_get_400_and_the_server_goes_on() {
     let server = Server::start(&["--max-request-bytes", "4K"]);
     let raw = |body: &[u8]| {
-        request(server.port, "POST", INFER, &[("Content-Type", "application/json")], body)
+        request(
+            server.port,
+            "POST",
+            INFER,
+            &[("Content-Type", "application/json")],
+            body,
+        )
     };
-    for body in [&b"{not json"[..], b"", b"{\"inputs\": [{\"name\": 3}]}", b"[1, 2]"] {
+    for body in [
+        &b"{not json"[..],
+        b"",
+        b"{\"inputs\": [{\"name\": 3}]}",
+        b"[1, 2]",
+    ] {
         let r = raw(body);
         assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(body));
         assert!(r.json()["error"].is_string());
@@ -454,7 +513,10 @@ fn malformed_requests_get_400_and_the_server_goes_on() {
     req["inputs"].as_array_mut().unwrap().pop();
     let r = server.post_json(INFER, &req);
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().unwrap().contains("token_type_ids"));
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("token_type_ids"));
     // Inputs whose sequence lengths disagree pass the parser's checks; the model refuses them.
     let mut req = bert_request("INT64", 0..1);
     req["inputs"][1]["shape"] = json!([1, 6]);
@@ -521,7 +583,10 @@ fn a_full_queue_answers_503_at_once() {
         Some(full as f64)
     );
     // Afterwards it serves again.
-    assert_eq!(server.post_json(INFER, &bert_request("INT64", 0..2)).status, 200);
+    assert_eq!(
+        server.post_json(INFER, &bert_request("INT64", 0..2)).status,
+        200
+    );
 }
 
 #[test]
@@ -543,7 +608,10 @@ fn a_slow_client_does_not_hold_up_others() {
         assert_eq!(r.status, 200);
         served += 1;
     }
-    assert!(served >= 20, "only {served} requests while the slow client sent its body");
+    assert!(
+        served >= 20,
+        "only {served} requests while the slow client sent its body"
+    );
     let r = slow.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let d = max_diff(
@@ -562,7 +630,12 @@ fn thirty_two_concurrent_clients() {
     let stop = Instant::now() + Duration::from_secs(3);
     let variants: Vec<(Vec<u8>, std::ops::Range<usize>)> = [0..1, 1..2, 0..2]
         .into_iter()
-        .map(|rows| (bert_request("INT64", rows.clone()).to_string().into_bytes(), rows))
+        .map(|rows| {
+            (
+                bert_request("INT64", rows.clone()).to_string().into_bytes(),
+                rows,
+            )
+        })
         .collect();
     let expectations: Vec<Vec<f32>> = variants
         .iter()
@@ -602,8 +675,14 @@ fn thirty_two_concurrent_clients() {
     let bert = [("model", "bert")];
     let runs = sample(&samples, "fffserve_batch_size_count", &bert).unwrap();
     let rows = sample(&samples, "fffserve_batch_size_sum", &bert).unwrap();
-    eprintln!("{n} answers in 3 s; {runs} runs of {:.2} rows on average", rows / runs);
-    assert!(runs < n as f64, "no request was batched with another ({runs} runs, {n} answers)");
+    eprintln!(
+        "{n} answers in 3 s; {runs} runs of {:.2} rows on average",
+        rows / runs
+    );
+    assert!(
+        runs < n as f64,
+        "no request was batched with another ({runs} runs, {n} answers)"
+    );
 }
 
 #[test]
@@ -650,11 +729,8 @@ fn a_lone_request_does_not_wait_without_a_window() {
     }
     times.sort();
     let model = Model::load(repository().join("bert.fff")).unwrap();
-    let (inputs, _) = fff_runtime::io::parse_inputs(
-        &std::str::from_utf8(&body).unwrap().to_string(),
-        model.inputs(),
-    )
-    .unwrap();
+    let (inputs, _) =
+        fff_runtime::io::parse_inputs(std::str::from_utf8(&body).unwrap(), model.inputs()).unwrap();
     let mut direct = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
@@ -662,10 +738,21 @@ fn a_lone_request_does_not_wait_without_a_window() {
         direct.push(t.elapsed());
     }
     direct.sort();
+    let samples = parse_metrics(&server.get("/metrics").text());
+    let bert = [("model", "bert")];
+    let waits = sample(&samples, "fffserve_queue_wait_seconds_count", &bert).unwrap();
+    let waited = sample(&samples, "fffserve_queue_wait_seconds_sum", &bert).unwrap();
+    assert_eq!(waits, 30.0);
+    let mean_wait = waited / waits;
     eprintln!(
-        "median over HTTP {:?}, direct run {:?}",
+        "median over HTTP {:?}, direct run {:?}; mean wait in the queue {:.3} ms",
         times[times.len() / 2],
-        direct[direct.len() / 2]
+        direct[direct.len() / 2],
+        mean_wait * 1e3
+    );
+    assert!(
+        mean_wait < 1e-3,
+        "a lone request waited {mean_wait} s in the queue"
     );
 }
 
@@ -702,4 +789,19 @@ fn polling_reloads_changed_plans_and_unloads_removed_ones() {
     server.terminate();
     assert_eq!(server.wait(Duration::from_secs(10)), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_request_over_the_timeout_gets_504_and_the_server_goes_on() {
+    let server = Server::start(&["--request-timeout-ms", "1", "--threads", "1"]);
+    let r = server.post_json(INFER, &heavy_request(16, 64));
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.json()["error"].is_string());
+    let samples = parse_metrics(&server.get("/metrics").text());
+    let timeout = [("model", "bert"), ("outcome", "timeout")];
+    assert_eq!(
+        sample(&samples, "fffserve_requests_total", &timeout),
+        Some(1.0)
+    );
+    assert_eq!(server.get("/v2/health/live").status, 200);
 }

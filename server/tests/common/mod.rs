@@ -32,8 +32,8 @@ pub fn repository() -> &'static Path {
         let dir = std::env::temp_dir().join(format!("fffserve-tests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let onnx = std::fs::read(fixture("bert-tiny.onnx")).unwrap();
-        let plain = fff_compiler::compile_to_plan_bytes(&onnx, &fff_compiler::Options::default())
-            .unwrap();
+        let plain =
+            fff_compiler::compile_to_plan_bytes(&onnx, &fff_compiler::Options::default()).unwrap();
         std::fs::write(dir.join("bert.fff"), plain).unwrap();
         let options = fff_compiler::Options {
             text: Some(fff_compiler::text::TextOptions {
@@ -195,9 +195,17 @@ fn head(method: &str, path: &str, headers: &[(&str, &str)], len: usize) -> Strin
     head
 }
 
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut all = head(method, path, headers, body.len()).into_bytes();
     all.extend_from_slice(body);
     // The server may answer (413) and close before reading everything.
@@ -214,7 +222,9 @@ pub fn slow_request(
     after_first_byte: impl FnOnce(),
 ) -> Reply {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     stream.set_nodelay(true).unwrap();
     let h = head(
         "POST",
