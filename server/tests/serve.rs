@@ -805,3 +805,34 @@ fn a_request_over_the_timeout_gets_504_and_the_server_goes_on() {
     );
     assert_eq!(server.get("/v2/health/live").status, 200);
 }
+
+#[test]
+fn a_bad_request_in_a_batch_fails_alone() {
+    // A wide window so that the requests below meet in one batch.
+    let server = Server::start(&["--max-queue-delay-ms", "200"]);
+    let port = server.port;
+    let mut bad = bert_request("INT64", 0..1);
+    bad["inputs"][0]["data"][0] = json!(100000); // past the embedding table: the run fails
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            let body = if i == 2 {
+                bad.clone()
+            } else {
+                bert_request("INT64", 0..1)
+            };
+            std::thread::spawn(move || {
+                request(port, "POST", INFER, &[], body.to_string().as_bytes())
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.join().unwrap();
+        if i == 2 {
+            assert_eq!(r.status, 400, "{}", r.text());
+        } else {
+            assert_eq!(r.status, 200, "{}", r.text());
+            let got = floats(&output(&r.json(), "pooler_output")["data"]);
+            assert!(max_diff(&got, &expected("pooler_output", 0..1)) < 1e-4);
+        }
+    }
+}
