@@ -116,8 +116,9 @@ pub fn shape_json(shape: &[Dim]) -> Value {
     )
 }
 
+/// A v2 request. Keys the protocol does not define (`model_name`, `model_version`, which KServe's
+/// client sends) are ignored, as the protocol's extensions expect.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RequestJson {
     #[serde(default)]
     id: Option<String>,
@@ -129,7 +130,6 @@ struct RequestJson {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct InputJson {
     name: String,
     shape: Vec<u64>,
@@ -141,7 +141,6 @@ struct InputJson {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct OutputJson {
     name: String,
     #[serde(default)]
