@@ -1,6 +1,18 @@
-# Helpers of the encoder benchmarks (bench-encoder.sh, bench-quant-import.sh), sourced after these are
-# set: bin (the folder of fffrun), out (the work folder), runs, seq, ort (../shared/peers/ort.py) and
-# have_ort (1 where ONNX Runtime runs).
+# Settings and helpers of the encoder benchmarks (bench-encoder.sh, bench-quant-import.sh,
+# quant-accuracy.sh), sourced from the repository's root. It sets the encoder's size (env LAYERS, HIDDEN,
+# HEADS, SEQ) and bin, the folder of the binaries (env FFF_BIN, else target/release after a release
+# build). Its functions read what the scripts set before calling them: out (the work folder), runs,
+# ort (../shared/peers/ort.py) and have_ort (1 where ONNX Runtime runs).
+layers=${LAYERS:-4}
+hidden=${HIDDEN:-768}
+heads=${HEADS:-12}
+seq=${SEQ:-128}
+if [ -n "${FFF_BIN:-}" ]; then
+  bin=$FFF_BIN
+else
+  cargo build --release -q --bins
+  bin=target/release
+fi
 median() { python3 -c "import json,sys; print('%.2f' % json.load(sys.stdin)['median_ms'])"; }
 # ratio SLOWER FASTER: how many times faster the second is; n/a where either is.
 ratio() {

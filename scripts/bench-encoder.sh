@@ -16,16 +16,8 @@ cd "$(dirname "$0")/.."
 batches=${1:-1,8}
 threads_list=${2:-1,2}
 runs=${3:-10}
-layers=${LAYERS:-4}
-hidden=${HIDDEN:-768}
-heads=${HEADS:-12}
-seq=${SEQ:-128}
-if [ -n "${FFF_BIN:-}" ]; then
-  bin=$FFF_BIN
-else
-  cargo build --release -q --bins
-  bin=target/release
-fi
+# shellcheck source=scripts/bench-encoder-lib.sh
+. scripts/bench-encoder-lib.sh
 export FFF_BIN=$bin
 out=bench-out/encoder
 mkdir -p "$out"
@@ -63,8 +55,6 @@ fi
 # Flush the freshly written plans first: their write-back would otherwise overlap the first timings.
 sync
 # median, ratio, fff_ms, ort_ms and input.
-# shellcheck source=scripts/bench-encoder-lib.sh
-. scripts/bench-encoder-lib.sh
 echo "ms per call, median of $runs runs; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo
 echo "| batch | threads | fff f32 FFF | fff int8 FFF | fff bf16 FFF | fff f32 dense | fff int8 dense | ORT f32 FFF (masking) | ORT int8 FFF (masking) | ORT f32 dense | ORT int8 dense |"

@@ -16,16 +16,8 @@ cd "$(dirname "$0")/.."
 batches=${1:-1,8}
 threads_list=${2:-1,2}
 runs=${3:-10}
-layers=${LAYERS:-4}
-hidden=${HIDDEN:-768}
-heads=${HEADS:-12}
-seq=${SEQ:-128}
-if [ -n "${FFF_BIN:-}" ]; then
-  bin=$FFF_BIN
-else
-  cargo build --release -q --bins
-  bin=target/release
-fi
+# shellcheck source=scripts/bench-encoder-lib.sh
+. scripts/bench-encoder-lib.sh
 ort=../shared/peers/ort.py
 if [ ! -f "$ort" ] || ! python3 -c "import onnxruntime, onnx, numpy" 2>/dev/null; then
   echo "bench-quant-import.sh: needs $ort and the Python packages onnxruntime, onnx, numpy" >&2
@@ -58,8 +50,6 @@ fi
 sync
 # median, ratio, fff_ms, ort_ms and input, as bench-encoder.sh times them.
 have_ort=1
-# shellcheck source=scripts/bench-encoder-lib.sh
-. scripts/bench-encoder-lib.sh
 echo "Dense encoder ($layers layers, hidden $hidden, $heads heads, FF 3072, sequence $seq) quantised by ONNX Runtime's"
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 echo "quantize_dynamic (defaults); ms per call, median of $runs runs; $cpu; load average $(cut -d' ' -f1 /proc/loadavg)"

@@ -13,16 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 batch=${1:-8}
-layers=${LAYERS:-4}
-hidden=${HIDDEN:-768}
-heads=${HEADS:-12}
-seq=${SEQ:-128}
-if [ -n "${FFF_BIN:-}" ]; then
-  bin=$FFF_BIN
-else
-  cargo build --release -q --bins
-  bin=target/release
-fi
+# shellcheck source=scripts/bench-encoder-lib.sh
+. scripts/bench-encoder-lib.sh
 out=bench-out/quant-accuracy
 mkdir -p "$out"
 rm -f "$out"/*.fff "$out"/*.npz "$out"/*.log

@@ -235,8 +235,9 @@ impl Tables<'_> {
         seen
     }
 
-    /// `(rows, node name)` of each constant 2-D table gathered along axis 0 by one of `indices`.
-    fn gathered_by(&self, indices: &HashSet<OutletId>) -> Vec<(usize, String)> {
+    /// `(rows, node name)` of each constant 2-D table gathered along axis 0 by indices that `pick`
+    /// accepts.
+    fn gathered(&self, pick: impl Fn(OutletId) -> bool) -> Vec<(usize, String)> {
         let mut found = Vec::new();
         for n in self.g.node_indices() {
             if !matches!(self.g.op(n), Some(Op::Gather { axis: 0 })) {
@@ -246,10 +247,8 @@ impl Tables<'_> {
             let (Some(Some(data)), Some(Some(idx))) = (ins.first(), ins.get(1)) else {
                 continue;
             };
-            if !indices.contains(idx) {
-                continue;
-            }
-            if let Some(t) = self.g.const_value(*data).filter(|t| t.shape().len() == 2) {
+            let table = self.g.const_value(*data).filter(|t| t.shape().len() == 2);
+            if let Some(t) = table.filter(|_| pick(*idx)) {
                 found.push((t.shape()[0], self.g.node(n).name.clone()));
             }
         }
@@ -290,21 +289,7 @@ impl Tables<'_> {
 
     /// `(rows, node name)` of the position tables: gathered by indices that count up from 0.
     fn positions(&self) -> Vec<(usize, String)> {
-        let mut found = Vec::new();
-        for n in self.g.node_indices() {
-            if !matches!(self.g.op(n), Some(Op::Gather { axis: 0 })) {
-                continue;
-            }
-            let ins = self.g.inputs_of(n);
-            let (Some(Some(data)), Some(Some(idx))) = (ins.first(), ins.get(1)) else {
-                continue;
-            };
-            let table = self.g.const_value(*data).filter(|t| t.shape().len() == 2);
-            if let Some(t) = table.filter(|_| self.counts_up(*idx)) {
-                found.push((t.shape()[0], self.g.node(n).name.clone()));
-            }
-        }
-        found
+        self.gathered(|idx| self.counts_up(idx))
     }
 }
 
@@ -348,7 +333,8 @@ pub fn text_section(
         .find(|&&n| g.node(n).name == roles.ids)
         .copied()
         .ok_or_else(|| text_err(format!("the model has no input '{}'", roles.ids)))?;
-    let word_tables = tables.gathered_by(&tables.carried(OutletId::new(ids_input, 0)));
+    let ids = tables.carried(OutletId::new(ids_input, 0));
+    let word_tables = tables.gathered(|idx| ids.contains(&idx));
     let (largest_id, vocabulary) = tokenizer.vocabulary();
     for (rows, node) in &word_tables {
         if let Some(id) = largest_id.filter(|&id| id as usize >= *rows) {

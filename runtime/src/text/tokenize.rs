@@ -53,15 +53,7 @@ impl TextTokenizer {
             pad_type_id: 0,
             pad_token,
         }));
-        inner
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| Error::invalid(format!("cannot truncate to {max_length} tokens: {e}")))?;
-        Ok(TextTokenizer { inner, max_length })
+        truncating(inner, max_length)
     }
 
     /// This tokenizer truncating at `max_length` instead (a copy: cheaper than parsing the file again).
