@@ -8,8 +8,9 @@ requests with binary tensor data and asking for binary outputs) for SECONDS each
 batch 1 x sequence SEQ (token ids below 512 from random.seed(0), an all-ones mask, zero token types:
 the inputs of scripts/bench-encoder-lib.sh). Every answer's status is checked. Prints a Markdown
 table: batching, clients, throughput, p50/p90/p99 latency, errors, and the mean rows per model run
-(from the server's /metrics); then `fffrun PLAN INPUT --bench`'s median on the same plan and input
-for reference.
+and the mean time a request waited in the queue (both from the server's /metrics); then
+`fffrun PLAN INPUT --bench`'s medians on the same input as 1 and as 8 rows, whose ratio bounds what
+batching can gain.
 
 Without a PLAN, the benchmark's encoder is made as scripts/bench-encoder.sh makes it: fff-models
 encoder, 4 layers, hidden 768, 12 heads, FFF 1x11 (env LAYERS, HIDDEN, HEADS override), compiled
@@ -127,12 +128,12 @@ def binary_body(meta, values):
     return j + tail, len(j)
 
 
-def metric_sum_count(server, model):
+def metric_sum_count(server, model, metric="fffserve_batch_size"):
     _, text = server.get("/metrics")
     text = text.decode()
     vals = {}
     for part in ("sum", "count"):
-        m = re.search(r'^fffserve_batch_size_%s\{model="%s"\} (\S+)' % (part, re.escape(model)), text, re.M)
+        m = re.search(r'^%s_%s\{model="%s"\} (\S+)' % (metric, part, re.escape(model)), text, re.M)
         vals[part] = float(m.group(1)) if m else 0.0
     return vals["sum"], vals["count"]
 
@@ -224,11 +225,14 @@ def main():
             drive(server, model, body, json_len, 1, min(2.0, opts.seconds))  # warm-up
             for clients in clients_list:
                 s0, c0 = metric_sum_count(server, model)
+                w0, n0 = metric_sum_count(server, model, "fffserve_queue_wait_seconds")
                 lat, errors, wall = drive(server, model, body, json_len, clients, opts.seconds)
                 s1, c1 = metric_sum_count(server, model)
+                w1, n1 = metric_sum_count(server, model, "fffserve_queue_wait_seconds")
                 ms = sorted(x * 1000 for x in lat)
                 rows.append((label, clients, len(lat) / wall, pct(ms, 50), pct(ms, 90), pct(ms, 99),
-                             len(errors), (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan")))
+                             len(errors), (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan"),
+                             1000 * (w1 - w0) / (n1 - n0) if n1 > n0 else float("nan")))
                 print(f"  batching {label}, {clients} clients: {len(lat)} requests, {len(errors)} errors",
                       file=sys.stderr)
                 if errors:
@@ -236,24 +240,30 @@ def main():
         finally:
             server.stop()
 
-    # fffrun on the same plan and input.
-    inp = out / f"in-1x{opts.seq}.json"
-    inp.write_text(json.dumps({k: [v] for k, v in values.items()}))
-    fr = subprocess.run([str(bins / "fffrun"), str(plan), str(inp), "--bench", "--runs", str(opts.runs)]
-                        + (["--threads", str(opts.threads)] if opts.threads else []),
-                        capture_output=True, text=True, check=True)
-    bench = json.loads(fr.stdout.strip().splitlines()[-1])
+    # fffrun on the same plan and input, alone and as 8 rows: how much a batch can save per row.
+    bench = {}
+    for b in (1, 8):
+        inp = out / f"in-{b}x{opts.seq}.json"
+        inp.write_text(json.dumps({k: [v] * b for k, v in values.items()}))
+        fr = subprocess.run([str(bins / "fffrun"), str(plan), str(inp), "--bench", "--runs", str(opts.runs)]
+                            + (["--threads", str(opts.threads)] if opts.threads else []),
+                            capture_output=True, text=True, check=True)
+        bench[b] = json.loads(fr.stdout.strip().splitlines()[-1])
 
     print(f"fffserve on {plan.name} ({model}), batch 1 x sequence {opts.seq}, {opts.seconds:g} s per row; "
           f"{os.cpu_count()} cores ({cpu}); server --threads {opts.threads or 'one per core'}")
     print()
-    print("| batching | clients | throughput req/s | p50 ms | p90 ms | p99 ms | errors | rows per run |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, clients, rps, p50, p90, p99, nerr, rpr in rows:
-        print(f"| {label} | {clients} | {rps:.1f} | {p50:.2f} | {p90:.2f} | {p99:.2f} | {nerr} | {rpr:.2f} |")
+    print("| batching | clients | throughput req/s | p50 ms | p90 ms | p99 ms | errors | rows per run "
+          "| mean queue wait ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, clients, rps, p50, p90, p99, nerr, rpr, wait in rows:
+        print(f"| {label} | {clients} | {rps:.1f} | {p50:.2f} | {p90:.2f} | {p99:.2f} | {nerr} | {rpr:.2f} "
+              f"| {wait:.3f} |")
     print()
-    print(f"fffrun {plan.name} (same input) --bench: median {bench['median_ms']:.2f} ms per call "
-          f"({1000 / bench['median_ms']:.1f} calls/s), {bench.get('threads')} threads, {bench.get('runs')} runs")
+    one, eight = bench[1]["median_ms"], bench[8]["median_ms"]
+    print(f"fffrun {plan.name} (same input) --bench, {bench[1].get('threads')} threads, {opts.runs} runs: "
+          f"batch 1 {one:.2f} ms ({1000 / one:.1f} rows/s); batch 8 {eight:.2f} ms, {eight / 8:.2f} ms per row "
+          f"({8000 / eight:.1f} rows/s): batching can raise the model's throughput at most {one * 8 / eight:.2f}x")
     return 1 if any(r[6] for r in rows) else 0
 
 

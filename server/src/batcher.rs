@@ -1,11 +1,13 @@
 //! One model as served: its queue and the batcher task that drains it.
 //!
 //! Requests whose inputs agree on every dimension but the first (the batch axis) are concatenated
-//! along axis 0, up to `max_batch_size` rows, waiting at most `max_queue_delay` after the first; the
-//! batch runs once on a blocking thread (the model's own pool does the kernels) and its outputs are
-//! split back by rows. A batch that fails is run again request by request, so that one bad request
+//! along axis 0, up to `max_batch_size` rows. A batch takes the requests already queued; under
+//! concurrent load (the last batch stacked several requests, or this one's first was queued while
+//! the last ran) it also waits up to `max_queue_delay` after its first for more, while a lone request runs
+//! at once. The batch runs once on a blocking thread (the model's own pool does the kernels) and its
+//! outputs are split back by rows. A batch that fails is run again request by request, so that one bad request
 //! fails alone. Models whose outputs do not all share the inputs' batch symbol at axis 0 run every
-//! request alone, as do text requests.
+//! request alone. Texts are batched when the model masks padding and the request pools.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use crate::metrics::ModelMetrics;
 use tokio::sync::{mpsc, oneshot};
 
 /// What a request asks for.
+#[derive(Clone)]
 pub enum Work {
     Tensors(Vec<(String, Tensor)>),
     Texts {
@@ -156,14 +159,35 @@ pub fn batch_axis(model: &Model) -> Batching {
     }
 }
 
-/// Each input's element type and sizes after the first.
-type BatchKey = Vec<(DType, Vec<usize>)>;
+/// What the requests of one batch share.
+#[derive(PartialEq)]
+enum BatchKey {
+    /// Each input's element type and sizes after the first.
+    Tensors(Vec<(DType, Vec<usize>)>),
+    /// The pooling and normalisation asked for.
+    Texts(Option<Pooling>, Option<bool>),
+}
 
-/// Rows of a tensor request, and what every request in its batch must share: each input's element
-/// type and dimensions after the first.
-fn batch_key(work: &Work) -> Option<(usize, BatchKey)> {
-    let Work::Tensors(inputs) = work else {
-        return None;
+/// Rows of a request, and what every request in its batch must share. Texts are batched only when
+/// the model masks padding (so that a text's vector does not depend on its batch's longest) and
+/// pools (so that every text gives one row).
+fn batch_key(model: &Model, work: &Work) -> Option<(usize, BatchKey)> {
+    let inputs = match work {
+        Work::Tensors(inputs) => inputs,
+        Work::Texts {
+            texts,
+            pooling,
+            normalize,
+        } => {
+            let masked = model.text_config()?.roles.mask.is_some();
+            let options = EmbedOptions {
+                pooling: *pooling,
+                ..EmbedOptions::default()
+            };
+            let pools = model.embed_settings(&options).0 != Pooling::None;
+            return (masked && pools && !texts.is_empty())
+                .then_some((texts.len(), BatchKey::Texts(*pooling, *normalize)));
+        }
     };
     let rows = inputs.first()?.1.shape().first().copied()?;
     if inputs.iter().any(|(_, t)| t.shape().first() != Some(&rows)) {
@@ -173,7 +197,7 @@ fn batch_key(work: &Work) -> Option<(usize, BatchKey)> {
         .iter()
         .map(|(_, t)| (t.dtype(), t.shape()[1..].to_vec()))
         .collect();
-    Some((rows, key))
+    Some((rows, BatchKey::Tensors(key)))
 }
 
 async fn batcher(
@@ -185,6 +209,12 @@ async fn batcher(
 ) {
     let queue = metrics.queue_depth.clone();
     let mut carry: Option<Job> = None;
+    // Whether requests arrive while batches run: the last batch stacked several requests.
+    let mut concurrent = false;
+    // When the last batch began to answer: a request queued before then waited for that run, so
+    // others are arriving while the model works. (A lone client's next request comes after its
+    // answer, even when it reaches the queue before the batcher is back for it.)
+    let mut answered = std::time::Instant::now();
     loop {
         let first = match carry.take() {
             Some(job) => job,
@@ -196,19 +226,23 @@ async fn batcher(
                 None => return,
             },
         };
+        let was_queued = first.queued < answered;
         // A request whose client has gone (timed out) is not run.
         if first.reply.is_closed() {
             continue;
         }
         let mut batch = vec![];
         let key = (batching != Batching::Never)
-            .then(|| batch_key(&first.work))
+            .then(|| batch_key(&model, &first.work))
             .flatten();
         batch.push(first);
         if let Some((mut rows, key)) = key {
+            // A lone request never waits: only under concurrent load is the model left idle for
+            // up to the delay while more requests gather.
+            let wait = concurrent || was_queued;
             let deadline = tokio::time::Instant::now() + config.delay;
             while rows < config.max_batch {
-                let next = if config.delay.is_zero() {
+                let next = if config.delay.is_zero() || !wait {
                     rx.try_recv().ok()
                 } else {
                     tokio::time::timeout_at(deadline, rx.recv())
@@ -221,7 +255,7 @@ async fn batcher(
                 if job.reply.is_closed() {
                     continue;
                 }
-                match batch_key(&job.work) {
+                match batch_key(&model, &job.work) {
                     Some((r, k)) if k == key && rows + r <= config.max_batch => {
                         rows += r;
                         batch.push(job);
@@ -233,6 +267,7 @@ async fn batcher(
                 }
             }
         }
+        concurrent = batch.len() > 1;
         let model = model.clone();
         let sizes = metrics.batch_size.clone();
         for job in &batch {
@@ -244,7 +279,7 @@ async fn batcher(
         let done =
             tokio::task::spawn_blocking(move || run_batch(&model, batch, batching, &sizes)).await;
         match done {
-            Ok(now) => batching = now,
+            Ok((now, at)) => (batching, answered) = (now, at),
             Err(e) => eprintln!("fffserve: a batch's thread failed: {e}"),
         }
     }
@@ -257,40 +292,40 @@ fn classify(e: Error) -> RunError {
     }
 }
 
-/// Runs a batch and answers its requests; returns how the model batches from now on.
+/// Runs a batch and answers its requests; returns how the model batches from now on, and when the
+/// answers began to go out.
 fn run_batch(
     model: &Model,
     mut batch: Vec<Job>,
     batching: Batching,
     sizes: &Histogram,
-) -> Batching {
+) -> (Batching, std::time::Instant) {
     if batch.len() == 1 {
         let job = batch.pop().expect("one job");
         let reply = run_alone(model, job.work, sizes);
+        let at = std::time::Instant::now();
         let _ = job.reply.send(reply);
-        return batching;
+        return (batching, at);
     }
+    let texts = matches!(batch[0].work, Work::Texts { .. });
     let stacked = run_stacked(model, &batch, sizes);
-    if batching == Batching::Yes {
+    if batching == Batching::Yes || texts {
         if let Some(parts) = stacked {
+            let at = std::time::Instant::now();
             for (job, outputs) in batch.into_iter().zip(parts) {
                 let _ = job.reply.send(Ok(outputs));
             }
-            return batching;
+            return (batching, at);
         }
     }
     // Run one by one: after a failed batch, so that the good requests succeed and the bad one fails
     // alone; on the first batch of an unverified model, to compare.
-    let mut alone = Vec::with_capacity(batch.len());
-    for job in &batch {
-        let work = match &job.work {
-            Work::Tensors(t) => Work::Tensors(t.clone()),
-            Work::Texts { .. } => unreachable!("text requests are never batched"),
-        };
-        alone.push(run_alone(model, work, sizes));
-    }
+    let alone: Vec<Reply> = batch
+        .iter()
+        .map(|job| run_alone(model, job.work.clone(), sizes))
+        .collect();
     let mut now = batching;
-    if batching == Batching::Unverified && alone.iter().all(Result::is_ok) {
+    if batching == Batching::Unverified && !texts && alone.iter().all(Result::is_ok) {
         let same = stacked.as_ref().is_some_and(|parts| {
             parts
                 .iter()
@@ -305,10 +340,11 @@ fn run_batch(
             if same { "on" } else { "off for this model" }
         );
     }
+    let at = std::time::Instant::now();
     for (job, reply) in batch.into_iter().zip(alone) {
         let _ = job.reply.send(reply);
     }
-    now
+    (now, at)
 }
 
 /// Whether a request's share of a stacked run is its own run's outputs: the same names and shapes,
@@ -369,6 +405,12 @@ fn run_alone(model: &Model, work: Work, sizes: &Histogram) -> Reply {
 
 /// Runs the batch as one call; `None` when it cannot be stacked or the run fails.
 fn run_stacked(model: &Model, batch: &[Job], sizes: &Histogram) -> Option<Vec<Outputs>> {
+    if let Work::Texts {
+        pooling, normalize, ..
+    } = &batch[0].work
+    {
+        return run_texts_stacked(model, batch, *pooling, *normalize, sizes);
+    }
     let inputs: Vec<&Vec<(String, Tensor)>> = batch
         .iter()
         .map(|j| match &j.work {
@@ -399,6 +441,42 @@ fn run_stacked(model: &Model, batch: &[Job], sizes: &Histogram) -> Option<Vec<Ou
             at += r;
         }
     }
+    Some(parts)
+}
+
+/// Embeds the texts of every request in one call and splits the vectors back.
+fn run_texts_stacked(
+    model: &Model,
+    batch: &[Job],
+    pooling: Option<Pooling>,
+    normalize: Option<bool>,
+    sizes: &Histogram,
+) -> Option<Vec<Outputs>> {
+    let mut texts = vec![];
+    let mut rows = vec![];
+    for job in batch {
+        let Work::Texts { texts: t, .. } = &job.work else {
+            return None;
+        };
+        rows.push(t.len());
+        texts.extend(t.iter().cloned());
+    }
+    let work = Work::Texts {
+        texts,
+        pooling,
+        normalize,
+    };
+    let outputs = run_alone(model, work, sizes).ok()?;
+    let (name, vectors) = outputs.first()?;
+    let mut at = 0;
+    let parts = rows
+        .iter()
+        .map(|&r| {
+            let part = vec![(name.clone(), rows_slice(vectors, at, at + r))];
+            at += r;
+            part
+        })
+        .collect();
     Some(parts)
 }
 

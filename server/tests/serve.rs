@@ -716,9 +716,10 @@ fn sigterm_finishes_the_request_in_flight() {
 }
 
 #[test]
-fn a_lone_request_does_not_wait_without_a_window() {
-    // With --max-queue-delay-ms 0 a lone request adds well under a millisecond over the run itself.
-    let server = Server::start(&["--max-queue-delay-ms", "0"]);
+fn a_lone_request_does_not_wait() {
+    // A request that finds the model idle runs at once, whatever the batching window: it waits
+    // well under a millisecond in the queue.
+    let server = Server::start(&["--max-queue-delay-ms", "50"]);
     let body = bert_request("INT64", 0..1).to_string().into_bytes();
     let mut times = Vec::new();
     for _ in 0..30 {
@@ -806,10 +807,116 @@ fn a_request_over_the_timeout_gets_504_and_the_server_goes_on() {
     assert_eq!(server.get("/v2/health/live").status, 200);
 }
 
+/// Sends `body` in the background and returns once the server has it queued or running, so that
+/// the requests sent next queue behind it.
+fn keep_busy(server: &Server, body: Value) -> std::thread::JoinHandle<Reply> {
+    let port = server.port;
+    let busy =
+        std::thread::spawn(move || request(port, "POST", INFER, &[], body.to_string().as_bytes()));
+    std::thread::sleep(Duration::from_millis(30));
+    busy
+}
+
+/// Model runs (batch-size observations) and rows run, for one model.
+fn runs_and_rows(server: &Server, model: &str) -> (f64, f64) {
+    let samples = parse_metrics(&server.get("/metrics").text());
+    let m = [("model", model)];
+    (
+        sample(&samples, "fffserve_batch_size_count", &m).unwrap_or(0.0),
+        sample(&samples, "fffserve_batch_size_sum", &m).unwrap_or(0.0),
+    )
+}
+
+#[test]
+fn requests_queued_behind_a_run_are_batched() {
+    let server = Server::start(&["--threads", "1", "--max-queue-delay-ms", "200"]);
+    let busy = keep_busy(&server, heavy_request(128, 64));
+    let port = server.port;
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = bert_request("INT64", i % 2..i % 2 + 1);
+                request(port, "POST", INFER, &[], body.to_string().as_bytes())
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got = floats(&output(&r.json(), "pooler_output")["data"]);
+        assert!(max_diff(&got, &expected("pooler_output", i % 2..i % 2 + 1)) < 1e-4);
+    }
+    let busy = busy.join().unwrap();
+    assert_eq!(busy.status, 200, "{}", busy.text());
+    let (runs, rows) = runs_and_rows(&server, "bert");
+    // The heavy request ran alone. The first batch of bert-tiny's plan (whose outputs' first size
+    // the plan does not tell) also runs its requests one by one to compare: six more rows.
+    assert!(
+        rows == 128.0 + 6.0 || rows == 128.0 + 6.0 + 6.0,
+        "{rows} rows"
+    );
+    let samples = parse_metrics(&server.get("/metrics").text());
+    let le1 = sample(
+        &samples,
+        "fffserve_batch_size_bucket",
+        &[("model", "bert"), ("le", "1.0")],
+    )
+    .unwrap();
+    assert!(
+        runs - le1 >= 2.0,
+        "no run of several requests: {runs} runs, {le1} of one row"
+    );
+}
+
+#[test]
+fn text_requests_are_batched() {
+    let server = Server::start(&["--threads", "1", "--max-queue-delay-ms", "200"]);
+    let texts: Vec<String> =
+        serde_json::from_value(read_json(&fixture("text/texts.json"))).unwrap();
+    let model = Model::load(repository().join("text.fff")).unwrap();
+    let text_request = |t: &[String]| json!({ "inputs": [{ "name": "text", "datatype": "BYTES", "shape": [t.len()], "data": t }] });
+    // Many long texts keep the model busy while the small requests queue.
+    let long: Vec<String> = (0..64)
+        .map(|i| format!("{} {i}", texts.join(" ")))
+        .collect();
+    let port = server.port;
+    let heavy = text_request(&long).to_string();
+    let busy = std::thread::spawn(move || {
+        request(port, "POST", "/v2/models/text/infer", &[], heavy.as_bytes())
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    let groups: Vec<Vec<String>> = texts.chunks(2).map(<[String]>::to_vec).take(4).collect();
+    let handles: Vec<_> = groups
+        .iter()
+        .map(|g| {
+            let body = text_request(g).to_string();
+            std::thread::spawn(move || {
+                request(port, "POST", "/v2/models/text/infer", &[], body.as_bytes())
+            })
+        })
+        .collect();
+    for (g, h) in groups.iter().zip(handles) {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got = floats(&output(&r.json(), "embedding")["data"]);
+        let refs: Vec<&str> = g.iter().map(String::as_str).collect();
+        let alone = model.embed(&refs, &Default::default()).unwrap();
+        let d = max_diff(&got, &alone.iter().copied().collect::<Vec<_>>());
+        assert!(d < 1e-5, "{d} from the texts embedded alone");
+    }
+    let busy = busy.join().unwrap();
+    assert_eq!(busy.status, 200, "{}", busy.text());
+    let (runs, rows) = runs_and_rows(&server, "text");
+    let small: usize = groups.iter().map(Vec::len).sum();
+    assert_eq!(rows, (long.len() + small) as f64);
+    assert!(runs < 1.0 + groups.len() as f64, "{runs} runs: no batch");
+}
+
 #[test]
 fn a_bad_request_in_a_batch_fails_alone() {
-    // A wide window so that the requests below meet in one batch.
-    let server = Server::start(&["--max-queue-delay-ms", "200"]);
+    // The requests below queue behind a heavy one and meet in one batch.
+    let server = Server::start(&["--threads", "1", "--max-queue-delay-ms", "200"]);
+    let busy = keep_busy(&server, heavy_request(128, 64));
     let port = server.port;
     let mut bad = bert_request("INT64", 0..1);
     bad["inputs"][0]["data"][0] = json!(100000); // past the embedding table: the run fails
@@ -835,4 +942,6 @@ fn a_bad_request_in_a_batch_fails_alone() {
             assert!(max_diff(&got, &expected("pooler_output", 0..1)) < 1e-4);
         }
     }
+    let busy = busy.join().unwrap();
+    assert_eq!(busy.status, 200, "{}", busy.text());
 }
